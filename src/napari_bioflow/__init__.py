@@ -1,0 +1,2 @@
+"""napari-bioflow: deep-learning workflows for microscopy in napari."""
+__version__ = "0.1.0"
