@@ -1,0 +1,197 @@
+"""The one typed config of a run: validated, saved as YAML beside the results, loadable to repeat the run.
+
+Field descriptions are the user documentation: `docs/config.md` is generated from them (`config_reference()`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+WORKFLOWS = ("semantic_segmentation",)
+
+
+class _Section(BaseModel):
+    # unknown keys are typos in a YAML file: refuse them rather than silently ignore them
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    train_raw: Optional[Path] = Field(None, description="Folder of training raw images (TIFF, PNG or zarr), paired with train_label by sorted file name.")
+    train_label: Optional[Path] = Field(None, description="Folder of training label images (one integer class per pixel/voxel, 0 = background).")
+    val_raw: Optional[Path] = Field(None, description="Folder of validation raw images. When empty, val_split of the training data is held aside.")
+    val_label: Optional[Path] = Field(None, description="Folder of validation label images, paired with val_raw.")
+    val_split: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of the training data held aside for validation when no validation folder is given: whole images when there are several, else a strip at the end of the single image.")
+    test_raw: Optional[Path] = Field(None, description="Folder of test raw images predicted after training (or by `predict`).")
+    test_label: Optional[Path] = Field(None, description="Optional folder of test labels: when given, IoU is computed per image and over the set.")
+    patch_size: list[int] = Field([256, 256], description="Patch size in pixels, (Y, X) in 2D or (Z, Y, X) in 3D. Must not exceed the images.")
+    in_channels: int = Field(1, ge=1, description="Number of channels of the raw images (grayscale = 1, RGB = 3).")
+    normalization: Literal["percentile", "meanstd", "none"] = Field("percentile", description="percentile: scale each channel so its low/high percentiles of the training data map to 0/1; meanstd: subtract the training mean and divide by the standard deviation; none: use raw values. The statistics are stored in the checkpoint and reused at prediction.")
+    percentile_low: float = Field(1.0, ge=0, le=100, description="Low percentile for percentile normalization.")
+    percentile_high: float = Field(99.8, ge=0, le=100, description="High percentile for percentile normalization.")
+    foreground_sampling: float = Field(0.0, ge=0.0, le=1.0, description="Probability that a training patch is centred on a foreground (non-background) pixel rather than drawn uniformly. Helps with sparse objects.")
+
+
+class ModelConfig(_Section):
+    name: str = Field("unet", description="Model from the registry: unet, resunet, attention_unet (see `napari-bioflow models`).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Model options, e.g. feature_maps: [16, 32, 64, 128, 256], norm: instance|batch|group|none, activation: elu|relu|leaky_relu|gelu|silu, dropout: 0.1. Empty = the model's defaults (BiaPy's default U-Net).")
+    start_from: Optional[Path] = Field(None, description="A checkpoint whose matching weights start this model (transfer learning); the rest is initialised.")
+
+
+class TrainConfig(_Section):
+    enable: bool = Field(True, description="Train the model. Set false to only predict with `checkpoint`.")
+    epochs: int = Field(100, ge=1, description="Maximum number of epochs.")
+    patience: int = Field(20, ge=0, description="Stop when the validation loss has not improved for this many epochs (0 = never stop early).")
+    batch_size: int = Field(4, ge=1, description="Patches per training step.")
+    steps_per_epoch: Optional[int] = Field(None, ge=1, description="Training steps per epoch. Empty = enough steps to see the training data's area once.")
+    optimizer: Literal["ADAM", "ADAMW", "SGD"] = Field("ADAMW", description="Optimizer.")
+    learning_rate: float = Field(1e-3, gt=0, description="Initial (peak) learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay (L2 for ADAM/SGD, decoupled for ADAMW).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum for SGD.")
+    scheduler: Literal["none", "reduce_on_plateau", "one_cycle", "warmup_cosine"] = Field("none", description="Learning-rate schedule: none, reduce_on_plateau (halve on a validation-loss plateau), one_cycle, warmup_cosine (linear warm-up then cosine decay).")
+    warmup_epochs: int = Field(1, ge=0, description="Warm-up epochs for warmup_cosine.")
+    loss: Literal["ce", "ce_dice"] = Field("ce", description="Loss: cross-entropy, or cross-entropy plus soft Dice.")
+    resume: Optional[Path] = Field(None, description="Resume training from this checkpoint (weights, optimizer, epoch).")
+
+
+class AugmentConfig(_Section):
+    enable: bool = Field(True, description="Augment training patches (applied identically to raw and label).")
+    flips: bool = Field(True, description="Random flips along every spatial axis.")
+    rotate90: bool = Field(True, description="Random 90-degree rotations in the Y-X plane.")
+    intensity: float = Field(0.1, ge=0, le=1, description="Strength of random brightness/contrast jitter (0 = off).")
+
+
+class PredictConfig(_Section):
+    checkpoint: Optional[Path] = Field(None, description="Checkpoint to predict with. Empty = the best checkpoint of this run.")
+    tile_size: Optional[list[int]] = Field(None, description="Largest tile fed to the model. Empty = 1024 per axis in 2D, 128 in 3D (at least the patch size).")
+    overlap: float = Field(0.0625, ge=0, lt=0.5, description="Tile overlap as a fraction of the tile; overlaps are blended smoothly.")
+    batch_size: int = Field(4, ge=1, description="Tiles per forward pass.")
+    tta: bool = Field(False, description="Test-time augmentation: average the predictions over flips and 90-degree rotations.")
+    z_filter: int = Field(0, ge=0, description="3D only: median filter of this size along Z on the argmax labels (0 = off).")
+    yz_filter: int = Field(0, ge=0, description="3D only: median filter of this size over Y and Z on the argmax labels (0 = off).")
+    save_tiff: bool = Field(True, description="Also write TIFFs of the probabilities and labels (the zarr stores are always written).")
+
+
+class RunConfig(_Section):
+    workflow: Literal["semantic_segmentation"] = Field("semantic_segmentation", description="The workflow.")
+    name: str = Field("my_experiment", pattern=r"^[A-Za-z0-9_.]+$", description="Experiment name (letters, digits, '_' and '.'): the folder under output_dir.")
+    output_dir: Path = Field(Path("bioflow_runs"), description="Where experiment folders are created.")
+    ndim: Literal[2, 3] = Field(2, description="2 for Y,X images, 3 for Z,Y,X volumes.")
+    n_classes: int = Field(2, ge=2, description="Number of classes including background (2 = foreground/background).")
+    class_names: list[str] = Field(default_factory=list, description="Optional class names, in label order.")
+    seed: int = Field(0, description="Random seed (patch sampling, augmentation, initialisation).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses a CUDA GPU when present.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    predict: PredictConfig = Field(default_factory=PredictConfig)
+
+    @field_validator("class_names")
+    @classmethod
+    def _unique_names(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError("class names must be unique")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if len(self.data.patch_size) != self.ndim:
+            raise ValueError(f"data.patch_size {self.data.patch_size} has {len(self.data.patch_size)} axes but ndim is {self.ndim}")
+        if any(p < 1 for p in self.data.patch_size):
+            raise ValueError(f"data.patch_size {self.data.patch_size} must be positive")
+        if self.predict.tile_size is not None and len(self.predict.tile_size) != self.ndim:
+            raise ValueError(f"predict.tile_size {self.predict.tile_size} has {len(self.predict.tile_size)} axes but ndim is {self.ndim}")
+        if self.class_names and len(self.class_names) != self.n_classes:
+            raise ValueError(f"{len(self.class_names)} class names given for {self.n_classes} classes")
+        return self
+
+    # --- names and YAML --------------------------------------------------------------------------
+    def class_label(self, i: int) -> str:
+        return self.class_names[i] if self.class_names else ("background" if i == 0 else f"class_{i}")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def save(self, path: Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_yaml())
+        return path
+
+    @classmethod
+    def load(cls, path: Path, overrides: Optional[list[str]] = None) -> "RunConfig":
+        from .engine.errors import InputError
+
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except OSError as e:
+            raise InputError(f"Config file {path} cannot be read: {e.strerror or e}.") from None
+        except yaml.YAMLError as e:
+            raise InputError(f"Config file {path} is not valid YAML: {str(e).splitlines()[0]}.") from None
+        if not isinstance(data, dict):
+            raise InputError(f"Config file {path} must hold a mapping of fields, not {type(data).__name__}.")
+        return cls.from_dict(data, overrides, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict, overrides: Optional[list[str]] = None, source: str = "config") -> "RunConfig":
+        from .engine.errors import InputError
+
+        data = dict(data)
+        for item in overrides or []:
+            apply_override(data, item)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "config"
+            raise InputError(f"{source}: field '{where}': {err['msg']}.") from None
+
+
+def apply_override(data: dict, item: str) -> None:
+    """Apply one `section.field=value` override (value parsed as YAML) to a nested dict in place."""
+    from .engine.errors import InputError
+
+    if "=" not in item:
+        raise InputError(f"Override '{item}' must look like section.field=value.")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise InputError(f"Override '{item}': '{p}' is not a section.")
+    try:
+        node[parts[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise InputError(f"Override '{item}': the value is not valid YAML.") from None
+
+
+def _type_name(annotation) -> str:
+    s = str(annotation).replace("typing.", "").replace("pathlib.", "").replace("NoneType", "None")
+    return s.replace("<class '", "").replace("'>", "")
+
+
+def config_reference() -> str:
+    """Markdown reference of every config field, generated from the model (kept current by a test)."""
+    lines = ["# Config reference", "", "Generated from `napari_bioflow.config.RunConfig` by `napari-bioflow docs`; do not edit by hand.",
+             "Every field can be set in the YAML file or overridden on the command line with `--set section.field=value`.", ""]
+
+    def section(model: type[BaseModel], prefix: str):
+        rows, subs = [], []
+        for fname, f in model.model_fields.items():
+            ann = f.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                subs.append((ann, f"{prefix}{fname}."))
+                continue
+            default = f.get_default(call_default_factory=True)
+            rows.append(f"| `{prefix}{fname}` | `{_type_name(ann)}` | `{default if default is not None else ''}` | {f.description or ''} |")
+        lines.extend([f"## `{prefix.rstrip('.') or 'top level'}`", "", "| field | type | default | meaning |", "|---|---|---|---|", *rows, ""])
+        for sub, p in subs:
+            section(sub, p)
+
+    section(RunConfig, "")
+    return "\n".join(lines)

@@ -1,0 +1,26 @@
+"""Training charts as PNG files (matplotlib without a screen)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def plot_history(rows: list[dict], path: Path, keys: list[str], ylabel: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure  # the object API needs no pyplot state and is thread safe
+
+    fig = Figure(figsize=(5, 3.2), dpi=100)
+    ax = fig.add_subplot()
+    epochs = [r["epoch"] for r in rows]
+    for k in keys:
+        ax.plot(epochs, [r.get(k, float("nan")) for r in rows], marker="o", ms=3, label=k.replace("_", " "))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel.replace("_", " "))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = Path(path).with_suffix(".part.png")
+    fig.savefig(tmp)
+    tmp.replace(path)
+    return Path(path)

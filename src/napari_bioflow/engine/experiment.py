@@ -1,0 +1,65 @@
+"""The experiment folder, laid out like BiaPy's, with run ids that never collide:
+
+    <output_dir>/<name>/config_files/<name>_<run>.yaml
+    <output_dir>/<name>/checkpoints/<name>_<run>-checkpoint-best.pth (and -last.pth)
+    <output_dir>/<name>/results/<name>_<run>/{charts,per_image,per_image_binarized,train_logs}
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .io import check_writable
+
+
+@dataclass
+class Experiment:
+    root: Path
+    name: str
+    run: int
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.name}_{self.run}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config_files" / f"{self.run_name}.yaml"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.root / "checkpoints" / f"{self.run_name}-checkpoint-best.pth"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.root / "checkpoints" / f"{self.run_name}-checkpoint-last.pth"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results" / self.run_name
+
+    def folder(self, kind: str) -> Path:
+        path = self.results / kind
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def new_experiment(output_dir: Path, name: str) -> Experiment:
+    """Create the next free run of experiment `name`: a run id is claimed by creating its results folder."""
+    output_dir = Path(output_dir)
+    check_writable(output_dir)
+    root = output_dir / name
+    (root / "results").mkdir(parents=True, exist_ok=True)
+    (root / "config_files").mkdir(exist_ok=True)
+    (root / "checkpoints").mkdir(exist_ok=True)
+    pattern = re.compile(rf"^{re.escape(name)}_(\d+)")
+    taken = [int(m.group(1)) for d in ("results", "config_files", "checkpoints") for p in (root / d).iterdir()
+             if (m := pattern.match(p.name))]
+    run = max(taken, default=0) + 1
+    while True:
+        try:
+            (root / "results" / f"{name}_{run}").mkdir()  # atomic: two runs started together get different ids
+            return Experiment(root, name, run)
+        except FileExistsError:
+            run += 1

@@ -1,0 +1,96 @@
+"""Reading and writing images: TIFF, PNG, zarr. Reads are lazy where the format allows (memory-mapped TIFF, zarr)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".zarr")
+
+
+def is_image_path(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def list_images(folder: Path, role: str = "image") -> list[Path]:
+    """Image files (and .zarr stores) of a folder, sorted by name. Raises InputError on a missing or empty folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"The {role} folder {folder} does not exist.")
+    files = sorted(p for p in folder.iterdir() if is_image_path(p))
+    if not files:
+        others = [p.name for p in folder.iterdir() if not p.name.startswith(".")]
+        hint = f" (it holds {len(others)} other file(s), e.g. {others[0]})" if others else ""
+        raise InputError(f"The {role} folder {folder} holds no TIFF, PNG or zarr image{hint}.")
+    return files
+
+
+def open_image(path: Path):
+    """Open an image without loading it when possible: a numpy memmap, a zarr array or (small files) a numpy array."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".zarr":
+            import zarr
+
+            node = zarr.open(str(path), mode="r")
+            if not hasattr(node, "shape"):  # a group: take its first array (OME-Zarr keeps the full resolution at "0")
+                names = sorted(node.array_keys())
+                if not names:
+                    raise InputError(f"{path} is a zarr group with no array.")
+                node = node[names[0]]
+            return node
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            try:
+                return tifffile.memmap(str(path), mode="r")
+            except Exception:  # compressed or tiled: fall back to a zarr view of the file, read on demand
+                store = tifffile.imread(str(path), aszarr=True)
+                import zarr
+
+                arr = zarr.open(store, mode="r")
+                return arr if hasattr(arr, "shape") else arr[sorted(arr.array_keys())[0]]
+        if suffix == ".png":
+            from skimage.io import imread
+
+            return np.asarray(imread(str(path)))
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"File {path} cannot be read as an image: {str(e).splitlines()[0] if str(e) else type(e).__name__}.") from None
+    raise InputError(f"File {path} is not a TIFF, PNG or zarr image.")
+
+
+def write_tiff(path: Path, data: np.ndarray, axes: str | None = None) -> Path:
+    """Write a TIFF atomically (temporary file then rename) so a half-written file never looks finished."""
+    import tifffile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    metadata = {"axes": axes} if axes else None
+    tifffile.imwrite(str(tmp), np.asarray(data), imagej=False, metadata=metadata, compression="zlib")
+    os.replace(tmp, path)
+    return path
+
+
+def check_writable(folder: Path) -> None:
+    """Raise InputError unless `folder` (or its nearest existing parent) can be written to."""
+    folder = Path(folder).absolute()
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    # access() lies for root, so really try to create a file there
+    try:
+        if not probe.is_dir():
+            raise OSError
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".bioflow-write-test")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError:
+        raise InputError(f"The output folder {folder} is not writable.") from None

@@ -1,0 +1,10 @@
+"""Model zoo: ``create_model(name, ndim=..., in_channels=..., out_channels=..., **options)``.
+
+Importing this package registers the built-in models; a new architecture is a new module here whose
+builder is decorated with ``@register_model`` and which is imported below.
+"""
+
+from . import unet  # noqa: F401  (registers unet, resunet, attention_unet)
+from .registry import UnknownModelError, create_model, list_models, model_info, register_model
+
+__all__ = ["UnknownModelError", "create_model", "list_models", "model_info", "register_model"]

@@ -1,0 +1,116 @@
+"""Training patches: random (optionally foreground-centred) crops read from array-likes, never whole folders.
+
+A background thread prepares the next batches while the model trains (torch releases the GIL in its kernels),
+so reading, normalizing and stacking patches costs the training loop almost nothing.
+"""
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from typing import Callable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from .sources import Sample
+
+FOREGROUND_POINTS = 100_000  # foreground coordinates kept per image for centred sampling
+
+
+def grid_starts(length: int, patch: int) -> list[int]:
+    """Evenly spread starts of the fewest patches covering [0, length)."""
+    if length <= patch:
+        return [0]
+    n = math.ceil(length / patch)
+    return [round(i * (length - patch) / (n - 1)) for i in range(n)]
+
+
+class PatchSampler:
+    def __init__(self, samples: Sequence[Sample], patch_size: Sequence[int], normalize: Callable,
+                 seed: int = 0, foreground: float = 0.0, read_target: Optional[Callable] = None):
+        self.samples = list(samples)
+        self.patch = tuple(patch_size)
+        self.normalize = normalize
+        self.rng = np.random.default_rng(seed)
+        self.foreground = foreground
+        self.read_target = read_target or (lambda s, sl: s.read_label(sl))
+        sizes = np.array([np.prod(s.spatial_shape) for s in self.samples], dtype=float)
+        self.weights = sizes / sizes.sum()  # bigger images give proportionally more patches
+        self._fg: dict[int, np.ndarray] = {}
+
+    def _foreground_points(self, i: int) -> np.ndarray:
+        if i not in self._fg:
+            s = self.samples[i]
+            lab = np.asarray(s.label)
+            pts = np.argwhere(lab > 0)
+            if len(pts) > FOREGROUND_POINTS:
+                pts = pts[self.rng.choice(len(pts), FOREGROUND_POINTS, replace=False)]
+            self._fg[i] = pts
+        return self._fg[i]
+
+    def _start(self, i: int) -> tuple[int, ...]:
+        shape = self.samples[i].spatial_shape
+        if self.foreground > 0 and self.samples[i].label is not None and self.rng.random() < self.foreground:
+            pts = self._foreground_points(i)
+            if len(pts):
+                c = pts[self.rng.integers(len(pts))]
+                return tuple(int(np.clip(ci - p // 2, 0, d - p)) for ci, p, d in zip(c, self.patch, shape))
+        return tuple(int(self.rng.integers(0, d - p + 1)) for d, p in zip(shape, self.patch))
+
+    def read(self, i: int, start: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        s = self.samples[i]
+        sl = tuple(slice(a, a + p) for a, p in zip(start, self.patch))
+        raw = s.raw[sl]
+        raw = raw.compute() if hasattr(raw, "compute") else np.asarray(raw)
+        x = np.moveaxis(self.normalize(raw), -1, 0)  # channels first for torch
+        return np.ascontiguousarray(x), self.read_target(s, sl)
+
+    def batch(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        idx = self.rng.choice(len(self.samples), size=batch_size, p=self.weights)
+        pairs = [self.read(int(i), self._start(int(i))) for i in idx]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def validation_patches(samples: Sequence[Sample], patch_size: Sequence[int], max_patches: int = 64) -> list[tuple[int, tuple[int, ...]]]:
+    """Fixed (sample index, start) pairs tiling the validation images; evenly thinned to at most max_patches."""
+    out = []
+    for i, s in enumerate(samples):
+        starts = [grid_starts(d, p) for d, p in zip(s.spatial_shape, patch_size)]
+        for pos in np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, len(patch_size)):
+            out.append((i, tuple(int(v) for v in pos)))
+    if len(out) > max_patches:
+        keep = np.linspace(0, len(out) - 1, max_patches).round().astype(int)
+        out = [out[k] for k in keep]
+    return out
+
+
+def prefetch(make: Callable[[], tuple], count: int, depth: int = 2) -> Iterator[tuple]:
+    """Yield `count` results of `make()` computed ahead on a daemon thread. Stops cleanly when abandoned."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work():
+        try:
+            for _ in range(count):
+                item = make()
+                while not stop.is_set():
+                    try:
+                        q.put(("ok", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as e:  # hand the error to the consumer, which re-raises it
+            q.put(("error", e))
+
+    t = threading.Thread(target=work, daemon=True, name="bioflow-prefetch")
+    t.start()
+    try:
+        for _ in range(count):
+            kind, item = q.get()
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()

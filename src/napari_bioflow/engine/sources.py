@@ -1,0 +1,181 @@
+"""Arrays, dask arrays and folders become a uniform list of `Sample`s; every input check lives here.
+
+Raw arrays are brought to channel-last axes (Z,)Y,X,C without loading them (numpy views or dask),
+labels to (Z,)Y,X. All checks run before any training step, and each failure is one sentence naming
+the file or layer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .errors import InputError
+from .io import list_images, open_image
+
+MAX_CHANNELS = 4  # a trailing/leading axis this short is read as channels, a longer one as space
+
+
+@dataclass
+class Sample:
+    name: str  # file path or layer name: used in every message
+    raw: Any  # (Z,)Y,X,C array-like (numpy, memmap or dask)
+    label: Any = None  # (Z,)Y,X integer array-like, or None
+    label_name: str = ""
+    label_is_255: bool = False  # a 0/255 binary mask, read as 0/1
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(self.raw.shape[:-1])
+
+    def read_label(self, sl) -> np.ndarray:
+        lab = np.asarray(self.label[sl])
+        return (lab > 0).astype(np.int64) if self.label_is_255 else lab.astype(np.int64)
+
+
+@dataclass
+class Dataset:
+    train: list[Sample]
+    val: list[Sample]
+    notes: list[str] = field(default_factory=list)  # things the user should know (shown as info, not errors)
+
+
+def _lazy(arr):
+    if isinstance(arr, np.ndarray):
+        return arr
+    import dask.array as da
+
+    return arr if isinstance(arr, da.Array) else da.from_array(arr, chunks=getattr(arr, "chunks", "auto"))
+
+
+def to_channels_last(arr, ndim: int, in_channels: int, name: str):
+    """Return `arr` with axes (Z,)Y,X,C, or raise InputError for 2D/3D or channel mismatches."""
+    shape = tuple(arr.shape)
+    dims = "x".join(map(str, shape))
+    if len(shape) == ndim:
+        out = _lazy(arr)[..., None]
+    elif len(shape) == ndim + 1:
+        if shape[-1] <= MAX_CHANNELS:
+            out = _lazy(arr)
+        elif shape[0] <= MAX_CHANNELS:  # channels first, as napari and many TIFFs keep them
+            out = np.moveaxis(_lazy(arr), 0, -1)
+        else:
+            raise InputError(f"{name} has shape {dims}: that is {len(shape)}D data, but the config is {ndim}D (set ndim: {len(shape)}).")
+    elif len(shape) < ndim:
+        raise InputError(f"{name} has shape {dims}: that is 2D data, but the config is 3D (set ndim: 2).")
+    else:
+        raise InputError(f"{name} has shape {dims}: too many axes for {ndim}D images with channels.")
+    if ndim == 3 and len(shape) == 3 and shape[-1] <= MAX_CHANNELS and in_channels == shape[-1] and in_channels > 1:
+        raise InputError(f"{name} has shape {dims}: that looks like a 2D image with {shape[-1]} channels, but the config is 3D.")
+    if out.shape[-1] != in_channels:
+        raise InputError(f"{name} has {out.shape[-1]} channel(s) but the config expects {in_channels} (data.in_channels).")
+    return out
+
+
+def check_finite(arr, name: str) -> None:
+    """NaN or inf in an image: integer images cannot hold them, so only float data is scanned (chunkwise for dask)."""
+    if not np.issubdtype(arr.dtype, np.floating):
+        return
+    ok = np.isfinite(arr).all()
+    ok = bool(ok.compute() if hasattr(ok, "compute") else ok)
+    if not ok:
+        raise InputError(f"{name} contains NaN or infinite values.")
+
+
+def make_sample(raw, name: str, cfg, label=None, label_name: str = "", notes: Optional[list[str]] = None,
+                need_label: bool = True) -> Sample:
+    """Build and check one sample from array-likes (layer data or opened files); the workflow checks the target."""
+    from .workflows import get_workflow
+
+    notes = notes if notes is not None else []
+    raw = to_channels_last(raw, cfg.ndim, cfg.data.in_channels, name)
+    check_finite(raw, name)
+    sample = Sample(name=name, raw=raw, label_name=label_name)
+    if label is not None:
+        label = _lazy(label) if not isinstance(label, np.ndarray) else label
+        sample.label = label
+        flags = get_workflow(cfg.workflow).check_target(label, label_name or f"the labels of {name}",
+                                                         sample.spatial_shape, cfg, notes)
+        for k, v in flags.items():
+            setattr(sample, k, v)
+    elif need_label:
+        raise InputError(f"{name} has no labels.")
+    return sample
+
+
+def check_patch_fits(samples: Sequence[Sample], patch_size: Sequence[int]) -> None:
+    for s in samples:
+        if any(p > d for p, d in zip(patch_size, s.spatial_shape)):
+            raise InputError(f"The patch size {'x'.join(map(str, patch_size))} is larger than {s.name} "
+                             f"({'x'.join(map(str, s.spatial_shape))}); lower data.patch_size.")
+
+
+def folder_pairs(raw_dir: Path, label_dir: Optional[Path], role: str) -> list[tuple[Path, Optional[Path]]]:
+    """Pair raw and label files by sorted name; the counts must match."""
+    raws = list_images(raw_dir, f"{role} raw")
+    if label_dir is None:
+        return [(r, None) for r in raws]
+    labels = list_images(label_dir, f"{role} label")
+    if len(raws) != len(labels):
+        raise InputError(f"The {role} raw folder {raw_dir} holds {len(raws)} image(s) but the label folder {label_dir} holds {len(labels)}.")
+    return list(zip(raws, labels))
+
+
+def samples_from_folders(raw_dir: Path, label_dir: Optional[Path], cfg, role: str, notes: list[str],
+                         need_label: bool = True) -> list[Sample]:
+    out = []
+    for raw_path, label_path in folder_pairs(raw_dir, label_dir, role):
+        label = open_image(label_path) if label_path is not None else None
+        out.append(make_sample(open_image(raw_path), str(raw_path), cfg, label, str(label_path or ""), notes,
+                               need_label=need_label))
+    return out
+
+
+def split_validation(samples: list[Sample], cfg, notes: list[str]) -> tuple[list[Sample], list[Sample]]:
+    """Hold aside whole images when there are several, else a strip at the end of the single image's Y axis."""
+    split = cfg.data.val_split
+    if split <= 0:
+        return samples, []
+    if len(samples) >= 2:
+        rng = np.random.default_rng(cfg.seed)
+        n_val = max(1, int(round(split * len(samples))))
+        order = rng.permutation(len(samples))
+        val_idx = set(order[:n_val].tolist())
+        return ([s for i, s in enumerate(samples) if i not in val_idx], [s for i, s in enumerate(samples) if i in val_idx])
+    (s,) = samples
+    y_axis = cfg.ndim - 2  # Y in both (Y,X) and (Z,Y,X)
+    height, patch = s.spatial_shape[y_axis], cfg.data.patch_size[y_axis]
+    strip = max(int(round(split * height)), patch)
+    if height - strip < patch:
+        raise InputError(f"{s.name} ({height} rows) is too small to hold aside a {strip}-row validation strip and still "
+                         f"train on {patch}-row patches: give validation data, a smaller patch size or val_split 0.")
+
+    def part(sl: slice, tag: str) -> Sample:
+        index = (slice(None),) * y_axis + (sl,)
+        return Sample(name=f"{s.name} ({tag})", raw=s.raw[index], label=None if s.label is None else s.label[index],
+                      label_name=s.label_name, label_is_255=s.label_is_255)
+
+    notes.append(f"Validation: the last {strip} rows of {s.name} are held aside.")
+    return [part(slice(0, height - strip), "training part")], [part(slice(height - strip, None), "validation part")]
+
+
+def build_dataset(cfg, train: Optional[list[Sample]] = None, val: Optional[list[Sample]] = None) -> Dataset:
+    """Training and validation samples from given samples (layers) or the config's folders, all checked."""
+    notes: list[str] = []
+    d = cfg.data
+    if train is None:
+        if d.train_raw is None or d.train_label is None:
+            raise InputError("No training data: set data.train_raw and data.train_label (or choose layers).")
+        train = samples_from_folders(d.train_raw, d.train_label, cfg, "training", notes)
+    if not train:
+        raise InputError("No training data was given.")
+    if val is None and d.val_raw is not None:
+        if d.val_label is None:
+            raise InputError("data.val_raw is set but data.val_label is not.")
+        val = samples_from_folders(d.val_raw, d.val_label, cfg, "validation", notes)
+    if val is None:
+        train, val = split_validation(train, cfg, notes)
+    check_patch_fits(train + val, d.patch_size)
+    return Dataset(train=train, val=val, notes=notes)

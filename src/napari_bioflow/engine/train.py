@@ -1,0 +1,369 @@
+"""The trainer shared by every workflow: loop, validation, early stopping, checkpoints, logs and charts.
+
+`Trainer.run()` is a generator of typed reports. The caller (CLI, widget worker, test) decides what to do with
+them; while the caller handles a report the trainer is paused, which is what lets a widget compute a preview with
+the current model between epochs. Cancelling is a flag checked at batch boundaries; the best checkpoint stays valid.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+import numpy as np
+
+from .errors import Cancelled, InputError
+
+
+@dataclass
+class StartReport:
+    run_name: str
+    experiment_dir: Path
+    steps_per_epoch: int
+    n_train: int
+    n_val: int
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StepReport:
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    loss: float
+    eta_seconds: float
+
+
+@dataclass
+class EpochReport:
+    epoch: int
+    epochs: int
+    train_loss: float
+    val_loss: float
+    metrics: dict[str, float]
+    learning_rate: float
+    seconds: float
+    eta_seconds: float
+    improved: bool
+
+
+@dataclass
+class DoneReport:
+    reason: str  # finished | early_stopped | cancelled
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+    checkpoint: Optional[Path]
+    experiment_dir: Path
+
+
+Report = Union[StartReport, StepReport, EpochReport, DoneReport]
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("device is 'cuda' but no CUDA GPU is available; use 'auto' or 'cpu'.")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def transfer_weights(model, path: Path) -> tuple[int, list[str]]:
+    """Load the tensors of a checkpoint whose names and shapes match; return (loaded count, skipped names)."""
+    from .checkpoint import read_checkpoint
+
+    source = read_checkpoint(path)["state_dict"]
+    own = model.state_dict()
+    matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise InputError(f"Checkpoint {path} shares no weights with model '{model.model_name}' (no matching tensor names and shapes).")
+    model.load_state_dict(matched, strict=False)
+    return len(matched), sorted(k for k in own if k not in matched)
+
+
+def _optimizer(cfg, params):
+    import torch
+
+    t = cfg.train
+    if t.optimizer == "SGD":
+        return torch.optim.SGD(params, lr=t.learning_rate, momentum=t.momentum, weight_decay=t.weight_decay)
+    cls = torch.optim.AdamW if t.optimizer == "ADAMW" else torch.optim.Adam
+    return cls(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+
+
+def _scheduler(cfg, optimizer, steps_per_epoch: int):
+    """Return (scheduler, per_step): per-step schedules advance every batch, reduce-on-plateau every epoch."""
+    import torch
+
+    t = cfg.train
+    total = t.epochs * steps_per_epoch
+    if t.scheduler == "reduce_on_plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=max(1, t.patience // 2)), False
+    if t.scheduler == "one_cycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=t.learning_rate, total_steps=total), True
+    if t.scheduler == "warmup_cosine":
+        warm = t.warmup_epochs * steps_per_epoch
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
+    return None, False
+
+
+class Trainer:
+    def __init__(self, cfg, train=None, val=None):
+        """cfg: RunConfig. train/val: lists of Samples (from layers); None reads the config's folders."""
+        self.cfg = cfg
+        self._given = (train, val)
+        self._cancel = threading.Event()
+        self.model = None
+        self.normalizer = None
+        self.experiment = None
+        self.best_checkpoint: Optional[Path] = None
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    # --- set-up: everything that can fail on bad input runs here, before any training step --------------
+    def _prepare(self):
+        import torch
+
+        from .experiment import new_experiment
+        from .models import create_model
+        from .normalize import fit_normalizer
+        from .sources import build_dataset
+        from .workflows import get_workflow
+
+        cfg = self.cfg
+        self.workflow = get_workflow(cfg.workflow)
+        self.device = resolve_device(cfg.device)
+        self.dataset = build_dataset(cfg, *self._given)
+        torch.manual_seed(cfg.seed)
+        self.normalizer = fit_normalizer([s.raw for s in self.dataset.train], cfg.data.normalization,
+                                         cfg.data.percentile_low, cfg.data.percentile_high)
+        try:
+            self.model = create_model(cfg.model.name, ndim=cfg.ndim, in_channels=cfg.data.in_channels,
+                                      out_channels=self.workflow.out_channels(cfg), **cfg.model.options)
+        except (KeyError, ValueError) as e:
+            raise InputError(f"model: {e.args[0] if e.args else e}") from None
+        if any(p % self.model.size_divisor for p in cfg.data.patch_size):
+            raise InputError(f"The patch size {'x'.join(map(str, cfg.data.patch_size))} must be a multiple of "
+                             f"{self.model.size_divisor} for model '{cfg.model.name}'.")
+        resume = None
+        if cfg.train.resume is not None:
+            from .checkpoint import read_checkpoint
+
+            resume = read_checkpoint(cfg.train.resume)
+            if resume["config"]["workflow"] != cfg.workflow or resume["model"]["name"] != cfg.model.name:
+                raise InputError(f"Checkpoint {cfg.train.resume} is a {resume['model']['name']} for "
+                                 f"{resume['config']['workflow']}; it cannot resume this run.")
+            self.model.load_state_dict(resume["state_dict"])
+        elif cfg.model.start_from is not None:
+            loaded, skipped = transfer_weights(self.model, cfg.model.start_from)
+            self.dataset.notes.append(f"Started from {cfg.model.start_from}: {loaded} tensors loaded, "
+                                      f"{len(skipped)} initialised{': ' + ', '.join(skipped[:8]) if skipped else ''}"
+                                      f"{' ...' if len(skipped) > 8 else ''}.")
+        self.model.to(self.device)
+        self.experiment = new_experiment(cfg.output_dir, cfg.name)
+        cfg.save(self.experiment.config_path)
+        return resume
+
+    def _steps_per_epoch(self) -> int:
+        if self.cfg.train.steps_per_epoch:
+            return self.cfg.train.steps_per_epoch
+        area = sum(np.prod(s.spatial_shape) for s in self.dataset.train)
+        return max(1, int(round(area / np.prod(self.cfg.data.patch_size) / self.cfg.train.batch_size)))
+
+    # --- the loop -------------------------------------------------------------------------------------
+    def run(self) -> Iterator[Report]:
+        import torch
+
+        from .augment import augment_batch
+        from .sampling import PatchSampler, prefetch, validation_patches
+
+        cfg, t = self.cfg, self.cfg.train
+        resume = self._prepare()
+        wf, model, device = self.workflow, self.model, self.device
+        steps = self._steps_per_epoch()
+        read_target = wf.read_target
+        sampler = PatchSampler(self.dataset.train, cfg.data.patch_size, self.normalizer, cfg.seed,
+                               cfg.data.foreground_sampling, read_target)
+        val_sampler = PatchSampler(self.dataset.val, cfg.data.patch_size, self.normalizer, cfg.seed, 0.0, read_target) if self.dataset.val else None
+        val_positions = validation_patches(self.dataset.val, cfg.data.patch_size) if self.dataset.val else []
+        optimizer = _optimizer(cfg, model.parameters())
+        scheduler, per_step = _scheduler(cfg, optimizer, steps)
+        loss_fn = wf.loss(cfg)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        first_epoch, best_loss, best_epoch, since_best = 1, math.inf, 0, 0
+        if resume is not None:
+            optimizer.load_state_dict(resume["optimizer"])
+            if scheduler is not None and resume.get("scheduler"):
+                scheduler.load_state_dict(resume["scheduler"])
+            first_epoch = resume["epoch"] + 1
+            best_loss, best_epoch = resume.get("best_val_loss", math.inf), resume.get("best_epoch", 0)
+        exp = self.experiment
+        log = _Log(exp.folder("train_logs") / f"{exp.run_name}_log.csv")
+        charts = _Charts(exp.folder("charts"), exp.run_name, wf.chart_metric)
+        yield StartReport(exp.run_name, exp.root, steps, len(self.dataset.train), len(self.dataset.val), self.dataset.notes)
+
+        reason, epoch, epoch_times = "finished", first_epoch - 1, []
+        for epoch in range(first_epoch, t.epochs + 1):
+            start = time.perf_counter()
+            model.train()
+            losses = []
+            batches = prefetch(lambda: sampler.batch(t.batch_size), steps)
+            for step, (xb, yb) in enumerate(batches, 1):
+                if self.cancelled:
+                    break
+                x = torch.from_numpy(xb).to(device, non_blocking=True)
+                y = torch.from_numpy(yb).to(device, non_blocking=True)
+                if cfg.augment.enable:
+                    x, y = augment_batch(x, y, flips=cfg.augment.flips, rotate90=cfg.augment.rotate90,
+                                         intensity=cfg.augment.intensity, generator=gen, target_is_image=wf.target_is_image)
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                optimizer.step()
+                if per_step:
+                    scheduler.step()
+                losses.append(float(loss.detach()))
+                elapsed = time.perf_counter() - start
+                remaining_epochs = t.epochs - epoch
+                per_epoch = np.median(epoch_times) if epoch_times else elapsed / step * steps
+                yield StepReport(epoch, t.epochs, step, steps, losses[-1],
+                                 elapsed / step * (steps - step) + remaining_epochs * per_epoch)
+            batches.close()
+            if self.cancelled:
+                reason = "cancelled"
+                epoch -= 1
+                break
+            val_loss, metrics = self._validate(val_sampler, val_positions, loss_fn)
+            train_loss = float(np.mean(losses))
+            monitor = val_loss if val_positions else train_loss
+            if scheduler is not None and not per_step:
+                scheduler.step(monitor)
+            improved = monitor < best_loss
+            if improved:
+                best_loss, best_epoch, since_best = monitor, epoch, 0
+            else:
+                since_best += 1
+            payload = self._payload(epoch, optimizer, scheduler, best_loss, best_epoch)
+            if improved:
+                self.best_checkpoint = self._save(exp.best_checkpoint, payload)
+            self._save(exp.last_checkpoint, payload)
+            seconds = time.perf_counter() - start
+            epoch_times.append(seconds)
+            lr = optimizer.param_groups[0]["lr"]
+            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "learning_rate": lr, "seconds": seconds, **metrics}
+            log.write(row)
+            charts.update(row)
+            yield EpochReport(epoch, t.epochs, train_loss, val_loss, metrics, lr, seconds,
+                              float(np.median(epoch_times)) * (t.epochs - epoch), improved)
+            if t.patience and since_best >= t.patience:
+                reason = "early_stopped"
+                break
+        charts.draw(force=True)
+        yield DoneReport(reason, epoch, best_epoch, best_loss, self.best_checkpoint, exp.root)
+
+    def _validate(self, val_sampler, positions, loss_fn) -> tuple[float, dict]:
+        import torch
+
+        if not positions:
+            return float("nan"), {}
+        model, wf = self.model, self.workflow
+        model.eval()
+        metrics = wf.metrics(self.cfg)
+        total, count, bs = 0.0, 0, self.cfg.train.batch_size
+        with torch.inference_mode():
+            for k in range(0, len(positions), bs):
+                pairs = [val_sampler.read(i, start) for i, start in positions[k:k + bs]]
+                x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(self.device)
+                y = torch.from_numpy(np.stack([p[1] for p in pairs])).to(self.device)
+                logits = model(x)
+                total += float(loss_fn(logits, y)) * len(pairs)
+                count += len(pairs)
+                metrics.update(wf.activation(logits).cpu().numpy(), y.cpu().numpy())
+        return total / count, metrics.compute()
+
+    def _payload(self, epoch, optimizer, scheduler, best_loss, best_epoch) -> dict:
+        cfg = self.cfg
+        return {
+            "workflow": cfg.workflow,
+            "config": cfg.model_dump(mode="json"),
+            "model": {"name": self.model.model_name, "options": self.model.model_options,
+                      "out_channels": self.workflow.out_channels(cfg)},
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "normalization": self.normalizer.to_dict(),
+            "class_names": [cfg.class_label(i) for i in range(cfg.n_classes)],
+            "epoch": epoch,
+            "best_epoch": best_epoch,
+            "best_val_loss": best_loss,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        }
+
+    @staticmethod
+    def _save(path: Path, payload: dict) -> Path:
+        from .checkpoint import save_checkpoint
+
+        return save_checkpoint(path, payload)
+
+    def loaded_model(self):
+        """The model as trained so far, wrapped for prediction (the widget's 'model just trained')."""
+        from .checkpoint import LoadedModel
+
+        return LoadedModel(self.model, self.cfg, self.normalizer, self.best_checkpoint)
+
+
+class _Log:
+    """Per-epoch CSV log; the header is fixed by the first row."""
+
+    def __init__(self, path: Path):
+        self.path, self.fields = path, None
+
+    def write(self, row: dict) -> None:
+        new = self.fields is None
+        if new:
+            self.fields = list(row)
+        with open(self.path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+
+class _Charts:
+    """Loss and metric charts (PNG), redrawn at most every `every` seconds so drawing never slows training."""
+
+    def __init__(self, folder: Path, run_name: str, metric: str, every: float = 30.0):
+        self.folder, self.run_name, self.metric, self.every = folder, run_name, metric, every
+        self.rows: list[dict] = []
+        self.last = -math.inf
+
+    def update(self, row: dict) -> None:
+        self.rows.append(row)
+        self.draw()
+
+    def draw(self, force: bool = False) -> None:
+        if not self.rows or (not force and time.perf_counter() - self.last < self.every):
+            return
+        from .charts import plot_history
+
+        plot_history(self.rows, self.folder / f"{self.run_name}_loss.png", ["train_loss", "val_loss"], "loss")
+        if self.metric and self.metric in self.rows[-1]:
+            plot_history(self.rows, self.folder / f"{self.run_name}_{self.metric}.png", [self.metric], self.metric)
+        self.last = time.perf_counter()

@@ -1,0 +1,4 @@
+"""Workflows plug into the trainer and predictor through the small `Workflow` interface (see base.py)."""
+from .base import Workflow, get_workflow, register_workflow, list_workflows
+
+__all__ = ["Workflow", "get_workflow", "register_workflow", "list_workflows"]

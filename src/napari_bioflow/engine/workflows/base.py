@@ -1,0 +1,68 @@
+"""The interface between a workflow and the shared engine: targets, loss, head, metrics, outputs.
+
+The trainer and predictor only call these methods, so a new workflow is a new file with a registered
+subclass and never a change to the trainer.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+_WORKFLOWS: dict[str, type["Workflow"]] = {}
+
+
+def register_workflow(cls: type["Workflow"]) -> type["Workflow"]:
+    _WORKFLOWS[cls.name] = cls
+    return cls
+
+
+def get_workflow(name: str) -> "Workflow":
+    from . import semantic  # noqa: F401  (registers the built-in workflows)
+
+    if name not in _WORKFLOWS:
+        raise KeyError(f"unknown workflow '{name}'; available: {', '.join(sorted(_WORKFLOWS))}")
+    return _WORKFLOWS[name]()
+
+
+def list_workflows() -> list[str]:
+    from . import semantic  # noqa: F401
+
+    return sorted(_WORKFLOWS)
+
+
+class Workflow:
+    name: str = ""
+    target_is_image = False  # True when the target is an image (augmented with a channel axis)
+    chart_metric = ""  # the validation metric drawn beside the loss, e.g. "iou_foreground"
+    higher_is_better = True
+
+    # --- head and targets ---------------------------------------------------------------------------
+    def out_channels(self, cfg) -> int:
+        raise NotImplementedError
+
+    def check_target(self, target, name: str, spatial_shape: tuple[int, ...], cfg, notes: list[str]) -> dict[str, Any]:
+        """Validate a target array for a raw image; return Sample attributes to set (e.g. label_is_255)."""
+        raise NotImplementedError
+
+    def read_target(self, sample, sl) -> np.ndarray:
+        raise NotImplementedError
+
+    # --- training -----------------------------------------------------------------------------------
+    def loss(self, cfg) -> Callable:
+        """Return loss(logits, target) -> scalar tensor."""
+        raise NotImplementedError
+
+    def activation(self, logits):
+        """Model logits -> the values predicted and blended (e.g. softmax probabilities)."""
+        raise NotImplementedError
+
+    def metrics(self, cfg):
+        """A fresh accumulator with update(prediction: np.ndarray (B,C,...), target: np.ndarray) and compute() -> dict."""
+        raise NotImplementedError
+
+    # --- outputs ------------------------------------------------------------------------------------
+    def write_outputs(self, prediction, out_dir: Path, stem: str, cfg, target=None) -> dict[str, Any]:
+        """Write the result files of one predicted image; return {output name: array-like} and metrics under 'metrics'."""
+        raise NotImplementedError

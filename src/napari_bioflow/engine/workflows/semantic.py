@@ -1,0 +1,127 @@
+"""Semantic segmentation: a class per pixel/voxel; softmax probabilities, argmax labels, IoU."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..metrics import IoUAccumulator
+from .base import Workflow, register_workflow
+
+
+def _min_max(arr) -> tuple[int, int]:
+    if hasattr(arr, "compute"):
+        import dask
+
+        lo, hi = dask.compute(arr.min(), arr.max())
+    else:
+        lo, hi = arr.min(), arr.max()
+    return int(lo), int(hi)
+
+
+def check_label(label, name: str, spatial_shape: tuple[int, ...], n_classes: int, notes: list[str]) -> bool:
+    """Check a label image's shape and values; return True when it is a 0/255 binary mask read as 0/1."""
+    if tuple(label.shape) != tuple(spatial_shape):
+        raise InputError(f"{name} has shape {'x'.join(map(str, label.shape))} but its raw image has "
+                         f"{'x'.join(map(str, spatial_shape))}.")
+    if np.issubdtype(label.dtype, np.floating):
+        frac = label != np.floor(label)
+        frac = frac.any()
+        if bool(frac.compute() if hasattr(frac, "compute") else frac):
+            raise InputError(f"{name} holds non-integer values: labels must be integer classes.")
+    lo, hi = _min_max(label)
+    if lo < 0:
+        raise InputError(f"{name} holds negative label values (min {lo}).")
+    if hi < n_classes:
+        return False
+    if n_classes == 2 and hi == 255:
+        values = np.unique(np.asarray(label))
+        if set(values.tolist()) <= {0, 255}:
+            notes.append(f"{name} is a 0/255 binary mask: read as 0 = background, 1 = foreground.")
+            return True
+    raise InputError(f"{name} holds label value {hi}, but there are only {n_classes} classes "
+                     f"(values 0 to {n_classes - 1}); set n_classes.")
+
+
+class SegmentationMetrics:
+    def __init__(self, n_classes: int):
+        self.acc = IoUAccumulator(n_classes)
+
+    def update(self, prediction: np.ndarray, target: np.ndarray) -> None:
+        self.acc.update(prediction.argmax(1), target)
+
+    def compute(self) -> dict[str, float]:
+        return self.acc.compute()
+
+
+def median_filter_labels(labels: np.ndarray, z_size: int, yz_size: int) -> np.ndarray:
+    """BiaPy's 3D post-processing: median filtering of the labels along Z, or over Y and Z."""
+    from scipy.ndimage import median_filter
+
+    if z_size > 1:
+        labels = median_filter(labels, size=(z_size, 1, 1))
+    if yz_size > 1:
+        labels = median_filter(labels, size=(yz_size, yz_size, 1))
+    return labels
+
+
+@register_workflow
+class SemanticSegmentation(Workflow):
+    name = "semantic_segmentation"
+    chart_metric = "iou_foreground"
+
+    def out_channels(self, cfg) -> int:
+        return cfg.n_classes
+
+    def check_target(self, target, name, spatial_shape, cfg, notes) -> dict[str, Any]:
+        return {"label_is_255": check_label(target, name, spatial_shape, cfg.n_classes, notes)}
+
+    def read_target(self, sample, sl) -> np.ndarray:
+        return sample.read_label(sl)
+
+    def loss(self, cfg):
+        import torch.nn.functional as F
+
+        def ce(logits, target):
+            return F.cross_entropy(logits, target)
+
+        def ce_dice(logits, target):
+            prob = logits.softmax(1)
+            onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(prob.dtype)
+            dims = tuple(range(2, logits.ndim))
+            inter = (prob * onehot).sum(dims)
+            dice = (2 * inter + 1) / (prob.sum(dims) + onehot.sum(dims) + 1)
+            return F.cross_entropy(logits, target) + (1 - dice.mean())
+
+        return ce_dice if cfg.train.loss == "ce_dice" else ce
+
+    def activation(self, logits):
+        return logits.softmax(1)
+
+    def metrics(self, cfg):
+        return SegmentationMetrics(cfg.n_classes)
+
+    def labels_from(self, prob, cfg) -> np.ndarray:
+        """Argmax labels (uint8/uint16) of a channel-first probability array, with the 3D median filters."""
+        labels = np.asarray(prob).argmax(0).astype(np.uint8 if cfg.n_classes <= 255 else np.uint16)
+        if cfg.ndim == 3 and (cfg.predict.z_filter > 1 or cfg.predict.yz_filter > 1):
+            labels = median_filter_labels(labels, cfg.predict.z_filter, cfg.predict.yz_filter)
+        return labels
+
+    def write_outputs(self, prediction, out_dir: Path, stem: str, cfg, target=None) -> dict[str, Any]:
+        from ..io import write_tiff
+
+        labels = self.labels_from(prediction, cfg)
+        axes = "ZYX" if cfg.ndim == 3 else "YX"
+        out: dict[str, Any] = {"probabilities": prediction, "labels": labels}
+        if cfg.predict.save_tiff:
+            write_tiff(out_dir / "per_image" / f"{stem}.tif", np.asarray(prediction, np.float32), "C" + axes)
+            write_tiff(out_dir / "per_image_binarized" / f"{stem}.tif", labels, axes)
+        if target is not None:
+            acc = IoUAccumulator(cfg.n_classes)
+            acc.update(labels, target)
+            out["metrics"] = acc.compute()
+            out["counts"] = (acc.inter, acc.union)
+        return out
