@@ -65,6 +65,22 @@ def test_plan_invariants_random(seed):
             assert all(a + t - b >= need for a, b in zip(starts, starts[1:]))
 
 
+def test_plan_square_yx_for_rotation_tta():
+    plain = plan_tiles((100, 130), 48, 0.0625, 8)
+    square = plan_tiles((100, 130), 48, 0.0625, 8, square_yx=True)
+    assert plain.tile_shape[0] != plain.tile_shape[1]
+    assert square.tile_shape == (max(plain.tile_shape),) * 2
+    assert [len(s) for s in square.starts] == [len(s) for s in plain.starts]  # same tile count
+    for L, t, st in zip((100, 130), square.tile_shape, square.starts):
+        assert st[-1] + t == L
+    # TTA with a square requested tile runs all 8 dihedral transforms on such an image.
+    fwd = Counting(identity)
+    img = rand_image((100, 130, 1))
+    out = sliding_window_predict(img, fwd, out_channels=1, tile_size=48, divisor=8, tta=True, batch_size=100)
+    assert fwd.calls == 8
+    np.testing.assert_allclose(out[0], img[..., 0], atol=1e-5)
+
+
 def test_plan_small_image_pads():
     plan = plan_tiles((100, 37), (256, 256), 0.1, 16)
     assert plan.tile_shape == (112, 48) and plan.padded_shape == (112, 48) and len(plan.tiles) == 1
@@ -177,7 +193,8 @@ def symmetric_blur(dim):
 
 @pytest.mark.parametrize(
     "shape, tile, n_transforms",
-    [((100, 130), 48, 8), ((100, 130), (32, 48), 4), ((20, 50, 60), (16, 32, 32), 16)],
+    # shapes for which the plain plan is already square, so both runs use the same tiles
+    [((120, 120), 48, 8), ((100, 130), (32, 48), 4), ((20, 50, 50), (16, 32, 32), 16)],
 )
 def test_tta_equivariant_equals_plain(shape, tile, n_transforms):
     img = rand_image((*shape, 1))

@@ -195,3 +195,30 @@ def config_reference() -> str:
 
     section(RunConfig, "")
     return "\n".join(lines)
+
+
+def commented_config(workflow: str, ndim: int = 2) -> str:
+    """A starting YAML config for `workflow`, every field with its description as a comment."""
+    import textwrap
+
+    cfg = RunConfig(workflow=workflow, ndim=ndim, name=f"my_{workflow}_{ndim}d",
+                    data=DataConfig(patch_size=[32, 128, 128] if ndim == 3 else [256, 256],
+                                    train_raw=Path("path/to/train/raw"), train_label=Path("path/to/train/label")))
+    values = cfg.model_dump(mode="json")
+    out = [f"# napari-bioflow config: {workflow.replace('_', ' ')}, {ndim}D.",
+           "# Run: napari-bioflow train THIS.yaml   (override any field: --set train.epochs=5)", ""]
+
+    def emit(model: type[BaseModel], data: dict, indent: str):
+        for name, f in model.model_fields.items():
+            ann = f.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                out.append(f"{indent}{name}:")
+                emit(ann, data[name], indent + "  ")
+                continue
+            for line in textwrap.wrap(f.description or "", 100 - len(indent)):
+                out.append(f"{indent}# {line}")
+            dumped = yaml.safe_dump({name: data[name]}, default_flow_style=True, sort_keys=False).strip()
+            out.append(f"{indent}{dumped[1:-1] if dumped.startswith('{') else dumped}")
+
+    emit(RunConfig, values, "")
+    return "\n".join(out) + "\n"

@@ -10,6 +10,7 @@ import numpy as np
 from .errors import InputError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".zarr")
+IN_MEMORY_BYTES = 256 * 2**20
 
 
 def is_image_path(path: Path) -> bool:
@@ -49,7 +50,9 @@ def open_image(path: Path):
 
             try:
                 return tifffile.memmap(str(path), mode="r")
-            except Exception:  # compressed or tiled: fall back to a zarr view of the file, read on demand
+            except Exception:  # compressed: small files are read whole, big ones through a zarr view read on demand
+                if path.stat().st_size < IN_MEMORY_BYTES:
+                    return tifffile.imread(str(path))
                 store = tifffile.imread(str(path), aszarr=True)
                 import zarr
 

@@ -28,6 +28,7 @@ __all__ = [
     "TilePlan",
     "ZarrAccumulator",
     "argmax_labels",
+    "chunk_regions",
     "plan_tiles",
     "sliding_window_predict",
     "write_labels_zarr",
@@ -251,7 +252,7 @@ class ZarrAccumulator:
         import zarr
 
         out = zarr.open_array(store=str(path), mode="w", shape=self.shape, chunks=self.sum.chunks, dtype="float32")
-        for region in _chunk_regions(self.shape[1:], self.sum.chunks[1:]):
+        for region in chunk_regions(self.shape[1:], self.sum.chunks[1:]):
             s = self.sum[(slice(None), *region)]
             w = self.weight[region]
             out[(slice(None), *region)] = np.where(w > 0, s / np.maximum(w, 1e-30), 0).astype(np.float32)
@@ -261,7 +262,8 @@ class ZarrAccumulator:
         return self.finalize(self.root / "prob")
 
 
-def _chunk_regions(shape: Sequence[int], chunks: Sequence[int]):
+def chunk_regions(shape: Sequence[int], chunks: Sequence[int]):
+    """Slices of the chunks of an array of `shape`, in C order."""
     for origin in itertools.product(*(range(0, s, c) for s, c in zip(shape, chunks))):
         yield tuple(slice(o, min(o + c, s)) for o, c, s in zip(origin, chunks, shape))
 
@@ -422,6 +424,6 @@ def write_labels_zarr(prob_zarr, path: str | Path):
     chunks = tuple(prob_zarr.chunks[1:])
     out = zarr.open_array(store=str(path), mode="w", shape=shape, chunks=chunks,
                           dtype=_labels_dtype(prob_zarr.shape[0]), fill_value=0)
-    for region in _chunk_regions(shape, chunks):
+    for region in chunk_regions(shape, chunks):
         out[region] = _argmax_block(np.asarray(prob_zarr[(slice(None), *region)]))
     return out

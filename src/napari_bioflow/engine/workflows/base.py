@@ -63,6 +63,8 @@ class Workflow:
         raise NotImplementedError
 
     # --- outputs ------------------------------------------------------------------------------------
-    def write_outputs(self, prediction, out_dir: Path, stem: str, cfg, target=None) -> dict[str, Any]:
-        """Write the result files of one predicted image; return {output name: array-like} and metrics under 'metrics'."""
+    def write_outputs(self, prediction, store: Path, out_dir: Path, stem: str, cfg, target=None) -> dict[str, Any]:
+        """Write the results of one predicted image (prediction: channel-first zarr array inside the zarr folder
+        `store`; files under the run's results folder `out_dir`). `target(region)` reads the ground truth of a
+        region when there is one. Return {output name: array-like}, with metrics under 'metrics'."""
         raise NotImplementedError

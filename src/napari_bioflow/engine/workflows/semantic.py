@@ -103,25 +103,40 @@ class SemanticSegmentation(Workflow):
     def metrics(self, cfg):
         return SegmentationMetrics(cfg.n_classes)
 
-    def labels_from(self, prob, cfg) -> np.ndarray:
-        """Argmax labels (uint8/uint16) of a channel-first probability array, with the 3D median filters."""
-        labels = np.asarray(prob).argmax(0).astype(np.uint8 if cfg.n_classes <= 255 else np.uint16)
-        if cfg.ndim == 3 and (cfg.predict.z_filter > 1 or cfg.predict.yz_filter > 1):
-            labels = median_filter_labels(labels, cfg.predict.z_filter, cfg.predict.yz_filter)
-        return labels
-
-    def write_outputs(self, prediction, out_dir: Path, stem: str, cfg, target=None) -> dict[str, Any]:
+    def write_outputs(self, prediction, store: Path, out_dir: Path, stem: str, cfg, target=None) -> dict[str, Any]:
+        """prediction: (C, (Z,)Y,X) probabilities (zarr). Writes labels into the store chunk by chunk, TIFFs when
+        they fit, and IoU against `target` read chunk by chunk too, so huge volumes never load whole."""
         from ..io import write_tiff
+        from ..predict import chunk_regions, write_labels_zarr
 
-        labels = self.labels_from(prediction, cfg)
+        labels = write_labels_zarr(prediction, store / "labels")
+        if cfg.ndim == 3 and (cfg.predict.z_filter > 1 or cfg.predict.yz_filter > 1):
+            labels = _filter_zarr(labels, store / "labels_filtered", cfg.predict.z_filter, cfg.predict.yz_filter)
         axes = "ZYX" if cfg.ndim == 3 else "YX"
         out: dict[str, Any] = {"probabilities": prediction, "labels": labels}
-        if cfg.predict.save_tiff:
-            write_tiff(out_dir / "per_image" / f"{stem}.tif", np.asarray(prediction, np.float32), "C" + axes)
-            write_tiff(out_dir / "per_image_binarized" / f"{stem}.tif", labels, axes)
+        if cfg.predict.save_tiff and prediction.nbytes <= TIFF_MAX_BYTES:
+            write_tiff(out_dir / "per_image" / f"{stem}.tif", np.asarray(prediction[...], np.float32), "C" + axes)
+            write_tiff(out_dir / "per_image_binarized" / f"{stem}.tif", np.asarray(labels[...]), axes)
         if target is not None:
             acc = IoUAccumulator(cfg.n_classes)
-            acc.update(labels, target)
+            for region in chunk_regions(labels.shape, labels.chunks):
+                acc.update(np.asarray(labels[region]), target(region))
             out["metrics"] = acc.compute()
             out["counts"] = (acc.inter, acc.union)
         return out
+
+
+TIFF_MAX_BYTES = 2 * 2**30  # beyond this the zarr store is the result (TIFF would need the whole array in RAM)
+
+
+def _filter_zarr(labels, path: Path, z_size: int, yz_size: int):
+    """Median filters over a zarr label volume, chunk by chunk with enough overlap to be exact."""
+    import dask.array as da
+
+    depth = {0: max(z_size, yz_size) // 2 + 1, 1: yz_size // 2 + 1, 2: 0}
+    lazy = da.from_zarr(labels).map_overlap(median_filter_labels, depth=depth, boundary="reflect",
+                                            z_size=z_size, yz_size=yz_size, dtype=labels.dtype)
+    lazy.to_zarr(str(path), overwrite=False)
+    import zarr
+
+    return zarr.open_array(store=str(path), mode="r")

@@ -1,0 +1,218 @@
+"""Command line: the same engine calls as the widgets. A user's mistake prints one line and exits 2.
+
+    napari-bioflow init semantic_segmentation -o my.yaml    commented starting config
+    napari-bioflow train my.yaml --set train.epochs=5       train (then predict data.test_raw if set)
+    napari-bioflow predict my.yaml --set predict.checkpoint=...   or   predict --checkpoint C --input DIR
+    napari-bioflow sample                                   the main job on the shipped sample data
+    napari-bioflow docs -o docs/config.md                   regenerate the config reference
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# heavy modules (torch, pydantic, napari) are imported inside the commands so --help stays instant
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _load_config(args):
+    from .config import RunConfig
+
+    if args.config is None:
+        return RunConfig.from_dict({}, args.set, source="command line")
+    return RunConfig.load(args.config, args.set)
+
+
+def _train(cfg):
+    """Train with progress lines; return the trainer."""
+    from .engine.train import DoneReport, EpochReport, StartReport, Trainer
+
+    trainer = Trainer(cfg)
+    for r in trainer.run():
+        if isinstance(r, StartReport):
+            _print(f"run {r.run_name} in {r.experiment_dir}: {r.n_train} training / {r.n_val} validation images, "
+                   f"{r.steps_per_epoch} steps per epoch")
+            for n in r.notes:
+                _print(f"note: {n}")
+        elif isinstance(r, EpochReport):
+            m = " ".join(f"{k}={v:.4f}" for k, v in r.metrics.items() if not k.startswith("iou_class"))
+            _print(f"epoch {r.epoch}/{r.epochs} loss={r.train_loss:.4f} val_loss={r.val_loss:.4f} {m} "
+                   f"lr={r.learning_rate:.2e} {r.seconds:.1f}s eta {r.eta_seconds:.0f}s{' *' if r.improved else ''}")
+        elif isinstance(r, DoneReport):
+            _print(f"training {r.reason} after {r.epochs_run} epoch(s); best epoch {r.best_epoch}; checkpoint {r.checkpoint}")
+    return trainer
+
+
+def _predict(cfg, loaded, experiment, raw_dir: Path, label_dir):
+    from .engine.inference import predict_files
+    from .engine.sources import folder_pairs
+
+    pairs = folder_pairs(raw_dir, label_dir, "test")
+    out = experiment.results
+    for res in predict_files(loaded, pairs, out, device=_device(cfg)):
+        m = " ".join(f"{k}={v:.4f}" for k, v in res.metrics.items() if not k.startswith("iou_class"))
+        _print(f"predicted {res.name} in {res.seconds:.1f}s {m}")
+    if (out / "metrics.csv").exists():
+        _print(f"metrics: {out / 'metrics.csv'}")
+    _print(f"results: {out}")
+
+
+def _device(cfg) -> str:
+    from .engine.train import resolve_device
+
+    return resolve_device(cfg.device)
+
+
+def cmd_train(args) -> None:
+    cfg = _load_config(args)
+    trainer = _train(cfg)
+    if cfg.data.test_raw is not None and trainer.best_checkpoint is not None:
+        from .engine.checkpoint import load_model
+
+        loaded = load_model(trainer.best_checkpoint, _device(cfg))
+        _predict(cfg, loaded, trainer.experiment, cfg.data.test_raw, cfg.data.test_label)
+
+
+def cmd_predict(args) -> None:
+    from .engine.checkpoint import load_model
+    from .engine.errors import InputError
+    from .engine.experiment import new_experiment
+
+    if args.checkpoint:
+        args.set = [f"predict.checkpoint={args.checkpoint}", *args.set]
+    if args.input:
+        args.set = [f"data.test_raw={args.input}", *args.set]
+    if args.labels:
+        args.set = [f"data.test_label={args.labels}", *args.set]
+    if args.output:
+        args.set = [f"output_dir={args.output}", *args.set]
+    cfg = _load_config(args)
+    if cfg.predict.checkpoint is None:
+        raise InputError("No checkpoint: give --checkpoint or set predict.checkpoint.")
+    if cfg.data.test_raw is None:
+        raise InputError("No images to predict: give --input or set data.test_raw.")
+    loaded = load_model(cfg.predict.checkpoint, _device(cfg))
+    if args.config is None:  # the checkpoint's own settings, with this command's paths and overrides
+        from .config import RunConfig
+
+        base = loaded.config.model_dump(mode="json")
+        base["predict"]["checkpoint"] = str(cfg.predict.checkpoint)
+        cfg = RunConfig.from_dict(base, args.set, source="command line")
+    elif cfg.workflow != loaded.config.workflow:
+        raise InputError(f"Checkpoint {cfg.predict.checkpoint} was trained for {loaded.config.workflow.replace('_', ' ')}, "
+                         f"not {cfg.workflow.replace('_', ' ')}.")
+    loaded.config = loaded.config.model_copy(update={"predict": cfg.predict})
+    experiment = new_experiment(cfg.output_dir, cfg.name)
+    cfg.save(experiment.config_path)
+    _predict(cfg, loaded, experiment, cfg.data.test_raw, cfg.data.test_label)
+
+
+def cmd_init(args) -> None:
+    from .config import commented_config
+    from .engine.errors import InputError
+
+    out = Path(args.output or f"{args.workflow}_{args.ndim}d.yaml")
+    if out.exists() and not args.force:
+        raise InputError(f"{out} exists already; choose another --output or add --force.")
+    out.write_text(commented_config(args.workflow, args.ndim))
+    _print(f"wrote {out}")
+
+
+def cmd_docs(args) -> None:
+    from .config import config_reference
+
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(config_reference())
+    _print(f"wrote {args.output}")
+
+
+def cmd_models(args) -> None:
+    from .engine.models import list_models, model_info
+
+    for name in list_models():
+        _print(f"{name}: {model_info(name)}")
+
+
+def cmd_sample(args) -> None:
+    """Train on the shipped sample data and predict its held-aside test images."""
+    from .config import RunConfig
+    from .sample_data import sample_root
+
+    root = sample_root() / ("nuclei_3d" if args.ndim == 3 else "bbbc007_2d")
+    base = {
+        "name": f"sample_{args.ndim}d", "output_dir": args.output, "ndim": args.ndim,
+        "data": {"train_raw": str(root / "train/raw"), "train_label": str(root / "train/label"),
+                 "test_raw": str(root / "test/raw"), "test_label": str(root / "test/label"),
+                 "patch_size": [16, 64, 64] if args.ndim == 3 else [128, 128], "val_split": 0.25},
+        "model": {"options": {"feature_maps": [16, 32, 64]}},
+        "train": {"epochs": args.epochs, "patience": 5, "batch_size": 4, "learning_rate": 2e-3},
+    }
+    cfg = RunConfig.from_dict(base, args.set, source="sample job")
+    args.config = None
+    trainer = _train(cfg)
+    from .engine.checkpoint import load_model
+
+    loaded = load_model(trainer.best_checkpoint, _device(cfg))
+    _predict(cfg, loaded, trainer.experiment, cfg.data.test_raw, cfg.data.test_label)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="napari-bioflow", description="Train and run deep-learning workflows for microscopy.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp, required=True):
+        sp.add_argument("config", type=Path, nargs=None if required else "?", help="YAML config file")
+        sp.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override a config field, e.g. --set train.epochs=5 (repeatable)")
+
+    sp = sub.add_parser("train", help="train a model from a YAML config")
+    with_config(sp)
+    sp.set_defaults(func=cmd_train)
+    sp = sub.add_parser("predict", help="predict images with a checkpoint")
+    with_config(sp, required=False)
+    sp.add_argument("--checkpoint", type=Path, help="checkpoint file (.pth)")
+    sp.add_argument("--input", type=Path, help="folder of images to predict")
+    sp.add_argument("--labels", type=Path, help="folder of ground-truth labels (metrics)")
+    sp.add_argument("--output", type=Path, help="output folder (default: the config's output_dir)")
+    sp.set_defaults(func=cmd_predict)
+    sp = sub.add_parser("init", help="write a commented starting config")
+    sp.add_argument("workflow", choices=["semantic_segmentation"])
+    sp.add_argument("--ndim", type=int, choices=[2, 3], default=2)
+    sp.add_argument("-o", "--output", type=Path)
+    sp.add_argument("--force", action="store_true", help="replace an existing file")
+    sp.set_defaults(func=cmd_init)
+    sp = sub.add_parser("sample", help="train and predict on the shipped sample data")
+    sp.add_argument("--ndim", type=int, choices=[2, 3], default=2)
+    sp.add_argument("--epochs", type=int, default=15)
+    sp.add_argument("--output", type=Path, default=Path("bioflow_runs"))
+    sp.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    sp.set_defaults(func=cmd_sample)
+    sp = sub.add_parser("docs", help="write the config reference (Markdown)")
+    sp.add_argument("-o", "--output", type=Path, default=Path("docs/config.md"))
+    sp.set_defaults(func=cmd_docs)
+    sp = sub.add_parser("models", help="list the registered models and their options")
+    sp.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .engine.errors import InputError
+
+    try:
+        args.func(args)
+    except InputError as e:
+        print(f"napari-bioflow: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("napari-bioflow: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

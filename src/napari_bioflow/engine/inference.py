@@ -1,0 +1,122 @@
+"""Prediction of whole images and folders with a trained model, written into the experiment layout.
+
+`ImagePrediction` is set up first (checks, tile plan, zarr accumulator) and run second, so a viewer can add a
+dask-backed layer over the accumulator and watch tiles land while a worker runs the prediction.
+"""
+from __future__ import annotations
+
+import csv
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+
+from .errors import Cancelled, InputError
+
+
+def default_tile(cfg, spatial: tuple[int, ...], divisor: int) -> list[int]:
+    """The largest tile that keeps memory modest: 1024 px per axis in 2D, 128 in 3D, never below the patch."""
+    if cfg.predict.tile_size:
+        return list(cfg.predict.tile_size)
+    cap = 1024 if cfg.ndim == 2 else 128
+    return [max(p, min(cap, -(-d // divisor) * divisor)) for p, d in zip(cfg.data.patch_size, spatial)]
+
+
+@dataclass
+class ImageResult:
+    name: str
+    outputs: dict[str, Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class ImagePrediction:
+    def __init__(self, loaded, image, name: str, out_dir: Path, stem: str, device: str = "cpu",
+                 target=None, target_name: str = ""):
+        from .predict import ZarrAccumulator, plan_tiles
+        from .sources import check_finite, to_channels_last
+
+        cfg = loaded.config
+        self.loaded, self.name, self.out_dir, self.stem, self.device = loaded, name, Path(out_dir), stem, device
+        self.cfg, self.workflow = cfg, loaded.workflow
+        self.image = to_channels_last(image, cfg.ndim, cfg.data.in_channels, name)
+        check_finite(self.image, name)
+        spatial = tuple(self.image.shape[:-1])
+        self.target = None
+        if target is not None:
+            notes: list[str] = []
+            flags = self.workflow.check_target(target, target_name or f"the labels of {name}", spatial, cfg, notes)
+            to_int = (lambda a: (a > 0).astype(np.int64)) if flags.get("label_is_255") else (lambda a: a.astype(np.int64))
+            self.target = lambda region: to_int(np.asarray(target[region]))
+        divisor = loaded.model.size_divisor
+        self.tile = default_tile(cfg, spatial, divisor)
+        self.plan = plan_tiles(spatial, self.tile, cfg.predict.overlap, divisor)
+        self.store = self.out_dir / "per_image" / f"{stem}.zarr"
+        if self.store.exists():
+            raise InputError(f"{self.store} exists already; results are never overwritten.")
+        self.store.parent.mkdir(parents=True, exist_ok=True)
+        self.out_channels = self.workflow.out_channels(cfg)
+        self.accumulator = ZarrAccumulator.create(self.store / "accumulator", (self.out_channels, *spatial), self.plan.chunks)
+
+    def lazy(self):
+        """The prediction as a dask array, readable at any time while tiles are written."""
+        return self.accumulator.lazy()
+
+    def run(self, cancel: Optional[Callable[[], bool]] = None, progress: Optional[Callable[[int, int], None]] = None) -> ImageResult:
+        import torch
+
+        from .predict import PredictionCancelled, sliding_window_predict
+
+        start = time.perf_counter()
+        model, wf = self.loaded.model, self.workflow
+        model.to(self.device).eval()
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return wf.activation(model(x))
+
+        try:
+            sliding_window_predict(self.image, forward, out_channels=self.out_channels, tile_size=self.tile,
+                                   overlap=self.cfg.predict.overlap, batch_size=self.cfg.predict.batch_size,
+                                   tta=self.cfg.predict.tta, device=self.device, divisor=model.size_divisor,
+                                   preprocess=self.loaded.normalizer, out=self.accumulator, cancel=cancel, progress=progress)
+        except PredictionCancelled:
+            raise Cancelled(f"prediction of {self.name} cancelled") from None
+        prob = self.accumulator.finalize(self.store / "prediction")
+        outputs = wf.write_outputs(prob, self.store, self.out_dir, self.stem, self.cfg, self.target)
+        return ImageResult(self.name, outputs, outputs.pop("metrics", {}), time.perf_counter() - start)
+
+    def cleanup(self) -> None:
+        """Drop the running sums once nothing reads them any more (the final arrays stay)."""
+        shutil.rmtree(self.store / "accumulator", ignore_errors=True)
+
+
+def predict_files(loaded, files: list[tuple[Path, Optional[Path]]], out_dir: Path, device: str = "cpu",
+                  cancel: Optional[Callable[[], bool]] = None) -> Iterator[ImageResult]:
+    """Predict each (raw, optional label) file into `out_dir`; writes metrics.csv when labels are given."""
+    from .io import open_image
+
+    rows, totals = [], None
+    for raw_path, label_path in files:
+        if cancel is not None and cancel():
+            raise Cancelled("prediction cancelled")
+        target = open_image(label_path) if label_path is not None else None
+        job = ImagePrediction(loaded, open_image(raw_path), str(raw_path), out_dir, Path(raw_path).name.split(".")[0],
+                              device, target, str(label_path or ""))
+        result = job.run(cancel)
+        job.cleanup()
+        counts = result.outputs.pop("counts", None)
+        if counts is not None:
+            totals = counts if totals is None else (totals[0] + counts[0], totals[1] + counts[1])
+            rows.append({"image": Path(raw_path).name, **result.metrics})
+        yield result
+    if rows:
+        from .metrics import iou_from_counts
+
+        rows.append({"image": "ALL (pixels pooled)", **iou_from_counts(*totals)})
+        with open(out_dir / "metrics.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
