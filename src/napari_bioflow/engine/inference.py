@@ -120,3 +120,25 @@ def predict_files(loaded, files: list[tuple[Path, Optional[Path]]], out_dir: Pat
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
+
+
+def predict_array(loaded, image, device: str = "cpu", tile_size: Optional[list[int]] = None) -> np.ndarray:
+    """Predict a small in-memory image ((Z,)Y,X[,C], any layout `to_channels_last` accepts) to a numpy array
+    (C, (Z,)Y,X): the training preview and quick checks. Big images go through ImagePrediction instead."""
+    import torch
+
+    from .predict import sliding_window_predict
+    from .sources import to_channels_last
+
+    cfg, wf, model = loaded.config, loaded.workflow, loaded.model
+    image = to_channels_last(image, cfg.ndim, cfg.data.in_channels, "image")
+    was_training = model.training
+    model.eval()
+    try:
+        return sliding_window_predict(
+            image, lambda x: wf.activation(model(x)), out_channels=wf.out_channels(cfg),
+            tile_size=tile_size or default_tile(cfg, tuple(image.shape[:-1]), model.size_divisor),
+            overlap=cfg.predict.overlap, batch_size=cfg.predict.batch_size, device=device,
+            divisor=model.size_divisor, preprocess=loaded.normalizer)
+    finally:
+        model.train(was_training)
