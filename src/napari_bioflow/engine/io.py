@@ -1,6 +1,7 @@
 """Reading and writing images: TIFF, PNG, zarr. Reads are lazy where the format allows (memory-mapped TIFF, zarr)."""
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -50,9 +51,9 @@ def open_image(path: Path):
 
             try:
                 return tifffile.memmap(str(path), mode="r")
-            except Exception:  # compressed: small files are read whole, big ones through a zarr view read on demand
+            except Exception:  # compressed: small files are decoded on demand, big ones through a zarr view
                 if path.stat().st_size < IN_MEMORY_BYTES:
-                    return tifffile.imread(str(path))
+                    return LazyFile(path, tifffile.imread)
                 store = tifffile.imread(str(path), aszarr=True)
                 import zarr
 
@@ -61,12 +62,34 @@ def open_image(path: Path):
         if suffix == ".png":
             from skimage.io import imread
 
-            return np.asarray(imread(str(path)))
+            return LazyFile(path, imread)
     except InputError:
         raise
     except Exception as e:
         raise InputError(f"File {path} cannot be read as an image: {str(e).splitlines()[0] if str(e) else type(e).__name__}.") from None
     raise InputError(f"File {path} is not a TIFF, PNG or zarr image.")
+
+
+@functools.lru_cache(maxsize=8)
+def _decoded(path: str, reader) -> np.ndarray:
+    return np.asarray(reader(path))
+
+
+class LazyFile:
+    """A compressed file decoded only when read, through a small cache: a folder of many images never sits in
+    RAM at once, and patch sampling re-decodes at most the few files it is drawing from."""
+
+    def __init__(self, path: Path, reader):
+        self.path, self.reader = str(path), reader
+        data = np.asarray(reader(self.path))  # decode once now so an unreadable file fails before training
+        self.shape, self.dtype, self.ndim = data.shape, data.dtype, data.ndim
+
+    def __getitem__(self, index):
+        return _decoded(self.path, self.reader)[index]
+
+    def __array__(self, dtype=None, copy=None):
+        data = _decoded(self.path, self.reader)
+        return data if dtype is None else data.astype(dtype)
 
 
 def write_tiff(path: Path, data: np.ndarray, axes: str | None = None) -> Path:

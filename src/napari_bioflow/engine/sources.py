@@ -47,7 +47,8 @@ def _lazy(arr):
         return arr
     import dask.array as da
 
-    return arr if isinstance(arr, da.Array) else da.from_array(arr, chunks=getattr(arr, "chunks", "auto"))
+    # a file decoded whole (LazyFile) is one chunk; zarr keeps its own chunks
+    return arr if isinstance(arr, da.Array) else da.from_array(arr, chunks=getattr(arr, "chunks", -1))
 
 
 def to_channels_last(arr, ndim: int, in_channels: int, name: str):
