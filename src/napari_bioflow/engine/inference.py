@@ -37,7 +37,7 @@ class ImagePrediction:
     def __init__(self, loaded, image, name: str, out_dir: Path, stem: str, device: str = "cpu",
                  target=None, target_name: str = ""):
         from .predict import ZarrAccumulator, plan_tiles
-        from .sources import check_finite, to_channels_last
+        from .sources import check_finite, lazy_array, to_channels_last
 
         cfg = loaded.config
         self.loaded, self.name, self.out_dir, self.stem, self.device = loaded, name, Path(out_dir), stem, device
@@ -47,6 +47,7 @@ class ImagePrediction:
         spatial = tuple(self.image.shape[:-1])
         self.target = None
         if target is not None:
+            target = lazy_array(target)
             notes: list[str] = []
             flags = self.workflow.check_target(target, target_name or f"the labels of {name}", spatial, cfg, notes)
             to_int = (lambda a: (a > 0).astype(np.int64)) if flags.get("label_is_255") else (lambda a: a.astype(np.int64))

@@ -42,7 +42,7 @@ class Dataset:
     notes: list[str] = field(default_factory=list)  # things the user should know (shown as info, not errors)
 
 
-def _lazy(arr):
+def lazy_array(arr):
     if isinstance(arr, np.ndarray):
         return arr
     import dask.array as da
@@ -56,12 +56,12 @@ def to_channels_last(arr, ndim: int, in_channels: int, name: str):
     shape = tuple(arr.shape)
     dims = "x".join(map(str, shape))
     if len(shape) == ndim:
-        out = _lazy(arr)[..., None]
+        out = lazy_array(arr)[..., None]
     elif len(shape) == ndim + 1:
         if shape[-1] <= MAX_CHANNELS:
-            out = _lazy(arr)
+            out = lazy_array(arr)
         elif shape[0] <= MAX_CHANNELS:  # channels first, as napari and many TIFFs keep them
-            out = np.moveaxis(_lazy(arr), 0, -1)
+            out = np.moveaxis(lazy_array(arr), 0, -1)
         else:
             raise InputError(f"{name} has shape {dims}: that is {len(shape)}D data, but the config is {ndim}D (set ndim: {len(shape)}).")
     elif len(shape) < ndim:
@@ -95,7 +95,7 @@ def make_sample(raw, name: str, cfg, label=None, label_name: str = "", notes: Op
     check_finite(raw, name)
     sample = Sample(name=name, raw=raw, label_name=label_name)
     if label is not None:
-        label = _lazy(label) if not isinstance(label, np.ndarray) else label
+        label = lazy_array(label) if not isinstance(label, np.ndarray) else label
         sample.label = label
         flags = get_workflow(cfg.workflow).check_target(label, label_name or f"the labels of {name}",
                                                          sample.spatial_shape, cfg, notes)

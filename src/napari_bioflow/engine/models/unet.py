@@ -122,9 +122,12 @@ class UNet(nn.Module):
             raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {upsample!r}")
         depth = len(feature_maps)
         drops = _per_level(drop, depth, "dropout")
-        # z_down False keeps Z at full resolution for that level (anisotropic stacks); 2D ignores it
-        scales = [(2, 2, 2) if ndim == 3 and z else (1, 2, 2) if ndim == 3 else (2, 2)
-                  for z in _per_level(z_down, depth - 1, "z_down")]
+        z_downs = _per_level(z_down, depth - 1, "z_down")
+        if not all(isinstance(z, bool) for z in z_downs):
+            # not BiaPy's factors (1 = keep Z): a 1 read as True would silently halve Z
+            raise ValueError(f"z_down must be true/false (per level), got {z_down!r}")
+        # False keeps Z at full resolution for that level (anisotropic stacks); 2D ignores it
+        scales = [(2, 2, 2) if ndim == 3 and z else (1, 2, 2) if ndim == 3 else (2, 2) for z in z_downs]
         self.ndim = ndim
         self.divisors = tuple(math.prod(axis) for axis in zip(*scales)) if scales else (1,) * ndim
         self.size_divisor = max(self.divisors)

@@ -1,0 +1,145 @@
+"""magicgui widgets bound to RunConfig fields: default, bounds, choices and tooltip come from the config model,
+so the widgets cannot drift from the config and `ConfigForm.values()` is a dict `RunConfig.from_dict` validates."""
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, LineEdit, SpinBox, Widget
+from qtpy.QtWidgets import QGroupBox, QSizePolicy, QVBoxLayout
+
+from ..config import RunConfig
+
+INT_MAX = 1_000_000
+
+
+def config_field(path: str):
+    """The pydantic FieldInfo of a dotted RunConfig path such as 'train.epochs'."""
+    model = RunConfig
+    *sections, last = path.split(".")
+    for part in sections:
+        model = model.model_fields[part].annotation
+    return model.model_fields[last]
+
+
+def _optional(annotation) -> tuple[Any, bool]:
+    args = typing.get_args(annotation)
+    if type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return annotation, False
+
+
+def _bounds(field, is_int: bool, step: float) -> dict:
+    out = {}
+    for meta in field.metadata:
+        for attr, key, shift in (("ge", "min", 0), ("gt", "min", 1), ("le", "max", 0), ("lt", "max", -1)):
+            value = getattr(meta, attr, None)
+            if value is not None:
+                out[key] = value + shift * (1 if is_int else step)
+    return out
+
+
+def humanize(path: str) -> str:
+    return path.split(".")[-1].replace("_", " ")
+
+
+class ConfigForm:
+    """Widgets keyed by config path; `values()` gives the nested dict of their current values."""
+
+    def __init__(self):
+        self.widgets: dict[str, Widget] = {}
+        self._optional: set[str] = set()
+
+    def __getitem__(self, path: str):
+        return self.widgets[path]
+
+    def add(self, path: str, *, label: str | None = None, **options) -> Widget:
+        field = config_field(path)
+        annotation, optional = _optional(field.annotation)
+        default = options.pop("value", field.get_default(call_default_factory=True))
+        kw = {"name": path.replace(".", "__"), "label": label or humanize(path), "tooltip": field.description}
+        if typing.get_origin(annotation) is Literal:
+            widget = ComboBox(choices=options.pop("choices", list(typing.get_args(annotation))), value=default, **kw, **options)
+        elif annotation is bool:
+            widget = CheckBox(value=default, **kw, **options)
+        elif annotation is int:
+            bounds = {"min": 0, "max": INT_MAX, **_bounds(field, True, 1)}
+            widget = SpinBox(value=default or 0, **{**bounds, **options}, **kw)
+        elif annotation is float:
+            step = options.pop("step", 0.01)
+            decimals = options.pop("decimals", 7 if step < 1e-3 else 3)
+            bounds = {"min": 0.0, "max": 1e6, **_bounds(field, False, step)}
+            widget = FloatSpinBox(value=default, step=step, **{**bounds, **options}, **kw)
+            widget.native.setDecimals(decimals)
+        elif annotation is Path:
+            widget = FileEdit(mode=options.pop("mode", "d"), value=default or "", **kw, **options)
+        else:
+            widget = LineEdit(value="" if default is None else str(default), **kw, **options)
+        self.widgets[path] = widget
+        if optional:
+            self._optional.add(path)
+        return widget
+
+    def value(self, path: str) -> Any:
+        widget = self.widgets[path]
+        if isinstance(widget, FileEdit):  # an empty path box is "not set", not the current folder
+            text = str(widget.line_edit.value).strip()
+            return text or None
+        value = widget.value
+        if path in self._optional and value in (0, ""):
+            return None
+        return value
+
+    def values(self) -> dict:
+        out: dict = {}
+        for path in self.widgets:
+            put(out, path, self.value(path))
+        return out
+
+
+def put(tree: dict, path: str, value: Any) -> None:
+    *sections, last = path.split(".")
+    for part in sections:
+        tree = tree.setdefault(part, {})
+    tree[last] = value
+
+
+def parse_ints(text: str, what: str) -> list[int]:
+    """'16, 32 64' -> [16, 32, 64]; raises InputError naming `what` on anything else."""
+    from ..engine.errors import InputError
+
+    parts = text.replace(",", " ").split()
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise InputError(f"{what} must be whole numbers separated by commas, not '{text}'.") from None
+    if any(v < 1 for v in values):
+        raise InputError(f"{what} must be positive, not '{text}'.")
+    return values
+
+
+def group(title: str, *widgets: Widget | Container) -> QGroupBox:
+    """A titled box around magicgui widgets (a Container shows its field labels)."""
+    box = QGroupBox(title)
+    layout = QVBoxLayout(box)
+    layout.setContentsMargins(6, 4, 6, 4)
+    layout.setSpacing(2)
+    for w in widgets:
+        layout.addWidget(w.native)
+    box.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Maximum)
+    return box
+
+
+def form(*widgets: Widget) -> Container:
+    """A labelled column of widgets with tight margins."""
+    c = Container(widgets=list(widgets))
+    c.margins = (0, 0, 0, 0)
+    return c
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

@@ -1,0 +1,144 @@
+"""Layer choosers that follow the viewer's layers, and what a layer tells about its axes and classes."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, PushButton
+from napari.layers import Image, Labels
+
+from ..engine.sources import MAX_CHANNELS
+
+
+def layer_choices(viewer, kind):
+    """A magicgui choices callback: the viewer's layers of `kind`, by name (re-read on reset_choices)."""
+
+    def choices(_widget=None):
+        return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)]
+
+    return choices
+
+
+def follow_layers(viewer, reset) -> None:
+    """Call `reset` whenever a layer is added, removed, moved or renamed."""
+    events = viewer.layers.events
+    for event in (events.inserted, events.removed, events.reordered, events.renamed):
+        event.connect(reset)
+
+
+def layer_array(layer):
+    """The full-resolution array of a layer (level 0 of a multiscale one)."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+def guess_ndim(layer) -> int:
+    """2 for Y,X images (RGB included, or with a short channel axis), 3 for Z,Y,X volumes."""
+    if getattr(layer, "rgb", False):
+        return 2
+    shape = layer_array(layer).shape
+    if len(shape) <= 2:
+        return 2
+    if len(shape) == 3 and min(shape[0], shape[-1]) <= MAX_CHANNELS:
+        return 2
+    return 3
+
+
+def spatial_axes(layer, ndim: int) -> Optional[list[int]]:
+    """The data axes of `layer` that are space for an `ndim` model (the channel axis left out), as the engine's
+    to_channels_last reads them; None when the layer does not fit `ndim` (the engine then says why)."""
+    shape = layer_array(layer).shape
+    if getattr(layer, "rgb", False):
+        return list(range(len(shape) - 1)) if len(shape) - 1 == ndim else None
+    if len(shape) == ndim:
+        return list(range(ndim))
+    if len(shape) == ndim + 1:
+        if shape[-1] <= MAX_CHANNELS:
+            return list(range(ndim))
+        if shape[0] <= MAX_CHANNELS:
+            return list(range(1, ndim + 1))
+    return None
+
+
+def layer_channels(layer, ndim: int) -> Optional[int]:
+    shape = layer_array(layer).shape
+    axes = spatial_axes(layer, ndim)
+    if axes is None:
+        return None
+    rest = [a for a in range(len(shape)) if a not in axes]
+    return shape[rest[0]] if rest else 1
+
+
+def guess_classes(layer) -> Optional[int]:
+    """Classes from the largest label value (0/255 masks are binary); None for lazy data (too costly to scan)."""
+    data = layer_array(layer)
+    if not isinstance(data, np.ndarray) or data.size == 0 or data.size > 200_000_000:
+        return None
+    top = int(data.max())
+    return 2 if top in (0, 1, 255) else top + 1
+
+
+def placement(layer, axes: list[int]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(scale, translate) of the given data axes of a layer, to place a derived layer over it."""
+    return tuple(float(layer.scale[a]) for a in axes), tuple(float(layer.translate[a]) for a in axes)
+
+
+def labels_fit(image, labels) -> bool:
+    """Whether a labels layer has the shape of an image layer (less its channel axis, if any)."""
+    shape, label_shape = tuple(layer_array(image).shape), tuple(layer_array(labels).shape)
+    return label_shape in (shape, shape[:-1], shape[1:])
+
+
+class LayerPair(Container):
+    """One (Image, Labels) pair; picking an image picks a labels layer of the same shape when there is one."""
+
+    def __init__(self, viewer, removable: bool = True):
+        self.image = ComboBox(choices=layer_choices(viewer, Image), tooltip="Image layer (raw data)")
+        self.labels = ComboBox(choices=layer_choices(viewer, Labels), tooltip="Labels layer (0 = background)")
+        self.remove_button = PushButton(text="−", tooltip="Remove this pair")
+        self.remove_button.max_width = 28
+        self.remove_button.visible = removable
+        super().__init__(widgets=[self.image, self.labels, self.remove_button], layout="horizontal", labels=False)
+        self.margins = (0, 0, 0, 0)
+        self.image.changed.connect(self._match_labels)
+        self._match_labels(self.image.value)
+
+    def _match_labels(self, image) -> None:
+        if image is None:
+            return
+        candidates = [layer for layer in self.labels.choices if labels_fit(image, layer)]
+        if candidates and self.labels.value not in candidates:
+            named = [c for c in candidates if c.name.startswith(image.name)]
+            self.labels.value = (named or candidates)[0]
+
+
+class PairList(Container):
+    """One or several (Image, Labels) pairs with + / − buttons."""
+
+    def __init__(self, viewer):
+        self.viewer = viewer
+        self.add_button = PushButton(text="+ add a pair", tooltip="Train on one more (Image, Labels) pair")
+        super().__init__(widgets=[self.add_button], labels=False)
+        self.margins = (0, 0, 0, 0)
+        self.add_button.changed.connect(self.add_pair)
+        self.add_pair()
+
+    @property
+    def pairs(self) -> list[LayerPair]:
+        return [w for w in self if isinstance(w, LayerPair)]
+
+    def add_pair(self, *_) -> LayerPair:
+        row = LayerPair(self.viewer)
+        row.remove_button.changed.connect(lambda *_: self.remove_pair(row))
+        self.insert(len(self) - 1, row)
+        self._update_buttons()
+        return row
+
+    def remove_pair(self, row: LayerPair) -> None:
+        if len(self.pairs) > 1:
+            self.remove(row)
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        pairs = self.pairs
+        for p in pairs:
+            p.remove_button.enabled = len(pairs) > 1

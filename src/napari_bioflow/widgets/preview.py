@@ -1,0 +1,159 @@
+"""The training preview: the current model's prediction on the part of an image the user is looking at.
+
+The field of view is read on the GUI thread (`visible_region`) and handed to the worker through `Preview.view`
+(a lock-guarded value); the worker predicts between epochs while the trainer is paused (`Preview.maybe_predict`),
+and only when the preview's estimated cost keeps all previews within `budget` (5 %) of the training time.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .layers import layer_array, placement
+
+log = logging.getLogger(__name__)
+
+MAX_SIZE = 512  # pixels per displayed axis: the preview stays a small fraction of an epoch
+
+
+@dataclass(frozen=True)
+class ViewRegion:
+    slices: tuple[slice, ...]  # over the spatial axes of the image
+    scale: tuple[float, ...]  # of the preview layer
+    translate: tuple[float, ...]
+
+    @property
+    def pixels(self) -> int:
+        return int(np.prod([s.stop - s.start for s in self.slices]))
+
+
+@dataclass
+class PreviewResult:
+    labels: np.ndarray
+    region: ViewRegion
+    seconds: float
+
+
+@dataclass
+class PreviewFailed:
+    message: str
+
+
+def visible_region(viewer, layer, axes: list[int], patch: list[int], max_size: int = MAX_SIZE) -> Optional[ViewRegion]:
+    """The part of `layer` (its spatial data `axes`) on screen: the canvas' field of view on displayed axes, the
+    current slice plus a patch-deep slab on the others; each axis at least the patch, at most `max_size`, inside the
+    image. In a 3D view the whole image (capped) is used. GUI thread only."""
+    shape = layer_array(layer).shape
+    point = np.asarray(viewer.dims.point, dtype=float)
+    offset = len(point) - layer.ndim  # world axis of layer axis i is offset + i
+    displayed = list(viewer.dims.displayed)
+    low, high = point.copy(), point.copy()
+    two_d = viewer.dims.ndisplay == 2
+    if two_d:
+        half = np.asarray(viewer.canvas.size, dtype=float) / max(viewer.camera.zoom, 1e-9) / 2
+        centre = viewer.camera.center[-2:]
+        for k, ax in enumerate(displayed[-2:]):
+            low[ax], high[ax] = centre[k] - half[k], centre[k] + half[k]
+            point[ax] = centre[k]
+    to_data = lambda p: np.asarray(layer.world_to_data(p), dtype=float)  # noqa: E731
+    low_d, high_d, centre_d = to_data(low), to_data(high), to_data(point)
+    slices = []
+    for ax, p in zip(axes, patch):
+        length = shape[ax]
+        if offset + ax in displayed:
+            a, b = sorted((low_d[ax], high_d[ax])) if two_d else (0.0, float(length))
+            middle, size = (a + b) / 2, b - a
+        else:  # the current slice, with a patch-deep slab around it for a 3D model
+            middle, size = math.floor(centre_d[ax] + 0.5) + 0.5, p
+        size = min(length, int(np.clip(round(size), p, max(max_size, p))))
+        start = int(np.clip(round(middle - size / 2), 0, length - size))
+        slices.append(slice(start, start + size))
+    scale, translate = placement(layer, axes)
+    translate = tuple(t + s.start * sc for t, s, sc in zip(translate, slices, scale))
+    return ViewRegion(tuple(slices), scale, translate)
+
+
+class PreviewBudget:
+    """Allow a preview only while all previews together stay within `fraction` of the training time.
+    Before the first preview its cost is estimated from the training speed (an inference forward pass costs
+    about a third of a training step per pixel); afterwards from the measured preview speed."""
+
+    def __init__(self, fraction: float = 0.05):
+        self.fraction = fraction
+        self.spent = 0.0
+        self.seconds_per_pixel: Optional[float] = None
+
+    def allow(self, pixels: int, training_seconds: float, training_seconds_per_pixel: float) -> bool:
+        rate = self.seconds_per_pixel if self.seconds_per_pixel is not None else training_seconds_per_pixel / 3
+        return self.spent + pixels * rate <= self.fraction * training_seconds
+
+    def record(self, pixels: int, seconds: float) -> None:
+        self.spent += seconds
+        self.seconds_per_pixel = seconds / max(1, pixels)
+
+
+class Preview:
+    """Shared between the GUI (sets `view`, shows results) and the training worker (predicts)."""
+
+    def __init__(self, image, name: str, budget: float = 0.05):
+        self.image = image  # channels-last (Z,)Y,X,C view of the previewed layer's data
+        self.name = name  # of the preview layer
+        self.budget = PreviewBudget(budget)
+        self.steps_per_epoch = 1
+        self.layer = None  # the preview Labels layer, once shown
+        self._lock = threading.Lock()
+        self._view: Optional[ViewRegion] = None
+
+    @property
+    def view(self) -> Optional[ViewRegion]:
+        with self._lock:
+            return self._view
+
+    @view.setter
+    def view(self, region: Optional[ViewRegion]) -> None:
+        with self._lock:
+            self._view = region
+
+    # --- worker thread ---------------------------------------------------------------------------------
+    def maybe_predict(self, trainer, report, training_seconds: float):
+        """Predict the current view with the trainer's current model if the budget allows; None otherwise."""
+        from ..engine.inference import predict_array
+        from ..engine.predict import argmax_labels
+
+        region = self.view
+        if region is None:
+            return None
+        cfg = trainer.cfg
+        per_pixel = report.seconds / max(1, self.steps_per_epoch * cfg.train.batch_size * int(np.prod(cfg.data.patch_size)))
+        if not self.budget.allow(region.pixels, training_seconds, per_pixel):
+            return None
+        start = time.perf_counter()
+        try:
+            crop = np.asarray(self.image[region.slices])
+            labels = argmax_labels(predict_array(trainer.loaded_model(), crop, device=trainer.device))
+        except Exception as e:  # a preview must never stop a training
+            log.exception("training preview failed")
+            self.view = None
+            return PreviewFailed(f"The training preview stopped: {e}")
+        seconds = time.perf_counter() - start
+        self.budget.record(region.pixels, seconds)
+        return PreviewResult(labels, region, seconds)
+
+    # --- GUI thread ------------------------------------------------------------------------------------
+    def show(self, viewer, result: PreviewResult) -> None:
+        region = result.region
+        if self.layer is None or self.layer not in viewer.layers:
+            active = viewer.layers.selection.active
+            self.layer = viewer.add_labels(result.labels, name=self.name, scale=region.scale,
+                                           translate=region.translate, opacity=0.6)
+            if active is not None and active in viewer.layers:
+                viewer.layers.selection.active = active  # keep the user's selection
+        else:
+            self.layer.data = result.labels
+            self.layer.translate = region.translate
