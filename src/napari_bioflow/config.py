@@ -65,9 +65,9 @@ class AugmentConfig(_Section):
 
 class PredictConfig(_Section):
     checkpoint: Optional[Path] = Field(None, description="Checkpoint to predict with. Empty = the best checkpoint of this run.")
-    tile_size: Optional[list[int]] = Field(None, description="Largest tile fed to the model. Empty = 1024 per axis in 2D, 128 in 3D (at least the patch size).")
+    tile_size: Optional[list[int]] = Field(None, description="Largest tile fed to the model. Empty = the whole image up to 2048 per axis in 2D, 128 in 3D (at least the patch size).")
     overlap: float = Field(0.0625, ge=0, lt=0.5, description="Tile overlap as a fraction of the tile; overlaps are blended smoothly.")
-    batch_size: int = Field(4, ge=1, description="Tiles per forward pass.")
+    batch_size: int = Field(4, ge=1, description="Tiles per forward pass (lowered automatically for big tiles: at most 4 M voxels per pass).")
     tta: bool = Field(False, description="Test-time augmentation: average the predictions over flips and 90-degree rotations.")
     z_filter: int = Field(0, ge=0, description="3D only: median filter of this size along Z on the argmax labels (0 = off).")
     yz_filter: int = Field(0, ge=0, description="3D only: median filter of this size over Y and Z on the argmax labels (0 = off).")

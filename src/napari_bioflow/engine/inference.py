@@ -17,12 +17,21 @@ import numpy as np
 from .errors import Cancelled, InputError
 
 
+TILE_CAP = {2: 2048, 3: 128}  # per axis: a 2048x2048 image is one tile, so tiling costs nothing there
+BATCH_VOXELS = 4 * 2**20  # voxels per forward pass: bounds activation memory whatever the tile size
+
+
 def default_tile(cfg, spatial: tuple[int, ...], divisor: int) -> list[int]:
-    """The largest tile that keeps memory modest: 1024 px per axis in 2D, 128 in 3D, never below the patch."""
+    """The config's tile, or the largest tile up to TILE_CAP per axis (never below the patch size)."""
     if cfg.predict.tile_size:
         return list(cfg.predict.tile_size)
-    cap = 1024 if cfg.ndim == 2 else 128
+    cap = TILE_CAP[cfg.ndim]
     return [max(p, min(cap, -(-d // divisor) * divisor)) for p, d in zip(cfg.data.patch_size, spatial)]
+
+
+def tile_batch(cfg, tile: list[int]) -> int:
+    """Tiles per forward pass: the config's batch, lowered for big tiles so a pass stays within BATCH_VOXELS."""
+    return max(1, min(cfg.predict.batch_size, BATCH_VOXELS // int(np.prod(tile))))
 
 
 @dataclass
@@ -80,7 +89,7 @@ class ImagePrediction:
 
         try:
             sliding_window_predict(self.image, forward, out_channels=self.out_channels, tile_size=self.tile,
-                                   overlap=self.cfg.predict.overlap, batch_size=self.cfg.predict.batch_size,
+                                   overlap=self.cfg.predict.overlap, batch_size=tile_batch(self.cfg, self.tile),
                                    tta=self.cfg.predict.tta, device=self.device, divisor=model.size_divisor,
                                    preprocess=self.loaded.normalizer, out=self.accumulator, cancel=cancel, progress=progress)
         except PredictionCancelled:
@@ -133,13 +142,13 @@ def predict_array(loaded, image, device: str = "cpu", tile_size: Optional[list[i
 
     cfg, wf, model = loaded.config, loaded.workflow, loaded.model
     image = to_channels_last(image, cfg.ndim, cfg.data.in_channels, "image")
+    tile = tile_size or default_tile(cfg, tuple(image.shape[:-1]), model.size_divisor)
     was_training = model.training
     model.eval()
     try:
         return sliding_window_predict(
             image, lambda x: wf.activation(model(x)), out_channels=wf.out_channels(cfg),
-            tile_size=tile_size or default_tile(cfg, tuple(image.shape[:-1]), model.size_divisor),
-            overlap=cfg.predict.overlap, batch_size=cfg.predict.batch_size, device=device,
+            tile_size=tile, overlap=cfg.predict.overlap, batch_size=tile_batch(cfg, tile), device=device,
             divisor=model.size_divisor, preprocess=loaded.normalizer)
     finally:
         model.train(was_training)

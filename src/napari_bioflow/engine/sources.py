@@ -55,6 +55,8 @@ def to_channels_last(arr, ndim: int, in_channels: int, name: str):
     """Return `arr` with axes (Z,)Y,X,C, or raise InputError for 2D/3D or channel mismatches."""
     shape = tuple(arr.shape)
     dims = "x".join(map(str, shape))
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise InputError(f"{name} has data type {arr.dtype}; images must hold integer or floating-point values.")
     if len(shape) == ndim:
         out = lazy_array(arr)[..., None]
     elif len(shape) == ndim + 1:
