@@ -69,6 +69,15 @@ def _device(cfg) -> str:
 
 def cmd_train(args) -> None:
     cfg = _load_config(args)
+    if not cfg.train.enable:  # train.enable: false only predicts, with predict.checkpoint
+        args.checkpoint = args.input = args.labels = args.output = None
+        return cmd_predict(args)
+    if cfg.data.test_raw is not None:  # the test images are predicted after training: check them before it
+        from .engine.inference import check_inputs
+        from .engine.sources import folder_pairs
+
+        for n in check_inputs(cfg, folder_pairs(cfg.data.test_raw, cfg.data.test_label, "test")):
+            _print(f"note: {n}")
     trainer = _train(cfg)
     if cfg.data.test_raw is not None and trainer.best_checkpoint is not None:
         from .engine.checkpoint import load_model
@@ -101,11 +110,19 @@ def cmd_predict(args) -> None:
 
         base = loaded.config.model_dump(mode="json")
         base["predict"]["checkpoint"] = str(cfg.predict.checkpoint)
+        base["data"]["test_label"] = None  # the training run's test labels do not belong to these images
         cfg = RunConfig.from_dict(base, args.set, source="command line")
     elif cfg.workflow != loaded.config.workflow:
         raise InputError(f"Checkpoint {cfg.predict.checkpoint} was trained for {loaded.config.workflow.replace('_', ' ')}, "
                          f"not {cfg.workflow.replace('_', ' ')}.")
     loaded.config = loaded.config.model_copy(update={"predict": cfg.predict})
+    from .engine.inference import check_inputs
+    from .engine.sources import folder_pairs
+
+    # every image is checked before the experiment folder is created: a bad file writes nothing
+    for n in check_inputs(loaded.config, folder_pairs(cfg.data.test_raw, cfg.data.test_label, "test"),
+                          f"checkpoint {cfg.predict.checkpoint}"):
+        _print(f"note: {n}")
     experiment = new_experiment(cfg.output_dir, cfg.name)
     cfg.save(experiment.config_path)
     _predict(cfg, loaded, experiment, cfg.data.test_raw, cfg.data.test_label)

@@ -188,7 +188,7 @@ def config_reference() -> str:
                 subs.append((ann, f"{prefix}{fname}."))
                 continue
             default = f.get_default(call_default_factory=True)
-            rows.append(f"| `{prefix}{fname}` | `{_type_name(ann)}` | `{default if default is not None else ''}` | {f.description or ''} |")
+            rows.append(f"| `{prefix}{fname}` | `{_type_name(ann)}` | {f'`{default}`' if default is not None else 'empty'} | {f.description or ''} |")
         lines.extend([f"## `{prefix.rstrip('.') or 'top level'}`", "", "| field | type | default | meaning |", "|---|---|---|---|", *rows, ""])
         for sub, p in subs:
             section(sub, p)

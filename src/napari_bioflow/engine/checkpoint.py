@@ -56,12 +56,22 @@ class LoadedModel:
 
 def load_model(path: Path, device: str = "cpu", expect_workflow: Optional[str] = None,
                expect_channels: Optional[int] = None) -> LoadedModel:
+    from pydantic import ValidationError
+
     from ..config import RunConfig
     from .models import create_model
     from .normalize import Normalizer
+    from .workflows import list_workflows
 
     ckpt = read_checkpoint(path)
-    cfg = RunConfig.model_validate(ckpt["config"])
+    workflow = str(ckpt.get("config", {}).get("workflow", ""))
+    if workflow not in list_workflows():
+        raise InputError(f"Checkpoint {path} was trained for {workflow.replace('_', ' ') or 'an unknown workflow'}, "
+                         f"which this version of napari-bioflow does not have ({', '.join(list_workflows())}).")
+    try:
+        cfg = RunConfig.model_validate(ckpt["config"])
+    except ValidationError as e:
+        raise InputError(f"Checkpoint {path} holds an invalid config: {e.errors()[0]['msg']}.") from None
     if expect_workflow and cfg.workflow != expect_workflow:
         raise InputError(f"Checkpoint {path} was trained for {cfg.workflow.replace('_', ' ')}, not {expect_workflow.replace('_', ' ')}.")
     if expect_channels is not None and cfg.data.in_channels != expect_channels:

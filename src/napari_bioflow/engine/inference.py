@@ -51,7 +51,8 @@ class ImagePrediction:
         cfg = loaded.config
         self.loaded, self.name, self.out_dir, self.stem, self.device = loaded, name, Path(out_dir), stem, device
         self.cfg, self.workflow = cfg, loaded.workflow
-        self.image = to_channels_last(image, cfg.ndim, cfg.data.in_channels, name)
+        self.image = to_channels_last(image, cfg.ndim, cfg.data.in_channels, name,
+                                      f"checkpoint {loaded.path}" if loaded.path else "")
         check_finite(self.image, name)
         spatial = tuple(self.image.shape[:-1])
         self.target = None
@@ -101,6 +102,24 @@ class ImagePrediction:
     def cleanup(self) -> None:
         """Drop the running sums once nothing reads them any more (the final arrays stay)."""
         shutil.rmtree(self.store / "accumulator", ignore_errors=True)
+
+
+def check_inputs(cfg, files: list[tuple[Path, Optional[Path]]], source: str = "") -> list[str]:
+    """Open and check every (raw, optional label) file as ImagePrediction will, so a bad file stops a run before
+    anything is written or trained. `cfg` gives ndim, channels and classes; `source` names what fixed them
+    (e.g. "checkpoint PATH"). Returns notes for the user (0/255 masks)."""
+    from .io import open_image
+    from .sources import check_finite, lazy_array, to_channels_last
+    from .workflows import get_workflow
+
+    notes: list[str] = []
+    workflow = get_workflow(cfg.workflow)
+    for raw_path, label_path in files:
+        image = to_channels_last(open_image(raw_path), cfg.ndim, cfg.data.in_channels, str(raw_path), source)
+        check_finite(image, str(raw_path))
+        if label_path is not None:
+            workflow.check_target(lazy_array(open_image(label_path)), str(label_path), tuple(image.shape[:-1]), cfg, notes)
+    return notes
 
 
 def predict_files(loaded, files: list[tuple[Path, Optional[Path]]], out_dir: Path, device: str = "cpu",

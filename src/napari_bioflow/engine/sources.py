@@ -51,8 +51,9 @@ def lazy_array(arr):
     return arr if isinstance(arr, da.Array) else da.from_array(arr, chunks=getattr(arr, "chunks", -1))
 
 
-def to_channels_last(arr, ndim: int, in_channels: int, name: str):
-    """Return `arr` with axes (Z,)Y,X,C, or raise InputError for 2D/3D or channel mismatches."""
+def to_channels_last(arr, ndim: int, in_channels: int, name: str, source: str = ""):
+    """Return `arr` with axes (Z,)Y,X,C, or raise InputError for 2D/3D or channel mismatches.
+    `source`: what fixed `in_channels` when it is not the config (e.g. "checkpoint PATH"), for the message."""
     shape = tuple(arr.shape)
     dims = "x".join(map(str, shape))
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
@@ -73,7 +74,8 @@ def to_channels_last(arr, ndim: int, in_channels: int, name: str):
     if ndim == 3 and len(shape) == 3 and shape[-1] <= MAX_CHANNELS and in_channels == shape[-1] and in_channels > 1:
         raise InputError(f"{name} has shape {dims}: that looks like a 2D image with {shape[-1]} channels, but the config is 3D.")
     if out.shape[-1] != in_channels:
-        raise InputError(f"{name} has {out.shape[-1]} channel(s) but the config expects {in_channels} (data.in_channels).")
+        raise InputError(f"{name} has {out.shape[-1]} channel(s) but {source or 'the config'} expects {in_channels}"
+                         f"{'' if source else ' (data.in_channels)'}.")
     return out
 
 

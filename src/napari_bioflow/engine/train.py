@@ -171,7 +171,15 @@ class Trainer:
             if resume["config"]["workflow"] != cfg.workflow or resume["model"]["name"] != cfg.model.name:
                 raise InputError(f"Checkpoint {cfg.train.resume} is a {resume['model']['name']} for "
                                  f"{resume['config']['workflow']}; it cannot resume this run.")
-            self.model.load_state_dict(resume["state_dict"])
+            channels = resume["config"]["data"]["in_channels"]
+            if channels != cfg.data.in_channels:
+                raise InputError(f"Checkpoint {cfg.train.resume} was trained on {channels} input channel(s), but this run "
+                                 f"has {cfg.data.in_channels} (data.in_channels); it cannot resume this run.")
+            try:
+                self.model.load_state_dict(resume["state_dict"])
+            except RuntimeError:
+                raise InputError(f"Checkpoint {cfg.train.resume} does not fit this run's model (other classes or model "
+                                 f"options); it cannot resume this run.") from None
         elif cfg.model.start_from is not None:
             loaded, skipped = transfer_weights(self.model, cfg.model.start_from)
             self.dataset.notes.append(f"Started from {cfg.model.start_from}: {loaded} tensors loaded, "
@@ -212,7 +220,11 @@ class Trainer:
         if resume is not None:
             optimizer.load_state_dict(resume["optimizer"])
             if scheduler is not None and resume.get("scheduler"):
-                scheduler.load_state_dict(resume["scheduler"])
+                state, own = dict(resume["scheduler"]), scheduler.state_dict()
+                for key in ("total_steps", "_schedule_phases"):  # one_cycle: this run's length (epochs may have grown)
+                    if key in own:
+                        state[key] = own[key]
+                scheduler.load_state_dict(state)
             first_epoch = resume["epoch"] + 1
             best_loss, best_epoch = resume.get("best_val_loss", math.inf), resume.get("best_epoch", 0)
         exp = self.experiment

@@ -10,9 +10,9 @@ from qtpy.QtWidgets import QSizePolicy
 
 class TrainingChart(FigureCanvasQTAgg):
     def __init__(self, background: str = "#262930", foreground: str = "#f0f1f2"):
-        figure = Figure(figsize=(3.6, 2.0), dpi=80, facecolor=background, layout="constrained")
+        figure = Figure(figsize=(3.6, 2.4), dpi=80, facecolor=background, layout="constrained")
         super().__init__(figure)
-        self.setMinimumHeight(170)
+        self.setMinimumHeight(200)
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
         self.colors = (background, foreground)
         self.loss_axes, self.iou_axes = figure.subplots(1, 2)
@@ -36,14 +36,14 @@ class TrainingChart(FigureCanvasQTAgg):
 
     def _draw(self) -> None:
         background, foreground = self.colors
-        for ax, title in ((self.loss_axes, "loss"), (self.iou_axes, "validation IoU (foreground)")):
+        for ax, title in ((self.loss_axes, "loss per epoch"), (self.iou_axes, "validation IoU (foreground)")):
             ax.clear()
             ax.set_facecolor(background)
             ax.set_title(title, color=foreground, fontsize=9)
             ax.tick_params(colors=foreground, labelsize=7)
             for spine in ax.spines.values():
                 spine.set_color(foreground)
-            ax.set_xlabel("epoch", color=foreground, fontsize=8)
+            ax.xaxis.get_major_locator().set_params(integer=True)
         if self.epochs:
             self.loss_axes.plot(self.epochs, self.train_loss, "o-", ms=3, color="#4fc3f7", label="training")
             if any(not math.isnan(v) for v in self.val_loss):
@@ -53,3 +53,14 @@ class TrainingChart(FigureCanvasQTAgg):
                 self.iou_axes.plot(self.epochs, self.val_iou, "o-", ms=3, color="#81c784")
             self.iou_axes.set_ylim(0, 1)
         self.draw_idle()
+
+
+def theme_colors(viewer) -> tuple[str, str]:
+    """(background, text) colours of the viewer's theme, so the chart matches the dock."""
+    try:
+        from napari.utils.theme import get_theme
+
+        theme = get_theme(viewer.theme)
+        return theme.background.as_hex(), theme.text.as_hex()
+    except Exception:
+        return "#262930", "#f0f1f2"

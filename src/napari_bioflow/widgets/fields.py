@@ -59,12 +59,12 @@ class ConfigForm:
         annotation, optional = _optional(field.annotation)
         default = options.pop("value", field.get_default(call_default_factory=True))
         kw = {"name": path.replace(".", "__"), "label": label or humanize(path), "tooltip": field.description}
-        if typing.get_origin(annotation) is Literal:
+        if "choices" in options or typing.get_origin(annotation) is Literal:
             widget = ComboBox(choices=options.pop("choices", list(typing.get_args(annotation))), value=default, **kw, **options)
         elif annotation is bool:
             widget = CheckBox(value=default, **kw, **options)
         elif annotation is int:
-            bounds = {"min": 0, "max": INT_MAX, **_bounds(field, True, 1)}
+            bounds = {"min": 0, "max": INT_MAX, **_bounds(field, True, 1), **({"min": 0} if optional else {})}  # 0 = not set
             widget = SpinBox(value=default or 0, **{**bounds, **options}, **kw)
         elif annotation is float:
             step = options.pop("step", 0.01)

@@ -19,11 +19,26 @@ def layer_choices(viewer, kind):
     return choices
 
 
-def follow_layers(viewer, reset) -> None:
-    """Call `reset` whenever a layer is added, removed, moved or renamed."""
+def connect_while_alive(owner, connections) -> None:
+    """Connect (signal, callback) pairs and disconnect them when the Qt widget `owner` is destroyed, so that a
+    closed dock is never called back by the viewer (or by another dock) it outlived."""
+    for signal, callback in connections:
+        signal.connect(callback)
+
+    def disconnect(*_):
+        for signal, callback in connections:
+            try:
+                signal.disconnect(callback)
+            except Exception:  # already gone with its emitter
+                pass
+
+    owner.destroyed.connect(disconnect)
+
+
+def follow_layers(owner, viewer, reset) -> None:
+    """Call `reset` whenever a layer is added, removed, moved or renamed, while `owner` lives."""
     events = viewer.layers.events
-    for event in (events.inserted, events.removed, events.reordered, events.renamed):
-        event.connect(reset)
+    connect_while_alive(owner, [(e, reset) for e in (events.inserted, events.removed, events.reordered, events.renamed)])
 
 
 def layer_array(layer):
@@ -89,26 +104,31 @@ def labels_fit(image, labels) -> bool:
 
 
 class LayerPair(Container):
-    """One (Image, Labels) pair; picking an image picks a labels layer of the same shape when there is one."""
+    """One (Image, Labels) pair; when the chosen labels do not fit the image, a labels layer of its shape is
+    picked, if there is one (preferring one whose name starts with the image's)."""
 
     def __init__(self, viewer, removable: bool = True):
-        self.image = ComboBox(choices=layer_choices(viewer, Image), tooltip="Image layer (raw data)")
-        self.labels = ComboBox(choices=layer_choices(viewer, Labels), tooltip="Labels layer (0 = background)")
+        self.image_layer = ComboBox(choices=layer_choices(viewer, Image), tooltip="Image layer (raw data)")
+        self.labels_layer = ComboBox(choices=layer_choices(viewer, Labels), tooltip="Labels layer (0 = background)")
         self.remove_button = PushButton(text="−", tooltip="Remove this pair")
         self.remove_button.max_width = 28
         self.remove_button.visible = removable
-        super().__init__(widgets=[self.image, self.labels, self.remove_button], layout="horizontal", labels=False)
+        super().__init__(widgets=[self.image_layer, self.labels_layer, self.remove_button], layout="horizontal", labels=False)
         self.margins = (0, 0, 0, 0)
-        self.image.changed.connect(self._match_labels)
-        self._match_labels(self.image.value)
+        self.image_layer.changed.connect(self._match_labels)
+        self._match_labels(self.image_layer.value)
+
+    def reset_choices(self, *_) -> None:
+        super().reset_choices()
+        self._match_labels(self.image_layer.value)
 
     def _match_labels(self, image) -> None:
         if image is None:
             return
-        candidates = [layer for layer in self.labels.choices if labels_fit(image, layer)]
-        if candidates and self.labels.value not in candidates:
+        candidates = [layer for layer in self.labels_layer.choices if labels_fit(image, layer)]
+        if candidates and self.labels_layer.value not in candidates:
             named = [c for c in candidates if c.name.startswith(image.name)]
-            self.labels.value = (named or candidates)[0]
+            self.labels_layer.value = (named or candidates)[0]
 
 
 class PairList(Container):

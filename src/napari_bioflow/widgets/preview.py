@@ -45,6 +45,18 @@ class PreviewFailed:
     message: str
 
 
+def camera(viewer):
+    """The viewer's camera (napari >= 0.9 keeps it in viewer.scene)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
+def canvas_size(viewer) -> tuple[float, float]:
+    """(height, width) of the canvas in screen pixels."""
+    canvas = getattr(viewer, "canvas", None)
+    return tuple(canvas.size) if canvas is not None and hasattr(canvas, "size") else tuple(viewer._canvas_size)
+
+
 def visible_region(viewer, layer, axes: list[int], patch: list[int], max_size: int = MAX_SIZE) -> Optional[ViewRegion]:
     """The part of `layer` (its spatial data `axes`) on screen: the canvas' field of view on displayed axes, the
     current slice plus a patch-deep slab on the others; each axis at least the patch, at most `max_size`, inside the
@@ -56,8 +68,9 @@ def visible_region(viewer, layer, axes: list[int], patch: list[int], max_size: i
     low, high = point.copy(), point.copy()
     two_d = viewer.dims.ndisplay == 2
     if two_d:
-        half = np.asarray(viewer.canvas.size, dtype=float) / max(viewer.camera.zoom, 1e-9) / 2
-        centre = viewer.camera.center[-2:]
+        cam = camera(viewer)
+        half = np.asarray(canvas_size(viewer), dtype=float) / max(cam.zoom, 1e-9) / 2
+        centre = cam.center[-2:]
         for k, ax in enumerate(displayed[-2:]):
             low[ax], high[ax] = centre[k] - half[k], centre[k] + half[k]
             point[ax] = centre[k]

@@ -19,3 +19,27 @@ class LastTrained:
 
 
 last_trained = LastTrained()
+
+
+def load_triton_safely() -> None:
+    """Import triton (if installed) with RTLD_DEEPBIND, before torch does it on its own.
+
+    torch's optimizers import torch._dynamo, which imports triton, whose library bundles its own LLVM. In a viewer
+    drawn by Mesa's software OpenGL (llvmpipe: Xvfb, VMs, remote desktops) Mesa's LLVM is already loaded, and the
+    plain import then crashes the whole process (segmentation fault). Binding triton's symbols to its own library
+    first avoids the clash; without triton, or once imported, this does nothing.
+    """
+    import importlib.util
+    import os
+    import sys
+
+    if "triton" in sys.modules or not hasattr(os, "RTLD_DEEPBIND") or importlib.util.find_spec("triton") is None:
+        return
+    flags = sys.getdlopenflags()
+    sys.setdlopenflags(flags | os.RTLD_DEEPBIND)
+    try:
+        import triton  # noqa: F401
+    except Exception:  # a broken triton only matters to torch.compile, which the plugin does not use
+        pass
+    finally:
+        sys.setdlopenflags(flags)

@@ -1,0 +1,304 @@
+"""The Train dock: builds a RunConfig and samples from its fields and layers, runs the engine's Trainer in a napari
+thread worker, and turns its reports into progress, a live chart and a preview layer. No training logic here."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+from magicgui.widgets import ComboBox, Container, Label, LineEdit, ProgressBar, PushButton, RadioButtons, SpinBox
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QScrollArea, QVBoxLayout, QWidget
+from superqt import QCollapsible
+
+from ..config import RunConfig
+from ..engine.errors import InputError
+from .chart import TrainingChart, theme_colors
+from .fields import ConfigForm, form, format_seconds, group, parse_ints
+from .layers import (LayerPair, PairList, connect_while_alive, follow_layers, guess_classes, guess_ndim, layer_array, layer_channels,
+                     spatial_axes)
+from .jobs import TrainingFailed, training_job
+from .preview import Preview, PreviewFailed, PreviewResult, camera, visible_region
+from .shared import last_trained, load_triton_safely
+
+log = logging.getLogger(__name__)
+
+
+def _floor16(n: int, cap: int) -> int:
+    return min(cap, n // 16 * 16) if n >= 16 else n
+
+
+class TrainWidget(QWidget):
+    def __init__(self, napari_viewer):
+        super().__init__()
+        from ..engine.models import list_models
+
+        self.viewer = viewer = napari_viewer
+        self.trainer = None
+        self.preview: Optional[Preview] = None
+        self.result = None  # the DoneReport of the last training
+        self.preview_budget = 0.05  # previews may cost at most this fraction of the training time
+        self._worker = None
+        self._adapted = (None, None)
+        f = self.form = ConfigForm()
+
+        # --- data -------------------------------------------------------------------------------------
+        self.source = RadioButtons(choices=["layers", "folders"], value="layers", orientation="horizontal", label="from")
+        self.pairs = PairList(viewer)
+        self.folders = form(f.add("data.train_raw", label="raw folder"), f.add("data.train_label", label="label folder"))
+        self.validation = ComboBox(choices=["split", "layers", "folders"], value="split", label="validation",
+                                   tooltip="Hold aside a fraction of the training data, or validate on a layer pair or folders")
+        f.add("data.val_split", label="fraction", step=0.05, max=0.9)
+        self.val_pair = LayerPair(viewer, removable=False)
+        self.val_folders = form(f.add("data.val_raw", label="raw folder"), f.add("data.val_label", label="label folder"))
+        # --- main fields ------------------------------------------------------------------------------
+        f.add("ndim", label="dimensions", choices=[("2D", 2), ("3D", 3)])
+        f.add("data.in_channels", label="channels", max=64)
+        f.add("n_classes", label="classes", max=1000)
+        self.patch_z = SpinBox(value=32, min=1, max=1024, label="patch Z", tooltip="Patch depth in voxels (3D)")
+        self.patch_yx = SpinBox(value=256, min=8, max=8192, step=16, label="patch Y, X",
+                                tooltip="Patch height and width in pixels; must fit in every image")
+        f.add("model.name", label="model", choices=list_models(2))
+        f.add("train.epochs", max=100_000)
+        f.add("train.batch_size", label="batch size", max=4096)
+        f.add("train.learning_rate", label="learning rate", step=1e-4, max=10.0)
+        f.add("train.patience", max=100_000)
+        f.add("name", label="experiment")
+        f.add("output_dir", label="output folder", value=Path.home() / "bioflow_runs")
+        # --- advanced ---------------------------------------------------------------------------------
+        self.feature_maps = LineEdit(value="", label="feature maps",
+                                     tooltip="Feature maps per U-Net level, e.g. 16, 32, 64, 128, 256 (empty = model default)")
+        advanced = [f.add(p, label=lab, **kw) for p, lab, kw in (
+            ("train.optimizer", "optimizer", {}), ("train.scheduler", "scheduler", {}), ("train.loss", "loss", {}),
+            ("train.weight_decay", "weight decay", {"step": 1e-4}),
+            ("train.steps_per_epoch", "steps per epoch (0 = auto)", {}),
+            ("data.normalization", "normalization", {}), ("data.foreground_sampling", "foreground sampling", {"step": 0.1}),
+            ("augment.enable", "augment", {}), ("augment.flips", "flips", {}), ("augment.rotate90", "90° rotations", {}),
+            ("augment.intensity", "intensity jitter", {"step": 0.05}), ("seed", "seed", {"min": -2**31, "max": 2**31 - 1}),
+            ("device", "device", {}), ("model.start_from", "start from checkpoint", {"mode": "r", "filter": "*.pth"}))]
+        advanced.insert(3, self.feature_maps)
+        # --- run --------------------------------------------------------------------------------------
+        self.train_button = PushButton(text="Train")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(value=0, min=0, max=1, label="")
+        self.status = Label(value="")
+        self.chart = TrainingChart(*theme_colors(viewer))
+
+        main = [f[p] for p in ("ndim", "data.in_channels", "n_classes")] + [self.patch_z, self.patch_yx] + [
+            f[p] for p in ("model.name", "train.epochs", "train.batch_size", "train.learning_rate", "train.patience")]
+        content = QWidget()
+        layout = QVBoxLayout(content)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(group("Training data", form(self.source), self.pairs, self.folders,
+                               form(self.validation, f["data.val_split"]), self.val_pair, self.val_folders))
+        layout.addWidget(group("Model and training", form(*main)))
+        layout.addWidget(group("Output", form(f["name"], f["output_dir"])))
+        self.advanced = QCollapsible("Advanced")
+        self.advanced.addWidget(form(*advanced).native)
+        layout.addWidget(self.advanced)
+        buttons = Container(widgets=[self.train_button, self.cancel_button], layout="horizontal", labels=False)
+        layout.addWidget(group("Run", buttons, self.progress, self.status))
+        layout.addWidget(self.chart)
+        layout.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+        self.setMinimumWidth(340)
+
+        self.source.changed.connect(self._update_visibility)
+        self.validation.changed.connect(self._update_visibility)
+        f["ndim"].changed.connect(self._on_ndim)
+        self.pairs.changed.connect(self._adapt)
+        self.train_button.changed.connect(self.start)
+        self.cancel_button.changed.connect(self.cancel)
+        follow_layers(self, viewer, self.reset_choices)
+        cam = camera(viewer)  # the preview follows the field of view
+        events = [cam.events.center, cam.events.zoom, viewer.dims.events.current_step, viewer.dims.events.ndisplay]
+        if hasattr(getattr(viewer, "canvas", None), "events"):
+            events.append(viewer.canvas.events.size)
+        connect_while_alive(self, [(e, self._capture_view) for e in events])
+        self._update_visibility()
+        self._adapt()
+        self._on_ndim(f["ndim"].value)
+
+    # --- fields -----------------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    def reset_choices(self, *_) -> None:
+        self.pairs.reset_choices()
+        self.val_pair.reset_choices()
+
+    def _update_visibility(self, *_) -> None:
+        layers = self.source.value == "layers"
+        self.pairs.visible, self.folders.visible = layers, not layers
+        mode = self.validation.value
+        self.form["data.val_split"].visible = mode == "split"
+        self.val_pair.visible, self.val_folders.visible = mode == "layers", mode == "folders"
+
+    def _on_ndim(self, ndim: int) -> None:
+        from ..engine.models import list_models
+
+        self.patch_z.visible = ndim == 3
+        name = self.form["model.name"]
+        current = name.value
+        name.choices = list_models(ndim)
+        if current in name.choices:
+            name.value = current
+
+    def _adapt(self, *_) -> None:
+        """Dimensions, channels, patch size and classes follow the first pair's layers (until the user edits them)."""
+        first = self.pairs.pairs[0]
+        image, labels = first.image_layer.value, first.labels_layer.value
+        if image is not None and image is not self._adapted[0]:
+            ndim = guess_ndim(image)
+            self.form["ndim"].value = ndim
+            self.form["data.in_channels"].value = layer_channels(image, ndim) or 1
+            shape = [layer_array(image).shape[a] for a in spatial_axes(image, ndim) or []]
+            if shape:
+                self.patch_yx.value = max(8, _floor16(min(shape[-2:]), 256 if ndim == 2 else 128))
+                self.patch_z.value = _floor16(shape[0], 32) if ndim == 3 else self.patch_z.value
+        if labels is not None and labels is not self._adapted[1]:
+            self.form["n_classes"].value = max(2, guess_classes(labels) or 2)
+        self._adapted = (image, labels)
+
+    def build_config(self) -> RunConfig:
+        data = self.form.values()
+        ndim = data["ndim"]
+        data["data"]["patch_size"] = [self.patch_z.value] * (ndim == 3) + [self.patch_yx.value] * 2
+        if self.feature_maps.value.strip():
+            data["model"]["options"] = {"feature_maps": parse_ints(self.feature_maps.value, "Feature maps")}
+        if self.source.value == "layers":
+            data["data"]["train_raw"] = data["data"]["train_label"] = None
+        if self.validation.value != "folders":
+            data["data"]["val_raw"] = data["data"]["val_label"] = None
+        return RunConfig.from_dict(data, source="Train")
+
+    def _samples(self, cfg, pairs: list[LayerPair], notes: list[str]):
+        from ..engine.sources import make_sample
+
+        out = []
+        for pair in pairs:
+            image, labels = pair.image_layer.value, pair.labels_layer.value
+            if image is None:
+                raise InputError("Choose an Image layer for every pair (or load one into the viewer).")
+            if labels is None:
+                raise InputError(f"Choose a Labels layer for image layer '{image.name}'.")
+            out.append(make_sample(layer_array(image), f"image layer '{image.name}'", cfg, label=layer_array(labels),
+                                   label_name=f"labels layer '{labels.name}'", notes=notes))
+        return out
+
+    def _make_preview(self, cfg, train) -> Optional[Preview]:
+        """Preview the first training image (layers) or the selected Image layer (folders), if it fits the config."""
+        from napari.layers import Image
+
+        from ..engine.sources import to_channels_last
+
+        layer = self.pairs.pairs[0].image_layer.value if train else self.viewer.layers.selection.active
+        if not isinstance(layer, Image) or spatial_axes(layer, cfg.ndim) is None:
+            return None
+        try:
+            image = train[0].raw if train else to_channels_last(layer_array(layer), cfg.ndim, cfg.data.in_channels, layer.name)
+        except InputError:
+            return None
+        preview = Preview(image, f"{layer.name} preview", self.preview_budget)
+        preview.source = layer
+        if self.preview is not None and self.preview.name == preview.name:
+            preview.layer = self.preview.layer  # keep updating the same preview layer
+        return preview
+
+    # --- run --------------------------------------------------------------------------------------------
+    def start(self, *_) -> None:
+        from napari.qt.threading import create_worker
+
+        from ..engine.train import Trainer
+
+        if self.running:
+            return
+        load_triton_safely()
+        notes: list[str] = []
+        try:
+            cfg = self.build_config()
+            train = self._samples(cfg, self.pairs.pairs, notes) if self.source.value == "layers" else None
+            val = self._samples(cfg, [self.val_pair], notes) if self.validation.value == "layers" else None
+        except InputError as e:
+            show_error(str(e))
+            return
+        for note in notes:
+            show_info(note)
+        self.trainer = Trainer(cfg, train=train, val=val)
+        self.preview = self._make_preview(cfg, train)
+        self.result = None
+        self.chart.clear()
+        self.progress.value, self.status.value = 0, "preparing…"
+        self._capture_view()
+        worker = create_worker(training_job, self.trainer, self.preview, _start_thread=False, _ignore_errors=True)
+        worker.yielded.connect(self._on_report)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self.train_button.enabled, self.cancel_button.enabled = False, True
+        worker.start()
+
+    def cancel(self, *_) -> None:
+        if self.trainer is not None and self.running:
+            self.trainer.cancel()  # cooperative: the trainer stops at the next batch; the best checkpoint stays
+            self.cancel_button.enabled = False
+            self.status.value = "cancelling…"
+
+    def _capture_view(self, *_) -> None:
+        preview = self.preview
+        if not self.running or preview is None or preview.source not in self.viewer.layers:
+            return
+        try:
+            cfg = self.trainer.cfg
+            preview.view = visible_region(self.viewer, preview.source, spatial_axes(preview.source, cfg.ndim),
+                                          cfg.data.patch_size)
+        except Exception:  # the view is a nicety; never break the viewer over it
+            log.exception("could not read the field of view")
+
+    def _on_report(self, r) -> None:
+        from ..engine.train import DoneReport, EpochReport, StartReport, StepReport
+
+        if isinstance(r, StepReport):
+            self.progress.value = (r.epoch - 1) * r.steps + r.step
+            self.status.value = (f"epoch {r.epoch}/{r.epochs} · step {r.step}/{r.steps} · loss {r.loss:.4f} · "
+                                 f"ETA {format_seconds(r.eta_seconds)}")
+        elif isinstance(r, EpochReport):
+            self.chart.add(r.epoch, r.train_loss, r.val_loss, r.metrics.get("iou_foreground", float("nan")))
+            self.status.value = (f"epoch {r.epoch}/{r.epochs} · loss {r.train_loss:.4f} · val loss {r.val_loss:.4f} · "
+                                 f"ETA {format_seconds(r.eta_seconds)}")
+            self._capture_view()
+        elif isinstance(r, PreviewResult):
+            self.preview.show(self.viewer, r)
+        elif isinstance(r, StartReport):
+            self.progress.max = max(1, r.steps_per_epoch * self.trainer.cfg.train.epochs)
+            self.status.value = f"run {r.run_name}: {r.n_train} training / {r.n_val} validation image(s)"
+            for note in r.notes:
+                show_info(note)
+        elif isinstance(r, DoneReport):
+            self.result = r
+            self.status.value = (f"{r.reason.replace('_', ' ')} after {r.epochs_run} epoch(s); best epoch {r.best_epoch}")
+            if r.checkpoint is not None:
+                last_trained.set(r.checkpoint)
+            show_info(f"Training {r.reason.replace('_', ' ')}. Best checkpoint: {r.checkpoint or 'none (no epoch finished)'}")
+        elif isinstance(r, PreviewFailed):
+            show_warning(r.message)
+        elif isinstance(r, TrainingFailed):
+            self.status.value = "not started: see the message"
+            show_error(str(r))
+
+    def _on_error(self, e: BaseException) -> None:
+        # napari's worker already shows the error as a notification with its traceback; log it as well
+        log.error("training failed", exc_info=(type(e), e, e.__traceback__))
+        self.status.value = f"failed: {type(e).__name__}: {e}"
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self.train_button.enabled, self.cancel_button.enabled = True, False

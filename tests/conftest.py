@@ -1,0 +1,18 @@
+"""Shared by the widget tests (the engine and CLI tests use helpers.py)."""
+import pytest
+
+from napari_bioflow.widgets.shared import load_triton_safely
+
+# torch imports triton lazily; once a viewer's software OpenGL (Mesa llvmpipe, as under Xvfb) is loaded, that import
+# crashes the process unless triton is loaded first (see load_triton_safely). Load it before any viewer exists.
+load_triton_safely()
+
+
+@pytest.fixture
+def wait_idle(qtbot):
+    """wait_idle(widget, seconds): wait until a widget's worker has finished."""
+
+    def wait(widget, seconds: float = 60):
+        qtbot.waitUntil(lambda: not widget.running, timeout=int(seconds * 1000))
+
+    return wait
