@@ -73,7 +73,7 @@ class ConfigForm:
             widget = FloatSpinBox(value=default, step=step, **{**bounds, **options}, **kw)
             widget.native.setDecimals(decimals)
         elif annotation is Path:
-            widget = FileEdit(mode=options.pop("mode", "d"), value=default or "", **kw, **options)
+            widget = compact(FileEdit(mode=options.pop("mode", "d"), value=default or "", **kw, **options))
         else:
             widget = LineEdit(value="" if default is None else str(default), **kw, **options)
         self.widgets[path] = widget
@@ -117,6 +117,14 @@ def parse_ints(text: str, what: str) -> list[int]:
     if any(v < 1 for v in values):
         raise InputError(f"{what} must be positive, not '{text}'.")
     return values
+
+
+def compact(file_edit: FileEdit) -> FileEdit:
+    """A file picker whose button is "…" rather than "Choose directory", leaving room for the path."""
+    button = file_edit.choose_btn
+    button.tooltip, button.text, button.max_width = button.text, "…", 30
+    file_edit.margins = (0, 0, 0, 0)
+    return file_edit
 
 
 def group(title: str, *widgets: Widget | Container) -> QGroupBox:

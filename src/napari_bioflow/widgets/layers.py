@@ -10,6 +10,16 @@ from napari.layers import Image, Labels
 from ..engine.sources import MAX_CHANNELS
 
 
+def layer_combo(viewer, kind, **kwargs) -> ComboBox:
+    """A ComboBox of the viewer's layers of `kind`; long layer names do not widen the dock."""
+    from qtpy.QtWidgets import QComboBox
+
+    combo = ComboBox(choices=layer_choices(viewer, kind), **kwargs)
+    combo.native.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+    combo.native.setMinimumContentsLength(8)
+    return combo
+
+
 def layer_choices(viewer, kind):
     """A magicgui choices callback: the viewer's layers of `kind`, by name (re-read on reset_choices)."""
 
@@ -108,8 +118,8 @@ class LayerPair(Container):
     picked, if there is one (preferring one whose name starts with the image's)."""
 
     def __init__(self, viewer, removable: bool = True):
-        self.image_layer = ComboBox(choices=layer_choices(viewer, Image), tooltip="Image layer (raw data)")
-        self.labels_layer = ComboBox(choices=layer_choices(viewer, Labels), tooltip="Labels layer (0 = background)")
+        self.image_layer = layer_combo(viewer, Image, tooltip="Image layer (raw data)")
+        self.labels_layer = layer_combo(viewer, Labels, tooltip="Labels layer (0 = background)")
         self.remove_button = PushButton(text="−", tooltip="Remove this pair")
         self.remove_button.max_width = 28
         self.remove_button.visible = removable

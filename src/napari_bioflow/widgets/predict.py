@@ -17,9 +17,9 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 from superqt import QCollapsible
 
 from ..engine.errors import Cancelled, InputError
-from .fields import form, group
+from .fields import compact, form, group
 from .jobs import ProgressRelay, prediction_job
-from .layers import connect_while_alive, follow_layers, layer_array, layer_channels, layer_choices, placement, spatial_axes
+from .layers import connect_while_alive, follow_layers, layer_array, layer_channels, layer_combo, placement, spatial_axes
 from .shared import last_trained, load_triton_safely
 
 log = logging.getLogger(__name__)
@@ -40,10 +40,11 @@ class PredictWidget(QWidget):
         self._relay.progress.connect(self._on_progress)
 
         self.model_source = ComboBox(choices=[FROM_FILE, JUST_TRAINED], value=FROM_FILE, label="model")
-        self.checkpoint = FileEdit(mode="r", filter="*.pth", label="checkpoint", tooltip="A napari-bioflow checkpoint (.pth)")
+        self.checkpoint = compact(FileEdit(mode="r", filter="*.pth", label="checkpoint",
+                                           tooltip="A napari-bioflow checkpoint (.pth)"))
         self.trained = Label(value="none yet: train one in the Train dock", label="trained")
-        self.image = ComboBox(choices=layer_choices(viewer, Image), label="image", tooltip="The Image layer to predict")
-        self.tta = CheckBox(value=False, text="test-time augmentation (flips, rotations)",
+        self.image = layer_combo(viewer, Image, label="image", tooltip="The Image layer to predict")
+        self.tta = CheckBox(value=False, text="test-time augmentation",
                             tooltip="Average the predictions over flips and 90-degree rotations: better, 8x slower")
         self.tile = SpinBox(value=0, min=0, max=8192, step=16, label="tile size (0 = auto)",
                             tooltip="Largest tile fed to the model, per axis")
@@ -52,7 +53,7 @@ class PredictWidget(QWidget):
         self.device = ComboBox(choices=["auto", "cpu", "cuda"], value="auto", label="device")
         self.z_filter = SpinBox(value=0, min=0, max=31, label="3D: Z median filter")
         self.yz_filter = SpinBox(value=0, min=0, max=31, label="3D: YZ median filter")
-        self.output = FileEdit(mode="d", value=Path.home() / "bioflow_runs", label="output folder")
+        self.output = compact(FileEdit(mode="d", value=Path.home() / "bioflow_runs", label="output folder"))
         self.name = LineEdit(value="prediction", label="experiment", tooltip="Results go to <output folder>/<experiment>/results")
         self.predict_button = PushButton(text="Predict")
         self.cancel_button = PushButton(text="Cancel", enabled=False)

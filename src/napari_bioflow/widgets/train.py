@@ -69,6 +69,7 @@ class TrainWidget(QWidget):
         # --- advanced ---------------------------------------------------------------------------------
         self.feature_maps = LineEdit(value="", label="feature maps",
                                      tooltip="Feature maps per U-Net level, e.g. 16, 32, 64, 128, 256 (empty = model default)")
+        self.feature_maps.native.setPlaceholderText("model default")
         advanced = [f.add(p, label=lab, **kw) for p, lab, kw in (
             ("train.optimizer", "optimizer", {}), ("train.scheduler", "scheduler", {}), ("train.loss", "loss", {}),
             ("train.weight_decay", "weight decay", {"step": 1e-4}),
@@ -101,7 +102,7 @@ class TrainWidget(QWidget):
         layout.addWidget(group("Run", buttons, self.progress, self.status))
         layout.addWidget(self.chart)
         layout.addStretch(1)
-        scroll = QScrollArea()
+        self._scroll = scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         scroll.setWidget(content)
@@ -125,6 +126,12 @@ class TrainWidget(QWidget):
         self._update_visibility()
         self._adapt()
         self._on_ndim(f["ndim"].value)
+
+    def showEvent(self, event) -> None:
+        # as wide as the fields need once styled (the theme's style sheet applies only when shown); taller scrolls
+        content = self._scroll.widget()
+        self._scroll.setMinimumWidth(content.minimumSizeHint().width() + self._scroll.verticalScrollBar().sizeHint().width())
+        super().showEvent(event)
 
     # --- fields -----------------------------------------------------------------------------------------
     @property
