@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, loadavg, table, verdict, write_result  # noqa: E402
 
 SAMPLE_3D = REPO / "src" / "napari_bioflow" / "sample_data" / "nuclei_3d"
-YX = 2048  # Y and X of every volume; Z grows with the size asked for
+YX = 2048  # Y and X of every volume (--yx); Z grows with the size asked for
 CHUNK = (64, 512, 512)
 
 
@@ -170,18 +170,21 @@ def run_size(tmp: Path, ckpt: Path, gb: float, save_tiff: bool) -> dict:
 
 
 def main(argv=None):
+    global YX
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes-gb", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.3])
     ap.add_argument("--kernel", type=int, default=1, help="conv kernel of the tiny U-Net (1 = pipeline only, 3 = real convs)")
     ap.add_argument("--no-tiff", action="store_true", help="predict.save_tiff false (default: the engine's default, "
                     "TIFFs written when the probabilities are <= 2 GiB)")
     ap.add_argument("--tmp", default=None, help="scratch folder (needs ~12x the largest size free)")
+    ap.add_argument("--yx", type=int, default=YX, help="Y and X of the volumes (Z follows from the size)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--child", nargs=3, metavar=("VOLUME", "CKPT", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         return child(*args.child, save_tiff=not args.no_tiff)
 
+    YX = args.yx
     tmp = Path(tempfile.mkdtemp(prefix="bench_memory_", dir=args.tmp))
     try:
         ckpt = make_checkpoint(tmp / "ckpt", args.kernel)

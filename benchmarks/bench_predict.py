@@ -65,6 +65,7 @@ def main(argv=None):
     import torch
 
     from napari_bioflow.engine.checkpoint import load_model
+    from napari_bioflow.engine import inference
     from napari_bioflow.engine.inference import ImagePrediction, default_tile, predict_array
     from napari_bioflow.engine.predict import _read_tile, plan_tiles
 
@@ -76,7 +77,8 @@ def main(argv=None):
         mp = image.size / 1e6
         tile = default_tile(cfg, image.shape, model.size_divisor)
         plan = plan_tiles(image.shape, tile, cfg.predict.overlap, model.size_divisor)
-        bs = cfg.predict.batch_size
+        # the batch the engine uses for this tile (lowered for big tiles where the engine does so)
+        bs = inference.tile_batch(cfg, tile) if hasattr(inference, "tile_batch") else cfg.predict.batch_size
         img_cl = image[..., None]
         tiles = [torch.from_numpy(np.moveaxis(np.stack([_read_tile(img_cl, t, image.shape, loaded.normalizer) for t in plan.tiles[k:k + bs]]), -1, 1).copy())
                  for k in range(0, len(plan.tiles), bs)]

@@ -101,7 +101,7 @@ def test_train_through_the_widget(make_napari_viewer, wait_idle, tmp_path, crop2
     viewer.add_labels(crop2d[1], name="nuclei mask")
     widget = dock(viewer, TrainWidget(viewer))
     tiny(widget, tmp_path)
-    widget.preview_budget = 1.0  # so short a training leaves no 5 % room for a preview; the budget is tested below
+    widget.preview_budget = 100.0  # so short a training leaves no 5 % room for a preview; the budget is tested below
     widget.train_button.native.click()
     assert widget.running
     wait_idle(widget)
@@ -122,6 +122,7 @@ def test_train_through_the_widget(make_napari_viewer, wait_idle, tmp_path, crop2
     assert all(64 <= n <= 256 for n in preview.data.shape)
     assert tuple(preview.translate) == tuple(float(s.start) for s in region.slices)
     assert set(np.unique(preview.data)) <= {0, 1}
+    assert widget.preview.budget.count == 2  # after each epoch
 
 
 def test_preview_follows_the_field_of_view_and_its_budget(make_napari_viewer, crop2d):
@@ -154,7 +155,7 @@ def test_predict_through_the_widget(make_napari_viewer, wait_idle, tmp_path, cro
     widget = dock(viewer, PredictWidget(viewer))
     widget.model_source.value = "checkpoint file"
     widget.checkpoint.value = checkpoint_2d
-    widget.output.value, widget.tile.value, widget.device.value = tmp_path, 128, "cpu"
+    widget.form["output_dir"].value, widget.form["device"].value, widget.tile.value = tmp_path, "cpu", 128
     widget.predict_button.native.click()
     prob, labels = viewer.layers["nuclei probabilities"], viewer.layers["nuclei labels"]
     assert isinstance(prob.data, da.Array) and isinstance(labels.data, da.Array)  # over the zarr being written
@@ -184,7 +185,7 @@ def test_train_and_predict_3d(make_napari_viewer, wait_idle, tmp_path, crop3d):
     assert train.form["ndim"].value == 3 and train.patch_z.native.isVisibleTo(train)
     tiny(train, tmp_path)
     train.patch_z.value = 16
-    train.preview_budget = 1.0
+    train.preview_budget = 100.0
     train.train_button.native.click()
     wait_idle(train)
     assert train.result.reason == "finished" and train.result.checkpoint.is_file()
@@ -193,7 +194,7 @@ def test_train_and_predict_3d(make_napari_viewer, wait_idle, tmp_path, crop3d):
     predict = dock(viewer, PredictWidget(viewer))
     assert predict.model_source.value == JUST_TRAINED
     predict.image.value = viewer.layers["volume"]
-    predict.output.value, predict.device.value = tmp_path, "cpu"
+    predict.form["output_dir"].value, predict.form["device"].value = tmp_path, "cpu"
     predict.predict_button.native.click()
     wait_idle(predict)
     prob, labels = viewer.layers["volume probabilities"], viewer.layers["volume labels"]
@@ -229,7 +230,7 @@ def test_bad_input_is_one_sentence_naming_the_layer(make_napari_viewer, errors, 
     rgb = viewer.add_image(np.stack([crop2d[0]] * 3, axis=-1), name="colour", rgb=True)
     predict = dock(viewer, PredictWidget(viewer))
     predict.model_source.value = "checkpoint file"
-    predict.checkpoint.value, predict.image.value, predict.output.value = checkpoint_2d, rgb, tmp_path / "pred"
+    predict.checkpoint.value, predict.image.value, predict.form["output_dir"].value = checkpoint_2d, rgb, tmp_path / "pred"
     predict.start()
     assert checkpoint_2d.name in errors[-1] and "'colour' has 3" in errors[-1] and not predict.running
     assert not (tmp_path / "pred").exists() and "colour probabilities" not in viewer.layers
@@ -252,3 +253,16 @@ def test_cancel_stops_soon_and_keeps_the_best_checkpoint(make_napari_viewer, qtb
     assert done.reason == "cancelled" and done.epochs_run < 1000
     loaded = load_model(done.checkpoint, "cpu")
     assert loaded.epoch >= 1 and widget.train_button.enabled and not widget.cancel_button.enabled
+
+
+def test_closing_the_viewer_stops_its_training(make_napari_viewer, qtbot, tmp_path, crop2d):
+    viewer = make_napari_viewer()
+    viewer.add_image(crop2d[0], name="nuclei")
+    viewer.add_labels(crop2d[1], name="nuclei mask")
+    widget = dock(viewer, TrainWidget(viewer))
+    tiny(widget, tmp_path, epochs=1000, steps=4)
+    widget.start()
+    trainer, worker = widget.trainer, widget._worker
+    with qtbot.waitSignal(worker.finished, timeout=30_000):
+        viewer.close()
+        qtbot.waitUntil(lambda: trainer.cancelled, timeout=5_000)

@@ -11,6 +11,7 @@ from qtpy.QtWidgets import QSizePolicy
 class TrainingChart(FigureCanvasQTAgg):
     def __init__(self, background: str = "#262930", foreground: str = "#f0f1f2"):
         figure = Figure(figsize=(3.6, 2.4), dpi=80, facecolor=background, layout="constrained")
+        figure.get_layout_engine().set(w_pad=0.08, h_pad=0.04)  # room for the last tick labels
         super().__init__(figure)
         self.setMinimumHeight(200)
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)

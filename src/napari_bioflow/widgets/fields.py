@@ -6,7 +6,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, LineEdit, SpinBox, Widget
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, SpinBox, Widget
 from qtpy.QtWidgets import QGroupBox, QSizePolicy, QVBoxLayout
 
 from ..config import RunConfig
@@ -125,6 +125,14 @@ def compact(file_edit: FileEdit) -> FileEdit:
     button.tooltip, button.text, button.max_width = button.text, "…", 30
     file_edit.margins = (0, 0, 0, 0)
     return file_edit
+
+
+def status_label(value: str = "", **kwargs) -> Label:
+    """A status line that wraps instead of widening the dock (long paths, long messages)."""
+    label = Label(value=value, **kwargs)
+    label.native.setWordWrap(True)
+    label.native.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+    return label
 
 
 def group(title: str, *widgets: Widget | Container) -> QGroupBox:

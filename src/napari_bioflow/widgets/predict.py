@@ -10,14 +10,14 @@ import threading
 import time
 from pathlib import Path
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Container, FileEdit, ProgressBar, PushButton, SpinBox
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 from superqt import QCollapsible
 
 from ..engine.errors import Cancelled, InputError
-from .fields import compact, form, group
+from .fields import ConfigForm, status_label, compact, config_field, form, group
 from .jobs import ProgressRelay, prediction_job
 from .layers import connect_while_alive, follow_layers, layer_array, layer_channels, layer_combo, placement, spatial_axes
 from .shared import last_trained, load_triton_safely
@@ -38,34 +38,37 @@ class PredictWidget(QWidget):
         self._last_refresh = self._refresh_cost = 0.0
         self._relay = ProgressRelay()
         self._relay.progress.connect(self._on_progress)
+        self.destroyed.connect(self._cancel.set)  # a closed dock stops its prediction
 
         self.model_source = ComboBox(choices=[FROM_FILE, JUST_TRAINED], value=FROM_FILE, label="model")
         self.checkpoint = compact(FileEdit(mode="r", filter="*.pth", label="checkpoint",
                                            tooltip="A napari-bioflow checkpoint (.pth)"))
-        self.trained = Label(value="none yet: train one in the Train dock", label="trained")
+        self.trained = status_label("none yet: train one in the Train dock", label="trained")
         self.image = layer_combo(viewer, Image, label="image", tooltip="The Image layer to predict")
-        self.tta = CheckBox(value=False, text="test-time augmentation",
-                            tooltip="Average the predictions over flips and 90-degree rotations: better, 8x slower")
+        f = self.form = ConfigForm()  # defaults, bounds and tooltips from the config's predict section
+        f.add("predict.tta", label="test-time augmentation")
         self.tile = SpinBox(value=0, min=0, max=8192, step=16, label="tile size (0 = auto)",
-                            tooltip="Largest tile fed to the model, per axis")
-        self.overlap = FloatSpinBox(value=0.0625, min=0.0, max=0.45, step=0.0625, label="tile overlap")
-        self.batch = SpinBox(value=4, min=1, max=256, label="tiles per batch")
-        self.device = ComboBox(choices=["auto", "cpu", "cuda"], value="auto", label="device")
-        self.z_filter = SpinBox(value=0, min=0, max=31, label="3D: Z median filter")
-        self.yz_filter = SpinBox(value=0, min=0, max=31, label="3D: YZ median filter")
-        self.output = compact(FileEdit(mode="d", value=Path.home() / "bioflow_runs", label="output folder"))
-        self.name = LineEdit(value="prediction", label="experiment", tooltip="Results go to <output folder>/<experiment>/results")
+                            tooltip=config_field("predict.tile_size").description)
+        f.add("predict.overlap", label="tile overlap", step=0.0625, decimals=4)
+        f.add("predict.batch_size", label="tiles per batch", max=1024)
+        f.add("device")
+        f.add("predict.z_filter", label="3D: Z median filter", max=31)
+        f.add("predict.yz_filter", label="3D: YZ median filter", max=31)
+        f.add("name", label="experiment", value="prediction")
+        f.add("output_dir", label="output folder", value=Path.home() / "bioflow_runs")
         self.predict_button = PushButton(text="Predict")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="")
-        self.status = Label(value="")
+        self.status = status_label()
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
-        layout.addWidget(group("Model and image", form(self.model_source, self.checkpoint, self.trained, self.image, self.tta)))
-        layout.addWidget(group("Output", form(self.name, self.output)))
+        layout.addWidget(group("Model and image", form(self.model_source, self.checkpoint, self.trained, self.image,
+                                                       f["predict.tta"])))
+        layout.addWidget(group("Output", form(f["name"], f["output_dir"])))
         self.advanced = QCollapsible("Advanced")
-        self.advanced.addWidget(form(self.tile, self.overlap, self.batch, self.device, self.z_filter, self.yz_filter).native)
+        self.advanced.addWidget(form(self.tile, *(f[p] for p in ("predict.overlap", "predict.batch_size", "device",
+                                                                   "predict.z_filter", "predict.yz_filter"))).native)
         layout.addWidget(self.advanced)
         buttons = Container(widgets=[self.predict_button, self.cancel_button], layout="horizontal", labels=False)
         layout.addWidget(group("Run", buttons, self.progress, self.status))
@@ -119,7 +122,8 @@ class PredictWidget(QWidget):
         layer = self.image.value
         if layer is None:
             raise InputError("Choose an Image layer to predict (or load one into the viewer).")
-        path, device = self._checkpoint(), resolve_device(self.device.value)
+        values = self.form.values()
+        path, device = self._checkpoint(), resolve_device(values["device"])
         loaded = load_model(path, device, expect_workflow="semantic_segmentation")
         cfg = loaded.config
         channels = layer_channels(layer, cfg.ndim)
@@ -129,12 +133,11 @@ class PredictWidget(QWidget):
         name = f"image layer '{layer.name}'"
         data = layer_array(layer)
         to_channels_last(data, cfg.ndim, cfg.data.in_channels, name)  # 2D/3D and channel checks, before any write
-        settings = dict(tta=self.tta.value, overlap=self.overlap.value, batch_size=self.batch.value,
-                        tile_size=[self.tile.value] * cfg.ndim if self.tile.value else None,
-                        z_filter=self.z_filter.value, yz_filter=self.yz_filter.value, checkpoint=str(path))
+        # the checkpoint's own config, with this dock's prediction settings, output and device
         raw = cfg.model_dump(mode="json")
-        raw.update(name=self.name.value, output_dir=str(self.output.value), predict={**raw["predict"], **settings})
-        loaded.config = cfg = RunConfig.from_dict(raw, source="Predict")
+        raw["predict"].update(values.pop("predict"), checkpoint=str(path),
+                              tile_size=[self.tile.value] * cfg.ndim if self.tile.value else None)
+        loaded.config = cfg = RunConfig.from_dict({**raw, **values}, source="Predict")
         experiment = new_experiment(cfg.output_dir, cfg.name)
         cfg.save(experiment.config_path)
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer.name) or "image"
@@ -162,13 +165,14 @@ class PredictWidget(QWidget):
             return
         self.job, self.source, self.result = job, layer, None
         scale, translate = placement(layer, spatial_axes(layer, job.cfg.ndim))
-        prob = job.lazy()
+        prob, world_axes = job.lazy(), self.viewer.dims.ndim
         self.prob_layer = self.viewer.add_image(prob, name=f"{layer.name} probabilities", scale=(1.0, *scale),
                                                 translate=(0.0, *translate), colormap="magma", contrast_limits=(0.0, 1.0),
                                                 opacity=0.7, cache=False)
         self.labels_layer = self.viewer.add_labels(argmax_labels(prob), name=f"{layer.name} labels", scale=scale,
                                                    translate=translate, opacity=0.5, cache=False)
-        if self.prob_layer.ndim == self.viewer.dims.ndim:  # show the last class's probability, not background
+        if self.viewer.dims.ndim > world_axes:  # the class axis is new: name it, show the last class (not background)
+            self.viewer.dims.axis_labels = ("class", *self.viewer.dims.axis_labels[1:])
             self.viewer.dims.set_current_step(0, prob.shape[0] - 1)
         self._cancel.clear()
         self.progress.value, self.progress.max = 0, len(job.plan.tiles)

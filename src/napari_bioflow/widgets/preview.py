@@ -100,6 +100,7 @@ class PreviewBudget:
     def __init__(self, fraction: float = 0.05):
         self.fraction = fraction
         self.spent = 0.0
+        self.count = 0
         self.seconds_per_pixel: Optional[float] = None
 
     def allow(self, pixels: int, training_seconds: float, training_seconds_per_pixel: float) -> bool:
@@ -108,15 +109,17 @@ class PreviewBudget:
 
     def record(self, pixels: int, seconds: float) -> None:
         self.spent += seconds
+        self.count += 1
         self.seconds_per_pixel = seconds / max(1, pixels)
 
 
 class Preview:
     """Shared between the GUI (sets `view`, shows results) and the training worker (predicts)."""
 
-    def __init__(self, image, name: str, budget: float = 0.05):
-        self.image = image  # channels-last (Z,)Y,X,C view of the previewed layer's data
-        self.name = name  # of the preview layer
+    def __init__(self, source, image, budget: float = 0.05):
+        self.source = source  # the previewed Image layer
+        self.image = image  # channels-last (Z,)Y,X,C view of its data
+        self.name = f"{source.name} preview"  # of the preview layer
         self.budget = PreviewBudget(budget)
         self.steps_per_epoch = 1
         self.layer = None  # the preview Labels layer, once shown
@@ -169,4 +172,4 @@ class Preview:
                 viewer.layers.selection.active = active  # keep the user's selection
         else:
             self.layer.data = result.labels
-            self.layer.translate = region.translate
+            self.layer.scale, self.layer.translate = region.scale, region.translate

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from magicgui.widgets import ComboBox, Container, Label, LineEdit, ProgressBar, PushButton, RadioButtons, SpinBox
+from magicgui.widgets import ComboBox, Container, LineEdit, ProgressBar, PushButton, RadioButtons, SpinBox
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QScrollArea, QVBoxLayout, QWidget
@@ -15,7 +15,7 @@ from superqt import QCollapsible
 from ..config import RunConfig
 from ..engine.errors import InputError
 from .chart import TrainingChart, theme_colors
-from .fields import ConfigForm, form, format_seconds, group, parse_ints
+from .fields import ConfigForm, status_label, form, format_seconds, group, parse_ints
 from .layers import (LayerPair, PairList, connect_while_alive, follow_layers, guess_classes, guess_ndim, layer_array, layer_channels,
                      spatial_axes)
 from .jobs import TrainingFailed, training_job
@@ -41,6 +41,8 @@ class TrainWidget(QWidget):
         self.preview_budget = 0.05  # previews may cost at most this fraction of the training time
         self._worker = None
         self._adapted = (None, None)
+        self._running: dict = {"trainer": None}  # a closed dock stops its training (the best checkpoint stays)
+        self.destroyed.connect(lambda *_, running=self._running: running["trainer"] and running["trainer"].cancel())
         f = self.form = ConfigForm()
 
         # --- data -------------------------------------------------------------------------------------
@@ -83,7 +85,7 @@ class TrainWidget(QWidget):
         self.train_button = PushButton(text="Train")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="")
-        self.status = Label(value="")
+        self.status = status_label()
         self.chart = TrainingChart(*theme_colors(viewer))
 
         main = [f[p] for p in ("ndim", "data.in_channels", "n_classes")] + [self.patch_z, self.patch_yx] + [
@@ -214,8 +216,7 @@ class TrainWidget(QWidget):
             image = train[0].raw if train else to_channels_last(layer_array(layer), cfg.ndim, cfg.data.in_channels, layer.name)
         except InputError:
             return None
-        preview = Preview(image, f"{layer.name} preview", self.preview_budget)
-        preview.source = layer
+        preview = Preview(layer, image, self.preview_budget)
         if self.preview is not None and self.preview.name == preview.name:
             preview.layer = self.preview.layer  # keep updating the same preview layer
         return preview
@@ -244,12 +245,13 @@ class TrainWidget(QWidget):
         self.result = None
         self.chart.clear()
         self.progress.value, self.status.value = 0, "preparing…"
-        self._capture_view()
         worker = create_worker(training_job, self.trainer, self.preview, _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(self._on_report)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self._worker = worker
+        self._running["trainer"] = self.trainer
+        self._capture_view()  # the field of view as training starts; camera and slider events update it
         self.train_button.enabled, self.cancel_button.enabled = False, True
         worker.start()
 
@@ -307,5 +309,5 @@ class TrainWidget(QWidget):
         self.status.value = f"failed: {type(e).__name__}: {e}"
 
     def _on_finished(self) -> None:
-        self._worker = None
+        self._worker = self._running["trainer"] = None
         self.train_button.enabled, self.cancel_button.enabled = True, False

@@ -1,0 +1,237 @@
+"""(d) Training through the Train dock's napari thread worker, with a real viewer open, vs the headless trainer.
+
+Same config as bench_train.py (default 2D U-Net, patch 256x256, batch 4, 1 channel, 2 classes, CPU, shipped bbbc007
+sample folders for training and validation). Each run is a fresh subprocess; runs are interleaved (viewer,
+headless, viewer, headless, ...) `--repeats` times.
+
+  viewer    napari.Viewer (shown, under Xvfb when there is no display) with one bbbc007 image layer (selected, so
+            the dock previews it), the TrainWidget docked, its fields set through the form, and `start()`: the
+            trainer runs in the dock's thread worker, with the preview between epochs and the GUI updating
+            progress, status and chart on every report. Step times are taken in the worker thread (the time
+            between consecutive StepReports, as in bench_train.py); a 10 ms QTimer (PreciseTimer) on the GUI
+            thread records its lateness (interval - 10 ms) for the whole training.
+  headless  Trainer.run() in the main thread of a process with nothing else loaded.
+Targets: viewer step throughput >= 0.95 x headless (median of per-pair ratios); timer lateness p99 < 100 ms.
+
+    .venv/bin/python benchmarks/bench_viewer.py [--repeats 3] [--epochs 3] [--steps 10] [--no-preview]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import SAMPLE_2D, loadavg, median, table, verdict, write_result  # noqa: E402
+
+BATCH, PATCH = 4, 256
+
+
+def summarize_steps(events: list[tuple[str, int, int, float, float]], steps: int) -> dict:
+    """events: (kind, epoch, step, perf_counter, epoch_seconds). Same rules as bench_train.py: steps >= 2 of epochs >= 2."""
+    dts, last, epoch_s = [], None, []
+    for kind, epoch, step, t, seconds in events:
+        if kind == "step":
+            if epoch >= 2 and step >= 2 and last is not None:
+                dts.append(t - last)
+            last = t
+        elif kind == "epoch":
+            if epoch >= 2:
+                epoch_s.append(seconds)
+            last = None
+    return {"step_seconds": dts, "step_patches_per_s_median": BATCH / median(dts),
+            "step_patches_per_s_mean": BATCH * len(dts) / sum(dts),
+            "epoch_seconds": epoch_s, "epoch_patches_per_s": BATCH * steps * len(epoch_s) / sum(epoch_s)}
+
+
+# --- children -----------------------------------------------------------------------------------------
+def child_headless(out: Path, epochs: int, steps: int) -> dict:
+    from bench_train import make_config
+
+    from napari_bioflow.engine.train import EpochReport, StepReport, Trainer
+
+    events = []
+    for rep in Trainer(make_config(out, epochs, steps)).run():
+        if isinstance(rep, StepReport):
+            events.append(("step", rep.epoch, rep.step, time.perf_counter(), 0.0))
+        elif isinstance(rep, EpochReport):
+            events.append(("epoch", rep.epoch, 0, time.perf_counter(), rep.seconds))
+    return summarize_steps(events, steps)
+
+
+def child_viewer(out: Path, epochs: int, steps: int, preview: bool) -> dict:
+    import napari
+    import tifffile
+    from qtpy.QtCore import QEventLoop, Qt, QTimer
+
+    from napari_bioflow.engine.train import EpochReport, StepReport
+    from napari_bioflow.widgets import train as train_module
+    from napari_bioflow.widgets.preview import PreviewResult
+    from napari_bioflow.widgets.train import TrainWidget
+
+    events: list = []
+    previews: list = []
+    original_job = train_module.training_job
+
+    def timed_job(trainer, preview_obj):  # the dock's own job, with a timestamp per report taken in the worker
+        for rep in original_job(trainer, preview_obj):
+            now = time.perf_counter()
+            if isinstance(rep, StepReport):
+                events.append(("step", rep.epoch, rep.step, now, 0.0))
+            elif isinstance(rep, EpochReport):
+                events.append(("epoch", rep.epoch, 0, now, rep.seconds))
+            elif isinstance(rep, PreviewResult):
+                previews.append(rep.seconds)
+            yield rep
+
+    train_module.training_job = timed_job
+    viewer = napari.Viewer(show=True)
+    image = tifffile.imread(SAMPLE_2D / "train" / "raw" / "A9_A9_p10d.tif")
+    viewer.add_image(image, name="nuclei")
+    widget = TrainWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Train")
+    f = widget.form
+    widget.source.value = "folders"
+    f["data.train_raw"].value, f["data.train_label"].value = str(SAMPLE_2D / "train" / "raw"), str(SAMPLE_2D / "train" / "label")
+    widget.validation.value = "folders"
+    f["data.val_raw"].value, f["data.val_label"].value = str(SAMPLE_2D / "test" / "raw"), str(SAMPLE_2D / "test" / "label")
+    widget.patch_yx.value = PATCH
+    f["train.epochs"].value, f["train.steps_per_epoch"].value, f["train.batch_size"].value = epochs, steps, BATCH
+    f["train.patience"].value = 0
+    f["output_dir"].value, f["device"].value, f["name"].value = str(out), "cpu", "bench_train"
+    if not preview:
+        widget.preview_budget = 0.0
+    app = napari.qt.get_qapp()
+    for _ in range(20):  # let the window show and settle
+        app.processEvents()
+        time.sleep(0.05)
+
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setTimerType(Qt.PreciseTimer)
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    loop = QEventLoop()
+    widget.start()
+    worker = widget._worker
+    if worker is None:
+        raise RuntimeError(f"training did not start: {widget.status.value}")
+    worker.finished.connect(loop.quit)
+    timer.start()
+    loop.exec_()
+    timer.stop()
+    cfg_check = widget.trainer.cfg
+    assert cfg_check.data.patch_size == [PATCH, PATCH] and cfg_check.train.batch_size == BATCH, cfg_check
+    viewer.close()
+    late = np.maximum(np.diff(np.asarray(ticks)) - 0.010, 0) * 1000
+    res = summarize_steps(events, steps)
+    res.update(timer_ticks=len(ticks), lateness_ms_p50=float(np.percentile(late, 50)),
+               lateness_ms_p99=float(np.percentile(late, 99)), lateness_ms_max=float(late.max()),
+               preview_seconds=previews, status=widget.status.value)
+    return res
+
+
+def run_child(mode: str, args) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench_viewer_{mode}_"))
+    try:
+        cmd = [sys.executable, __file__, "--child", mode, str(tmp), "--epochs", str(args.epochs), "--steps", str(args.steps)]
+        if args.no_preview:
+            cmd.append("--no-preview")
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"{mode} child failed:\n{proc.stderr[-4000:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ensure_display() -> subprocess.Popen | None:
+    """Start an Xvfb server when there is no display (the vispy canvas needs a real X server, not offscreen)."""
+    if os.environ.get("DISPLAY") or not shutil.which("Xvfb"):
+        return None
+    for n in range(90, 110):
+        if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists():
+            proc = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(50):
+                if Path(f"/tmp/.X11-unix/X{n}").exists():
+                    break
+                time.sleep(0.1)
+            os.environ["DISPLAY"] = f":{n}"
+            return proc
+    return None
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--no-preview", action="store_true", help="preview budget 0 (no preview between epochs)")
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--child", nargs=2, metavar=("MODE", "OUT"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        mode, out = args.child
+        res = child_viewer(Path(out), args.epochs, args.steps, not args.no_preview) if mode == "viewer" \
+            else child_headless(Path(out), args.epochs, args.steps)
+        print(json.dumps(res))
+        return
+
+    xvfb = ensure_display()
+    try:
+        load_before, pairs = loadavg(), []
+        for r in range(args.repeats):
+            v = run_child("viewer", args)
+            h = run_child("headless", args)
+            ratio = v["step_patches_per_s_median"] / h["step_patches_per_s_median"]
+            pairs.append({"viewer": v, "headless": h, "ratio_step": ratio,
+                          "ratio_epoch": v["epoch_patches_per_s"] / h["epoch_patches_per_s"], "loadavg": loadavg()})
+            print(f"pair {r + 1}: viewer {v['step_patches_per_s_median']:.3f} p/s (epoch {v['epoch_patches_per_s']:.3f}), "
+                  f"headless {h['step_patches_per_s_median']:.3f} p/s (epoch {h['epoch_patches_per_s']:.3f}); ratio {ratio:.3f}; "
+                  f"timer lateness p99 {v['lateness_ms_p99']:.1f} ms (max {v['lateness_ms_max']:.0f}); "
+                  f"previews {[round(s, 2) for s in v['preview_seconds']]} s; load {loadavg()}", flush=True)
+        med = lambda f: median([f(p) for p in pairs])  # noqa: E731
+        summary = {
+            "viewer_step_patches_per_s": med(lambda p: p["viewer"]["step_patches_per_s_median"]),
+            "headless_step_patches_per_s": med(lambda p: p["headless"]["step_patches_per_s_median"]),
+            "viewer_epoch_patches_per_s": med(lambda p: p["viewer"]["epoch_patches_per_s"]),
+            "headless_epoch_patches_per_s": med(lambda p: p["headless"]["epoch_patches_per_s"]),
+            "ratio_step_median_of_pairs": med(lambda p: p["ratio_step"]),
+            "ratio_epoch_median_of_pairs": med(lambda p: p["ratio_epoch"]),
+            "lateness_ms_p99_median": med(lambda p: p["viewer"]["lateness_ms_p99"]),
+            "lateness_ms_p99_worst": max(p["viewer"]["lateness_ms_p99"] for p in pairs),
+        }
+        summary["pass_throughput"] = summary["ratio_step_median_of_pairs"] >= 0.95
+        summary["pass_latency"] = summary["lateness_ms_p99_median"] < 100
+        rows = [
+            ["viewer worker, steady step", summary["viewer_step_patches_per_s"], args.repeats, summary["ratio_step_median_of_pairs"], ">= 0.95", verdict(summary["pass_throughput"])],
+            ["viewer worker, whole epoch", summary["viewer_epoch_patches_per_s"], args.repeats, summary["ratio_epoch_median_of_pairs"], "(info)", ""],
+            ["headless, steady step", summary["headless_step_patches_per_s"], args.repeats, 1.0, "", ""],
+            ["headless, whole epoch", summary["headless_epoch_patches_per_s"], args.repeats, 1.0, "", ""],
+            ["10 ms timer lateness p99 (ms)", summary["lateness_ms_p99_median"], args.repeats, "", "< 100 ms", verdict(summary["pass_latency"])],
+        ]
+        print(table(rows, ["", "median", "repeats", "ratio to headless", "target", ""]))
+        print(f"load average before {load_before}, after {loadavg()}")
+        path = write_result("viewer" + (f"_{args.tag}" if args.tag else ""), {
+            "config": {"model": "unet (default)", "patch": [PATCH, PATCH], "batch": BATCH, "epochs": args.epochs,
+                       "steps_per_epoch": args.steps, "preview": not args.no_preview, "display": os.environ.get("DISPLAY"),
+                       "xvfb_started_by_script": xvfb is not None},
+            "loadavg_before": load_before, "loadavg_after": loadavg(), "summary": summary, "pairs": pairs,
+        })
+        print(f"wrote {path}")
+    finally:
+        if xvfb is not None:
+            xvfb.terminate()
+
+
+if __name__ == "__main__":
+    main()
