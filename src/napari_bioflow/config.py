@@ -10,7 +10,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-WORKFLOWS = ("semantic_segmentation",)
+WORKFLOWS = ("semantic_segmentation", "image_to_image", "self_supervised")
 
 
 class _Section(BaseModel):
@@ -20,7 +20,7 @@ class _Section(BaseModel):
 
 class DataConfig(_Section):
     train_raw: Optional[Path] = Field(None, description="Folder of training raw images (TIFF, PNG or zarr), paired with train_label by sorted file name.")
-    train_label: Optional[Path] = Field(None, description="Folder of training label images (one integer class per pixel/voxel, 0 = background).")
+    train_label: Optional[Path] = Field(None, description="Folder of training labels (segmentation: one integer class per pixel/voxel, 0 = background) or target images (image-to-image). Not used by self-supervision.")
     val_raw: Optional[Path] = Field(None, description="Folder of validation raw images. When empty, val_split of the training data is held aside.")
     val_label: Optional[Path] = Field(None, description="Folder of validation label images, paired with val_raw.")
     val_split: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of the training data held aside for validation when no validation folder is given: whole images when there are several, else a strip at the end of the single image.")
@@ -28,6 +28,7 @@ class DataConfig(_Section):
     test_label: Optional[Path] = Field(None, description="Optional folder of test labels: when given, IoU is computed per image and over the set.")
     patch_size: list[int] = Field([256, 256], description="Patch size in pixels, (Y, X) in 2D or (Z, Y, X) in 3D. Must not exceed the images.")
     in_channels: int = Field(1, ge=1, description="Number of channels of the raw images (grayscale = 1, RGB = 3).")
+    target_channels: int = Field(1, ge=1, description="Image-to-image: number of channels of the target images.")
     normalization: Literal["percentile", "meanstd", "none"] = Field("percentile", description="percentile: scale each channel so its low/high percentiles of the training data map to 0/1; meanstd: subtract the training mean and divide by the standard deviation; none: use raw values. The statistics are stored in the checkpoint and reused at prediction.")
     percentile_low: float = Field(1.0, ge=0, le=100, description="Low percentile for percentile normalization.")
     percentile_high: float = Field(99.8, ge=0, le=100, description="High percentile for percentile normalization.")
@@ -52,7 +53,7 @@ class TrainConfig(_Section):
     momentum: float = Field(0.9, ge=0, lt=1, description="Momentum for SGD.")
     scheduler: Literal["none", "reduce_on_plateau", "one_cycle", "warmup_cosine"] = Field("none", description="Learning-rate schedule: none, reduce_on_plateau (halve on a validation-loss plateau), one_cycle, warmup_cosine (linear warm-up then cosine decay).")
     warmup_epochs: int = Field(1, ge=0, description="Warm-up epochs for warmup_cosine.")
-    loss: Literal["ce", "ce_dice"] = Field("ce", description="Loss: cross-entropy, or cross-entropy plus soft Dice.")
+    loss: Literal["auto", "ce", "ce_dice", "l1", "mse"] = Field("auto", description="Loss. auto: cross-entropy for segmentation, L1 for image-to-image and crappify, MSE on the masked patches for masking. ce_dice adds soft Dice to cross-entropy.")
     resume: Optional[Path] = Field(None, description="Resume training from this checkpoint (weights, optimizer, epoch).")
 
 
@@ -74,8 +75,14 @@ class PredictConfig(_Section):
     save_tiff: bool = Field(True, description="Also write TIFFs of the probabilities and labels (the zarr stores are always written).")
 
 
+class SelfSupervisedConfig(_Section):
+    pretext: Literal["crappify", "masking"] = Field("crappify", description="Pretext task. crappify: learn to restore images degraded by noise and down/up-sampling; masking: a masked autoencoder (model mae) learns to fill in hidden patches.")
+    noise: float = Field(0.2, ge=0, description="crappify: standard deviation of the added Gaussian noise, as a fraction of the image maximum (the result is clipped to [0, max]).")
+    downsample_area: float = Field(4.0, ge=1, description="crappify: area factor of the bilinear down-sampling (4 = 2x per axis, Z included in 3D), followed by up-sampling back.")
+
+
 class RunConfig(_Section):
-    workflow: Literal["semantic_segmentation"] = Field("semantic_segmentation", description="The workflow.")
+    workflow: Literal["semantic_segmentation", "image_to_image", "self_supervised"] = Field("semantic_segmentation", description="The workflow: semantic_segmentation, image_to_image or self_supervised.")
     name: str = Field("my_experiment", pattern=r"^[A-Za-z0-9_.]+$", description="Experiment name (letters, digits, '_' and '.'): the folder under output_dir.")
     output_dir: Path = Field(Path("bioflow_runs"), description="Where experiment folders are created.")
     ndim: Literal[2, 3] = Field(2, description="2 for Y,X images, 3 for Z,Y,X volumes.")
@@ -88,6 +95,7 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     predict: PredictConfig = Field(default_factory=PredictConfig)
+    self_supervised: SelfSupervisedConfig = Field(default_factory=SelfSupervisedConfig)
 
     @field_validator("class_names")
     @classmethod
@@ -104,6 +112,9 @@ class RunConfig(_Section):
             raise ValueError(f"data.patch_size {self.data.patch_size} must be positive")
         if self.predict.tile_size is not None and len(self.predict.tile_size) != self.ndim:
             raise ValueError(f"predict.tile_size {self.predict.tile_size} has {len(self.predict.tile_size)} axes but ndim is {self.ndim}")
+        losses = {"semantic_segmentation": ("auto", "ce", "ce_dice")}.get(self.workflow, ("auto", "l1", "mse"))
+        if self.train.loss not in losses:
+            raise ValueError(f"train.loss '{self.train.loss}' does not fit {self.workflow}; use one of {', '.join(losses)}")
         if self.class_names and len(self.class_names) != self.n_classes:
             raise ValueError(f"{len(self.class_names)} class names given for {self.n_classes} classes")
         return self
