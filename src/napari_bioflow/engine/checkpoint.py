@@ -46,12 +46,13 @@ class LoadedModel:
     normalizer: Any  # Normalizer
     path: Optional[Path] = None
     epoch: int = 0
+    workflow: Any = None  # the Workflow with its fitted state; built from the config when not given
 
-    @property
-    def workflow(self):
-        from .workflows import get_workflow
+    def __post_init__(self):
+        if self.workflow is None:
+            from .workflows import get_workflow
 
-        return get_workflow(self.config.workflow)
+            self.workflow = get_workflow(self.config.workflow)
 
 
 def load_model(path: Path, device: str = "cpu", expect_workflow: Optional[str] = None,
@@ -80,4 +81,6 @@ def load_model(path: Path, device: str = "cpu", expect_workflow: Optional[str] =
     model = create_model(m["name"], ndim=cfg.ndim, in_channels=cfg.data.in_channels, out_channels=m["out_channels"], **m["options"])
     model.load_state_dict(ckpt["state_dict"])
     model.to(device).eval()
-    return LoadedModel(model, cfg, Normalizer.from_dict(ckpt["normalization"]), Path(path), ckpt.get("epoch", 0))
+    loaded = LoadedModel(model, cfg, Normalizer.from_dict(ckpt["normalization"]), Path(path), ckpt.get("epoch", 0))
+    loaded.workflow.load_state(ckpt.get("workflow_state", {}))
+    return loaded

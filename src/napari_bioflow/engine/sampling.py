@@ -33,7 +33,7 @@ class PatchSampler:
         self.normalize = normalize
         self.rng = np.random.default_rng(seed)
         self.foreground = foreground
-        self.read_target = read_target or (lambda s, sl: s.read_label(sl))
+        self.read_target = read_target or (lambda s, sl, x: s.read_label(sl))
         sizes = np.array([np.prod(s.spatial_shape) for s in self.samples], dtype=float)
         self.weights = sizes / sizes.sum()  # bigger images give proportionally more patches
         self._fg: dict[int, np.ndarray] = {}
@@ -63,7 +63,8 @@ class PatchSampler:
         raw = s.raw[sl]
         raw = raw.compute() if hasattr(raw, "compute") else np.asarray(raw)
         x = np.moveaxis(self.normalize(raw), -1, 0)  # channels first for torch
-        return np.ascontiguousarray(x), self.read_target(s, sl)
+        x = np.ascontiguousarray(x)
+        return x, self.read_target(s, sl, x)
 
     def batch(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         idx = self.rng.choice(len(self.samples), size=batch_size, p=self.weights)

@@ -168,18 +168,24 @@ def split_validation(samples: list[Sample], cfg, notes: list[str]) -> tuple[list
 
 def build_dataset(cfg, train: Optional[list[Sample]] = None, val: Optional[list[Sample]] = None) -> Dataset:
     """Training and validation samples from given samples (layers) or the config's folders, all checked."""
+    from .workflows import get_workflow
+
     notes: list[str] = []
     d = cfg.data
+    needs_target = get_workflow(cfg.workflow).needs_target
     if train is None:
-        if d.train_raw is None or d.train_label is None:
-            raise InputError("No training data: set data.train_raw and data.train_label (or choose layers).")
-        train = samples_from_folders(d.train_raw, d.train_label, cfg, "training", notes)
+        if d.train_raw is None or (needs_target and d.train_label is None):
+            raise InputError("No training data: set data.train_raw" + (" and data.train_label" if needs_target else "")
+                             + " (or choose layers).")
+        train = samples_from_folders(d.train_raw, d.train_label if needs_target else None, cfg, "training", notes,
+                                     need_label=needs_target)
     if not train:
         raise InputError("No training data was given.")
     if val is None and d.val_raw is not None:
-        if d.val_label is None:
+        if needs_target and d.val_label is None:
             raise InputError("data.val_raw is set but data.val_label is not.")
-        val = samples_from_folders(d.val_raw, d.val_label, cfg, "validation", notes)
+        val = samples_from_folders(d.val_raw, d.val_label if needs_target else None, cfg, "validation", notes,
+                                   need_label=needs_target)
     if val is None:
         train, val = split_validation(train, cfg, notes)
     check_patch_fits(train + val, d.patch_size)

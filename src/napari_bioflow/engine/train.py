@@ -155,6 +155,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.normalizer = fit_normalizer([s.raw for s in self.dataset.train], cfg.data.normalization,
                                          cfg.data.percentile_low, cfg.data.percentile_high)
+        self.workflow.prepare(self.dataset, cfg)
         try:
             self.model = create_model(cfg.model.name, ndim=cfg.ndim, in_channels=cfg.data.in_channels,
                                       out_channels=self.workflow.out_channels(cfg), **cfg.model.options)
@@ -246,8 +247,9 @@ class Trainer:
                 if cfg.augment.enable:
                     x, y = augment_batch(x, y, flips=cfg.augment.flips, rotate90=cfg.augment.rotate90,
                                          intensity=cfg.augment.intensity, generator=gen, target_is_image=wf.target_is_image)
+                x, y = wf.make_pair(x, y, gen, cfg)
                 optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model(x), y)
+                loss = wf.training_loss(model, x, y, loss_fn)
                 loss.backward()
                 optimizer.step()
                 if per_step:
@@ -300,15 +302,17 @@ class Trainer:
         model.eval()
         metrics = wf.metrics(self.cfg)
         total, count, bs = 0.0, 0, self.cfg.train.batch_size
+        gen = torch.Generator().manual_seed(self.cfg.seed + 1)  # the same masks/degradations every epoch
         with torch.inference_mode():
             for k in range(0, len(positions), bs):
                 pairs = [val_sampler.read(i, start) for i, start in positions[k:k + bs]]
                 x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(self.device)
                 y = torch.from_numpy(np.stack([p[1] for p in pairs])).to(self.device)
-                logits = model(x)
-                total += float(loss_fn(logits, y)) * len(pairs)
+                x, y = wf.make_pair(x, y, gen, self.cfg)
+                loss, prediction = wf.validation_step(model, x, y, loss_fn)
+                total += float(loss) * len(pairs)
                 count += len(pairs)
-                metrics.update(wf.activation(logits).cpu().numpy(), y.cpu().numpy())
+                metrics.update(prediction.float().cpu().numpy(), y.cpu().numpy())
         return total / count, metrics.compute()
 
     def _payload(self, epoch, optimizer, scheduler, best_loss, best_epoch) -> dict:
@@ -320,6 +324,7 @@ class Trainer:
                       "out_channels": self.workflow.out_channels(cfg)},
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "normalization": self.normalizer.to_dict(),
+            "workflow_state": self.workflow.state,
             "class_names": [cfg.class_label(i) for i in range(cfg.n_classes)],
             "epoch": epoch,
             "best_epoch": best_epoch,
@@ -338,7 +343,7 @@ class Trainer:
         """The model as trained so far, wrapped for prediction (the widget's 'model just trained')."""
         from .checkpoint import LoadedModel
 
-        return LoadedModel(self.model, self.cfg, self.normalizer, self.best_checkpoint)
+        return LoadedModel(self.model, self.cfg, self.normalizer, self.best_checkpoint, workflow=self.workflow)
 
 
 class _Log:

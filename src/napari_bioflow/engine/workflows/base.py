@@ -36,7 +36,16 @@ class Workflow:
     name: str = ""
     target_is_image = False  # True when the target is an image (augmented with a channel axis)
     chart_metric = ""  # the validation metric drawn beside the loss, e.g. "iou_foreground"
-    higher_is_better = True
+    needs_target = True  # False: trained on raw images alone (self-supervision)
+
+    def __init__(self):
+        self.state: dict[str, Any] = {}  # fitted on the training data, saved in the checkpoint (prepare/load_state)
+
+    def prepare(self, dataset, cfg) -> None:
+        """Fit whatever the workflow learns from the training data before training (e.g. target normalization)."""
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.state = dict(state)
 
     # --- head and targets ---------------------------------------------------------------------------
     def out_channels(self, cfg) -> int:
@@ -46,8 +55,21 @@ class Workflow:
         """Validate a target array for a raw image; return Sample attributes to set (e.g. label_is_255)."""
         raise NotImplementedError
 
-    def read_target(self, sample, sl) -> np.ndarray:
+    def read_target(self, sample, sl, x: np.ndarray) -> np.ndarray:
+        """The training target of a patch; `x` is the normalized raw patch (channels first)."""
         raise NotImplementedError
+
+    def make_pair(self, x, y, generator, cfg):
+        """Final (input, target) tensors of a batch, after augmentation (self-supervision degrades x here)."""
+        return x, y
+
+    def training_loss(self, model, x, y, loss_fn):
+        return loss_fn(model(x), y)
+
+    def validation_step(self, model, x, y, loss_fn):
+        """(loss, prediction as the metrics take it) of a validation batch."""
+        logits = model(x)
+        return loss_fn(logits, y), self.activation(logits)
 
     # --- training -----------------------------------------------------------------------------------
     def loss(self, cfg) -> Callable:

@@ -78,7 +78,7 @@ class SemanticSegmentation(Workflow):
     def check_target(self, target, name, spatial_shape, cfg, notes) -> dict[str, Any]:
         return {"label_is_255": check_label(target, name, spatial_shape, cfg.n_classes, notes)}
 
-    def read_target(self, sample, sl) -> np.ndarray:
+    def read_target(self, sample, sl, x) -> np.ndarray:
         return sample.read_label(sl)
 
     def loss(self, cfg):
