@@ -78,6 +78,7 @@ class PredictConfig(_Section):
 class SelfSupervisedConfig(_Section):
     pretext: Literal["crappify", "masking"] = Field("crappify", description="Pretext task. crappify: learn to restore images degraded by noise and down/up-sampling; masking: a masked autoencoder (model mae) learns to fill in hidden patches.")
     noise: float = Field(0.2, ge=0, description="crappify: standard deviation of the added Gaussian noise, as a fraction of the image maximum (the result is clipped to [0, max]).")
+    degrade_at_prediction: bool = Field(True, description="crappify: degrade images before predicting them and report the PSNR of the degraded input and of the restoration against the original (as BiaPy's test). Turn off to restore images as they are.")
     downsample_area: float = Field(4.0, ge=1, description="crappify: area factor of the bilinear down-sampling (4 = 2x per axis, Z included in 3D), followed by up-sampling back.")
 
 

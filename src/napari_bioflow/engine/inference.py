@@ -60,16 +60,16 @@ class ImagePrediction:
             target = lazy_array(target)
             notes: list[str] = []
             flags = self.workflow.check_target(target, target_name or f"the labels of {name}", spatial, cfg, notes)
-            to_int = (lambda a: (a > 0).astype(np.int64)) if flags.get("label_is_255") else (lambda a: a.astype(np.int64))
-            self.target = lambda region: to_int(np.asarray(target[region]))
+            target = flags.get("label", target)
+            self.target = lambda region: self.workflow.full_target(target, region, flags)
         divisor = loaded.model.size_divisor
-        self.tile = default_tile(cfg, spatial, divisor)
-        self.plan = plan_tiles(spatial, self.tile, cfg.predict.overlap, divisor)
+        self.tile, self.overlap = self.workflow.tiling(cfg, spatial, divisor)
+        self.plan = plan_tiles(spatial, self.tile, self.overlap, divisor)
         self.store = self.out_dir / "per_image" / f"{stem}.zarr"
         if self.store.exists():
             raise InputError(f"{self.store} exists already; results are never overwritten.")
         self.store.parent.mkdir(parents=True, exist_ok=True)
-        self.out_channels = self.workflow.out_channels(cfg)
+        self.out_channels = self.workflow.prediction_channels(cfg)
         self.accumulator = ZarrAccumulator.create(self.store / "accumulator", (self.out_channels, *spatial), self.plan.chunks)
 
     def lazy(self):
@@ -85,12 +85,10 @@ class ImagePrediction:
         model, wf = self.loaded.model, self.workflow
         model.to(self.device).eval()
 
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            return wf.activation(model(x))
-
+        image = wf.prediction_input(self.image, self.cfg, self.out_dir, self.stem)
         try:
-            sliding_window_predict(self.image, forward, out_channels=self.out_channels, tile_size=self.tile,
-                                   overlap=self.cfg.predict.overlap, batch_size=tile_batch(self.cfg, self.tile),
+            sliding_window_predict(image, wf.prediction_forward(model), out_channels=self.out_channels, tile_size=self.tile,
+                                   overlap=self.overlap, batch_size=tile_batch(self.cfg, self.tile),
                                    tta=self.cfg.predict.tta, device=self.device, divisor=model.size_divisor,
                                    preprocess=self.loaded.normalizer, out=self.accumulator, cancel=cancel, progress=progress)
         except PredictionCancelled:
@@ -139,12 +137,16 @@ def predict_files(loaded, files: list[tuple[Path, Optional[Path]]], out_dir: Pat
         counts = result.outputs.pop("counts", None)
         if counts is not None:
             totals = counts if totals is None else (totals[0] + counts[0], totals[1] + counts[1])
+        if result.metrics:
             rows.append({"image": Path(raw_path).name, **result.metrics})
         yield result
     if rows:
         from .metrics import iou_from_counts
 
-        rows.append({"image": "ALL (pixels pooled)", **iou_from_counts(*totals)})
+        if totals is not None:  # IoU over the set pools the pixels rather than averaging per-image IoUs
+            rows.append({"image": "ALL (pixels pooled)", **iou_from_counts(*totals)})
+        else:
+            rows.append({"image": "ALL (mean)", **{k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "image"}})
         with open(out_dir / "metrics.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
@@ -161,13 +163,14 @@ def predict_array(loaded, image, device: str = "cpu", tile_size: Optional[list[i
 
     cfg, wf, model = loaded.config, loaded.workflow, loaded.model
     image = to_channels_last(image, cfg.ndim, cfg.data.in_channels, "image")
-    tile = tile_size or default_tile(cfg, tuple(image.shape[:-1]), model.size_divisor)
+    tile, overlap = wf.tiling(cfg, tuple(image.shape[:-1]), model.size_divisor)
+    tile = tile_size or tile
     was_training = model.training
     model.eval()
     try:
         return sliding_window_predict(
-            image, lambda x: wf.activation(model(x)), out_channels=wf.out_channels(cfg),
-            tile_size=tile, overlap=cfg.predict.overlap, batch_size=tile_batch(cfg, tile), device=device,
+            image, wf.prediction_forward(model), out_channels=wf.prediction_channels(cfg),
+            tile_size=tile, overlap=overlap, batch_size=tile_batch(cfg, tile), device=device,
             divisor=model.size_divisor, preprocess=loaded.normalizer)
     finally:
         model.train(was_training)

@@ -155,7 +155,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.normalizer = fit_normalizer([s.raw for s in self.dataset.train], cfg.data.normalization,
                                          cfg.data.percentile_low, cfg.data.percentile_high)
-        self.workflow.prepare(self.dataset, cfg)
+        self.workflow.prepare(self.dataset, cfg, self.normalizer)
         try:
             self.model = create_model(cfg.model.name, ndim=cfg.ndim, in_channels=cfg.data.in_channels,
                                       out_channels=self.workflow.out_channels(cfg), **cfg.model.options)

@@ -19,7 +19,7 @@ def register_workflow(cls: type["Workflow"]) -> type["Workflow"]:
 
 
 def get_workflow(name: str) -> "Workflow":
-    from . import semantic  # noqa: F401  (registers the built-in workflows)
+    from . import image_to_image, self_supervised, semantic  # noqa: F401  (registers the built-in workflows)
 
     if name not in _WORKFLOWS:
         raise KeyError(f"unknown workflow '{name}'; available: {', '.join(sorted(_WORKFLOWS))}")
@@ -27,7 +27,7 @@ def get_workflow(name: str) -> "Workflow":
 
 
 def list_workflows() -> list[str]:
-    from . import semantic  # noqa: F401
+    from . import image_to_image, self_supervised, semantic  # noqa: F401
 
     return sorted(_WORKFLOWS)
 
@@ -41,7 +41,7 @@ class Workflow:
     def __init__(self):
         self.state: dict[str, Any] = {}  # fitted on the training data, saved in the checkpoint (prepare/load_state)
 
-    def prepare(self, dataset, cfg) -> None:
+    def prepare(self, dataset, cfg, normalizer) -> None:
         """Fit whatever the workflow learns from the training data before training (e.g. target normalization)."""
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -50,6 +50,10 @@ class Workflow:
     # --- head and targets ---------------------------------------------------------------------------
     def out_channels(self, cfg) -> int:
         raise NotImplementedError
+
+    def prediction_channels(self, cfg) -> int:
+        """Channels of the blended prediction (usually the head's)."""
+        return self.out_channels(cfg)
 
     def check_target(self, target, name: str, spatial_shape: tuple[int, ...], cfg, notes: list[str]) -> dict[str, Any]:
         """Validate a target array for a raw image; return Sample attributes to set (e.g. label_is_255)."""
@@ -83,6 +87,26 @@ class Workflow:
     def metrics(self, cfg):
         """A fresh accumulator with update(prediction: np.ndarray (B,C,...), target: np.ndarray) and compute() -> dict."""
         raise NotImplementedError
+
+    # --- prediction ---------------------------------------------------------------------------------
+    def tiling(self, cfg, spatial: tuple[int, ...], divisor: int) -> tuple[list[int], float]:
+        """(tile size, overlap) for predicting an image of this spatial shape."""
+        from ..inference import default_tile
+
+        return default_tile(cfg, spatial, divisor), cfg.predict.overlap
+
+    def prediction_input(self, image, cfg, out_dir: Path, stem: str):
+        """The array the model predicts from (self-supervision degrades it here); channel last."""
+        return image
+
+    def prediction_forward(self, model) -> Callable:
+        """Tensor (B, C, ...) -> the values blended across tiles."""
+        return lambda x: self.activation(model(x))
+
+    def full_target(self, target, region, flags: dict[str, Any]) -> np.ndarray:
+        """The ground truth of a region as write_outputs compares it (labels: integers)."""
+        t = np.asarray(target[region])
+        return (t > 0).astype(np.int64) if flags.get("label_is_255") else t.astype(np.int64)
 
     # --- outputs ------------------------------------------------------------------------------------
     def write_outputs(self, prediction, store: Path, out_dir: Path, stem: str, cfg, target=None) -> dict[str, Any]:

@@ -1,0 +1,132 @@
+"""Image to image: raw -> target (virtual staining, denoising, inpainting, x1 super-resolution); PSNR and SSIM.
+
+Targets are normalized with their own statistics (fitted on the training targets, kept in the checkpoint), so the
+model works on comparable scales; predictions are mapped back to the target's intensities when written.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .base import Workflow, register_workflow
+
+
+def psnr(prediction: np.ndarray, target: np.ndarray, data_range: float | None = None) -> float:
+    """Peak signal-to-noise ratio in dB; the data range defaults to the target's."""
+    prediction, target = np.asarray(prediction, np.float64), np.asarray(target, np.float64)
+    rng = float(target.max() - target.min()) if data_range is None else data_range
+    mse = float(np.mean((prediction - target) ** 2))
+    if mse == 0:
+        return float("inf")
+    return 10 * np.log10((rng if rng > 0 else 1.0) ** 2 / mse)
+
+
+class PSNRMetrics:
+    """Mean PSNR over validation patches on the normalized scale, where the target's percentile range is 0 to 1."""
+
+    def __init__(self):
+        self.values: list[float] = []
+
+    def update(self, prediction: np.ndarray, target: np.ndarray) -> None:
+        for p, t in zip(prediction, target):
+            self.values.append(psnr(p, t, data_range=1.0))
+
+    def compute(self) -> dict[str, float]:
+        finite = [v for v in self.values if np.isfinite(v)]
+        return {"psnr": float(np.mean(finite)) if finite else float("nan")}
+
+
+def l1_or_mse(cfg):
+    import torch.nn.functional as F
+
+    return F.mse_loss if cfg.train.loss == "mse" else F.l1_loss
+
+
+def image_metrics(prediction: np.ndarray, target: np.ndarray, channel_axis: int = 0) -> dict[str, float]:
+    """PSNR and SSIM of a whole reconstructed image against its target (both channel first)."""
+    from skimage.metrics import structural_similarity
+
+    rng = float(target.max() - target.min()) or 1.0
+    ssim = np.mean([structural_similarity(p, t, data_range=rng) for p, t in zip(prediction, target)])
+    return {"psnr": psnr(prediction, target), "ssim": float(ssim)}
+
+
+@register_workflow
+class ImageToImage(Workflow):
+    name = "image_to_image"
+    target_is_image = True
+    chart_metric = "psnr"
+
+    def out_channels(self, cfg) -> int:
+        return cfg.data.target_channels
+
+    def check_target(self, target, name, spatial_shape, cfg, notes) -> dict[str, Any]:
+        from ..sources import check_finite, to_channels_last
+
+        target = to_channels_last(target, cfg.ndim, cfg.data.target_channels, name, source="data.target_channels")
+        if tuple(target.shape[:-1]) != tuple(spatial_shape):
+            raise InputError(f"{name} has shape {'x'.join(map(str, target.shape[:-1]))} but its raw image has "
+                             f"{'x'.join(map(str, spatial_shape))}.")
+        check_finite(target, name)
+        return {"label": target}
+
+    def prepare(self, dataset, cfg, normalizer) -> None:
+        from ..normalize import fit_normalizer
+
+        norm = fit_normalizer([s.label for s in dataset.train], cfg.data.normalization,
+                              cfg.data.percentile_low, cfg.data.percentile_high)
+        self.state = {"target_normalization": norm.to_dict()}
+
+    def _target_normalizer(self):
+        from ..normalize import Normalizer
+
+        return Normalizer.from_dict(self.state["target_normalization"])
+
+    def read_target(self, sample, sl, x) -> np.ndarray:
+        t = sample.label[sl]
+        t = t.compute() if hasattr(t, "compute") else np.asarray(t)
+        return np.ascontiguousarray(np.moveaxis(self._target_normalizer()(t), -1, 0))
+
+    def full_target(self, target, region, flags) -> np.ndarray:
+        t = target[region]
+        return np.moveaxis(np.asarray(t.compute() if hasattr(t, "compute") else t, np.float32), -1, 0)
+
+    def loss(self, cfg):
+        return l1_or_mse(cfg)
+
+    def activation(self, logits):
+        return logits
+
+    def metrics(self, cfg):
+        return PSNRMetrics()
+
+    def write_outputs(self, prediction, store: Path, out_dir: Path, stem: str, cfg, target=None) -> dict[str, Any]:
+        return write_image_outputs(prediction, self._target_normalizer(), store, out_dir, stem, cfg, target)
+
+
+def write_image_outputs(prediction, normalizer, store: Path, out_dir: Path, stem: str, cfg, target=None) -> dict[str, Any]:
+    """Map a normalized (C, ...) prediction back to intensities chunk by chunk into `store/image`, a TIFF when it
+    fits, and PSNR/SSIM against `target(region)` (channel first) when given."""
+    import zarr
+
+    from ..io import write_tiff
+    from ..predict import chunk_regions
+    from .semantic import TIFF_MAX_BYTES
+
+    scale = np.asarray(normalizer.scale, np.float32).reshape(-1, *([1] * cfg.ndim))
+    offset = np.asarray(normalizer.offset, np.float32).reshape(-1, *([1] * cfg.ndim))
+    image = zarr.open_array(store=str(store / "image"), mode="w", shape=prediction.shape, chunks=prediction.chunks, dtype="float32")
+    for region in chunk_regions(prediction.shape[1:], prediction.chunks[1:]):
+        full = (slice(None), *region)
+        image[full] = np.asarray(prediction[full]) * scale + offset
+    out: dict[str, Any] = {"image": image}
+    if prediction.nbytes <= TIFF_MAX_BYTES:
+        result = np.asarray(image[...])
+        if cfg.predict.save_tiff:
+            write_tiff(out_dir / "per_image" / f"{stem}.tif", result, "C" + ("ZYX" if cfg.ndim == 3 else "YX"))
+        if target is not None:
+            out["metrics"] = image_metrics(result, target(tuple(slice(None) for _ in range(cfg.ndim))))
+    return out

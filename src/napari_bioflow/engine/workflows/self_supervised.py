@@ -1,0 +1,183 @@
+"""Self-supervised pretraining on raw images alone: `crappify` (restore degraded images) or `masking` (MAE).
+
+crappify follows BiaPy's defaults: Gaussian noise of sigma = noise x the image maximum, clipped to [0, max], then
+bilinear down-sampling by sqrt(downsample_area) per axis (Z included in 3D) and back up. Degraded copies are made
+on the fly in training; at prediction they are cached in the run's results folder, never next to the user's data.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .base import Workflow, register_workflow
+from .image_to_image import PSNRMetrics, image_metrics, l1_or_mse, psnr
+
+
+def crappify(x, noise: float, downsample_area: float, generator=None):
+    """Degrade a (B, C, *spatial) tensor: noise, then down- and up-sampling. Per-sample maximum, as BiaPy."""
+    import torch
+    import torch.nn.functional as F
+
+    dims = tuple(range(1, x.ndim))
+    top = x.amax(dim=dims, keepdim=True)
+    noisy = x + noise * top * torch.randn(x.shape, generator=generator).to(x.device)
+    noisy = torch.minimum(noisy.clamp_min(0), top)
+    factor = math.sqrt(downsample_area)
+    if factor <= 1:
+        return noisy
+    spatial = x.shape[2:]
+    small = [max(1, int(round(s / factor))) for s in spatial]
+    mode = "bilinear" if x.ndim == 4 else "trilinear"
+    down = F.interpolate(noisy, size=small, mode=mode, align_corners=False)
+    return F.interpolate(down, size=spatial, mode=mode, align_corners=False)
+
+
+def _masked_mse(pred, x, mask):
+    return ((pred - x) ** 2 * mask).sum() / mask.sum().clamp_min(1) / x.shape[1]
+
+
+@register_workflow
+class SelfSupervised(Workflow):
+    name = "self_supervised"
+    target_is_image = True
+    needs_target = False
+    chart_metric = "psnr"
+
+    def __init__(self):
+        super().__init__()
+        self._inputs: dict[str, tuple] = {}  # stem -> (clean, degraded) of the image being predicted
+
+    @staticmethod
+    def _masking(cfg) -> bool:
+        return cfg.self_supervised.pretext == "masking"
+
+    def out_channels(self, cfg) -> int:
+        return cfg.data.in_channels
+
+    def prediction_channels(self, cfg) -> int:
+        # masking blends the reconstruction and the mask that was hidden, for the MAE checks
+        return cfg.data.in_channels + (1 if self._masking(cfg) else 0)
+
+    def check_target(self, target, name, spatial_shape, cfg, notes) -> dict[str, Any]:
+        return {}
+
+    def prepare(self, dataset, cfg, normalizer) -> None:
+        if self._masking(cfg) and cfg.model.name not in ("mae", "mae_vit_base"):
+            raise InputError(f"The masking pretext needs a masked autoencoder (model: mae), not '{cfg.model.name}'.")
+        if self._masking(cfg):
+            token = _token_size(cfg)
+            if any(p % token for p in cfg.data.patch_size):
+                raise InputError(f"The MAE token size {token} does not divide the patch size "
+                                 f"{'x'.join(map(str, cfg.data.patch_size))}.")
+        self.state = {"normalization": normalizer.to_dict()}
+
+    def read_target(self, sample, sl, x) -> np.ndarray:
+        return x  # the clean patch: make_pair degrades or masks the input
+
+    def make_pair(self, x, y, generator, cfg):
+        if self._masking(cfg):
+            return x, x
+        ssl = cfg.self_supervised
+        return crappify(x, ssl.noise, ssl.downsample_area, generator), x
+
+    def loss(self, cfg):
+        return l1_or_mse(cfg)
+
+    def training_loss(self, model, x, y, loss_fn):
+        if hasattr(model, "forward_mae"):
+            pred, mask = model.forward_mae(x)
+            return _masked_mse(pred, x, mask)
+        return loss_fn(model(x), y)
+
+    def validation_step(self, model, x, y, loss_fn):
+        if hasattr(model, "forward_mae"):
+            pred, mask = model.forward_mae(x)
+            return _masked_mse(pred, x, mask), pred
+        out = model(x)
+        return loss_fn(out, y), out
+
+    def activation(self, logits):
+        return logits
+
+    def metrics(self, cfg):
+        return PSNRMetrics()
+
+    # --- prediction ---------------------------------------------------------------------------------
+    def tiling(self, cfg, spatial, divisor):
+        if self._masking(cfg):  # the MAE sees patches of its training size; tiles side by side keep masks whole
+            return list(cfg.data.patch_size), 0.0
+        return super().tiling(cfg, spatial, divisor)
+
+    def prediction_forward(self, model):
+        import torch
+
+        if hasattr(model, "forward_mae"):
+            return lambda x: torch.cat(model.forward_mae(x), dim=1)
+        return model
+
+    def prediction_input(self, image, cfg, out_dir: Path, stem: str):
+        """crappify: the degraded image (cached in the results folder) so the restoration can be scored."""
+        clean = np.asarray(image.compute() if hasattr(image, "compute") else image, np.float32)
+        if self._masking(cfg) or not cfg.self_supervised.degrade_at_prediction:
+            self._inputs[stem] = (clean, None)
+            return image
+        import torch
+
+        from ..io import write_tiff
+        from ..normalize import Normalizer
+
+        # degrade on the normalized scale, as in training, then return to intensities (the predictor normalizes)
+        norm = Normalizer.from_dict(self.state["normalization"])
+        gen = torch.Generator().manual_seed(cfg.seed)
+        x = torch.from_numpy(np.moveaxis(norm(clean), -1, 0)[None].copy())
+        d = crappify(x, cfg.self_supervised.noise, cfg.self_supervised.downsample_area, gen)[0].numpy()
+        degraded = d * _column(norm.scale, cfg.ndim) + _column(norm.offset, cfg.ndim)  # channel first
+        write_tiff(out_dir / "degraded" / f"{stem}.tif", degraded)
+        self._inputs[stem] = (clean, degraded)
+        return np.moveaxis(degraded, 0, -1)
+
+    def write_outputs(self, prediction, store: Path, out_dir: Path, stem: str, cfg, target=None) -> dict[str, Any]:
+        from ..io import write_tiff
+        from ..normalize import Normalizer
+
+        norm = Normalizer.from_dict(self.state["normalization"])
+        clean, degraded = self._inputs.pop(stem, (None, None))
+        clean = np.moveaxis(clean, -1, 0)  # channel first, like the prediction
+        c = cfg.data.in_channels
+        scale, offset = _column(norm.scale, cfg.ndim), _column(norm.offset, cfg.ndim)
+        pred = np.asarray(prediction[...], np.float32)
+        reconstruction = pred[:c] * scale + offset
+        axes = "C" + ("ZYX" if cfg.ndim == 3 else "YX")
+        out: dict[str, Any] = {"reconstruction": reconstruction}
+        if cfg.predict.save_tiff:
+            write_tiff(out_dir / "per_image" / f"{stem}.tif", reconstruction, axes)
+        if self._masking(cfg):
+            mask = (pred[c:c + 1] > 0.5).astype(np.float32)
+            checks = {"original": clean, "masked": clean * (1 - mask), "reconstruction": reconstruction,
+                      "reconstruction_and_visible": reconstruction * mask + clean * (1 - mask)}
+            for name, arr in checks.items():
+                write_tiff(out_dir / "MAE_checks" / f"{stem}_{name}.tif", arr, axes)
+            out.update({f"mae_{k}": v for k, v in checks.items() if k != "reconstruction"})
+            out["metrics"] = {"psnr_masked_patches": psnr(reconstruction * mask, clean * mask)}
+        else:
+            out["metrics"] = image_metrics(reconstruction, clean)
+            if degraded is not None:
+                out["metrics"]["psnr_degraded_input"] = psnr(degraded, clean)
+                out["degraded"] = degraded
+        return out
+
+
+def _column(values, ndim: int) -> np.ndarray:
+    """Per-channel values shaped to broadcast over a channel-first image."""
+    return np.asarray(values, np.float32).reshape(-1, *([1] * ndim))
+
+
+def _token_size(cfg) -> int:
+    from ..models import model_info
+
+    options = {**model_info(cfg.model.name), **cfg.model.options}
+    return int(options.get("patch_size", 16))
