@@ -113,19 +113,50 @@ def labels_fit(image, labels) -> bool:
     return label_shape in (shape, shape[:-1], shape[1:])
 
 
-class LayerPair(Container):
-    """One (Image, Labels) pair; when the chosen labels do not fit the image, a labels layer of its shape is
-    picked, if there is one (preferring one whose name starts with the image's)."""
+PAIR_MODES = ("labels", "image", "none")  # the second layer of a pair: a Labels layer, a target Image layer, none
 
-    def __init__(self, viewer, removable: bool = True):
+
+def images_fit(image, target) -> bool:
+    """Whether two Image layers have the same spatial shape (their channel axes, if any, left out)."""
+    def spatial(layer):
+        axes = spatial_axes(layer, guess_ndim(layer)) or []
+        return tuple(layer_array(layer).shape[a] for a in axes)
+
+    return spatial(image) == spatial(target)
+
+
+class LayerPair(Container):
+    """One training pair: an Image layer and, by `mode`, a Labels layer (segmentation), a target Image layer
+    (image to image) or nothing (self-supervision). When the chosen second layer does not fit the image, one of
+    its shape is picked, if there is one (preferring one whose name starts with the image's)."""
+
+    def __init__(self, viewer, removable: bool = True, mode: str = "labels"):
         self.image_layer = layer_combo(viewer, Image, tooltip="Image layer (raw data)")
         self.labels_layer = layer_combo(viewer, Labels, tooltip="Labels layer (0 = background)")
+        self.target_layer = layer_combo(viewer, Image, tooltip="Target Image layer: what the model should output "
+                                                               "for the raw image (same size)")
         self.remove_button = PushButton(text="−", tooltip="Remove this pair")
         self.remove_button.max_width = 28
         self.remove_button.visible = removable
-        super().__init__(widgets=[self.image_layer, self.labels_layer, self.remove_button], layout="horizontal", labels=False)
+        super().__init__(widgets=[self.image_layer, self.labels_layer, self.target_layer, self.remove_button],
+                         layout="horizontal", labels=False)
         self.margins = (0, 0, 0, 0)
+        self.mode = "labels"
         self.image_layer.changed.connect(self._match_labels)
+        self.set_mode(mode)
+
+    @property
+    def second(self):
+        """The chosen Labels or target layer (None in self-supervision or when none is chosen)."""
+        if self.mode == "labels":
+            return self.labels_layer.value
+        return self.target_layer.value if self.mode == "image" else None
+
+    def set_mode(self, mode: str) -> None:
+        if mode not in PAIR_MODES:
+            raise ValueError(f"pair mode must be one of {PAIR_MODES}, not {mode!r}")
+        self.mode = mode
+        self.labels_layer.visible, self.target_layer.visible = mode == "labels", mode == "image"
         self._match_labels(self.image_layer.value)
 
     def reset_choices(self, *_) -> None:
@@ -133,19 +164,22 @@ class LayerPair(Container):
         self._match_labels(self.image_layer.value)
 
     def _match_labels(self, image) -> None:
-        if image is None:
+        if image is None or self.mode == "none":
             return
-        candidates = [layer for layer in self.labels_layer.choices if labels_fit(image, layer)]
-        if candidates and self.labels_layer.value not in candidates:
+        combo = self.labels_layer if self.mode == "labels" else self.target_layer
+        fits = labels_fit if self.mode == "labels" else images_fit
+        candidates = [layer for layer in combo.choices if layer is not image and fits(image, layer)]
+        if candidates and combo.value not in candidates:
             named = [c for c in candidates if c.name.startswith(image.name)]
-            self.labels_layer.value = (named or candidates)[0]
+            combo.value = (named or candidates)[0]
 
 
 class PairList(Container):
-    """One or several (Image, Labels) pairs with + / − buttons."""
+    """One or several training pairs (or single images, in self-supervision) with + / − buttons."""
 
     def __init__(self, viewer):
         self.viewer = viewer
+        self.mode = "labels"
         self.add_button = PushButton(text="+ add a pair", tooltip="Train on one more (Image, Labels) pair")
         super().__init__(widgets=[self.add_button], labels=False)
         self.margins = (0, 0, 0, 0)
@@ -156,8 +190,18 @@ class PairList(Container):
     def pairs(self) -> list[LayerPair]:
         return [w for w in self if isinstance(w, LayerPair)]
 
+    def set_mode(self, mode: str) -> None:
+        self.mode = mode
+        for p in self.pairs:
+            p.set_mode(mode)
+        what = {"labels": "pair", "image": "pair", "none": "image"}[mode]
+        self.add_button.text = f"+ add {'an' if what == 'image' else 'a'} {what}"
+        self.add_button.tooltip = {"labels": "Train on one more (Image, Labels) pair",
+                                   "image": "Train on one more (raw Image, target Image) pair",
+                                   "none": "Train on one more Image layer"}[mode]
+
     def add_pair(self, *_) -> LayerPair:
-        row = LayerPair(self.viewer)
+        row = LayerPair(self.viewer, mode=self.mode)
         row.remove_button.changed.connect(lambda *_: self.remove_pair(row))
         self.insert(len(self) - 1, row)
         self._update_buttons()

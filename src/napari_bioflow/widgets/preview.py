@@ -1,5 +1,9 @@
 """The training preview: the current model's prediction on the part of an image the user is looking at.
 
+Segmentation shows argmax labels (a Labels layer); image to image and self-supervision show the predicted image in
+the target's (or raw image's) intensities (an Image layer). crappify previews the restoration of the degraded view,
+as it is trained; masking previews the MAE's reconstruction (every token predicted, visible ones included).
+
 The field of view is read on the GUI thread (`visible_region`) and handed to the worker through `Preview.view`
 (a lock-guarded value); the worker predicts between epochs while the trainer is paused (`Preview.maybe_predict`),
 and only when the preview's estimated cost keeps all previews within `budget` (5 %) of the training time.
@@ -35,9 +39,14 @@ class ViewRegion:
 
 @dataclass
 class PreviewResult:
-    labels: np.ndarray
+    data: np.ndarray  # labels (spatial) or an image (C, spatial), by `kind`
     region: ViewRegion
     seconds: float
+    kind: str = "labels"  # labels | image
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.data
 
 
 @dataclass
@@ -113,6 +122,54 @@ class PreviewBudget:
         self.seconds_per_pixel = seconds / max(1, pixels)
 
 
+def intensity_mapping(workflow) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """(scale, offset) per output channel that map a workflow's normalized output back to intensities: the
+    target's normalization (image to image) or the raw images' (self-supervision); None for label outputs."""
+    from ..engine.normalize import Normalizer
+
+    state = getattr(workflow, "state", {}) or {}
+    fitted = state.get("target_normalization") or state.get("normalization")
+    if fitted is None:
+        return None
+    norm = Normalizer.from_dict(fitted)
+    return np.asarray(norm.scale, np.float32), np.asarray(norm.offset, np.float32)
+
+
+def to_intensity(prediction, mapping, ndim: int):
+    """A channel-first normalized prediction (numpy or dask) in intensities (lazy for dask)."""
+    if mapping is None:
+        return prediction
+    scale, offset = (m.reshape(-1, *([1] * ndim))[: prediction.shape[0]] for m in mapping)
+    return (prediction * scale + offset).astype(np.float32)
+
+
+def degrade(image: np.ndarray, normalizer, cfg, seed: int = 0) -> np.ndarray:
+    """crappify a channel-last image as training does (on the normalized scale), back in intensities."""
+    import torch
+
+    from ..engine.workflows.self_supervised import crappify
+
+    x = torch.from_numpy(np.moveaxis(normalizer(image), -1, 0)[None].copy())
+    d = crappify(x, cfg.self_supervised.noise, cfg.self_supervised.downsample_area,
+                 torch.Generator().manual_seed(seed))[0].numpy()
+    d = np.moveaxis(d, 0, -1)
+    return d * np.asarray(normalizer.scale, np.float32) + np.asarray(normalizer.offset, np.float32)
+
+
+def preview_output(loaded, crop: np.ndarray, device: str = "cpu") -> tuple[np.ndarray, str]:
+    """(data, kind) the preview shows for a channel-last crop: argmax labels, or the predicted image (C, ...)."""
+    from ..engine.inference import predict_array
+    from ..engine.predict import argmax_labels
+
+    cfg, wf = loaded.config, loaded.workflow
+    if not wf.target_is_image:
+        return argmax_labels(predict_array(loaded, crop, device=device)), "labels"
+    if cfg.workflow == "self_supervised" and cfg.self_supervised.pretext == "crappify":
+        crop = degrade(np.asarray(crop, np.float32), loaded.normalizer, cfg, cfg.seed)
+    out = predict_array(loaded, crop, device=device)[: wf.out_channels(cfg)]
+    return to_intensity(out, intensity_mapping(wf), cfg.ndim), "image"
+
+
 class Preview:
     """Shared between the GUI (sets `view`, shows results) and the training worker (predicts)."""
 
@@ -122,7 +179,7 @@ class Preview:
         self.name = f"{source.name} preview"  # of the preview layer
         self.budget = PreviewBudget(budget)
         self.steps_per_epoch = 1
-        self.layer = None  # the preview Labels layer, once shown
+        self.layer = None  # the preview Labels or Image layer, once shown
         self._lock = threading.Lock()
         self._view: Optional[ViewRegion] = None
 
@@ -139,9 +196,6 @@ class Preview:
     # --- worker thread ---------------------------------------------------------------------------------
     def maybe_predict(self, trainer, report, training_seconds: float):
         """Predict the current view with the trainer's current model if the budget allows; None otherwise."""
-        from ..engine.inference import predict_array
-        from ..engine.predict import argmax_labels
-
         region = self.view
         if region is None:
             return None
@@ -152,24 +206,37 @@ class Preview:
         start = time.perf_counter()
         try:
             crop = np.asarray(self.image[region.slices])
-            labels = argmax_labels(predict_array(trainer.loaded_model(), crop, device=trainer.device))
+            data, kind = preview_output(trainer.loaded_model(), crop, trainer.device)
         except Exception as e:  # a preview must never stop a training
             log.exception("training preview failed")
             self.view = None
             return PreviewFailed(f"The training preview stopped: {e}")
         seconds = time.perf_counter() - start
         self.budget.record(region.pixels, seconds)
-        return PreviewResult(labels, region, seconds)
+        return PreviewResult(data, region, seconds, kind)
 
     # --- GUI thread ------------------------------------------------------------------------------------
     def show(self, viewer, result: PreviewResult) -> None:
-        region = result.region
-        if self.layer is None or self.layer not in viewer.layers:
+        from napari.layers import Image, Labels
+
+        region, data = result.region, result.data
+        scale, translate = region.scale, region.translate
+        if result.kind == "image":
+            if data.shape[0] == 1:
+                data = data[0]
+            else:  # several target channels: a channel axis in front, as the prediction layers have it
+                scale, translate = (1.0, *scale), (0.0, *translate)
+        kind = Labels if result.kind == "labels" else Image
+        if self.layer is None or self.layer not in viewer.layers or not isinstance(self.layer, kind):
             active = viewer.layers.selection.active
-            self.layer = viewer.add_labels(result.labels, name=self.name, scale=region.scale,
-                                           translate=region.translate, opacity=0.6)
+            if result.kind == "labels":
+                self.layer = viewer.add_labels(data, name=self.name, scale=scale, translate=translate, opacity=0.6)
+            else:
+                self.layer = viewer.add_image(data, name=self.name, scale=scale, translate=translate, colormap="gray")
             if active is not None and active in viewer.layers:
                 viewer.layers.selection.active = active  # keep the user's selection
         else:
-            self.layer.data = result.labels
-            self.layer.scale, self.layer.translate = region.scale, region.translate
+            self.layer.data = data
+            self.layer.scale, self.layer.translate = scale, translate
+            if result.kind == "image":  # early epochs predict other intensities than later ones
+                self.layer.reset_contrast_limits()

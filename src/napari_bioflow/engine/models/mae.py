@@ -45,7 +45,6 @@ from __future__ import annotations
 import math
 
 import torch
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from .registry import register_model
@@ -95,6 +94,8 @@ class MAEDecoder(nn.Module):
         self.embed = nn.Linear(embed_dim, decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.pos_embed = learned_pos_embed(pos_embed, decoder_embed_dim, self.grid)
+        from timm.models.vision_transformer import Block  # lazy: timm costs seconds and ~200 MB to import
+
         self.blocks = nn.ModuleList(
             Block(decoder_embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=LayerNorm) for _ in range(depth)
         )

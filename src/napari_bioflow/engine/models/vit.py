@@ -18,7 +18,6 @@ from functools import lru_cache, partial
 
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from .blocks import conv
@@ -120,6 +119,8 @@ class ViTEncoder(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.grid = tuple(s // patch_size for s in self.img_size)
         self.pos_embed = learned_pos_embed(pos_embed, embed_dim, self.grid)
+        from timm.models.vision_transformer import Block  # lazy: timm costs seconds and ~200 MB to import
+
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=LayerNorm) for _ in range(depth)
         )
