@@ -1,6 +1,7 @@
 """Command line: the same engine calls as the widgets. A user's mistake prints one line and exits 2.
 
-    napari-bioflow init semantic_segmentation -o my.yaml    commented starting config
+    napari-bioflow init semantic_segmentation -o my.yaml    commented starting config (also image_to_image, and
+                                                            self_supervised --pretext crappify|masking)
     napari-bioflow train my.yaml --set train.epochs=5       train (then predict data.test_raw if set)
     napari-bioflow predict my.yaml --set predict.checkpoint=...   or   predict --checkpoint C --input DIR
     napari-bioflow sample                                   the main job on the shipped sample data
@@ -128,14 +129,49 @@ def cmd_predict(args) -> None:
     _predict(cfg, loaded, experiment, cfg.data.test_raw, cfg.data.test_label)
 
 
+def init_values(workflow: str, ndim: int, pretext: str = "crappify") -> tuple[dict, tuple[str, ...]]:
+    """Starting values and header notes of `napari-bioflow init` per workflow (and self-supervised pretext)."""
+    if workflow == "image_to_image":
+        return ({"data": {"train_label": "path/to/train/target"}, "train": {"loss": "l1"}}, (
+            "Pairs: each raw image in data.train_raw has its target (same size) in data.train_label, paired by sorted",
+            "file name; set data.target_channels for multi-channel targets. Test targets (data.test_label) give PSNR/SSIM.",
+            "Models: unet, resunet, attention_unet (2D and 3D); edsr, rcan, dfcan (2D). Loss: l1 or mse.",
+            "Results: per_image/ (TIFF and zarr per test image) and metrics.csv."))
+    if workflow == "self_supervised" and pretext == "masking":
+        from .engine.models import model_info
+
+        options = {k: v for k, v in model_info("mae").items() if k not in ("img_size", "pos_embed", "mlp_ratio")}
+        return ({"name": f"my_self_supervised_masking_{ndim}d", "self_supervised": {"pretext": "masking"},
+                 "data": {"patch_size": [32, 64, 64] if ndim == 3 else [128, 128]},
+                 "model": {"name": "mae", "options": options}}, (
+            "Self-supervised pretraining, masking: a masked autoencoder learns to fill in hidden tokens of raw images",
+            "(data.train_raw only). model mae is sized for a CPU; mae_vit_base is BiaPy's ViT-B (111 M parameters, a GPU).",
+            "The token size model.options.patch_size must divide data.patch_size on every axis; mask_type: grid|random.",
+            "Results: MAE_checks/ (original, masked, reconstruction, reconstruction_and_visible), per_image/, metrics.csv.",
+            "The other pretext: napari-bioflow init self_supervised --pretext crappify"))
+    if workflow == "self_supervised":
+        return ({"name": f"my_self_supervised_crappify_{ndim}d", "train": {"loss": "l1"}}, (
+            "Self-supervised pretraining, crappify: the model learns to restore raw images (data.train_raw only) degraded",
+            "by Gaussian noise (self_supervised.noise x the image maximum) and down/up-sampling (downsample_area).",
+            "Results: degraded/ (the degraded test inputs), per_image/ (restorations), metrics.csv (PSNR of both).",
+            "Start a segmentation or image-to-image U-Net from its checkpoint with model.start_from.",
+            "The other pretext: napari-bioflow init self_supervised --pretext masking"))
+    return {}, ()
+
+
 def cmd_init(args) -> None:
     from .config import commented_config
     from .engine.errors import InputError
 
-    out = Path(args.output or f"{args.workflow}_{args.ndim}d.yaml")
+    if args.pretext and args.workflow != "self_supervised":
+        raise InputError(f"--pretext is an option of self_supervised, not {args.workflow}.")
+    pretext = args.pretext or "crappify"
+    stem = f"{args.workflow}_{pretext}" if args.workflow == "self_supervised" else args.workflow
+    out = Path(args.output or f"{stem}_{args.ndim}d.yaml")
     if out.exists() and not args.force:
         raise InputError(f"{out} exists already; choose another --output or add --force.")
-    out.write_text(commented_config(args.workflow, args.ndim))
+    values, notes = init_values(args.workflow, args.ndim, pretext)
+    out.write_text(commented_config(args.workflow, args.ndim, values, notes))
     _print(f"wrote {out}")
 
 
@@ -197,8 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--output", type=Path, help="output folder (default: the config's output_dir)")
     sp.set_defaults(func=cmd_predict)
     sp = sub.add_parser("init", help="write a commented starting config")
-    sp.add_argument("workflow", choices=["semantic_segmentation"])
+    sp.add_argument("workflow", choices=["semantic_segmentation", "image_to_image", "self_supervised"])
     sp.add_argument("--ndim", type=int, choices=[2, 3], default=2)
+    sp.add_argument("--pretext", choices=["crappify", "masking"],
+                    help="self_supervised: restore degraded images (crappify, default) or a masked autoencoder (masking)")
     sp.add_argument("-o", "--output", type=Path)
     sp.add_argument("--force", action="store_true", help="replace an existing file")
     sp.set_defaults(func=cmd_init)

@@ -209,16 +209,25 @@ def config_reference() -> str:
     return "\n".join(lines)
 
 
-def commented_config(workflow: str, ndim: int = 2) -> str:
-    """A starting YAML config for `workflow`, every field with its description as a comment."""
+def commented_config(workflow: str, ndim: int = 2, values: Optional[dict] = None, notes: tuple[str, ...] = ()) -> str:
+    """A starting YAML config for `workflow`, every field with its description as a comment. `values` (nested
+    sections) replace the starting values; `notes` are comment lines added below the header."""
     import textwrap
 
-    cfg = RunConfig(workflow=workflow, ndim=ndim, name=f"my_{workflow}_{ndim}d",
-                    data=DataConfig(patch_size=[32, 128, 128] if ndim == 3 else [256, 256],
-                                    train_raw=Path("path/to/train/raw"), train_label=Path("path/to/train/label")))
-    values = cfg.model_dump(mode="json")
+    start = RunConfig(workflow=workflow, ndim=ndim, name=f"my_{workflow}_{ndim}d",
+                      data=DataConfig(patch_size=[32, 128, 128] if ndim == 3 else [256, 256],
+                                      train_raw=Path("path/to/train/raw"),
+                                      train_label=None if workflow == "self_supervised" else Path("path/to/train/label")))
+    start = start.model_dump(mode="json")
+    for section, fields in (values or {}).items():
+        if isinstance(fields, dict) and isinstance(start.get(section), dict):
+            start[section].update(fields)
+        else:
+            start[section] = fields
+    values = RunConfig.model_validate(start).model_dump(mode="json")
     out = [f"# napari-bioflow config: {workflow.replace('_', ' ')}, {ndim}D.",
-           "# Run: napari-bioflow train THIS.yaml   (override any field: --set train.epochs=5)", ""]
+           "# Run: napari-bioflow train THIS.yaml   (override any field: --set train.epochs=5)",
+           *(f"# {line}" for line in notes), ""]
 
     def emit(model: type[BaseModel], data: dict, indent: str):
         for name, f in model.model_fields.items():

@@ -79,11 +79,17 @@ def transfer_weights(model, path: Path) -> tuple[int, list[str]]:
     """Load the tensors of a checkpoint whose names and shapes match; return (loaded count, skipped names)."""
     from .checkpoint import read_checkpoint
 
-    source = read_checkpoint(path)["state_dict"]
+    ckpt = read_checkpoint(path)
+    source = ckpt["state_dict"]
     own = model.state_dict()
     matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
     if not matched:
-        raise InputError(f"Checkpoint {path} shares no weights with model '{model.model_name}' (no matching tensor names and shapes).")
+        same = next((k for k in source if k in own), None)
+        dims = lambda t: "x".join(map(str, t.shape)) or "scalar"  # noqa: E731
+        why = (f"its tensor names match but not their shapes ({same} is {dims(source[same])} there, {dims(own[same])} here)"
+               if same else "no tensor name matches")
+        raise InputError(f"Checkpoint {path} shares no weights with model '{model.model_name}' (it holds a "
+                         f"'{(ckpt.get('model') or {}).get('name', 'unknown')}' model): {why}.")
     model.load_state_dict(matched, strict=False)
     return len(matched), sorted(k for k in own if k not in matched)
 

@@ -21,10 +21,12 @@ def layer_combo(viewer, kind, **kwargs) -> ComboBox:
 
 
 def layer_choices(viewer, kind):
-    """A magicgui choices callback: the viewer's layers of `kind`, by name (re-read on reset_choices)."""
+    """A magicgui choices callback: the viewer's layers of `kind` (a layer class, or a function returning the one
+    wanted now), by name (re-read on reset_choices)."""
 
     def choices(_widget=None):
-        return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)]
+        wanted = kind if isinstance(kind, type) else kind()
+        return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, wanted)]
 
     return choices
 

@@ -1,6 +1,15 @@
-"""The Predict dock: a checkpoint (or the model just trained) and an Image layer in, a probability Image layer and
-a Labels layer out. Both layers are dask arrays over the zarr store the engine writes, so tiles appear as they are
-computed; the engine's ImagePrediction does all the work in a napari thread worker."""
+"""The Predict dock: a checkpoint of any workflow (or the model just trained) and an Image layer in, the workflow's
+layers out, all placed over the source layer (its scale and translate):
+
+- semantic segmentation: a probability Image layer and a Labels layer;
+- image to image: a float Image layer "<image> prediction";
+- self-supervised crappify: "<image> degraded" (when degraded first) and "<image> restored";
+- self-supervised masking: the MAE checks "<image> MAE original", "... MAE masked input", "... MAE reconstruction"
+  and "... MAE reconstruction and visible".
+
+While the prediction runs, the main layer is a dask array over the zarr store the engine writes, so tiles appear as
+they are computed; the engine's ImagePrediction does all the work in a napari thread worker. An optional target layer
+(a target Image for image to image, a Labels layer for segmentation) gives the metrics (PSNR and SSIM, or IoU)."""
 from __future__ import annotations
 
 import logging
@@ -10,8 +19,11 @@ import threading
 import time
 from pathlib import Path
 
+from typing import Optional
+
+import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, ProgressBar, PushButton, SpinBox
-from napari.layers import Image
+from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 from superqt import QCollapsible
@@ -20,10 +32,49 @@ from ..engine.errors import Cancelled, InputError
 from .fields import ConfigForm, status_label, compact, config_field, form, group
 from .jobs import ProgressRelay, prediction_job
 from .layers import connect_while_alive, follow_layers, layer_array, layer_channels, layer_combo, placement, spatial_axes
+from .preview import intensity_mapping, to_intensity
 from .shared import last_trained, load_triton_safely
 
 log = logging.getLogger(__name__)
 JUST_TRAINED, FROM_FILE = "model just trained", "checkpoint file"
+MAE_CHECKS = (("original", "mae_original", "MAE original"), ("masked", "mae_masked", "MAE masked input"),
+              ("reconstruction", "reconstruction", "MAE reconstruction"),
+              ("visible", "mae_reconstruction_and_visible", "MAE reconstruction and visible"))
+METRIC_NAMES = {"psnr": ("PSNR", " dB"), "ssim": ("SSIM", ""), "psnr_degraded_input": ("PSNR of the degraded input", " dB"),
+                "psnr_masked_patches": ("PSNR on the hidden patches", " dB"), "iou_foreground": ("IoU (foreground)", ""),
+                "iou_mean": ("mean IoU", "")}
+
+
+def checkpoint_kind(path) -> Optional[tuple[str, str, bool]]:
+    """(workflow, self-supervised pretext, degrade_at_prediction) of a checkpoint, read without loading its
+    weights (memory-mapped); None when it cannot be read (the Predict button then says why)."""
+    try:
+        import torch
+
+        ckpt = torch.load(Path(path), map_location="cpu", mmap=True, weights_only=False)
+        cfg = ckpt["config"]
+        ssl = cfg.get("self_supervised") or {}
+        return str(cfg["workflow"]), str(ssl.get("pretext", "crappify")), bool(ssl.get("degrade_at_prediction", True))
+    except Exception:
+        return None
+
+
+def format_metrics(metrics: dict) -> str:
+    """'PSNR 23.41 dB · SSIM 0.712' (per-class IoUs left out)."""
+    parts = []
+    for key, value in metrics.items():
+        if key.startswith("iou_class"):
+            continue
+        label, unit = METRIC_NAMES.get(key, (key.replace("_", " "), ""))
+        parts.append(f"{label} {value:.2f}{unit}" if unit else f"{label} {value:.3f}")
+    return " · ".join(parts)
+
+
+def first_channel_axis(data, scale, translate):
+    """A channel-first image as a layer takes it: one channel dropped to the spatial axes, several kept in front."""
+    if data.shape[0] == 1:
+        return data[0], scale, translate
+    return data, (1.0, *scale), (0.0, *translate)
 
 
 class PredictWidget(QWidget):
@@ -32,6 +83,8 @@ class PredictWidget(QWidget):
         self.viewer = viewer = napari_viewer
         self.job = self.experiment = self.source = None
         self.prob_layer = self.labels_layer = None
+        self.outputs: dict = {}  # output layers by role, e.g. {"prediction": layer} or the MAE checks
+        self.kind: Optional[tuple[str, str, bool]] = None  # (workflow, pretext, degrade) of the chosen checkpoint
         self.result = None  # the engine's ImageResult of the last finished prediction
         self._worker = None
         self._cancel = threading.Event()
@@ -45,7 +98,13 @@ class PredictWidget(QWidget):
                                            tooltip="A napari-bioflow checkpoint (.pth)"))
         self.trained = status_label("none yet: train one in the Train dock", label="trained")
         self.image = layer_combo(viewer, Image, label="image", tooltip="The Image layer to predict")
+        self._target_kind = Image
+        self.target = layer_combo(viewer, lambda: self._target_kind, label="target", nullable=True,
+                                  tooltip="Optional ground truth of the image: the metrics are computed against it")
+        self.target.value = None
+        self.metrics = status_label(label="metrics")
         f = self.form = ConfigForm()  # defaults, bounds and tooltips from the config's predict section
+        f.add("self_supervised.degrade_at_prediction", label="degrade first")
         f.add("predict.tta", label="test-time augmentation")
         self.tile = SpinBox(value=0, min=0, max=8192, step=16, label="tile size (0 = auto)",
                             tooltip=config_field("predict.tile_size").description)
@@ -64,6 +123,7 @@ class PredictWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(group("Model and image", form(self.model_source, self.checkpoint, self.trained, self.image,
+                                                       self.target, f["self_supervised.degrade_at_prediction"],
                                                        f["predict.tta"])))
         layout.addWidget(group("Output", form(f["name"], f["output_dir"])))
         self.advanced = QCollapsible("Advanced")
@@ -71,11 +131,12 @@ class PredictWidget(QWidget):
                                                                    "predict.z_filter", "predict.yz_filter"))).native)
         layout.addWidget(self.advanced)
         buttons = Container(widgets=[self.predict_button, self.cancel_button], layout="horizontal", labels=False)
-        layout.addWidget(group("Run", buttons, self.progress, self.status))
+        layout.addWidget(group("Run", buttons, self.progress, self.status, form(self.metrics)))
         layout.addStretch(1)
         self.setMinimumWidth(320)
 
         self.model_source.changed.connect(self._update_visibility)
+        self.checkpoint.changed.connect(self._update_visibility)
         self.predict_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
         connect_while_alive(self, [(last_trained.changed, self._on_trained)])
@@ -90,15 +151,38 @@ class PredictWidget(QWidget):
 
     def reset_choices(self, *_) -> None:
         self.image.reset_choices()
+        self.target.reset_choices()
+
+    def _chosen_checkpoint(self) -> Optional[Path]:
+        if self.model_source.value == JUST_TRAINED:
+            return last_trained.checkpoint
+        text = str(self.checkpoint.line_edit.value).strip()
+        return Path(text) if text else None
 
     def _update_visibility(self, *_) -> None:
         from_file = self.model_source.value == FROM_FILE
         self.checkpoint.visible, self.trained.visible = from_file, not from_file
+        path = self._chosen_checkpoint()
+        self.kind = checkpoint_kind(path) if path is not None and path.is_file() else None
+        workflow, pretext, degrade = self.kind or ("", "", True)
+        # the target field: a target Image for image to image, a Labels layer for segmentation, none otherwise
+        kind = {"image_to_image": Image, "semantic_segmentation": Labels}.get(workflow)
+        if kind is not None and kind is not self._target_kind:
+            self._target_kind = kind
+            self.target.value = None
+            self.target.reset_choices()
+        self.target.visible = kind is not None
+        self.target.label = "labels" if kind is Labels else "target"
+        crappify = workflow == "self_supervised" and pretext == "crappify"
+        self.form["self_supervised.degrade_at_prediction"].visible = crappify
+        if crappify:
+            self.form["self_supervised.degrade_at_prediction"].value = degrade
 
     def _on_trained(self, checkpoint: Path) -> None:
         self.trained.value = Path(checkpoint).name
         self.trained.tooltip = str(checkpoint)
         self.model_source.value = JUST_TRAINED
+        self._update_visibility()
 
     # --- set-up on the GUI thread: every check runs here, so bad input is reported at once ---------------------
     def _checkpoint(self) -> Path:
@@ -116,7 +200,7 @@ class PredictWidget(QWidget):
         from ..engine.checkpoint import load_model
         from ..engine.experiment import new_experiment
         from ..engine.inference import ImagePrediction
-        from ..engine.sources import to_channels_last
+        from ..engine.sources import lazy_array, to_channels_last
         from ..engine.train import resolve_device
 
         layer = self.image.value
@@ -124,25 +208,37 @@ class PredictWidget(QWidget):
             raise InputError("Choose an Image layer to predict (or load one into the viewer).")
         values = self.form.values()
         path, device = self._checkpoint(), resolve_device(values["device"])
-        loaded = load_model(path, device, expect_workflow="semantic_segmentation")
-        cfg = loaded.config
+        loaded = load_model(path, device)
+        cfg, workflow = loaded.config, loaded.workflow
         channels = layer_channels(layer, cfg.ndim)
         if channels is not None and channels != cfg.data.in_channels:
             raise InputError(f"Checkpoint {path} expects {cfg.data.in_channels} input channel(s), but image layer "
                              f"'{layer.name}' has {channels}.")
         name = f"image layer '{layer.name}'"
         data = layer_array(layer)
-        to_channels_last(data, cfg.ndim, cfg.data.in_channels, name)  # 2D/3D and channel checks, before any write
+        image = to_channels_last(data, cfg.ndim, cfg.data.in_channels, name)  # 2D/3D and channel checks, before any write
+        target_layer = self.target.value if not self.target.native.isHidden() else None
+        target, target_name = None, ""
+        if target_layer is not None:  # checked as ImagePrediction will, but before the experiment folder exists
+            target_name = f"{'labels' if isinstance(target_layer, Labels) else 'target'} layer '{target_layer.name}'"
+            outputs = workflow.out_channels(cfg)
+            got = layer_channels(target_layer, cfg.ndim) if isinstance(target_layer, Image) else None
+            if workflow.target_is_image and got is not None and got != outputs:
+                raise InputError(f"Target layer '{target_layer.name}' has {got} channel(s) but checkpoint {path} "
+                                 f"predicts {outputs}.")
+            target = layer_array(target_layer)
+            workflow.check_target(lazy_array(target), target_name, tuple(image.shape[:-1]), cfg, [])
         # the checkpoint's own config, with this dock's prediction settings, output and device
         raw = cfg.model_dump(mode="json")
         raw["predict"].update(values.pop("predict"), checkpoint=str(path),
                               tile_size=[self.tile.value] * cfg.ndim if self.tile.value else None)
+        raw["self_supervised"].update(values.pop("self_supervised"))
         loaded.config = cfg = RunConfig.from_dict({**raw, **values}, source="Predict")
         experiment = new_experiment(cfg.output_dir, cfg.name)
         cfg.save(experiment.config_path)
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer.name) or "image"
         try:
-            job = ImagePrediction(loaded, data, name, experiment.results, stem, device)
+            job = ImagePrediction(loaded, data, name, experiment.results, stem, device, target, target_name)
         except InputError:
             shutil.rmtree(experiment.results, ignore_errors=True)
             experiment.config_path.unlink(missing_ok=True)
@@ -153,8 +249,6 @@ class PredictWidget(QWidget):
     def start(self, *_) -> None:
         from napari.qt.threading import create_worker
 
-        from ..engine.predict import argmax_labels
-
         if self.running:
             return
         load_triton_safely()
@@ -164,16 +258,10 @@ class PredictWidget(QWidget):
             show_error(str(e))
             return
         self.job, self.source, self.result = job, layer, None
-        scale, translate = placement(layer, spatial_axes(layer, job.cfg.ndim))
-        prob, world_axes = job.lazy(), self.viewer.dims.ndim
-        self.prob_layer = self.viewer.add_image(prob, name=f"{layer.name} probabilities", scale=(1.0, *scale),
-                                                translate=(0.0, *translate), colormap="magma", contrast_limits=(0.0, 1.0),
-                                                opacity=0.7, cache=False)
-        self.labels_layer = self.viewer.add_labels(argmax_labels(prob), name=f"{layer.name} labels", scale=scale,
-                                                   translate=translate, opacity=0.5, cache=False)
-        if self.viewer.dims.ndim > world_axes:  # the class axis is new: name it, show the last class (not background)
-            self.viewer.dims.axis_labels = ("class", *self.viewer.dims.axis_labels[1:])
-            self.viewer.dims.set_current_step(0, prob.shape[0] - 1)
+        self.prob_layer = self.labels_layer = None
+        self.outputs = {}
+        self.metrics.value = ""
+        self._add_live_layers(job, layer)
         self._cancel.clear()
         self.progress.value, self.progress.max = 0, len(job.plan.tiles)
         self.status.value = f"predicting {layer.name} into {self.experiment.results}"
@@ -185,11 +273,97 @@ class PredictWidget(QWidget):
         self.predict_button.enabled, self.cancel_button.enabled = False, True
         worker.start()
 
-    def cancel(self, *_) -> None:
-        if self.running:
-            self._cancel.set()
-            self.cancel_button.enabled = False
-            self.status.value = "cancelling…"
+    # --- layers -----------------------------------------------------------------------------------------
+    def _placement(self):
+        return placement(self.source, spatial_axes(self.source, self.job.cfg.ndim))
+
+    def _contrast(self):
+        """Contrast limits of the image outputs: the source's for self-supervision (same intensities, so the degraded,
+        restored and MAE check layers compare at a glance), the target's normalization range for image to image."""
+        cfg = self.job.cfg
+        if cfg.workflow == "self_supervised":
+            return tuple(self.source.contrast_limits)
+        mapping = intensity_mapping(self.job.workflow)
+        if mapping is not None and cfg.data.normalization == "percentile":
+            scale, offset = float(mapping[0][0]), float(mapping[1][0])
+            return (offset, offset + scale)
+        return None
+
+    def _add_image(self, role: str, data, name: str, index: Optional[int] = None, **kwargs):
+        """An output Image layer from channel-first `data`, over the source layer; inserted at `index` if given."""
+        scale, translate = self._placement()
+        data, scale, translate = first_channel_axis(data, scale, translate)
+        contrast = self._contrast()
+        layer = Image(data, name=f"{self.source.name} {name}", scale=scale, translate=translate, colormap="gray",
+                      **({"contrast_limits": contrast} if contrast and contrast[1] > contrast[0] else {}), **kwargs)
+        if index is None:
+            self.viewer.layers.append(layer)
+        else:
+            self.viewer.layers.insert(index, layer)
+        self.outputs[role] = layer
+        return layer
+
+    def _add_live_layers(self, job, layer) -> None:
+        """The layers shown while tiles are computed: dask arrays over the engine's running sums."""
+        from ..engine.predict import argmax_labels
+
+        cfg = job.cfg
+        lazy = job.lazy()
+        if cfg.workflow == "semantic_segmentation":
+            scale, translate = placement(layer, spatial_axes(layer, cfg.ndim))
+            world_axes = self.viewer.dims.ndim
+            self.prob_layer = self.viewer.add_image(lazy, name=f"{layer.name} probabilities", scale=(1.0, *scale),
+                                                    translate=(0.0, *translate), colormap="magma",
+                                                    contrast_limits=(0.0, 1.0), opacity=0.7, cache=False)
+            self.labels_layer = self.viewer.add_labels(argmax_labels(lazy), name=f"{layer.name} labels", scale=scale,
+                                                       translate=translate, opacity=0.5, cache=False)
+            self.outputs = {"probabilities": self.prob_layer, "labels": self.labels_layer}
+            if self.viewer.dims.ndim > world_axes:  # the class axis is new: name it, show the last class (not background)
+                self.viewer.dims.axis_labels = ("class", *self.viewer.dims.axis_labels[1:])
+                self.viewer.dims.set_current_step(0, lazy.shape[0] - 1)
+            return
+        image = to_intensity(lazy[: job.workflow.out_channels(cfg)], intensity_mapping(job.workflow), cfg.ndim)
+        if cfg.workflow == "image_to_image":
+            self._add_image("prediction", image, "prediction", cache=False)
+        elif cfg.self_supervised.pretext == "masking":
+            self._add_image("reconstruction", image, "MAE reconstruction", cache=False)
+        else:
+            self._add_image("restored", image, "restored", cache=False)
+
+    def _show_outputs(self, outputs: dict) -> None:
+        """The final arrays replace the running sums (which can then go); the other outputs join them."""
+        import dask.array as da
+
+        cfg = self.job.cfg
+        if cfg.workflow == "semantic_segmentation":
+            self.prob_layer.data = da.from_zarr(outputs["probabilities"])
+            self.labels_layer.data = da.from_zarr(outputs["labels"])
+            return
+
+        def replace(role: str, data) -> Optional[int]:
+            layer = self.outputs.get(role)
+            if layer is None or layer not in self.viewer.layers:
+                return None
+            layer.data = first_channel_axis(data, (), ())[0]
+            return self.viewer.layers.index(layer)
+
+        if cfg.workflow == "image_to_image":
+            replace("prediction", da.from_zarr(outputs["image"]))
+        elif cfg.self_supervised.pretext == "masking":
+            # the layer list reads original, masked input, reconstruction, reconstruction with the visible patches
+            # from the top (so does the grid view); the last check shows, the others are a click away
+            index = replace("reconstruction", outputs["reconstruction"])
+            index = len(self.viewer.layers) if index is None else index
+            self._add_image("visible", outputs["mae_reconstruction_and_visible"], MAE_CHECKS[3][2], index=index)
+            for k, (role, key, name) in enumerate(MAE_CHECKS[1::-1]):  # masked input, then original above it
+                self._add_image(role, outputs[key], name, index=index + 2 + k)
+            for role in ("original", "masked", "reconstruction"):
+                self.outputs[role].visible = False
+        else:
+            index = replace("restored", outputs["reconstruction"])
+            if "degraded" in outputs:
+                self._add_image("degraded", outputs["degraded"], "degraded", index=index)
+                self.outputs["degraded"].visible = False
 
     def _refresh(self) -> None:
         """Re-read the visible tiles (the layers are not cached, so new tiles show), at most every 0.3 s and
@@ -197,7 +371,7 @@ class PredictWidget(QWidget):
         start = time.perf_counter()
         if start - self._last_refresh < max(0.3, 10 * self._refresh_cost):
             return
-        for layer in (self.prob_layer, self.labels_layer):
+        for layer in self.outputs.values():
             if layer is not None and layer in self.viewer.layers:
                 layer.refresh()
         self._last_refresh = time.perf_counter()
@@ -208,8 +382,6 @@ class PredictWidget(QWidget):
         self._refresh()
 
     def _on_returned(self, result) -> None:
-        import dask.array as da
-
         if isinstance(result, Cancelled):
             self.status.value = "cancelled: the layers keep the tiles computed so far"
             show_info(f"Prediction cancelled; the partial result stays in {self.job.store}.")
@@ -219,13 +391,19 @@ class PredictWidget(QWidget):
             show_error(str(result))
             return
         self.result = result
-        # the final arrays replace the running sums, which can then go
-        self.prob_layer.data = da.from_zarr(result.outputs["probabilities"])
-        self.labels_layer.data = da.from_zarr(result.outputs["labels"])
+        self._show_outputs(result.outputs)
         self.job.cleanup()
         self.progress.value = self.progress.max
         self.status.value = f"done in {result.seconds:.1f} s: {self.experiment.results}"
-        show_info(f"Prediction of {self.source.name} written to {self.experiment.results}.")
+        self.metrics.value = format_metrics(result.metrics)
+        message = f"Prediction of {self.source.name} written to {self.experiment.results}."
+        show_info(message + (f" {self.metrics.value}." if self.metrics.value else ""))
+
+    def cancel(self, *_) -> None:
+        if self.running:
+            self._cancel.set()
+            self.cancel_button.enabled = False
+            self.status.value = "cancelling…"
 
     def _on_error(self, e: BaseException) -> None:
         # napari's worker already shows the error as a notification with its traceback; log it as well

@@ -1,12 +1,17 @@
 """The Train dock: builds a RunConfig and samples from its fields and layers, runs the engine's Trainer in a napari
-thread worker, and turns its reports into progress, a live chart and a preview layer. No training logic here."""
+thread worker, and turns its reports into progress, a live chart and a preview layer. No training logic here.
+
+The workflow chosen at the top decides which fields show: segmentation trains on (Image, Labels) pairs with classes;
+image to image on (raw Image, target Image) pairs with target channels and an L1/MSE loss; self-supervision on raw
+Image layers alone, with the crappify (noise, down-sampling) or masking (MAE token size, mask type and ratio) options.
+The model list follows the workflow and the dimensions."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 from typing import Optional
 
-from magicgui.widgets import ComboBox, Container, LineEdit, ProgressBar, PushButton, RadioButtons, SpinBox
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, ProgressBar, PushButton, RadioButtons, SpinBox
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QScrollArea, QVBoxLayout, QWidget
@@ -23,6 +28,51 @@ from .preview import Preview, PreviewFailed, PreviewResult, camera, visible_regi
 from .shared import last_trained, load_triton_safely
 
 log = logging.getLogger(__name__)
+
+WORKFLOW_CHOICES = [("semantic segmentation", "semantic_segmentation"), ("image to image", "image_to_image"),
+                    ("self-supervised", "self_supervised")]
+MAE_MODELS = ("mae", "mae_vit_base")  # the masked autoencoders: the masking pretext's models, and only its
+RESTORATION_MODELS = ("edsr", "rcan", "dfcan")  # image restoration networks: image to image and crappify only
+LOSSES = {"semantic_segmentation": ["auto", "ce", "ce_dice"]}  # the others: auto, l1, mse (as the config checks)
+
+
+def models_for(workflow: str, pretext: str, ndim: int) -> list[str]:
+    """The registered models that fit a workflow (and self-supervised pretext) in `ndim` dimensions."""
+    from ..engine.models import list_models
+
+    names = list_models(ndim)
+    if workflow == "self_supervised" and pretext == "masking":
+        return [n for n in names if n in MAE_MODELS]
+    names = [n for n in names if n not in MAE_MODELS]
+    if workflow == "semantic_segmentation":
+        names = [n for n in names if n not in RESTORATION_MODELS]
+    return names
+
+
+def model_options_of(name: str) -> dict:
+    """The options (with defaults) of a registered model; empty for an unknown name."""
+    from ..engine.models import model_info
+
+    try:
+        return model_info(name)
+    except KeyError:
+        return {}
+
+
+def parse_options(text: str) -> dict:
+    """'embed_dim: 64, depth: 2' -> {'embed_dim': 64, 'depth': 2}; raises InputError on anything else."""
+    import yaml
+
+    text = text.strip()
+    if not text:
+        return {}
+    try:
+        value = yaml.safe_load(text if text.startswith("{") else "{" + text + "}")
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        raise InputError(f"Model options must look like 'name: value, name: value', not '{text}'.")
+    return value
 
 
 def _floor16(n: int, cap: int) -> int:
@@ -45,6 +95,9 @@ class TrainWidget(QWidget):
         self.destroyed.connect(lambda *_, running=self._running: running["trainer"] and running["trainer"].cancel())
         f = self.form = ConfigForm()
 
+        # --- workflow ---------------------------------------------------------------------------------
+        f.add("workflow", choices=WORKFLOW_CHOICES)
+        f.add("self_supervised.pretext", label="pretext task")
         # --- data -------------------------------------------------------------------------------------
         self.source = RadioButtons(choices=["layers", "folders"], value="layers", orientation="horizontal", label="from")
         self.pairs = PairList(viewer)
@@ -58,29 +111,49 @@ class TrainWidget(QWidget):
         f.add("ndim", label="dimensions", choices=[("2D", 2), ("3D", 3)])
         f.add("data.in_channels", label="channels", max=64)
         f.add("n_classes", label="classes", max=1000)
+        f.add("data.target_channels", label="target channels", max=64)
         self.patch_z = SpinBox(value=32, min=1, max=1024, label="patch Z", tooltip="Patch depth in voxels (3D)")
         self.patch_yx = SpinBox(value=256, min=8, max=8192, step=16, label="patch Y, X",
                                 tooltip="Patch height and width in pixels; must fit in every image")
         f.add("model.name", label="model", choices=list_models(2))
+        mae = model_options_of("mae")
+        self.token_size = SpinBox(value=mae.get("patch_size", 16), min=1, max=512, label="token size",
+                                  tooltip="Size in pixels (per axis) of the ViT tokens: model option patch_size. "
+                                          "Must divide the patch size.")
+        f.add("model.start_from", label="start from checkpoint", mode="r", filter="*.pth")
+        f.add("train.loss", label="loss")
         f.add("train.epochs", max=100_000)
         f.add("train.batch_size", label="batch size", max=4096)
         f.add("train.learning_rate", label="learning rate", step=1e-4, max=10.0)
         f.add("train.patience", max=100_000)
         f.add("name", label="experiment")
         f.add("output_dir", label="output folder", value=Path.home() / "bioflow_runs")
+        # --- self-supervision -------------------------------------------------------------------------
+        f.add("self_supervised.noise", label="noise (× max)", step=0.05)
+        f.add("self_supervised.downsample_area", label="down-sampling area", step=1.0)
+        f.add("self_supervised.degrade_at_prediction", label="degrade at prediction")
+        self.mask_type = ComboBox(choices=["grid", "random"], value=mae.get("mask_type", "grid"), label="mask type",
+                                  tooltip="grid: a fixed, evenly spread set of hidden tokens (a checkerboard at 0.5); "
+                                          "random: a new random set per image")
+        self.mask_ratio = FloatSpinBox(value=mae.get("mask_ratio", 0.5), min=0.05, max=0.95, step=0.05, label="mask ratio",
+                                       tooltip="Fraction of the tokens hidden from the encoder")
         # --- advanced ---------------------------------------------------------------------------------
         self.feature_maps = LineEdit(value="", label="feature maps",
                                      tooltip="Feature maps per U-Net level, e.g. 16, 32, 64, 128, 256 (empty = model default)")
         self.feature_maps.native.setPlaceholderText("model default")
+        self.model_options = LineEdit(value="", label="model options",
+                                      tooltip="More options of the chosen model as name: value pairs, e.g. "
+                                              "embed_dim: 64, depth: 2 (see `napari-bioflow models`)")
+        self.model_options.native.setPlaceholderText("e.g. embed_dim: 64, depth: 2")
         advanced = [f.add(p, label=lab, **kw) for p, lab, kw in (
-            ("train.optimizer", "optimizer", {}), ("train.scheduler", "scheduler", {}), ("train.loss", "loss", {}),
+            ("train.optimizer", "optimizer", {}), ("train.scheduler", "scheduler", {}),
             ("train.weight_decay", "weight decay", {"step": 1e-4}),
             ("train.steps_per_epoch", "steps per epoch (0 = auto)", {}),
             ("data.normalization", "normalization", {}), ("data.foreground_sampling", "foreground sampling", {"step": 0.1}),
             ("augment.enable", "augment", {}), ("augment.flips", "flips", {}), ("augment.rotate90", "90° rotations", {}),
             ("augment.intensity", "intensity jitter", {"step": 0.05}), ("seed", "seed", {"min": -2**31, "max": 2**31 - 1}),
-            ("device", "device", {}), ("model.start_from", "start from checkpoint", {"mode": "r", "filter": "*.pth"}))]
-        advanced.insert(3, self.feature_maps)
+            ("device", "device", {}))]
+        advanced[2:2] = [self.feature_maps, self.model_options]
         # --- run --------------------------------------------------------------------------------------
         self.train_button = PushButton(text="Train")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -88,14 +161,21 @@ class TrainWidget(QWidget):
         self.status = status_label()
         self.chart = TrainingChart(*theme_colors(viewer))
 
-        main = [f[p] for p in ("ndim", "data.in_channels", "n_classes")] + [self.patch_z, self.patch_yx] + [
-            f[p] for p in ("model.name", "train.epochs", "train.batch_size", "train.learning_rate", "train.patience")]
+        main = [f[p] for p in ("ndim", "data.in_channels", "n_classes", "data.target_channels")] + [
+            self.patch_z, self.patch_yx, f["model.name"], self.token_size] + [
+            f[p] for p in ("model.start_from", "train.loss", "train.epochs", "train.batch_size", "train.learning_rate",
+                           "train.patience")]
         content = QWidget()
         layout = QVBoxLayout(content)
         layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(group("Workflow", form(f["workflow"], f["self_supervised.pretext"])))
         layout.addWidget(group("Training data", form(self.source), self.pairs, self.folders,
                                form(self.validation, f["data.val_split"]), self.val_pair, self.val_folders))
         layout.addWidget(group("Model and training", form(*main)))
+        self.ssl_group = group("Self-supervision", form(
+            *(f[p] for p in ("self_supervised.noise", "self_supervised.downsample_area",
+                             "self_supervised.degrade_at_prediction")), self.mask_type, self.mask_ratio))
+        layout.addWidget(self.ssl_group)
         layout.addWidget(group("Output", form(f["name"], f["output_dir"])))
         self.advanced = QCollapsible("Advanced")
         self.advanced.addWidget(form(*advanced).native)
@@ -115,6 +195,9 @@ class TrainWidget(QWidget):
 
         self.source.changed.connect(self._update_visibility)
         self.validation.changed.connect(self._update_visibility)
+        f["workflow"].changed.connect(self._on_workflow)
+        f["self_supervised.pretext"].changed.connect(self._on_workflow)
+        f["model.name"].changed.connect(self._update_visibility)
         f["ndim"].changed.connect(self._on_ndim)
         self.pairs.changed.connect(self._adapt)
         self.train_button.changed.connect(self.start)
@@ -125,7 +208,7 @@ class TrainWidget(QWidget):
         if hasattr(getattr(viewer, "canvas", None), "events"):
             events.append(viewer.canvas.events.size)
         connect_while_alive(self, [(e, self._capture_view) for e in events])
-        self._update_visibility()
+        self._on_workflow()
         self._adapt()
         self._on_ndim(f["ndim"].value)
 
@@ -144,27 +227,71 @@ class TrainWidget(QWidget):
         self.pairs.reset_choices()
         self.val_pair.reset_choices()
 
+    @property
+    def workflow(self) -> str:
+        return self.form["workflow"].value
+
+    @property
+    def pretext(self) -> str:
+        return self.form["self_supervised.pretext"].value
+
+    def _on_workflow(self, *_) -> None:
+        """The pairs, the loss choices and the model list follow the workflow (and pretext)."""
+        mode = {"semantic_segmentation": "labels", "image_to_image": "image"}.get(self.workflow, "none")
+        self.pairs.set_mode(mode)
+        self.val_pair.set_mode(mode)
+        loss = self.form["train.loss"]
+        current = loss.value
+        loss.choices = LOSSES.get(self.workflow, ["auto", "l1", "mse"])
+        loss.value = current if current in loss.choices else "auto"
+        self._update_models()
+        self._adapted = (self._adapted[0], None)  # read the second layer (classes, target channels) again
+        self._adapt()
+        self._update_visibility()
+
+    def _update_models(self) -> None:
+        name = self.form["model.name"]
+        current = name.value
+        name.choices = models_for(self.workflow, self.pretext, self.form["ndim"].value)
+        if current in name.choices:
+            name.value = current
+        elif name.choices:
+            name.value = next((n for n in ("unet", "mae") if n in name.choices), name.choices[0])
+
     def _update_visibility(self, *_) -> None:
+        f, workflow = self.form, self.workflow
+        seg, i2i, ssl = (workflow == w for w in ("semantic_segmentation", "image_to_image", "self_supervised"))
+        masking = ssl and self.pretext == "masking"
         layers = self.source.value == "layers"
         self.pairs.visible, self.folders.visible = layers, not layers
         mode = self.validation.value
-        self.form["data.val_split"].visible = mode == "split"
+        f["data.val_split"].visible = mode == "split"
         self.val_pair.visible, self.val_folders.visible = mode == "layers", mode == "folders"
+        second = "label folder" if seg else "target folder"
+        for path in ("data.train_label", "data.val_label"):
+            f[path].visible = not ssl
+            f[path].label = second
+        f["self_supervised.pretext"].visible = ssl
+        f["n_classes"].visible = f["data.foreground_sampling"].visible = seg
+        f["data.target_channels"].visible = i2i
+        f["train.loss"].visible = not masking  # the MAE's loss is the MSE on its hidden tokens
+        self.ssl_group.setVisible(ssl)
+        for path in ("self_supervised.noise", "self_supervised.downsample_area", "self_supervised.degrade_at_prediction"):
+            f[path].visible = ssl and not masking
+        options = model_options_of(f["model.name"].value)
+        self.feature_maps.visible = "feature_maps" in options
+        self.token_size.visible = "patch_size" in options
+        self.mask_type.visible, self.mask_ratio.visible = "mask_type" in options, "mask_ratio" in options
 
     def _on_ndim(self, ndim: int) -> None:
-        from ..engine.models import list_models
-
         self.patch_z.visible = ndim == 3
-        name = self.form["model.name"]
-        current = name.value
-        name.choices = list_models(ndim)
-        if current in name.choices:
-            name.value = current
+        self._update_models()
 
     def _adapt(self, *_) -> None:
-        """Dimensions, channels, patch size and classes follow the first pair's layers (until the user edits them)."""
+        """Dimensions, channels, patch size, classes and target channels follow the first pair's layers (until the
+        user edits them)."""
         first = self.pairs.pairs[0]
-        image, labels = first.image_layer.value, first.labels_layer.value
+        image, second = first.image_layer.value, first.second
         if image is not None and image is not self._adapted[0]:
             ndim = guess_ndim(image)
             self.form["ndim"].value = ndim
@@ -173,16 +300,28 @@ class TrainWidget(QWidget):
             if shape:
                 self.patch_yx.value = max(8, _floor16(min(shape[-2:]), 256 if ndim == 2 else 128))
                 self.patch_z.value = _floor16(shape[0], 32) if ndim == 3 else self.patch_z.value
-        if labels is not None and labels is not self._adapted[1]:
-            self.form["n_classes"].value = max(2, guess_classes(labels) or 2)
-        self._adapted = (image, labels)
+        if second is not None and second is not self._adapted[1]:
+            if first.mode == "labels":
+                self.form["n_classes"].value = max(2, guess_classes(second) or 2)
+            else:
+                self.form["data.target_channels"].value = layer_channels(second, self.form["ndim"].value) or 1
+        self._adapted = (image, second)
 
     def build_config(self) -> RunConfig:
         data = self.form.values()
         ndim = data["ndim"]
         data["data"]["patch_size"] = [self.patch_z.value] * (ndim == 3) + [self.patch_yx.value] * 2
-        if self.feature_maps.value.strip():
-            data["model"]["options"] = {"feature_maps": parse_ints(self.feature_maps.value, "Feature maps")}
+        known, options = model_options_of(data["model"]["name"]), {}
+        if "feature_maps" in known and self.feature_maps.value.strip():
+            options["feature_maps"] = parse_ints(self.feature_maps.value, "Feature maps")
+        if "patch_size" in known:
+            options["patch_size"] = self.token_size.value
+        if "mask_type" in known:
+            options["mask_type"] = self.mask_type.value
+        if "mask_ratio" in known:
+            options["mask_ratio"] = round(self.mask_ratio.value, 4)
+        options.update(parse_options(self.model_options.value))
+        data["model"]["options"] = options
         if self.source.value == "layers":
             data["data"]["train_raw"] = data["data"]["train_label"] = None
         if self.validation.value != "folders":
@@ -194,13 +333,19 @@ class TrainWidget(QWidget):
 
         out = []
         for pair in pairs:
-            image, labels = pair.image_layer.value, pair.labels_layer.value
+            image, second = pair.image_layer.value, pair.second
             if image is None:
-                raise InputError("Choose an Image layer for every pair (or load one into the viewer).")
-            if labels is None:
-                raise InputError(f"Choose a Labels layer for image layer '{image.name}'.")
-            out.append(make_sample(layer_array(image), f"image layer '{image.name}'", cfg, label=layer_array(labels),
-                                   label_name=f"labels layer '{labels.name}'", notes=notes))
+                raise InputError("Choose an Image layer for every " + ("image" if pair.mode == "none" else "pair")
+                                 + " (or load one into the viewer).")
+            name = f"image layer '{image.name}'"
+            if pair.mode == "none":
+                out.append(make_sample(layer_array(image), name, cfg, notes=notes, need_label=False))
+                continue
+            if second is None:
+                raise InputError(f"Choose a {'Labels' if pair.mode == 'labels' else 'target Image'} layer for {name}.")
+            kind = "labels layer" if pair.mode == "labels" else "target layer"
+            out.append(make_sample(layer_array(image), name, cfg, label=layer_array(second),
+                                   label_name=f"{kind} '{second.name}'", notes=notes))
         return out
 
     def _make_preview(self, cfg, train) -> Optional[Preview]:
@@ -226,6 +371,7 @@ class TrainWidget(QWidget):
         from napari.qt.threading import create_worker
 
         from ..engine.train import Trainer
+        from ..engine.workflows import get_workflow
 
         if self.running:
             return
@@ -243,6 +389,7 @@ class TrainWidget(QWidget):
         self.trainer = Trainer(cfg, train=train, val=val)
         self.preview = self._make_preview(cfg, train)
         self.result = None
+        self.chart.set_metric(get_workflow(cfg.workflow).chart_metric)
         self.chart.clear()
         self.progress.value, self.status.value = 0, "preparing…"
         worker = create_worker(training_job, self.trainer, self.preview, _start_thread=False, _ignore_errors=True)
@@ -280,7 +427,7 @@ class TrainWidget(QWidget):
             self.status.value = (f"epoch {r.epoch}/{r.epochs} · step {r.step}/{r.steps} · loss {r.loss:.4f} · "
                                  f"ETA {format_seconds(r.eta_seconds)}")
         elif isinstance(r, EpochReport):
-            self.chart.add(r.epoch, r.train_loss, r.val_loss, r.metrics.get("iou_foreground", float("nan")))
+            self.chart.add(r.epoch, r.train_loss, r.val_loss, r.metrics.get(self.chart.metric, float("nan")))
             self.status.value = (f"epoch {r.epoch}/{r.epochs} · loss {r.train_loss:.4f} · val loss {r.val_loss:.4f} · "
                                  f"ETA {format_seconds(r.eta_seconds)}")
             self._capture_view()

@@ -17,13 +17,14 @@ from .base import Workflow, register_workflow
 from .image_to_image import PSNRMetrics, image_metrics, l1_or_mse, psnr
 
 
-def crappify(x, noise: float, downsample_area: float, generator=None):
-    """Degrade a (B, C, *spatial) tensor: noise, then down- and up-sampling. Per-sample maximum, as BiaPy."""
+def crappify(x, noise: float, downsample_area: float, generator=None, top=None):
+    """Degrade a (B, C, *spatial) tensor: noise, then down- and up-sampling. `top`: each sample's image maximum,
+    (B, 1, ..., 1); by default the maximum of each sample of `x` (right when `x` holds whole images, as BiaPy's)."""
     import torch
     import torch.nn.functional as F
 
     dims = tuple(range(1, x.ndim))
-    top = x.amax(dim=dims, keepdim=True)
+    top = x.amax(dim=dims, keepdim=True) if top is None else top.to(x.device, x.dtype)
     noisy = x + noise * top * torch.randn(x.shape, generator=generator).to(x.device)
     noisy = torch.minimum(noisy.clamp_min(0), top)
     factor = math.sqrt(downsample_area)
@@ -74,15 +75,23 @@ class SelfSupervised(Workflow):
                 raise InputError(f"The MAE token size {token} does not divide the patch size "
                                  f"{'x'.join(map(str, cfg.data.patch_size))}.")
         self.state = {"normalization": normalizer.to_dict()}
+        # crappify: a patch gets the noise of its whole image (sigma = noise x the image maximum), as a predicted image
+        # does; a patch's own maximum would leave dark patches almost noise-free in training only
+        self._image_max = {} if self._masking(cfg) else {
+            id(s): _image_max(s.raw, normalizer) for s in [*dataset.train, *dataset.val]}
 
     def read_target(self, sample, sl, x) -> np.ndarray:
-        return x  # the clean patch: make_pair degrades or masks the input
+        # the clean patch: make_pair degrades or masks the input. crappify: the image maximum rides along as one
+        # more (constant) channel, which make_pair takes off again
+        top = getattr(self, "_image_max", {}).get(id(sample))
+        return x if top is None else np.concatenate([x, np.full((1, *x.shape[1:]), top, x.dtype)])
 
     def make_pair(self, x, y, generator, cfg):
         if self._masking(cfg):
             return x, x
         ssl = cfg.self_supervised
-        return crappify(x, ssl.noise, ssl.downsample_area, generator), x
+        top = y[:, -1:].amax(dim=tuple(range(1, y.ndim)), keepdim=True) if y.shape[1] > x.shape[1] else None
+        return crappify(x, ssl.noise, ssl.downsample_area, generator, top), x
 
     def loss(self, cfg):
         return l1_or_mse(cfg)
@@ -136,7 +145,7 @@ class SelfSupervised(Workflow):
         x = torch.from_numpy(np.moveaxis(norm(clean), -1, 0)[None].copy())
         d = crappify(x, cfg.self_supervised.noise, cfg.self_supervised.downsample_area, gen)[0].numpy()
         degraded = d * _column(norm.scale, cfg.ndim) + _column(norm.offset, cfg.ndim)  # channel first
-        write_tiff(out_dir / "degraded" / f"{stem}.tif", degraded)
+        write_tiff(out_dir / "degraded" / f"{stem}.tif", degraded, "C" + ("ZYX" if cfg.ndim == 3 else "YX"))
         self._inputs[stem] = (clean, degraded)
         return np.moveaxis(degraded, 0, -1)
 
@@ -169,6 +178,13 @@ class SelfSupervised(Workflow):
                 out["metrics"]["psnr_degraded_input"] = psnr(degraded, clean)
                 out["degraded"] = degraded
         return out
+
+
+def _image_max(raw, normalizer) -> float:
+    """The maximum of a channel-last image on the normalized scale, read chunk by chunk for dask arrays."""
+    top = raw.max(axis=tuple(range(raw.ndim - 1)))
+    top = np.asarray(top.compute() if hasattr(top, "compute") else top, np.float32)
+    return float(normalizer(top[None]).max())
 
 
 def _column(values, ndim: int) -> np.ndarray:
