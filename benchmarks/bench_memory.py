@@ -92,7 +92,7 @@ def du(path: Path) -> int:
 
 
 # --- child side -------------------------------------------------------------------------------------
-def child(volume: str, ckpt: str, out: str, save_tiff: bool) -> None:
+def child(volume: str, ckpt: str, out: str, save_tiff: bool, batch_voxels: int = 0) -> None:
     """Predict `volume`; print one JSON line with the peak RSS (MB) of every phase."""
     t0 = time.perf_counter()
     phases: dict[str, dict] = {}
@@ -126,6 +126,11 @@ def child(volume: str, ckpt: str, out: str, save_tiff: bool) -> None:
     wrapped(pred, "write_labels_zarr", "labels", "after labels")
     wrapped(io_mod, "write_tiff", "tiff", "after tiff")
 
+    if batch_voxels:  # for before/after comparisons of the engine's bound on voxels per forward pass
+        from napari_bioflow.engine import inference
+
+        bound = inference.BATCH_VOXELS
+        inference.BATCH_VOXELS = {k: batch_voxels for k in bound} if isinstance(bound, dict) else batch_voxels
     loaded = load_model(Path(ckpt))
     loaded.config.predict.save_tiff = save_tiff
     image = zarr.open_array(volume, mode="r")
@@ -143,8 +148,8 @@ def child(volume: str, ckpt: str, out: str, save_tiff: bool) -> None:
                       "tiff_written": (Path(out) / "per_image" / "volume.tif").exists()}))
 
 
-def run_size(tmp: Path, ckpt: Path, gb: float, save_tiff: bool) -> dict:
-    z = max(CHUNK[0], int(round(gb * 1e9 / (YX * YX * 2))))
+def run_size(tmp: Path, ckpt: Path, gb: float, save_tiff: bool, batch_voxels: int = 0) -> dict:
+    z = max(1, round(gb * 1e9 / (YX * YX * 2) / CHUNK[0])) * CHUNK[0]  # whole chunks: on-disk size = bytes
     vol = tmp / f"volume_{gb}.zarr"
     out = tmp / f"out_{gb}"
     t = time.perf_counter()
@@ -154,7 +159,8 @@ def run_size(tmp: Path, ckpt: Path, gb: float, save_tiff: bool) -> dict:
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         t = time.perf_counter()
         proc = subprocess.run([sys.executable, __file__, "--child", str(vol), str(ckpt), str(out)]
-                              + ([] if save_tiff else ["--no-tiff"]), capture_output=True, text=True)
+                              + ([] if save_tiff else ["--no-tiff"]) + ["--batch-voxels", str(batch_voxels)],
+                              capture_output=True, text=True)
         wall = time.perf_counter() - t
         if proc.returncode:
             raise RuntimeError(proc.stderr[-3000:])
@@ -177,12 +183,14 @@ def main(argv=None):
     ap.add_argument("--no-tiff", action="store_true", help="predict.save_tiff false (default: the engine's default, "
                     "TIFFs written when the probabilities are <= 2 GiB)")
     ap.add_argument("--tmp", default=None, help="scratch folder (needs ~12x the largest size free)")
+    ap.add_argument("--batch-voxels", type=int, default=0, help="override the engine's voxels per forward pass "
+                    "(inference.BATCH_VOXELS; 0 = the engine's own), for before/after comparisons")
     ap.add_argument("--yx", type=int, default=YX, help="Y and X of the volumes (Z follows from the size)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--child", nargs=3, metavar=("VOLUME", "CKPT", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        return child(*args.child, save_tiff=not args.no_tiff)
+        return child(*args.child, save_tiff=not args.no_tiff, batch_voxels=args.batch_voxels)
 
     YX = args.yx
     tmp = Path(tempfile.mkdtemp(prefix="bench_memory_", dir=args.tmp))
@@ -190,7 +198,7 @@ def main(argv=None):
         ckpt = make_checkpoint(tmp / "ckpt", args.kernel)
         load_before, rows, runs = loadavg(), [], []
         for gb in args.sizes_gb:
-            rep = run_size(tmp, ckpt, gb, not args.no_tiff)
+            rep = run_size(tmp, ckpt, gb, not args.no_tiff, args.batch_voxels)
             runs.append(rep)
             ph = rep["phases"]
             top = max(ph, key=lambda k: ph[k]["peak_rss_mb"])
@@ -205,7 +213,8 @@ def main(argv=None):
         big = [r for r in runs if r["volume_gb_on_disk"] > 4]
         path = write_result("memory" + (f"_{args.tag}" if args.tag else ""), {
             "config": {"model": f"unet feature_maps [4, 8], 3D, kernel {args.kernel}", "dtype": "uint16",
-                       "yx": YX, "input_chunks": CHUNK, "save_tiff": not args.no_tiff, "device": "cpu"},
+                       "yx": YX, "input_chunks": CHUNK, "save_tiff": not args.no_tiff, "device": "cpu",
+                       "batch_voxels_override": args.batch_voxels or None},
             "loadavg_before": load_before, "loadavg_after": loadavg(), "runs": runs,
             "pass": (all(r["overall_peak_rss_mb"] < 1500 for r in big) if big else None),
         })

@@ -13,7 +13,7 @@ from helpers import crop_folders, read_csv, write_image
 from napari_bioflow.cli import main
 from napari_bioflow.config import RunConfig
 
-TIMELAPSE = Path(__file__).parent / "data" / "timelapse_2d_crops.tif"
+TIMELAPSE = Path(__file__).parent / "data" / "timelapse_2d_consecutive.tif"  # frames 15-18 of one crop
 TINY_MAE = {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "decoder_embed_dim": 16, "decoder_depth": 1,
             "decoder_num_heads": 2}
 

@@ -19,7 +19,7 @@ from napari_bioflow.widgets import train as train_module
 from napari_bioflow.widgets.predict import JUST_TRAINED, PredictWidget
 from napari_bioflow.widgets.train import TrainWidget
 
-TIMELAPSE = Path(__file__).parent / "data" / "timelapse_2d_crops.tif"
+TIMELAPSE = Path(__file__).parent / "data" / "timelapse_2d_consecutive.tif"  # frames 15-18 of one crop
 TINY_MAE = "embed_dim: 32, depth: 1, num_heads: 2, decoder_embed_dim: 16, decoder_depth: 1, decoder_num_heads: 2"
 MAE_CHECKS = ("MAE original", "MAE masked input", "MAE reconstruction", "MAE reconstruction and visible")
 
@@ -196,7 +196,8 @@ def test_crappify_train_predict_and_transfer(make_napari_viewer, wait_idle, mess
     wait_idle(predict)
     degraded, restored = viewer.layers["nuclei degraded"], viewer.layers["nuclei restored"]
     names = [layer.name for layer in viewer.layers]
-    assert names.index("nuclei degraded") == names.index("nuclei restored") - 1
+    assert names.index("nuclei degraded") == names.index("nuclei restored") - 1  # just below it
+    assert restored.visible and degraded.visible
     for layer in (degraded, restored):
         assert isinstance(layer, Image) and layer.data.shape == (128, 128) and layer.data.dtype == np.float32
         assert tuple(layer.scale) == (0.5, 0.5) and tuple(layer.translate) == (3, 4)
@@ -217,6 +218,15 @@ def test_crappify_train_predict_and_transfer(make_napari_viewer, wait_idle, mess
     started = [m for m in messages["info"] if m.startswith(f"Started from {pretrained}")]
     assert len(started) == 1 and "tensors loaded, 2 initialised" in started[0] and "head" in started[0], started
 
+    # the Predict dock follows: a segmentation checkpoint takes an optional Labels layer, for the IoU
+    assert predict.model_source.value == JUST_TRAINED and shown(predict.target) and predict.target.label == "labels"
+    assert not shown(predict.form["self_supervised.degrade_at_prediction"])
+    predict.target.value = labels
+    predict.predict_button.native.click()
+    wait_idle(predict)
+    assert isinstance(viewer.layers["nuclei labels"], Labels) and "iou_foreground" in predict.result.metrics
+    assert "IoU (foreground)" in predict.metrics.value
+
 
 def test_masking_train_and_predict(make_napari_viewer, wait_idle, tmp_path, nuclei):
     viewer = make_napari_viewer()
@@ -236,9 +246,8 @@ def test_masking_train_and_predict(make_napari_viewer, wait_idle, tmp_path, nucl
     assert isinstance(viewer.layers["nuclei MAE reconstruction"].data, da.Array)
     wait_idle(predict)
     layers = [viewer.layers[f"nuclei {name}"] for name in MAE_CHECKS]
-    names = [layer.name for layer in viewer.layers]  # from the top of the layer list: original ... visible
-    assert [names.index(layer.name) for layer in layers] == sorted((names.index(layer.name) for layer in layers), reverse=True)
-    assert [layer.visible for layer in layers] == [False, False, False, True]
+    names = [layer.name for layer in viewer.layers]  # from the bottom of the layer list: original ... visible
+    assert [names.index(layer.name) for layer in layers] == sorted(names.index(layer.name) for layer in layers)
     for layer in layers:
         assert isinstance(layer, Image) and layer.data.shape == (128, 128) and layer.data.dtype == np.float32
         assert tuple(layer.scale) == (0.5, 0.5) and tuple(layer.translate) == (3, 4)

@@ -18,7 +18,9 @@ from .errors import Cancelled, InputError
 
 
 TILE_CAP = {2: 2048, 3: 128}  # per axis: a 2048x2048 image is one tile, so tiling costs nothing there
-BATCH_VOXELS = 4 * 2**20  # voxels per forward pass: bounds activation memory whatever the tile size
+# voxels per forward pass: bounds activation memory whatever the tile size. 3D activations cost several hundred
+# bytes per voxel on CPU (default U-Net ~500 B), so a 3D pass is one default 128^3 tile (benchmarks/bench_memory.py)
+BATCH_VOXELS = {2: 4 * 2**20, 3: 2 * 2**20}
 
 
 def default_tile(cfg, spatial: tuple[int, ...], divisor: int) -> list[int]:
@@ -31,7 +33,7 @@ def default_tile(cfg, spatial: tuple[int, ...], divisor: int) -> list[int]:
 
 def tile_batch(cfg, tile: list[int]) -> int:
     """Tiles per forward pass: the config's batch, lowered for big tiles so a pass stays within BATCH_VOXELS."""
-    return max(1, min(cfg.predict.batch_size, BATCH_VOXELS // int(np.prod(tile))))
+    return max(1, min(cfg.predict.batch_size, BATCH_VOXELS[len(tile)] // int(np.prod(tile))))
 
 
 @dataclass

@@ -350,20 +350,17 @@ class PredictWidget(QWidget):
         if cfg.workflow == "image_to_image":
             replace("prediction", da.from_zarr(outputs["image"]))
         elif cfg.self_supervised.pretext == "masking":
-            # the layer list reads original, masked input, reconstruction, reconstruction with the visible patches
-            # from the top (so does the grid view); the last check shows, the others are a click away
+            # bottom to top: original, masked input, reconstruction, reconstruction with the visible patches; the
+            # last covers the others (all visible, so napari's grid view shows the four side by side in this order)
             index = replace("reconstruction", outputs["reconstruction"])
             index = len(self.viewer.layers) if index is None else index
-            self._add_image("visible", outputs["mae_reconstruction_and_visible"], MAE_CHECKS[3][2], index=index)
-            for k, (role, key, name) in enumerate(MAE_CHECKS[1::-1]):  # masked input, then original above it
-                self._add_image(role, outputs[key], name, index=index + 2 + k)
-            for role in ("original", "masked", "reconstruction"):
-                self.outputs[role].visible = False
+            for k, (role, key, name) in enumerate(MAE_CHECKS):
+                if role != "reconstruction" and key in outputs:
+                    self._add_image(role, outputs[key], name, index=index + k)
         else:
             index = replace("restored", outputs["reconstruction"])
-            if "degraded" in outputs:
+            if "degraded" in outputs:  # below the restoration: the grid view reads source, degraded, restored
                 self._add_image("degraded", outputs["degraded"], "degraded", index=index)
-                self.outputs["degraded"].visible = False
 
     def _refresh(self) -> None:
         """Re-read the visible tiles (the layers are not cached, so new tiles show), at most every 0.3 s and
