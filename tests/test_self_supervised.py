@@ -117,7 +117,8 @@ def test_down_and_up_sampling_by_the_square_root_of_the_area_per_axis(monkeypatc
 @pytest.mark.parametrize("shape", [(64, 64), (16, 32, 32)])
 def test_down_sampling_by_two_erases_the_finest_frequency_on_every_axis(shape):
     for axis in range(len(shape)):
-        coord = torch.arange(shape[axis], dtype=torch.float32).reshape([-1 if a == axis else 1 for a in range(len(shape))])
+        along = [-1 if a == axis else 1 for a in range(len(shape))]
+        coord = torch.arange(shape[axis], dtype=torch.float32).reshape(along)
         finest = 1 + torch.cos(math.pi * coord).expand(shape)  # period 2 pixels: averaged away by 2x down-sampling
         slow = 1 + torch.cos(2 * math.pi * coord / 16).expand(shape)  # period 16 pixels: passes almost intact
         out = crappify(torch.stack([finest, slow])[:, None], 0.0, 4.0)
@@ -133,7 +134,9 @@ def test_training_patches_get_the_noise_of_their_whole_image(tmp_path):
     cfg = tiny_config(tmp_path / "out", workflow="self_supervised", data={"train_raw": str(folders["train"]),
                       "patch_size": [32, 32], "val_split": 0.0}, self_supervised={"downsample_area": 1.0})
     trainer = Trainer(cfg)
-    assert isinstance(next(trainer.run()), StartReport)
+    run = trainer.run()
+    assert isinstance(next(run), StartReport)  # set up: data checked, normalization and image maxima fitted
+    run.close()
     (sample,) = trainer.dataset.train
     image = trainer.normalizer(np.asarray(sample.raw))[..., 0]
     image_max = float(image.max())
@@ -146,7 +149,8 @@ def test_training_patches_get_the_noise_of_their_whole_image(tmp_path):
     xb, yb = sampler.read(0, start)
     clean = torch.from_numpy(xb)[None]
     assert float(clean.max()) < 0.1 * image_max  # a dark patch
-    degraded, target = trainer.workflow.make_pair(clean, torch.from_numpy(yb)[None], torch.Generator().manual_seed(0), cfg)
+    gen = torch.Generator().manual_seed(0)
+    degraded, target = trainer.workflow.make_pair(clean, torch.from_numpy(yb)[None], gen, cfg)
     torch.testing.assert_close(target, clean, rtol=0, atol=0)  # the target is the clean patch
     # clipped at 0, the noise of sigma s on a near-black patch has a standard deviation of about 0.58 s
     noise = (degraded - clean).numpy()
@@ -200,7 +204,8 @@ def test_crappify_2d_restoration_beats_the_degraded_input(crappify_2d):
     assert float(rows[0]["psnr_degraded_input"]) == pytest.approx(m["psnr_degraded_input"])
     # the validation PSNR (restored validation patches against the clean ones) is logged every epoch
     log = read_csv(out / "train_logs" / "crap_1_log.csv")
-    assert [float(r["psnr"]) for r in log] == pytest.approx([e.metrics["psnr"] for e in reports_of(reports, EpochReport)])
+    epochs = reports_of(reports, EpochReport)
+    assert [float(r["psnr"]) for r in log] == pytest.approx([e.metrics["psnr"] for e in epochs])
 
 
 def test_crappify_keeps_the_data_folders_untouched(crappify_2d):
@@ -230,7 +235,8 @@ def test_crappify_3d_on_the_tomogram(tmp_path):
     restored = tifffile.imread(out / "per_image" / "tomo.tif")
     assert degraded.shape == restored.shape == (1, 16, 64, 64)
     assert np.isfinite(result.metrics["psnr"]) and np.isfinite(result.metrics["psnr_degraded_input"])
-    assert result.metrics["psnr_degraded_input"] == pytest.approx(psnr(degraded[0], tifffile.imread(TOMOGRAM)), abs=1e-6)
+    clean = tifffile.imread(TOMOGRAM)
+    assert result.metrics["psnr_degraded_input"] == pytest.approx(psnr(degraded[0], clean), abs=1e-6)
     # the degraded copy is cached in the run's results folder; the data folder is exactly as it was
     assert {k: v for k, v in tree(tmp_path).items() if not k.startswith("out/")} == before
     assert out == tmp_path / "out" / "tiny" / "results" / "tiny_1"
@@ -280,7 +286,8 @@ def check_mae_outputs(folder: Path, stem: str, clean: np.ndarray, patch: list[in
     np.testing.assert_array_equal(checks["original"][0], clean)
     hidden = checkerboard(clean.shape, patch, token) == 1
     assert hidden.mean() == 0.5
-    masked, pasted, reconstruction = checks["masked"][0], checks["reconstruction_and_visible"][0], checks["reconstruction"][0]
+    masked, reconstruction = checks["masked"][0], checks["reconstruction"][0]
+    pasted = checks["reconstruction_and_visible"][0]
     assert (masked[hidden] == 0).all()  # zero exactly where tokens were hidden
     np.testing.assert_array_equal(masked[~hidden], clean[~hidden])  # and the original elsewhere
     np.testing.assert_array_equal(pasted[hidden], reconstruction[hidden])
@@ -331,8 +338,8 @@ def test_mae_loss_counts_the_hidden_tokens_only():
     torch.manual_seed(0)
     model = create_model("mae", ndim=2, in_channels=1, out_channels=1, **MAE, img_size=32)
     x = torch.rand(2, 1, 32, 32)
-    loss = get_workflow("self_supervised").training_loss(model, x, x, None)
     with torch.no_grad():
+        loss = get_workflow("self_supervised").training_loss(model, x, x, None)
         pred = model(x)  # the grid mask hides the same tokens every time
     hidden = torch.from_numpy(checkerboard((32, 32), (32, 32), 8)).bool()
     error = (pred - x) ** 2
@@ -351,8 +358,9 @@ def test_mae_random_mask_checks(tmp_path):
                       model={"name": "mae", "options": {**MAE, "img_size": 32, "mask_type": "random"}})
     trainer = Trainer(cfg)
     reports = run_all(trainer)
-    predict_files(load_model(reports[-1].checkpoint), folder_pairs(tmp_path / "test", None, "test"),
-                  trainer.experiment.results)
+    (result,) = predict_files(load_model(reports[-1].checkpoint), folder_pairs(tmp_path / "test", None, "test"),
+                              trainer.experiment.results)
+    assert np.isfinite(result.metrics["psnr_masked_patches"])
     folder = trainer.experiment.results / "MAE_checks"
     original, masked, reconstruction, pasted = (tifffile.imread(folder / f"crop_{n}.tif")[0] for n in
                                                 ("original", "masked", "reconstruction", "reconstruction_and_visible"))

@@ -58,8 +58,8 @@ def i2i_data(tmp_path_factory):
 
 
 def pretrain(output_dir: Path, raw_folder: Path, **sections) -> Path:
-    cfg = tiny_config(output_dir, workflow="self_supervised", data={"train_raw": str(raw_folder), "patch_size": [32, 32]},
-                      train={"epochs": 1, "steps_per_epoch": 3}, **sections)
+    cfg = tiny_config(output_dir, workflow="self_supervised", train={"epochs": 1, "steps_per_epoch": 3},
+                      data={"train_raw": str(raw_folder), "patch_size": [32, 32]}, **sections)
     trainer = Trainer(cfg)
     run_all(trainer)
     return trainer.experiment.best_checkpoint
@@ -117,7 +117,8 @@ def test_crappify_unet_starts_a_segmentation_unet(tmp_path, crappify_unet, seg_d
     assert initialised == ["head.bias", "head.weight"]
     assert source["head.weight"].shape[0] == 1 and before["head.weight"].shape[0] == 2
     assert len(loaded) == len(source) - 2 and len(loaded) > 20
-    assert start_note(start, crappify_unet).endswith(f"{len(loaded)} tensors loaded, 2 initialised: head.bias, head.weight.")
+    note = start_note(start, crappify_unet)
+    assert note.endswith(f"{len(loaded)} tensors loaded, 2 initialised: head.bias, head.weight.")
     assert_changed(loaded, source, after, trainer)
 
 
