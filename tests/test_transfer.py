@@ -67,7 +67,10 @@ def pretrain(output_dir: Path, raw_folder: Path, **sections) -> Path:
 
 @pytest.fixture(scope="module")
 def crappify_unet(tmp_path_factory, raw_folder):
-    return pretrain(tmp_path_factory.mktemp("crappify"), raw_folder)
+    # instance norm as the segmentation U-Net's default, so the two architectures match but for the head
+    # (restoration U-Nets default to no norm: the image-to-image case below loads across that difference)
+    return pretrain(tmp_path_factory.mktemp("crappify"), raw_folder,
+                    model={"options": {**TINY_MODEL, "norm": "instance"}})
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +127,7 @@ def test_crappify_unet_starts_a_segmentation_unet(tmp_path, crappify_unet, seg_d
 
 def test_crappify_unet_starts_an_image_to_image_unet(tmp_path, crappify_unet, i2i_data):
     cfg = tiny_config(tmp_path, *i2i_data, workflow="image_to_image", data={"patch_size": [32, 32]},
-                      model={"options": dict(TINY_MODEL), "start_from": str(crappify_unet)},
+                      model={"options": {**TINY_MODEL, "norm": "instance"}, "start_from": str(crappify_unet)},
                       train={"epochs": 1, "steps_per_epoch": 3})
     start, loaded, source, before, after, trainer = start_then_finetune(cfg, crappify_unet)
     assert loaded == sorted(before) == sorted(source)  # the same network, head included

@@ -37,7 +37,7 @@ class DataConfig(_Section):
 
 class ModelConfig(_Section):
     name: str = Field("unet", description="Model from the registry: unet, resunet, attention_unet (see `napari-bioflow models`).")
-    options: dict[str, Any] = Field(default_factory=dict, description="Model options, e.g. feature_maps: [16, 32, 64, 128, 256], norm: instance|batch|group|none, activation: elu|relu|leaky_relu|gelu|silu, dropout: 0.1. Empty = the model's defaults (BiaPy's default U-Net).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Model options, e.g. feature_maps: [16, 32, 64, 128, 256], norm: instance|batch|group|none, activation: elu|relu|leaky_relu|gelu|silu, dropout: 0.1. Empty = the model's defaults (BiaPy's default U-Net); image-to-image and self-supervised U-Nets default to norm: none, since instance norm erases the brightness they must restore.")
     start_from: Optional[Path] = Field(None, description="A checkpoint whose matching weights start this model (transfer learning); the rest is initialised.")
 
 

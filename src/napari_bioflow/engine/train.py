@@ -164,7 +164,8 @@ class Trainer:
         self.workflow.prepare(self.dataset, cfg, self.normalizer)
         try:
             self.model = create_model(cfg.model.name, ndim=cfg.ndim, in_channels=cfg.data.in_channels,
-                                      out_channels=self.workflow.out_channels(cfg), **cfg.model.options)
+                                      out_channels=self.workflow.out_channels(cfg),
+                                      **{**self.workflow.model_defaults(cfg), **cfg.model.options})
         except (KeyError, ValueError) as e:
             raise InputError(f"model: {e.args[0] if e.args else e}") from None
         if any(p % self.model.size_divisor for p in cfg.data.patch_size):

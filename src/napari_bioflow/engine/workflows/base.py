@@ -51,6 +51,10 @@ class Workflow:
     def out_channels(self, cfg) -> int:
         raise NotImplementedError
 
+    def model_defaults(self, cfg) -> dict[str, Any]:
+        """Model options this workflow prefers over the registry's defaults (the config's options still win)."""
+        return {}
+
     def prediction_channels(self, cfg) -> int:
         """Channels of the blended prediction (usually the head's)."""
         return self.out_channels(cfg)

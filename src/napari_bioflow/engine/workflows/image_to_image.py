@@ -39,6 +39,15 @@ class PSNRMetrics:
         return {"psnr": float(np.mean(finite)) if finite else float("nan")}
 
 
+UNET_FAMILY = ("unet", "resunet", "attention_unet")
+
+
+def restoration_defaults(cfg) -> dict[str, Any]:
+    """Instance norm erases each patch's brightness, which a restoration must keep: U-Nets go without it here
+    (measured on real time-lapse pairs: 25.0 dB without vs 20.2 dB with, identity 18.2 dB)."""
+    return {"norm": "none"} if cfg.model.name in UNET_FAMILY else {}
+
+
 def l1_or_mse(cfg):
     import torch.nn.functional as F
 
@@ -62,6 +71,9 @@ class ImageToImage(Workflow):
 
     def out_channels(self, cfg) -> int:
         return cfg.data.target_channels
+
+    def model_defaults(self, cfg) -> dict[str, Any]:
+        return restoration_defaults(cfg)
 
     def check_target(self, target, name, spatial_shape, cfg, notes) -> dict[str, Any]:
         from ..sources import check_finite, to_channels_last

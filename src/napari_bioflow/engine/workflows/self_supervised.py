@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import InputError
 from .base import Workflow, register_workflow
-from .image_to_image import PSNRMetrics, image_metrics, l1_or_mse, psnr
+from .image_to_image import PSNRMetrics, image_metrics, l1_or_mse, psnr, restoration_defaults
 
 
 def crappify(x, noise: float, downsample_area: float, generator=None, top=None):
@@ -58,6 +58,9 @@ class SelfSupervised(Workflow):
 
     def out_channels(self, cfg) -> int:
         return cfg.data.in_channels
+
+    def model_defaults(self, cfg) -> dict[str, Any]:
+        return restoration_defaults(cfg)
 
     def prediction_channels(self, cfg) -> int:
         # masking blends the reconstruction and the mask that was hidden, for the MAE checks
