@@ -169,7 +169,7 @@ def test_masking_predict_command(masking_run, raws, tmp_path):
     assert len(list((res / "MAE_checks").glob("*.tif"))) == 4 and (res / "metrics.csv").is_file()
 
 
-def bad(tmp_path: Path, name: str, folders: dict, shape=None, channels=None, count=None) -> dict:
+def bad(tmp_path: Path, name: str, shape=None, channels=None, count=None) -> dict:
     """Copies of the image-to-image folders with the targets spoilt: fewer files, other shape or more channels."""
     out = {k: tmp_path / name / k for k in ("train_raw", "train_label")}
     frames = tifffile.imread(TIMELAPSE)
@@ -184,11 +184,11 @@ def bad(tmp_path: Path, name: str, folders: dict, shape=None, channels=None, cou
 
 
 @pytest.mark.parametrize("case", ["count", "shape", "channels", "token", "mae_3d_on_2d", "start_from"])
-def test_bad_input_is_one_line_and_writes_nothing(case, pairs, raws, i2i_run, tmp_path, capsys):
+def test_bad_input_is_one_line_and_writes_nothing(case, raws, i2i_run, tmp_path, capsys):
     out = tmp_path / "runs"
     ckpt = i2i_run / "checkpoints" / "i2i_1-checkpoint-best.pth"
     if case in ("count", "shape", "channels"):
-        folders = bad(tmp_path, case, pairs, count=1 if case == "count" else None,
+        folders = bad(tmp_path, case, count=1 if case == "count" else None,
                       shape=(150, 160) if case == "shape" else None, channels=2 if case == "channels" else None)
         cfg, extra = init(tmp_path, "image_to_image"), ["model.options.feature_maps=[8, 16]"]
         expected = {"count": [str(folders["train_raw"]), "2 image(s)", "holds 1"],

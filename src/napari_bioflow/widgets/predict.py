@@ -18,10 +18,8 @@ import shutil
 import threading
 import time
 from pathlib import Path
-
 from typing import Optional
 
-import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, ProgressBar, PushButton, SpinBox
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
