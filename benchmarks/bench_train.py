@@ -4,7 +4,7 @@ Config: BiaPy's default U-Net (create_model("unet")), 1 channel, 2 classes, patc
 cross-entropy, default augmentation, percentile normalization, on the shipped bbbc007 sample (8 training images
 of 400x400 / 450x450 read from TIFF; the 2 test images are the validation set).
 
-Measured, interleaved (trainer run, bare run, trainer run, ...) `--repeats` times:
+Measured, interleaved `--repeats` times in pairs whose order alternates (trainer, bare; bare, trainer; ...):
   trainer step   patches/s from the time between consecutive StepReports (the whole loop: waiting for the
                  prefetched batch, tensor conversion, augmentation, forward, backward, optimizer step, report);
                  the first step of each epoch (prefetch start-up) and the first epoch (warm-up) are excluded.
@@ -14,7 +14,7 @@ Measured, interleaved (trainer run, bare run, trainer run, ...) `--repeats` time
                  memory, timed per step after 2 warm-up steps.
 Target: trainer step >= 0.95 x bare step (pair by pair, then the median of the ratios).
 
-    .venv/bin/python benchmarks/bench_train.py [--repeats 3] [--epochs 3] [--steps 10]
+    .venv/bin/python benchmarks/bench_train.py [--repeats 4] [--epochs 3] [--steps 10]
 """
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def run_bare(steps: int, seed: int = 0) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10, help="train.steps_per_epoch")
     ap.add_argument("--bare-steps", type=int, default=20)
@@ -116,10 +116,15 @@ def main(argv=None):
     load_before = loadavg()
     pairs = []
     for r in range(args.repeats):
-        tr = run_trainer(args.epochs, args.steps)
-        bare = run_bare(args.bare_steps)
+        # alternate the order inside pairs (AB, BA, AB, ...) so a drifting machine load favours neither side
+        if r % 2 == 0:
+            tr = run_trainer(args.epochs, args.steps)
+            bare = run_bare(args.bare_steps)
+        else:
+            bare = run_bare(args.bare_steps)
+            tr = run_trainer(args.epochs, args.steps)
         ratio = tr["step_patches_per_s_median"] / bare["step_patches_per_s_median"]
-        pairs.append({"trainer": tr, "bare": bare, "ratio_step": ratio,
+        pairs.append({"order": "trainer, bare" if r % 2 == 0 else "bare, trainer", "trainer": tr, "bare": bare, "ratio_step": ratio,
                       "ratio_epoch": tr["epoch_patches_per_s"] / bare["step_patches_per_s_median"], "loadavg": loadavg()})
         print(f"pair {r + 1}: trainer step {tr['step_patches_per_s_median']:.3f} p/s (mean {tr['step_patches_per_s_mean']:.3f}), "
               f"epoch {tr['epoch_patches_per_s']:.3f} p/s; bare {bare['step_patches_per_s_median']:.3f} p/s; "

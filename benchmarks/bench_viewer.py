@@ -130,12 +130,13 @@ def child_viewer(out: Path, epochs: int, steps: int, preview: bool) -> dict:
     timer.stop()
     cfg_check = widget.trainer.cfg
     assert cfg_check.data.patch_size == [PATCH, PATCH] and cfg_check.train.batch_size == BATCH, cfg_check
+    status = widget.status.value
     viewer.close()
     late = np.maximum(np.diff(np.asarray(ticks)) - 0.010, 0) * 1000
     res = summarize_steps(events, steps)
     res.update(timer_ticks=len(ticks), lateness_ms_p50=float(np.percentile(late, 50)),
                lateness_ms_p99=float(np.percentile(late, 99)), lateness_ms_max=float(late.max()),
-               preview_seconds=previews, status=widget.status.value)
+               preview_seconds=previews, status=status)
     return res
 
 
