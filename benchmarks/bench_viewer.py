@@ -67,7 +67,18 @@ def child_headless(out: Path, epochs: int, steps: int) -> dict:
     return summarize_steps(events, steps)
 
 
-def child_viewer(out: Path, epochs: int, steps: int, preview: bool) -> dict:
+def child_thread(out: Path, epochs: int, steps: int) -> dict:
+    """Headless, but the trainer runs in a plain Python thread (no Qt): what a thread alone costs."""
+    import threading
+
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(child_headless(out, epochs, steps)))
+    worker.start()
+    worker.join()
+    return result
+
+
+def child_viewer(out: Path, epochs: int, steps: int, preview: bool, timer_on: bool = True) -> dict:
     import napari
     import tifffile
     from qtpy.QtCore import QEventLoop, Qt, QTimer
@@ -125,14 +136,15 @@ def child_viewer(out: Path, epochs: int, steps: int, preview: bool) -> dict:
     if worker is None:
         raise RuntimeError(f"training did not start: {widget.status.value}")
     worker.finished.connect(loop.quit)
-    timer.start()
+    if timer_on:
+        timer.start()
     loop.exec_()
     timer.stop()
     cfg_check = widget.trainer.cfg
     assert cfg_check.data.patch_size == [PATCH, PATCH] and cfg_check.train.batch_size == BATCH, cfg_check
     status = widget.status.value
     viewer.close()
-    late = np.maximum(np.diff(np.asarray(ticks)) - 0.010, 0) * 1000
+    late = np.maximum(np.diff(np.asarray(ticks)) - 0.010, 0) * 1000 if len(ticks) > 1 else np.full(1, np.nan)
     res = summarize_steps(events, steps)
     res.update(timer_ticks=len(ticks), lateness_ms_p50=float(np.percentile(late, 50)),
                lateness_ms_p99=float(np.percentile(late, 99)), lateness_ms_max=float(late.max()),
@@ -146,6 +158,9 @@ def run_child(mode: str, args) -> dict:
         cmd = [sys.executable, __file__, "--child", mode, str(tmp), "--epochs", str(args.epochs), "--steps", str(args.steps)]
         if args.no_preview:
             cmd.append("--no-preview")
+        if mode == "viewer-no-timer" or args.no_timer:
+            cmd.append("--no-timer")
+        cmd[3] = "viewer" if mode.startswith("viewer") else mode
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
             raise RuntimeError(f"{mode} child failed:\n{proc.stderr[-4000:]}")
@@ -177,13 +192,20 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--no-preview", action="store_true", help="preview budget 0 (no preview between epochs)")
+    ap.add_argument("--no-timer", action="store_true", help="no 10 ms timer in the viewer (does the probe itself cost?)")
+    ap.add_argument("--diagnose", action="store_true", help="per round also run: trainer in a plain thread (no Qt), "
+                    "and the viewer without the 10 ms timer")
     ap.add_argument("--tag", default="")
     ap.add_argument("--child", nargs=2, metavar=("MODE", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         mode, out = args.child
-        res = child_viewer(Path(out), args.epochs, args.steps, not args.no_preview) if mode == "viewer" \
-            else child_headless(Path(out), args.epochs, args.steps)
+        if mode == "viewer":
+            res = child_viewer(Path(out), args.epochs, args.steps, not args.no_preview, not args.no_timer)
+        elif mode == "thread":
+            res = child_thread(Path(out), args.epochs, args.steps)
+        else:
+            res = child_headless(Path(out), args.epochs, args.steps)
         print(json.dumps(res))
         return
 
@@ -196,6 +218,12 @@ def main(argv=None):
             ratio = v["step_patches_per_s_median"] / h["step_patches_per_s_median"]
             pairs.append({"viewer": v, "headless": h, "ratio_step": ratio,
                           "ratio_epoch": v["epoch_patches_per_s"] / h["epoch_patches_per_s"], "loadavg": loadavg()})
+            if args.diagnose:
+                for extra in ("thread", "viewer-no-timer"):
+                    e = run_child(extra, args)
+                    pairs[-1][extra] = e
+                    print(f"  {extra}: {e['step_patches_per_s_median']:.3f} p/s, ratio to headless "
+                          f"{e['step_patches_per_s_median'] / h['step_patches_per_s_median']:.3f}", flush=True)
             print(f"pair {r + 1}: viewer {v['step_patches_per_s_median']:.3f} p/s (epoch {v['epoch_patches_per_s']:.3f}), "
                   f"headless {h['step_patches_per_s_median']:.3f} p/s (epoch {h['epoch_patches_per_s']:.3f}); ratio {ratio:.3f}; "
                   f"timer lateness p99 {v['lateness_ms_p99']:.1f} ms (max {v['lateness_ms_max']:.0f}); "
