@@ -101,6 +101,7 @@ def child_viewer(out: Path, epochs: int, steps: int, preview: bool, timer_on: bo
                 events.append(("epoch", rep.epoch, 0, now, rep.seconds))
             elif isinstance(rep, PreviewResult):
                 previews.append(rep.seconds)
+                events.append(("preview", 0, 0, now, rep.seconds))
             yield rep
 
     train_module.training_job = timed_job
@@ -145,7 +146,12 @@ def child_viewer(out: Path, epochs: int, steps: int, preview: bool, timer_on: bo
     status = widget.status.value
     viewer.close()
     late = np.maximum(np.diff(np.asarray(ticks)) - 0.010, 0) * 1000 if len(ticks) > 1 else np.full(1, np.nan)
-    res = summarize_steps(events, steps)
+    res = summarize_steps([e for e in events if e[0] != "preview"], steps)
+    # the worst stalls of the GUI thread, and what the worker was doing around them (seconds since the timer started)
+    t0 = ticks[0] if ticks else 0.0
+    worst = np.argsort(late)[::-1][:5] if len(ticks) > 1 else []
+    res["worst_stalls"] = [{"at_s": round(ticks[i] - t0, 2), "late_ms": round(float(late[i]), 1)} for i in worst]
+    res["worker_events"] = [(k, e, st, round(t - t0, 2)) for k, e, st, t, _ in events if k != "step" or st <= 2]
     res.update(timer_ticks=len(ticks), lateness_ms_p50=float(np.percentile(late, 50)),
                lateness_ms_p99=float(np.percentile(late, 99)), lateness_ms_max=float(late.max()),
                preview_seconds=previews, status=status)
