@@ -4,9 +4,13 @@ from __future__ import annotations
 import torch
 
 
-def augment_batch(x: torch.Tensor, y: torch.Tensor, *, flips: bool, rotate90: bool, intensity: float,
-                  generator: torch.Generator, target_is_image: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """x: (B, C, *spatial) float; y: (B, *spatial) labels or (B, C', *spatial) images. Returns new tensors."""
+def augment_batch(x: torch.Tensor, y, *, flips: bool, rotate90: bool, intensity: float,
+                  generator: torch.Generator, target_is_image: bool = False):
+    """x: (B, C, *spatial) float; y: (B, *spatial) labels, (B, C', *spatial) images, or None (a target that is not
+    spatial, e.g. a class: returned unchanged). Returns new tensors."""
+    if y is None:
+        return augment_batch(x, x[:, :1], flips=flips, rotate90=rotate90, intensity=intensity, generator=generator,
+                             target_is_image=True)[0], None
     ndim = x.ndim - 2
     y_off = 1 if target_is_image else 0  # labels have no channel axis
     xs, ys = [], []

@@ -100,7 +100,11 @@ def write_tiff(path: Path, data: np.ndarray, axes: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     metadata = {"axes": axes} if axes else None
-    tifffile.imwrite(str(tmp), np.asarray(data), imagej=False, metadata=metadata, compression="zlib")
+    data = np.asarray(data)
+    # zlib shrinks labels ~15x but float maps only ~2x, at ~1.5 s per 2048x2048x2 float32 map (12% of a whole
+    # prediction there: benchmarks/bench_predict.py), so floats are stored uncompressed
+    compression = "zlib" if data.dtype.kind in "biu" else None
+    tifffile.imwrite(str(tmp), data, imagej=False, metadata=metadata, compression=compression)
     os.replace(tmp, path)
     return path
 

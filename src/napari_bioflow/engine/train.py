@@ -151,13 +151,12 @@ class Trainer:
         from .experiment import new_experiment
         from .models import create_model
         from .normalize import fit_normalizer
-        from .sources import build_dataset
         from .workflows import get_workflow
 
         cfg = self.cfg
         self.workflow = get_workflow(cfg.workflow)
         self.device = resolve_device(cfg.device)
-        self.dataset = build_dataset(cfg, *self._given)
+        self.dataset = self.workflow.build_dataset(cfg, *self._given)
         torch.manual_seed(cfg.seed)
         self.normalizer = fit_normalizer([s.raw for s in self.dataset.train], cfg.data.normalization,
                                          cfg.data.percentile_low, cfg.data.percentile_high)
@@ -198,28 +197,17 @@ class Trainer:
         cfg.save(self.experiment.config_path)
         return resume
 
-    def _steps_per_epoch(self) -> int:
-        if self.cfg.train.steps_per_epoch:
-            return self.cfg.train.steps_per_epoch
-        area = sum(np.prod(s.spatial_shape) for s in self.dataset.train)
-        return max(1, int(round(area / np.prod(self.cfg.data.patch_size) / self.cfg.train.batch_size)))
-
     # --- the loop -------------------------------------------------------------------------------------
     def run(self) -> Iterator[Report]:
         import torch
 
-        from .augment import augment_batch
-        from .sampling import PatchSampler, prefetch, validation_patches
+        from .sampling import prefetch
 
         cfg, t = self.cfg, self.cfg.train
         resume = self._prepare()
         wf, model, device = self.workflow, self.model, self.device
-        steps = self._steps_per_epoch()
-        read_target = wf.read_target
-        sampler = PatchSampler(self.dataset.train, cfg.data.patch_size, self.normalizer, cfg.seed,
-                               cfg.data.foreground_sampling, read_target)
-        val_sampler = PatchSampler(self.dataset.val, cfg.data.patch_size, self.normalizer, cfg.seed, 0.0, read_target) if self.dataset.val else None
-        val_positions = validation_patches(self.dataset.val, cfg.data.patch_size) if self.dataset.val else []
+        data = wf.training_data(self.dataset, cfg, self.normalizer)
+        steps = t.steps_per_epoch or data.steps_per_epoch(t.batch_size)
         optimizer = _optimizer(cfg, model.parameters())
         scheduler, per_step = _scheduler(cfg, optimizer, steps)
         loss_fn = wf.loss(cfg)
@@ -245,15 +233,14 @@ class Trainer:
             start = time.perf_counter()
             model.train()
             losses = []
-            batches = prefetch(lambda: sampler.batch(t.batch_size), steps)
+            batches = prefetch(lambda: data.batch(t.batch_size), steps)
             for step, (xb, yb) in enumerate(batches, 1):
                 if self.cancelled:
                     break
                 x = torch.from_numpy(xb).to(device, non_blocking=True)
                 y = torch.from_numpy(yb).to(device, non_blocking=True)
                 if cfg.augment.enable:
-                    x, y = augment_batch(x, y, flips=cfg.augment.flips, rotate90=cfg.augment.rotate90,
-                                         intensity=cfg.augment.intensity, generator=gen, target_is_image=wf.target_is_image)
+                    x, y = wf.augment(x, y, cfg, gen)
                 x, y = wf.make_pair(x, y, gen, cfg)
                 optimizer.zero_grad(set_to_none=True)
                 loss = wf.training_loss(model, x, y, loss_fn)
@@ -272,9 +259,9 @@ class Trainer:
                 reason = "cancelled"
                 epoch -= 1
                 break
-            val_loss, metrics = self._validate(val_sampler, val_positions, loss_fn)
+            val_loss, metrics = self._validate(data, loss_fn)
             train_loss = float(np.mean(losses))
-            monitor = val_loss if val_positions else train_loss
+            monitor = val_loss if data.has_validation else train_loss
             if scheduler is not None and not per_step:
                 scheduler.step(monitor)
             improved = monitor < best_loss
@@ -300,10 +287,10 @@ class Trainer:
         charts.draw(force=True)
         yield DoneReport(reason, epoch, best_epoch, best_loss, self.best_checkpoint, exp.root)
 
-    def _validate(self, val_sampler, positions, loss_fn) -> tuple[float, dict]:
+    def _validate(self, data, loss_fn) -> tuple[float, dict]:
         import torch
 
-        if not positions:
+        if not data.has_validation:
             return float("nan"), {}
         model, wf = self.model, self.workflow
         model.eval()
@@ -311,14 +298,12 @@ class Trainer:
         total, count, bs = 0.0, 0, self.cfg.train.batch_size
         gen = torch.Generator().manual_seed(self.cfg.seed + 1)  # the same masks/degradations every epoch
         with torch.inference_mode():
-            for k in range(0, len(positions), bs):
-                pairs = [val_sampler.read(i, start) for i, start in positions[k:k + bs]]
-                x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(self.device)
-                y = torch.from_numpy(np.stack([p[1] for p in pairs])).to(self.device)
+            for xb, yb in data.validation(bs):
+                x, y = torch.from_numpy(xb).to(self.device), torch.from_numpy(yb).to(self.device)
                 x, y = wf.make_pair(x, y, gen, self.cfg)
                 loss, prediction = wf.validation_step(model, x, y, loss_fn)
-                total += float(loss) * len(pairs)
-                count += len(pairs)
+                total += float(loss) * len(xb)
+                count += len(xb)
                 metrics.update(prediction.float().cpu().numpy(), y.cpu().numpy())
         return total / count, metrics.compute()
 

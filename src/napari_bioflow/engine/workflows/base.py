@@ -47,6 +47,27 @@ class Workflow:
     def load_state(self, state: dict[str, Any]) -> None:
         self.state = dict(state)
 
+    # --- data ---------------------------------------------------------------------------------------
+    def build_dataset(self, cfg, train=None, val=None):
+        """Checked training and validation samples from the given samples (layers) or the config's folders."""
+        from ..sources import build_dataset
+
+        return build_dataset(cfg, train, val)
+
+    def training_data(self, dataset, cfg, normalizer):
+        """The TrainingData the trainer draws batches from (random patches for the dense workflows)."""
+        from ..training_data import PatchData
+
+        return PatchData(dataset, cfg, normalizer, self.read_target)
+
+    def augment(self, x, y, cfg, generator):
+        """Augment a training batch; the same spatial transform for an image-like target."""
+        from ..augment import augment_batch
+
+        a = cfg.augment
+        return augment_batch(x, y, flips=a.flips, rotate90=a.rotate90, intensity=a.intensity, generator=generator,
+                             target_is_image=self.target_is_image)
+
     # --- head and targets ---------------------------------------------------------------------------
     def out_channels(self, cfg) -> int:
         raise NotImplementedError
