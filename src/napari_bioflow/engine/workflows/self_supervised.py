@@ -41,6 +41,23 @@ def _masked_mse(pred, x, mask):
     return ((pred - x) ** 2 * mask).sum() / mask.sum().clamp_min(1) / x.shape[1]
 
 
+class HiddenPSNRMetrics(PSNRMetrics):
+    """Mean PSNR over validation patches on the normalized scale (peak 1), as PSNRMetrics. When the prediction
+    carries one channel more than the image (the MAE's validation_step appends the mask it drew, 1 = hidden), only
+    the hidden pixels are scored: the visible ones are the input itself and would inflate the score."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+
+    def update(self, prediction: np.ndarray, target: np.ndarray) -> None:
+        if prediction.shape[1] == self.channels:
+            return super().update(prediction, target)
+        for p, t in zip(prediction, target):
+            hidden = np.broadcast_to(p[self.channels:] > 0.5, t.shape)
+            self.values.append(psnr(p[:self.channels][hidden], t[hidden], data_range=1.0))
+
+
 @register_workflow
 class SelfSupervised(Workflow):
     name = "self_supervised"
@@ -106,9 +123,12 @@ class SelfSupervised(Workflow):
         return loss_fn(model(x), y)
 
     def validation_step(self, model, x, y, loss_fn):
+        import torch
+
         if hasattr(model, "forward_mae"):
             pred, mask = model.forward_mae(x)
-            return _masked_mse(pred, x, mask), pred
+            # the mask rides along as one more channel so the PSNR scores the hidden tokens only
+            return _masked_mse(pred, x, mask), torch.cat([pred, mask], dim=1)
         out = model(x)
         return loss_fn(out, y), out
 
@@ -116,7 +136,7 @@ class SelfSupervised(Workflow):
         return logits
 
     def metrics(self, cfg):
-        return PSNRMetrics()
+        return HiddenPSNRMetrics(cfg.data.in_channels)
 
     # --- prediction ---------------------------------------------------------------------------------
     def tiling(self, cfg, spatial, divisor):
@@ -174,7 +194,10 @@ class SelfSupervised(Workflow):
             for name, arr in checks.items():
                 write_tiff(out_dir / "MAE_checks" / f"{stem}_{name}.tif", arr, axes)
             out.update({f"mae_{k}": v for k, v in checks.items() if k != "reconstruction"})
-            out["metrics"] = {"psnr_masked_patches": psnr(reconstruction * mask, clean * mask)}
+            # the hidden pixels alone, with the image's range as the peak (the visible ones would count as exact)
+            hidden = np.broadcast_to(mask > 0.5, clean.shape)
+            out["metrics"] = {"psnr_masked_patches": psnr(reconstruction[hidden], clean[hidden],
+                                                          float(clean.max() - clean.min()))}
         else:
             out["metrics"] = image_metrics(reconstruction, clean)
             if degraded is not None:
