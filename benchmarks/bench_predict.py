@@ -15,7 +15,8 @@ Measured, interleaved (A, B, C, D, A, B, C, D, ...) `--repeats` times, each in m
   C  bare whole image  model(x) on the whole 1x1x2048x2048 tensor (no tiling), under inference_mode. Not for the
                        MAE: it predicts tiles of its training patch (side by side, as BiaPy does); a whole-image pass
                        would be a different computation (attention over 16384 tokens, quadratic)
-  D  bare tiles        model(x) on the same tiles as A/B (same plan, same batch size), inputs already tensors
+  D  bare tiles        model(x) on the same tiles as A/B (same plan, same batch size), inputs already tensors;
+                       for the MAE, on the patches of its training size that A/B cut their tiles into
 Target: A >= 0.85 x C (U-Nets; D/C shows what tiling costs in compute, A/D what the pipeline around the model
 costs); for the MAE, A >= 0.85 x D. Pair by pair, median of the ratios.
 
@@ -83,17 +84,23 @@ def main(argv=None):
         mp = image.size / 1e6
         tile, overlap = wf.tiling(cfg, image.shape, model.size_divisor)
         plan = plan_tiles(image.shape, tile, overlap, model.size_divisor)
-        # the batch the engine uses for this tile (lowered for big tiles where the engine does so)
-        bs = inference.tile_batch(cfg, tile) if hasattr(inference, "tile_batch") else cfg.predict.batch_size
-        img_cl = image[..., None]
-        tiles = [torch.from_numpy(np.moveaxis(np.stack([_read_tile(img_cl, t, image.shape, loaded.normalizer) for t in plan.tiles[k:k + bs]]), -1, 1).copy())
-                 for k in range(0, len(plan.tiles), bs)]
-        whole = torch.from_numpy(np.asarray(loaded.normalizer(img_cl), np.float32)[None, None, ..., 0].copy())
-        tile_px = len(plan.tiles) * int(np.prod(plan.tile_shape))
         masking = hasattr(model, "forward_mae")
+        if masking:
+            # the MAE computes on patches of its training size side by side (whatever tiles the pipeline hands it):
+            # D runs it on exactly those patches, batched as a tile of that size would be
+            bare_plan = plan_tiles(image.shape, cfg.data.patch_size, 0.0, model.size_divisor)
+            bs = inference.tile_batch(cfg, list(cfg.data.patch_size))
+        else:
+            # the batch the engine uses for this tile (lowered for big tiles where the engine does so)
+            bare_plan, bs = plan, (inference.tile_batch(cfg, tile) if hasattr(inference, "tile_batch") else cfg.predict.batch_size)
+        img_cl = image[..., None]
+        tiles = [torch.from_numpy(np.moveaxis(np.stack([_read_tile(img_cl, t, image.shape, loaded.normalizer) for t in bare_plan.tiles[k:k + bs]]), -1, 1).copy())
+                 for k in range(0, len(bare_plan.tiles), bs)]
+        whole = torch.from_numpy(np.asarray(loaded.normalizer(img_cl), np.float32)[None, None, ..., 0].copy())
+        tile_px = len(bare_plan.tiles) * int(np.prod(bare_plan.tile_shape))
         print(f"{args.workflow}, model {model_name}; image {image.shape}, tile {tile}, overlap {overlap} -> plan "
-              f"{len(plan.tiles)} tiles of {plan.tile_shape} (computed pixels {tile_px / image.size:.3f}x the image), "
-              f"batch {bs}; load {loadavg()}", flush=True)
+              f"{len(plan.tiles)} tiles of {plan.tile_shape}; bare tiles: {len(bare_plan.tiles)} of {bare_plan.tile_shape} "
+              f"(computed pixels {tile_px / image.size:.3f}x the image), batch {bs}; load {loadavg()}", flush=True)
 
         def run_pipeline(i):
             job = ImagePrediction(loaded, image, "mosaic", tmp / f"out{i}", "mosaic", "cpu")
@@ -162,6 +169,7 @@ def main(argv=None):
         path = write_result(name + (f"_{args.tag}" if args.tag else ""), {
             "config": {"workflow": args.workflow, "model": model_name, "image": list(image.shape), "dtype": str(image.dtype),
                        "tile_default": tile, "tile_plan": list(plan.tile_shape), "n_tiles": len(plan.tiles),
+                       "bare_tile": list(bare_plan.tile_shape), "bare_n_tiles": len(bare_plan.tiles),
                        "computed_pixels_over_image": tile_px / image.size, "batch": bs,
                        "overlap": overlap, "device": "cpu", "save_tiff": cfg.predict.save_tiff},
             "loadavg_before": load_before, "loadavg_after": loadavg(), "summary": summary,
