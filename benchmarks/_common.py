@@ -124,3 +124,32 @@ def run_config(workflow: str, model: str, out_dir: Path, data_root: Path, name: 
     if workflow == "self_supervised":
         spec["self_supervised"] = {"pretext": "masking" if model.startswith("mae") else "crappify"}
     return RunConfig.model_validate(spec)
+
+
+# --- clocks: wall time (the figure that matters) or CPU time (robust on an overloaded shared machine) -------------
+CLOCKS = {
+    "wall": time.perf_counter,
+    # CPU seconds of the calling thread: the training loop's own work. Blind to time spent waiting (e.g. on the
+    # prefetch thread), so it is used with --threads 1 and the batch production cost is checked on its own
+    "thread": time.thread_time,
+    # CPU seconds of the whole process (all threads: zarr's I/O loop too); with --threads 1 on a loaded machine it
+    # measures the work done, which the load barely changes, where wall time varies up to 20x
+    "process": time.process_time,
+}
+
+
+def add_clock_options(ap, default_cpu: str) -> None:
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help=f"wall: wall-clock seconds (default); cpu: CPU seconds ({default_cpu} time), for a machine "
+                         f"too loaded for wall-clock ratios (use with --threads 1)")
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+
+
+def apply_clock_options(args, default_cpu: str):
+    """Set torch's threads; return (clock function, clock name)."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    name = "wall" if args.clock == "wall" else default_cpu
+    return CLOCKS[name], name

@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (DEFAULT_MODEL, SAMPLE_2D, WORKFLOWS, degrade, loadavg, median, result_name, run_config,  # noqa: E402
-                     table, verdict, write_result)
+from _common import (DEFAULT_MODEL, SAMPLE_2D, WORKFLOWS, add_clock_options, apply_clock_options, degrade,  # noqa: E402
+                     loadavg, median, result_name, run_config, table, verdict, write_result)
 
 
 def make_checkpoint(workflow: str, model: str, out_dir: Path, data_root: Path) -> Path:
@@ -64,7 +64,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--tag", default="")
+    add_clock_options(ap, "process")
     args = ap.parse_args(argv)
+    clock, clock_name = apply_clock_options(args, "process")
     model_name = args.model or DEFAULT_MODEL[args.workflow]
 
     import torch
@@ -104,28 +106,28 @@ def main(argv=None):
 
         def run_pipeline(i):
             job = ImagePrediction(loaded, image, "mosaic", tmp / f"out{i}", "mosaic", "cpu")
-            t = time.perf_counter()
+            t = clock()
             job.run()
             job.cleanup()
-            return time.perf_counter() - t
+            return clock() - t
 
         def run_array(_):
-            t = time.perf_counter()
+            t = clock()
             predict_array(loaded, image)
-            return time.perf_counter() - t
+            return clock() - t
 
         def run_whole(_):
-            t = time.perf_counter()
+            t = clock()
             with torch.inference_mode():
                 model(whole)
-            return time.perf_counter() - t
+            return clock() - t
 
         def run_tiles(_):
-            t = time.perf_counter()
+            t = clock()
             with torch.inference_mode():
                 for x in tiles:
                     model(x)
-            return time.perf_counter() - t
+            return clock() - t
 
         model.eval()
         runs = {"A_image_prediction": run_pipeline, "B_predict_array": run_array,
@@ -171,7 +173,8 @@ def main(argv=None):
                        "tile_default": tile, "tile_plan": list(plan.tile_shape), "n_tiles": len(plan.tiles),
                        "bare_tile": list(bare_plan.tile_shape), "bare_n_tiles": len(bare_plan.tiles),
                        "computed_pixels_over_image": tile_px / image.size, "batch": bs,
-                       "overlap": overlap, "device": "cpu", "save_tiff": cfg.predict.save_tiff},
+                       "overlap": overlap, "device": "cpu", "save_tiff": cfg.predict.save_tiff,
+                       "clock": clock_name, "torch_threads": torch.get_num_threads()},
             "loadavg_before": load_before, "loadavg_after": loadavg(), "summary": summary,
             "seconds": seconds, "megapixels_per_s": mps, "ratios": ratios,
         })
