@@ -17,6 +17,9 @@ from .base import Workflow, register_workflow
 from .image_to_image import PSNRMetrics, image_metrics, l1_or_mse, psnr, restoration_defaults
 
 
+MAE_TILE_PATCHES = 4  # masking: tiles of up to 4 training patches per axis at prediction (see SelfSupervised.tiling)
+
+
 def crappify(x, noise: float, downsample_area: float, generator=None, top=None):
     """Degrade a (B, C, *spatial) tensor: noise, then down- and up-sampling. `top`: each sample's image maximum,
     (B, 1, ..., 1); by default the maximum of each sample of `x` (right when `x` holds whole images, as BiaPy's)."""
@@ -143,15 +146,16 @@ class SelfSupervised(Workflow):
         if not self._masking(cfg):
             return super().tiling(cfg, spatial, divisor)
         # The MAE sees patches of its training size, side by side from the tile's origin (masks stay whole). The
-        # tiles handed to the sliding window are many patches wide (up to the 2D/3D tile cap), and
-        # prediction_forward cuts them into patches: per tile the pipeline (zarr accumulator, finalize) costs
-        # about the same as per patch, and the CPU-sized MAE is fast enough for that cost to show (64 zarr tiles
-        # of 256x256 on a 2048x2048 image took longer than the model; benchmarks/bench_predict.py).
+        # tiles handed to the sliding window are up to MAE_TILE_PATCHES patches wide per axis (within the 2D/3D
+        # tile cap), and prediction_forward cuts them into patches: per tile the pipeline (zarr accumulator,
+        # finalize) costs about the same as per patch, and the CPU-sized MAE is fast enough for that cost to show
+        # (64 zarr tiles of 256x256 on a 2048x2048 image took longer than the model; 4 patches per axis beat 8 by
+        # ~9% there, the arrays staying smaller; benchmarks/bench_predict.py).
         from ..inference import TILE_CAP, tile_batch
 
         patch = [int(p) for p in cfg.data.patch_size]
-        cap = TILE_CAP[cfg.ndim]
-        tile = [min(-(-int(s) // p) * p, max(p, cap // p * p)) for s, p in zip(spatial, patch)]
+        caps = [max(p, min(TILE_CAP[cfg.ndim], MAE_TILE_PATCHES * p) // p * p) for p in patch]
+        tile = [min(-(-int(s) // p) * p, cap) for s, p, cap in zip(spatial, patch, caps)]
         self._mae_patches = (tuple(patch), tile_batch(cfg, patch))
         return tile, 0.0
 
