@@ -295,6 +295,9 @@ def _finish_record(run_dir: Path, item: FileItem, outputs: dict, metrics: dict, 
         path = _zarr_path(value)
         if path is not None and path.exists():
             arrays[key] = _relative(run_dir, path)
+    fallback = run_dir / "per_image" / f"{item.stem}.zarr" / "prediction"
+    if not arrays and fallback.exists():  # outputs held in memory only (self-supervision): the blended prediction
+        arrays["prediction"] = _relative(run_dir, fallback)
     record = {"status": "done", "name": item.name, "raw": item.raw, "label": item.label, "stem": item.stem,
               "outputs": arrays, "files": [_relative(run_dir, p) for p in _files_of(run_dir, item.stem)],
               "metrics": {k: float(v) for k, v in (metrics or {}).items()},
@@ -603,7 +606,7 @@ class BatchRun:
             raise InputError(f"The batch run folder {run_dir} to resume does not exist.")
         if not path.is_file():
             raise InputError(f"{run_dir} is not a batch run folder (it has no {BATCH_DIR}/{MANIFEST}); "
-                             f"resume the results folder of a batch run, e.g. bioflow_runs/batch/results/batch_1.")
+                             f"resume the results folder of a batch run (such as bioflow_runs/batch/results/batch_1).")
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError) as e:

@@ -33,12 +33,13 @@ def connect(scheduler: Optional[str] = None, workers: int = 2, threads_per_worke
 
     if scheduler:
         try:
-            return Client(scheduler, timeout="5s"), None
+            return Client(scheduler, timeout="5s", set_as_default=False), None
         except (OSError, TimeoutError, ValueError) as e:
             raise InputError(f"Cannot reach the dask scheduler at {scheduler}: {str(e).splitlines()[0] if str(e) else type(e).__name__}.") from None
     cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
                            dashboard_address=None, silence_logs=logging.ERROR)
-    return Client(cluster), cluster
+    # not the default scheduler: the viewer's dask arrays keep computing in this process, before and after the batch
+    return Client(cluster, set_as_default=False), cluster
 
 
 # --------------------------------------------------------------------------------------------------
