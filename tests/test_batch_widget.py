@@ -94,16 +94,22 @@ def test_batch_through_the_widget(make_napari_viewer, qtbot, wait_idle, tmp_path
     # every result, lazily: one stacked layer per output and image shape
     added = widget.open_results()
     names = [a.name for a in added]
-    assert names == ["batch probabilities (2 files like A9_A9_p5d.tif)", "batch labels (2 files like A9_A9_p5d.tif)",
-                     "batch probabilities (z_other_size.tif)", "batch labels (z_other_size.tif)"]
-    prob, labels = added[0], added[1]
-    assert isinstance(prob, Image) and isinstance(prob.data, da.Array) and prob.data.shape == (2, 2, 160, 160)
-    assert isinstance(labels, Labels) and isinstance(labels.data, da.Array) and labels.data.shape == (2, 160, 160)
+    like = "2 files like A9_A9_p5d.tif"
+    assert names == [f"batch images ({like})", f"batch probabilities ({like})", f"batch labels ({like})",
+                     "batch images (z_other_size.tif)", "batch probabilities (z_other_size.tif)",
+                     "batch labels (z_other_size.tif)"]
+    images, prob, labels = added[:3]
+    assert all(isinstance(a.data, da.Array) for a in added)
+    assert isinstance(images, Image) and images.data.shape == (2, 160, 160)
+    assert isinstance(prob, Image) and prob.data.shape == (2, 2, 160, 160)  # class, file, Y, X
+    assert isinstance(labels, Labels) and labels.data.shape == (2, 160, 160)  # file, Y, X: the same file slider
+    assert viewer.dims.axis_labels[:2] == ("class", "file")
     for i, name in enumerate(NAMES[:2]):
         stem = name.split(".")[0]
+        np.testing.assert_array_equal(images.data[i].compute(), tifffile.imread(folder[0] / name))
         np.testing.assert_array_equal(labels.data[i].compute(), tifffile.imread(run_dir / "per_image_binarized" / f"{stem}.tif"))
-        np.testing.assert_allclose(prob.data[i].compute(), tifffile.imread(run_dir / "per_image" / f"{stem}.tif"))
-    assert added[3].data.shape == (1, 96, 128) and labels.metadata["batch_files"] == NAMES[:2]
+        np.testing.assert_allclose(prob.data[:, i].compute(), tifffile.imread(run_dir / "per_image" / f"{stem}.tif"))
+    assert added[5].data.shape == (1, 96, 128) and labels.metadata["batch_files"] == NAMES[:2]
 
 
 def test_a_bad_file_is_named_and_the_batch_goes_on(make_napari_viewer, wait_idle, errors, tmp_path, checkpoint, folder):
@@ -175,4 +181,4 @@ def test_a_local_dask_cluster_from_the_widget(make_napari_viewer, wait_idle, tmp
         np.testing.assert_allclose(tifffile.imread(widget.summary.run_dir / "per_image" / f"{stem}.tif"),
                                    tifffile.imread(single.summary.run_dir / "per_image" / f"{stem}.tif"), atol=1e-5)
     added = widget.open_results()
-    assert all(isinstance(a.data, da.Array) for a in added) and len(added) == 4
+    assert all(isinstance(a.data, da.Array) for a in added) and len(added) == 6

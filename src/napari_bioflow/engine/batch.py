@@ -929,3 +929,18 @@ def stacked_results(run_dir: Path) -> tuple[list[str], dict[str, Any]]:
     names = [n for n, arrays in results.items()
              if set(arrays) == set(first) and all(arrays[k].shape == first[k].shape for k in first)]
     return names, {k: da.stack([results[n][k] for n in names]) for k in first}
+
+
+def lazy_inputs(run_dir: Path, cfg) -> dict[str, Any]:
+    """{file name: dask array (C, (Z,)Y,X)} over the input files of a batch run's finished results, unloaded."""
+    from .sources import lazy_array
+
+    out = {}
+    for rec in finished_records(run_dir):
+        try:
+            image = open_channels_last(rec["raw"], cfg, rec["raw"])
+        except (InputError, OSError):
+            continue  # moved or deleted since
+        out[rec["name"]] = np.moveaxis(lazy_array(image), -1, 0)
+    return out
+

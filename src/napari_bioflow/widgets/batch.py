@@ -328,37 +328,59 @@ class BatchWidget(QWidget):
         self._refresh_cost = self._last_refresh - start
 
     def open_results(self, *_) -> list:
-        """Every finished result of the run as dask-backed layers: one layer per output and image shape, with a
-        leading file axis (the files in the order of the folder)."""
+        """Every finished result of the run, with its input image, as dask-backed layers (nothing is loaded): one
+        layer per output and image shape, with a file axis (the files in the order of the folder) in front of the
+        spatial axes, and the class or channel axis in front of it, so that all layers share the file slider."""
         import dask.array as da
 
-        from ..engine.batch import lazy_results
+        from ..engine.batch import lazy_inputs, lazy_results
 
         if self.run is None:
             return []
         results = lazy_results(self.run.run_dir)
+        inputs = lazy_inputs(self.run.run_dir, self.run.loaded.config)
         groups: dict[tuple, list[str]] = {}
         for name, arrays in results.items():
             shape = tuple(sorted((k, a.shape) for k, a in arrays.items()))
             groups.setdefault(shape, []).append(name)
         added = []
         segmentation = self._workflow() == "semantic_segmentation"
+
+        def stacked(arrays):  # (C, ...) per file -> (N, ...) for one channel, else (C, N, ...)
+            stack = da.stack(arrays)
+            return stack[:, 0] if stack.shape[1] == 1 else da.moveaxis(stack, 1, 0)
+
         for names in groups.values():
             tag = f"{names[0]}" if len(names) == 1 else f"{len(names)} files like {names[0]}"
+            layers = []
+            if all(n in inputs for n in names):
+                layers.append(self.viewer.add_image(stacked([inputs[n] for n in names]), name=f"batch images ({tag})",
+                                                    colormap="gray"))
             first = results[names[0]]
             for key in first:
-                stack = da.stack([results[n][key] for n in names])
-                if key == "labels" or key == "labels_filtered":
-                    layer = self.viewer.add_labels(stack, name=f"batch {key} ({tag})", opacity=0.6)
+                if key in ("labels", "labels_filtered"):
+                    layer = self.viewer.add_labels(da.stack([results[n][key] for n in names]),
+                                                   name=f"batch {key} ({tag})", opacity=0.6)
                 elif key == "probabilities" and segmentation:
-                    layer = self.viewer.add_image(stack, name=f"batch {key} ({tag})", colormap="magma",
-                                                  contrast_limits=(0.0, 1.0), opacity=0.7, visible=False)
+                    layer = self.viewer.add_image(stacked([results[n][key] for n in names]), name=f"batch {key} ({tag})",
+                                                  colormap="magma", contrast_limits=(0.0, 1.0), opacity=0.7,
+                                                  visible=False)
                 else:
-                    layer = self.viewer.add_image(stack[:, 0] if stack.shape[1] == 1 else stack,
-                                                  name=f"batch {key} ({tag})", colormap="gray")
+                    layer = self.viewer.add_image(stacked([results[n][key] for n in names]), name=f"batch {key} ({tag})",
+                                                  colormap="gray")
+                layers.append(layer)
+            for layer in layers:
                 layer.metadata["batch_files"] = names
-                added.append(layer)
+            added += layers
         self.result_layers += added
-        if added:
-            self.viewer.dims.set_current_step(0, 0)
+        if added:  # name the file axis (and the class axis in front of it) for the slider
+            spatial = self.run.loaded.config.ndim
+            labels = list(self.viewer.dims.axis_labels)
+            file_axis = len(labels) - spatial - 1
+            if file_axis >= 0:
+                labels[file_axis] = "file"
+                if file_axis >= 1:
+                    labels[file_axis - 1] = "class" if segmentation else "channel"
+                self.viewer.dims.axis_labels = labels
+                self.viewer.dims.set_current_step(file_axis, 0)
         return added
