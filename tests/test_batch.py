@@ -358,6 +358,16 @@ def test_cli_batch_runs_resumes_and_reports(folder, checkpoint, tmp_path, capsys
     assert "4 finished earlier" in out and "0 predicted" in out
 
 
+def test_cli_batch_on_a_dask_scheduler(folder, checkpoint, tmp_path, capsys, cluster):
+    args = ["batch", "--checkpoint", str(checkpoint), "--input", str(folder["raw"]), "--output", str(tmp_path),
+            "--scheduler", cluster.scheduler_address, "--device", "auto"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"(dask scheduler {cluster.scheduler_address} (2 worker(s))): 4 image(s) to predict" in out
+    assert "Batch done: 4 predicted" in out and "files/s" in out
+    assert len(list((tmp_path / "batch" / "results" / "batch_1" / "batch" / "done").glob("*.json"))) == 4
+
+
 def test_cli_batch_bad_input_is_exit_2_and_one_line(folder, checkpoint, tmp_path, capsys):
     cases = [
         (["--checkpoint", str(checkpoint), "--input", str(tmp_path / "none")], str(tmp_path / "none")),

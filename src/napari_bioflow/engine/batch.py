@@ -98,8 +98,18 @@ class FileStarted:
     index: int
     name: str
     stem: str
-    tiles: int  # tile batches (or blocks) to predict; 0 when unknown
-    live: Any = None  # a dask array over the prediction being written (channel first), when one can be read
+    tiles: int  # tiles (or blocks) to predict; 0 when unknown
+    open_live: Optional[Callable[[], Any]] = field(default=None, repr=False)
+
+    @property
+    def live(self):
+        """A dask array over the prediction being written (channel first), or None; built on first use, so a
+        consumer that shows nothing (the CLI) pays nothing for it."""
+        if self.open_live is None:
+            return None
+        if not hasattr(self, "_live"):
+            self._live = self.open_live()
+        return self._live
 
 
 @dataclass
@@ -565,7 +575,9 @@ class BatchRun:
         if req.workers < 0:
             raise InputError(f"The number of dask workers must be positive, not {req.workers}.")
         pairs = folder_pairs(Path(req.input_dir), Path(req.labels_dir) if req.labels_dir else None, "input")
-        self.device = resolve_device(req.device)
+        # on dask the workers resolve the device (a GPU node's "cuda" need not exist where the batch is started);
+        # here the model is only read for its settings
+        self.device = "cpu" if req.distributed else resolve_device(req.device)
         self.loaded = loaded if loaded is not None else load_model(Path(req.checkpoint), self.device)
         base = self.loaded.config.model_dump(mode="json")
         base["predict"]["checkpoint"] = str(Path(req.checkpoint).absolute())
@@ -759,7 +771,7 @@ class BatchRun:
                         def started(job, item=item):
                             tiles = len(job.plan.tiles) if job is not None else 0
                             events.put(FileStarted(item.index, item.name, item.stem, tiles,
-                                                   job.lazy() if job is not None else None))
+                                                   job.lazy if job is not None else None))
 
                         def progress(done, total, item=item):
                             events.put(("progress", item, done, total))
@@ -770,7 +782,7 @@ class BatchRun:
                         import dask.array as da
 
                         arr = create_block_store(self.run_dir, item, self.loaded, self.block)
-                        events.put(FileStarted(item.index, item.name, item.stem, len(blocks), da.from_zarr(arr)))
+                        events.put(FileStarted(item.index, item.name, item.stem, len(blocks), lambda a=arr: da.from_zarr(a)))
                         results = []
                         for blk in blocks:
                             results.append(predict_block(ctx, item, blk, self.loaded, self._cancel.is_set))

@@ -122,6 +122,7 @@ class DaskExecutor:
         self.cancel_event = Event(f"bioflow-cancel-{self.uid}", client=self.client)
         n = len(self.client.scheduler_info().get("workers", {}))
         self.n_workers = n
+        self.unfinished = False
         # local workers share this machine's cores: each takes its share for torch (dask sets 1 thread otherwise)
         self.torch_threads = max(1, (os.cpu_count() or 1) // max(1, req.workers)) if self.cluster is not None else 0
 
@@ -131,7 +132,10 @@ class DaskExecutor:
         return f"dask scheduler {self.batch.request.scheduler} ({self.n_workers} worker(s))"
 
     def close(self) -> None:
+        """Leave the cluster; tasks still running (the batch interrupted, e.g. by Ctrl-C) stop after their tile."""
         try:
+            if self.unfinished:
+                self.cancel_event.set()
             self.client.unsubscribe_topic(self.topic)
         except Exception:
             pass
@@ -157,7 +161,7 @@ class DaskExecutor:
                 clear_partial(batch.run_dir, item.stem)
                 arr = create_block_store(batch.run_dir, item, batch.loaded, batch.block)
                 n_blocks[item.index], blocks_done[item.index] = len(blocks), 0
-                yield FileStarted(item.index, item.name, item.stem, len(blocks), da.from_zarr(arr))
+                yield FileStarted(item.index, item.name, item.stem, len(blocks), lambda a=arr: da.from_zarr(a))
                 parts = []
                 for blk in blocks:
                     part = self.client.submit(block_task, ctx, item, blk, pure=False,
@@ -169,6 +173,7 @@ class DaskExecutor:
             fut.add_done_callback(lambda f, i=item.index: self.events.put(("done", i, f)))
             futures.append(fut)
         cancelling = False
+        self.unfinished = bool(items)
         while len(finished) < len(items):
             if batch.cancelled and not cancelling:
                 cancelling = True
@@ -203,9 +208,11 @@ class DaskExecutor:
                     continue
                 item = by_index[index]
                 if msg.get("kind") == "start":
-                    yield FileStarted(index, item.name, item.stem, int(msg.get("tiles", 0)), _live(msg.get("accumulator")))
+                    path = msg.get("accumulator")
+                    yield FileStarted(index, item.name, item.stem, int(msg.get("tiles", 0)), lambda p=path: _live(p))
                 elif msg.get("kind") == "progress":
                     yield batch.report_progress(item, int(msg["done"]), int(msg["total"]))
+        self.unfinished = False
 
 
 def _live(accumulator: Optional[str]):
