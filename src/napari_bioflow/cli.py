@@ -149,9 +149,9 @@ def cmd_batch(args) -> None:
                 _print(f"run {r.run_dir} ({r.mode}): {total} image(s) to predict{earlier}")
             elif isinstance(r, FileDone):
                 finished += 1
-                m = " ".join(f"{k}={v:.4f}" for k, v in r.metrics.items() if not k.startswith("iou_class"))
+                parts = [f"{r.seconds:.1f} s"] + [f"{k}={v:.4f}" for k, v in r.metrics.items() if not k.startswith("iou_class")]
                 eta = f", eta {r.eta_seconds:.0f} s" if r.eta_seconds else ""
-                _print(f"[{finished}/{total}] {r.name}: {r.seconds:.1f} s {m} ({r.overall:.0%} done{eta})")
+                _print(f"[{finished}/{total}] {r.name}: {' '.join(parts)} ({r.overall:.0%} done{eta})")
             elif isinstance(r, FileFailed):
                 finished += 1
                 _print(f"[{finished}/{total}] FAILED {r.name}: {r.reason}")

@@ -734,7 +734,8 @@ class BatchRun:
         return fraction, eta
 
     def report_progress(self, item: FileItem, done: int, total: int) -> FileProgress:
-        self._partial[item.index] = item.pixels * done / max(1, total)
+        # tiles done is not the file done (its outputs are still to write): at most 95 % of it until it is
+        self._partial[item.index] = 0.95 * item.pixels * done / max(1, total)
         return FileProgress(item.index, item.name, done, total, *self._overall())
 
     def report_record(self, item: FileItem, record: dict) -> Any:
