@@ -3,6 +3,7 @@ crops of the shipped BBBC007 sample in every input format (TIFF, PNG, zarr, OME-
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import dask.array as da
@@ -339,6 +340,28 @@ def test_dask_scheduler_address_and_the_blocks_of_one_big_image(folder, checkpoi
     block_change, tile_change = np.abs(blocks - full).mean(), np.abs(tiled - full).mean()
     assert 0 < block_change <= 1.25 * tile_change, (block_change, tile_change)
     assert not (spread[0].run_dir / ".blocks").exists() and (spread[0].run_dir / "metrics.csv").is_file()
+
+
+def test_dask_cancel_stops_every_worker_and_a_resume_finishes(folder, checkpoint, tmp_path, cluster):
+    times = {}
+
+    def cancel_at_first_tile(run, report):
+        if isinstance(report, FileProgress) and not run.cancelled:
+            times["cancel"] = time.perf_counter()
+            run.cancel()
+        if isinstance(report, BatchSummary):
+            times["summary"] = time.perf_counter()
+
+    settings = ["predict.tile_size=[32, 32]", "predict.batch_size=1"]
+    reports = run_all(request(folder, checkpoint, tmp_path, scheduler=cluster.scheduler_address, overrides=settings),
+                      cancel_at_first_tile)
+    summary = reports[-1]
+    assert summary.cancelled and len(summary.done) < 4 and summary.not_run and not summary.failed
+    assert times["summary"] - times["cancel"] < 10  # every worker stopped after its tile (polled every 0.3 s)
+    started = time.perf_counter()
+    resumed = run_all(BatchRequest(resume=summary.run_dir, device="cpu", scheduler=cluster.scheduler_address))
+    assert sorted(resumed[-1].done + resumed[-1].finished_earlier) == resumed[0].names and not resumed[-1].cancelled
+    assert time.perf_counter() - started < 120
 
 
 # --------------------------------------------------------------------------------------------------
