@@ -1,7 +1,7 @@
 """Command line: the same engine calls as the widgets. A user's mistake prints one line and exits 2.
 
-    napari-bioflow init semantic_segmentation -o my.yaml    commented starting config (also image_to_image, and
-                                                            self_supervised --pretext crappify|masking)
+    napari-bioflow init semantic_segmentation -o my.yaml    commented starting config (also image_to_image,
+                                                            classification, self_supervised --pretext crappify|masking)
     napari-bioflow train my.yaml --set train.epochs=5       train (then predict data.test_raw if set)
     napari-bioflow predict my.yaml --set predict.checkpoint=...   or   predict --checkpoint C --input DIR
     napari-bioflow sample                                   the main job on the shipped sample data
@@ -48,10 +48,46 @@ def _train(cfg):
     return trainer
 
 
+def _classify(cfg, loaded, out: Path, test_dir: Path) -> None:
+    from .engine.classification_results import run_class_prediction, test_items
+
+    items = test_items(test_dir, loaded.config.class_names)
+    res = run_class_prediction(loaded, items, out, _device(cfg),
+                               report=lambda i, n, r: _print(f"predicted {r.name}: {r.label(loaded.config.class_names)} "
+                                                              f"({r.probabilities[r.predicted]:.2f})"))
+    if res["metrics"]:
+        _print(res["text"])
+        _print(f"metrics: {res['files']['metrics']}; confusion matrix: {res['files']['confusion_png']}")
+    _print(f"predictions: {res['predictions']}")
+    _print(f"results: {out}")
+
+
+def _check_tests(cfg, loaded=None, source: str = "") -> None:
+    """Open and check every test image before anything is trained or written (a bad file stops the run here)."""
+    if cfg.workflow == "classification":
+        from .engine.classification_data import class_subfolders, open_checked, resolve_class_names
+        from .engine.classification_results import test_items
+
+        names = (loaded.config.class_names if loaded is not None else
+                 resolve_class_names(list(class_subfolders(cfg.data.train_raw, "training")), cfg,
+                                     f"training folder {cfg.data.train_raw}") if cfg.data.train_raw else [])
+        for path, _ in test_items(cfg.data.test_raw, names):
+            open_checked(path, loaded.config if loaded is not None else cfg, "test", source)
+        return
+    from .engine.inference import check_inputs
+    from .engine.sources import folder_pairs
+
+    for n in check_inputs(loaded.config if loaded is not None else cfg,
+                          folder_pairs(cfg.data.test_raw, cfg.data.test_label, "test"), source):
+        _print(f"note: {n}")
+
+
 def _predict(cfg, loaded, experiment, raw_dir: Path, label_dir):
     from .engine.inference import predict_files
     from .engine.sources import folder_pairs
 
+    if not loaded.workflow.dense:  # one class per image: predictions.csv, metrics when the folder has classes
+        return _classify(cfg, loaded, experiment.results, raw_dir)
     pairs = folder_pairs(raw_dir, label_dir, "test")
     out = experiment.results
     for res in predict_files(loaded, pairs, out, device=_device(cfg)):
@@ -74,11 +110,7 @@ def cmd_train(args) -> None:
         args.checkpoint = args.input = args.labels = args.output = None
         return cmd_predict(args)
     if cfg.data.test_raw is not None:  # the test images are predicted after training: check them before it
-        from .engine.inference import check_inputs
-        from .engine.sources import folder_pairs
-
-        for n in check_inputs(cfg, folder_pairs(cfg.data.test_raw, cfg.data.test_label, "test")):
-            _print(f"note: {n}")
+        _check_tests(cfg)
     trainer = _train(cfg)
     if cfg.data.test_raw is not None and trainer.best_checkpoint is not None:
         from .engine.checkpoint import load_model
@@ -117,13 +149,8 @@ def cmd_predict(args) -> None:
         raise InputError(f"Checkpoint {cfg.predict.checkpoint} was trained for {loaded.config.workflow.replace('_', ' ')}, "
                          f"not {cfg.workflow.replace('_', ' ')}.")
     loaded.config = loaded.config.model_copy(update={"predict": cfg.predict})
-    from .engine.inference import check_inputs
-    from .engine.sources import folder_pairs
-
     # every image is checked before the experiment folder is created: a bad file writes nothing
-    for n in check_inputs(loaded.config, folder_pairs(cfg.data.test_raw, cfg.data.test_label, "test"),
-                          f"checkpoint {cfg.predict.checkpoint}"):
-        _print(f"note: {n}")
+    _check_tests(cfg, loaded, f"checkpoint {cfg.predict.checkpoint}")
     experiment = new_experiment(cfg.output_dir, cfg.name)
     cfg.save(experiment.config_path)
     _predict(cfg, loaded, experiment, cfg.data.test_raw, cfg.data.test_label)
@@ -156,6 +183,15 @@ def init_values(workflow: str, ndim: int, pretext: str = "crappify") -> tuple[di
             "Results: degraded/ (the degraded test inputs), per_image/ (restorations), metrics.csv (PSNR of both).",
             "Start a segmentation or image-to-image U-Net from its checkpoint with model.start_from.",
             "The other pretext: napari-bioflow init self_supervised --pretext masking"))
+    if workflow == "classification":
+        return ({"name": f"my_classification_{ndim}d", "model": {"name": "vit"},
+                 "data": {"train_raw": "path/to/train", "patch_size": [16, 32, 32] if ndim == 3 else [64, 64],
+                          "val_split": 0.2}, "train": {"batch_size": 16}}, (
+            "Classification: data.train_raw holds one sub-folder per class (the sub-folder names are the class names);",
+            "data.val_raw (optional) and data.test_raw the same, or a flat test folder for predictions only.",
+            "Images are brought to data.patch_size by classification.fit: resize or pad (crop when larger).",
+            "Models: vit (default, 2D and 3D), simple_cnn (2D and 3D), efficientnet_b0 ... efficientnet_b7 (2D).",
+            "Results: predictions.csv; with test classes metrics.csv and confusion_matrix.csv/.png."))
     return {}, ()
 
 
@@ -186,8 +222,10 @@ def cmd_docs(args) -> None:
 def cmd_models(args) -> None:
     from .engine.models import list_models, model_info
 
-    for name in list_models():
-        _print(f"{name}: {model_info(name)}")
+    for task in ("dense", "classification"):
+        _print(f"# {'segmentation, image to image, self-supervised' if task == 'dense' else 'classification'}")
+        for name in list_models(task=task):
+            _print(f"{name}: {model_info(name)}")
 
 
 def cmd_sample(args) -> None:
@@ -233,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--output", type=Path, help="output folder (default: the config's output_dir)")
     sp.set_defaults(func=cmd_predict)
     sp = sub.add_parser("init", help="write a commented starting config")
-    sp.add_argument("workflow", choices=["semantic_segmentation", "image_to_image", "self_supervised"])
+    sp.add_argument("workflow", choices=["semantic_segmentation", "image_to_image", "self_supervised", "classification"])
     sp.add_argument("--ndim", type=int, choices=[2, 3], default=2)
     sp.add_argument("--pretext", choices=["crappify", "masking"],
                     help="self_supervised: restore degraded images (crappify, default) or a masked autoencoder (masking)")
