@@ -49,9 +49,9 @@ def _train(cfg):
 
 
 def _classify(cfg, loaded, out: Path, test_dir: Path) -> None:
-    from .engine.classification_results import run_class_prediction, test_items
+    from .engine.classification_results import run_class_prediction, class_test_items
 
-    items = test_items(test_dir, loaded.config.class_names)
+    items = class_test_items(test_dir, loaded.config.class_names)
     res = run_class_prediction(loaded, items, out, _device(cfg),
                                report=lambda i, n, r: _print(f"predicted {r.name}: {r.label(loaded.config.class_names)} "
                                                               f"({r.probabilities[r.predicted]:.2f})"))
@@ -66,12 +66,12 @@ def _check_tests(cfg, loaded=None, source: str = "") -> None:
     """Open and check every test image before anything is trained or written (a bad file stops the run here)."""
     if cfg.workflow == "classification":
         from .engine.classification_data import class_subfolders, open_checked, resolve_class_names
-        from .engine.classification_results import test_items
+        from .engine.classification_results import class_test_items
 
         names = (loaded.config.class_names if loaded is not None else
                  resolve_class_names(list(class_subfolders(cfg.data.train_raw, "training")), cfg,
                                      f"training folder {cfg.data.train_raw}") if cfg.data.train_raw else [])
-        for path, _ in test_items(cfg.data.test_raw, names):
+        for path, _ in class_test_items(cfg.data.test_raw, names):
             open_checked(path, loaded.config if loaded is not None else cfg, "test", source)
         return
     from .engine.inference import check_inputs

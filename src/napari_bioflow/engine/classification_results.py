@@ -153,7 +153,7 @@ def classify_array(loaded, image, device: str = "cpu", name: str = "image") -> n
     return classify_batch(loaded, [arr], device)[0]
 
 
-def test_items(folder: Path, class_names: Sequence[str], role: str = "test") -> list[tuple[Path, Optional[int]]]:
+def class_test_items(folder: Path, class_names: Sequence[str], role: str = "test") -> list[tuple[Path, Optional[int]]]:
     """(file, true class index or None) of a test folder: class sub-folders (known classes) or flat."""
     from .classification_data import class_subfolders
     from .io import is_image_path, list_images

@@ -77,10 +77,9 @@ def resolve_device(name: str) -> str:
 
 def transfer_weights(model, path: Path) -> tuple[int, list[str]]:
     """Load the tensors of a checkpoint whose names and shapes match; return (loaded count, skipped names)."""
-    from .checkpoint import read_checkpoint
+    from .checkpoint import read_weights
 
-    ckpt = read_checkpoint(path)
-    source = ckpt["state_dict"]
+    source, source_name = read_weights(path)
     own = model.state_dict()
     matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
     if not matched:
@@ -89,7 +88,7 @@ def transfer_weights(model, path: Path) -> tuple[int, list[str]]:
         why = (f"its tensor names match but not their shapes ({same} is {dims(source[same])} there, {dims(own[same])} here)"
                if same else "no tensor name matches")
         raise InputError(f"Checkpoint {path} shares no weights with model '{model.model_name}' (it holds a "
-                         f"'{(ckpt.get('model') or {}).get('name', 'unknown')}' model): {why}.")
+                         f"'{source_name}' model): {why}.")
     model.load_state_dict(matched, strict=False)
     return len(matched), sorted(k for k in own if k not in matched)
 
