@@ -14,8 +14,11 @@ import torch
 import yaml
 
 import napari_bioflow
-from helpers import crop_folders, read_csv, tree
+from ddp_worker import UNEVEN
+from helpers import crop_folders, read_csv, run_all, tree
+from napari_bioflow.config import RunConfig
 from napari_bioflow.engine.checkpoint import read_checkpoint
+from napari_bioflow.engine.train import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
@@ -128,15 +131,73 @@ def test_result_matches_the_single_process_run(runs):
         np.testing.assert_allclose(pb, pa, rtol=0, atol=TOL)
 
 
-def test_cancel_and_early_stop_keep_ranks_in_step(config, tmp_path):
-    (out,) = launch([*TORCHRUN, str(WORKER), str(config), str(tmp_path / "runs")], cwd=config.parent)
-    lines = sorted(ln for ln in out.splitlines() if ln.startswith("[rank "))
+@pytest.fixture(scope="module")
+def worker(config, tmp_path_factory):
+    """tests/ddp_worker.py under torchrun: Trainer runs driven from Python (cancel, uneven batch, early stop)."""
+    out_dir = tmp_path_factory.mktemp("ddp_worker")
+    (out,) = launch([*TORCHRUN, str(WORKER), str(config), str(out_dir)], cwd=config.parent)
+    return sorted(ln for ln in out.splitlines() if ln.startswith("[rank ")), out_dir
+
+
+def test_a_cancel_on_one_rank_stops_every_rank_at_the_same_batch(worker):
+    lines, out_dir = worker
     # rank 1 alone cancelled after step 1 of epoch 2: both ranks stop before step 2 (3 + 1 steps), epoch 1 kept
     assert [ln for ln in lines if " cancel " in ln] == [
         f"[rank {r}] cancel reason=cancelled epochs_run=1 steps=4 run=cancel_1 world=2" for r in (0, 1)]
-    assert [ln for ln in lines if " early_stop " in ln] == [
-        f"[rank {r}] early_stop reason=early_stopped epochs_run=2 steps=6 run=early_1 world=2" for r in (0, 1)]
-    assert sorted(tree(tmp_path / "runs" / "cancel")) == [
+    assert sorted(tree(out_dir / "cancel")) == [
         "checkpoints/cancel_1-checkpoint-best.pth", "checkpoints/cancel_1-checkpoint-last.pth",
         "config_files/cancel_1.yaml", "results/cancel_1/charts/cancel_1_iou_foreground.png",
         "results/cancel_1/charts/cancel_1_loss.png", "results/cancel_1/train_logs/cancel_1_log.csv"]
+
+
+def test_early_stopping_stops_every_rank_together(worker):
+    lines, _ = worker
+    assert [ln for ln in lines if " early_stop " in ln] == [
+        f"[rank {r}] early_stop reason=early_stopped epochs_run=2 steps=6 run=early_1 world=2" for r in (0, 1)]
+
+
+def test_a_batch_split_unevenly_matches_one_process_tensor_by_tensor(worker, config, tmp_path):
+    lines, out_dir = worker
+    # 3 patches split 2 + 1, each rank's loss weighted by its share: the same gradient as one process; with SGD
+    # (no tensor's rounding noise amplified) every tensor matches, the conv biases before a norm included
+    assert [ln for ln in lines if " uneven " in ln] == [
+        f"[rank {r}] uneven reason=finished epochs_run=2 steps=6 run=uneven_1 world=2" for r in (0, 1)]
+    cfg = RunConfig.load(config, [f"output_dir={tmp_path}", "data.test_raw=null", "data.test_label=null", *UNEVEN])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank
+    try:
+        trainer = Trainer(cfg)
+        run_all(trainer)
+    finally:
+        torch.set_num_threads(threads)
+    a = read_checkpoint(trainer.experiment.last_checkpoint)["state_dict"]
+    b = read_checkpoint(out_dir / "uneven/checkpoints/uneven_1-checkpoint-last.pth")["state_dict"]
+    assert list(a) == list(b)
+    for name, ta in a.items():
+        torch.testing.assert_close(b[name], ta, rtol=0, atol=TOL, msg=name)
+
+
+def test_without_torchrun_the_context_changes_nothing(monkeypatch):
+    from napari_bioflow.engine.distributed import Distributed, setup
+
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    ctx = setup("cpu", 1)
+    assert (ctx.enabled, ctx.is_main, ctx.rank, ctx.world_size, ctx.device) == (False, True, 0, 1, "cpu")
+    x, y = torch.zeros(3, 1, 4, 4), torch.zeros(3, 4, 4)
+    model = torch.nn.Conv2d(1, 1, 1)
+    assert ctx.shard(x, y) == (x, y, 1.0) and ctx.wrap(model) is model and ctx.loss_weight(1.0) == 1.0
+    assert ctx.any(True) and not ctx.any(False) and ctx.from_main(lambda: 7) == 7
+    assert ctx.global_loss(torch.tensor(0.25), 1.0) == 0.25
+    assert Distributed().is_main
+
+
+def test_a_batch_smaller_than_the_process_count_is_refused(monkeypatch):
+    from napari_bioflow.engine.distributed import setup
+    from napari_bioflow.engine.errors import InputError
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(InputError, match="batch_size is 2 but there are 4 processes"):
+        setup("cpu", 2)

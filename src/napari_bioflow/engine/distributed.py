@@ -173,13 +173,9 @@ def _ddp_class():
     return DDP
 
 
-_CONTEXT: Optional[Distributed] = None
-
-
 def setup(device: str, batch_size: int) -> Distributed:
     """The process's context; under torchrun, joins the process group (once per process): NCCL on CUDA, one GPU
     per local rank, else gloo. `device` is the resolved config device ('cuda' or 'cpu')."""
-    global _CONTEXT
     rank, world, local = env_world()
     if world <= 1:
         return Distributed(device=device)
@@ -198,20 +194,12 @@ def setup(device: str, batch_size: int) -> Distributed:
         device = f"cuda:{local}"
     backend = "nccl" if cuda else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, **({"device_id": torch.device(device)} if cuda else {}))
-    _CONTEXT = Distributed(rank, world, local, device, dist.get_backend())
-    return _CONTEXT
-
-
-def current() -> Optional[Distributed]:
-    """The context of the last distributed run in this process (None when none ran)."""
-    return _CONTEXT
+        dist.init_process_group(backend=backend)  # env://: MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE
+    return Distributed(rank, world, local, device, dist.get_backend())
 
 
 def shutdown() -> None:
     """Leave the process group (the CLI's last step)."""
-    global _CONTEXT
-    _CONTEXT = None
     dist = sys.modules.get("torch.distributed")  # never imports torch (the CLI calls this after every command)
     if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
