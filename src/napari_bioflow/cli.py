@@ -6,6 +6,9 @@
     napari-bioflow predict my.yaml --set predict.checkpoint=...   or   predict --checkpoint C --input DIR
     napari-bioflow sample                                   the main job on the shipped sample data
     napari-bioflow docs -o docs/config.md                   regenerate the config reference
+
+Under torchrun (`torchrun --nproc_per_node N -m napari_bioflow.cli train my.yaml`) training is distributed
+(docs/distributed_training.md): rank 0 prints, writes and predicts; every rank prints one line tagged with its rank.
 """
 from __future__ import annotations
 
@@ -17,7 +20,10 @@ from pathlib import Path
 
 
 def _print(msg: str) -> None:
-    print(msg, flush=True)
+    from .engine.distributed import is_main_process
+
+    if is_main_process():  # under torchrun only rank 0 prints
+        print(msg, flush=True)
 
 
 def _load_config(args):
@@ -45,6 +51,8 @@ def _train(cfg):
                    f"lr={r.learning_rate:.2e} {r.seconds:.1f}s eta {r.eta_seconds:.0f}s{' *' if r.improved else ''}")
         elif isinstance(r, DoneReport):
             _print(f"training {r.reason} after {r.epochs_run} epoch(s); best epoch {r.best_epoch}; checkpoint {r.checkpoint}")
+    if trainer.dist.enabled:  # every rank says what it trained
+        print(trainer.dist.summary(), flush=True)
     return trainer
 
 
@@ -112,6 +120,8 @@ def cmd_train(args) -> None:
     if cfg.data.test_raw is not None:  # the test images are predicted after training: check them before it
         _check_tests(cfg)
     trainer = _train(cfg)
+    if not trainer.dist.is_main:  # distributed: rank 0 alone predicts the test images
+        return
     if cfg.data.test_raw is not None and trainer.best_checkpoint is not None:
         from .engine.checkpoint import load_model
 
@@ -245,6 +255,8 @@ def cmd_sample(args) -> None:
     cfg = RunConfig.from_dict(base, args.set, source="sample job")
     args.config = None
     trainer = _train(cfg)
+    if not trainer.dist.is_main:
+        return
     from .engine.checkpoint import load_model
 
     loaded = load_model(trainer.best_checkpoint, _device(cfg))
@@ -304,6 +316,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("napari-bioflow: interrupted", file=sys.stderr)
         return 130
+    finally:
+        from .engine.distributed import shutdown
+
+        shutdown()  # leaves the process group of a torchrun run (no-op otherwise)
     return 0
 
 
