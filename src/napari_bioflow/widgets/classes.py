@@ -194,5 +194,6 @@ def overlay_text(viewer) -> str:
 
 def update_overlay(viewer) -> None:
     text = overlay_text(viewer)
+    viewer.text_overlay.position = "top_left"  # the bottom of the canvas is where notifications appear
     viewer.text_overlay.text = text
     viewer.text_overlay.visible = bool(text)

@@ -77,6 +77,7 @@ class ClassifyPanel(QWidget):
         self.folder.visible, self.each_slice.visible = folder, not folder
         self.image_combo.visible = self.scope.value == CHOSEN
         self.confusion.setVisible(folder and self.confusion.rowCount() > 0)
+        self.metrics.visible = bool(self.metrics.value)
 
     def _images(self, cfg) -> list:
         """(layer, slice index or None, name, data) to classify, checked up front by the engine's own checks."""
@@ -108,6 +109,7 @@ class ClassifyPanel(QWidget):
         self.table.setRowCount(0)
         self.confusion.setRowCount(0)
         self.metrics.value = ""
+        self.metrics.visible = False
         self._cancel.clear()
         if self.scope.value == FOLDER:
             text = str(self.folder.line_edit.value).strip()
@@ -170,6 +172,7 @@ class ClassifyPanel(QWidget):
             self.metrics.value = (f"accuracy {m['accuracy']:.3f} · precision {m['precision_macro']:.3f} · "
                                   f"recall {m['recall_macro']:.3f} · F1 {m['f1_macro']:.3f}")
             self.confusion.show_matrix(out["confusion"], names)
+            self.metrics.visible = True
         self._update_visibility()
         show_info(f"Classified {len(out['results'])} image(s); {out['predictions']}")
 

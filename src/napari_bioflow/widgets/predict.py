@@ -178,6 +178,7 @@ class PredictWidget(QWidget):
         self.target.label = "labels" if kind is Labels else "target"
         cls = workflow == "classification"
         self.classify_group.setVisible(cls)
+        self.metrics.visible = not cls  # the classification panel shows its own
         self.image.visible = not cls or self.classify.scope.value == "chosen layer"
         for w in (self.tile, *(self.form[p] for p in ("predict.overlap", "predict.batch_size", "predict.z_filter",
                                                      "predict.yz_filter"))):
@@ -311,6 +312,7 @@ class PredictWidget(QWidget):
 
     def _on_classified(self) -> None:
         self.predict_button.enabled, self.cancel_button.enabled = True, False
+        self.progress.max = self.progress.value = max(1, self.classify.table.rowCount())
         self.status.value = f"done: {self.experiment.results}" if self.experiment is not None else "done"
 
     # --- layers -----------------------------------------------------------------------------------------

@@ -122,9 +122,11 @@ class TrainWidget(QWidget):
                                 tooltip="Patch height and width in pixels; must fit in every image")
         f.add("model.name", label="model", choices=list_models(2))
         mae = model_options_of("mae")
-        self.token_size = SpinBox(value=mae.get("patch_size", 16), min=1, max=512, label="token size",
+        self.token_size = SpinBox(value=mae.get("patch_size", 16), min=0, max=512, label="token size",
                                   tooltip="Size in pixels (per axis) of the ViT tokens: model option patch_size. "
-                                          "Must divide the patch size.")
+                                          "Must divide the patch size. auto (vit): about 8 tokens per axis.")
+        self.token_size.native.setSpecialValueText("auto")
+        self._token_model = "mae"  # the model whose default the token size shows
         f.add("model.start_from", label="start from checkpoint", mode="r", filter="*.pth")
         f.add("train.loss", label="loss")
         f.add("train.epochs", max=100_000)
@@ -295,6 +297,9 @@ class TrainWidget(QWidget):
         options = model_options_of(f["model.name"].value)
         self.feature_maps.visible = "feature_maps" in options
         self.token_size.visible = "patch_size" in options
+        if "patch_size" in options and f["model.name"].value != self._token_model:  # a new model: its own default
+            self._token_model = f["model.name"].value
+            self.token_size.value = options["patch_size"]
         self.mask_type.visible, self.mask_ratio.visible = "mask_type" in options, "mask_ratio" in options
 
     def _on_ndim(self, ndim: int) -> None:
