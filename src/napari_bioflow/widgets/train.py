@@ -122,10 +122,9 @@ class TrainWidget(QWidget):
                                 tooltip="Patch height and width in pixels; must fit in every image")
         f.add("model.name", label="model", choices=list_models(2))
         mae = model_options_of("mae")
-        self.token_size = SpinBox(value=mae.get("patch_size", 16), min=0, max=512, label="token size",
+        self.token_size = SpinBox(value=mae.get("patch_size", 16), min=0, max=512, label="token size (0 = auto)",
                                   tooltip="Size in pixels (per axis) of the ViT tokens: model option patch_size. "
                                           "Must divide the patch size. auto (vit): about 8 tokens per axis.")
-        self.token_size.native.setSpecialValueText("auto")
         self._token_model = "mae"  # the model whose default the token size shows
         f.add("model.start_from", label="start from checkpoint", mode="r", filter="*.pth")
         f.add("train.loss", label="loss")
