@@ -158,7 +158,9 @@ def cmd_predict(args) -> None:
     elif cfg.workflow != loaded.config.workflow:
         raise InputError(f"Checkpoint {cfg.predict.checkpoint} was trained for {loaded.config.workflow.replace('_', ' ')}, "
                          f"not {cfg.workflow.replace('_', ' ')}.")
-    loaded.config = loaded.config.model_copy(update={"predict": cfg.predict})
+    # prediction-time settings come from this command (its YAML or --set); the rest is the checkpoint's
+    ssl = loaded.config.self_supervised.model_copy(update={"degrade_at_prediction": cfg.self_supervised.degrade_at_prediction})
+    loaded.config = loaded.config.model_copy(update={"predict": cfg.predict, "self_supervised": ssl})
     # every image is checked before the experiment folder is created: a bad file writes nothing
     _check_tests(cfg, loaded, f"checkpoint {cfg.predict.checkpoint}")
     experiment = new_experiment(cfg.output_dir, cfg.name)
