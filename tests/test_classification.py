@@ -288,3 +288,26 @@ def test_bad_input_test_folder_with_an_unknown_class(tmp_path, capsys, trained_2
 def test_bad_input_a_segmentation_model_for_classification(tmp_path, capsys):
     refused(capsys, tmp_path, cls_config(tmp_path / "runs", small_tree(tmp_path), model={"name": "unet"}),
             "'unet' is not a classifier")
+
+
+def test_batch_command_classifies_a_folder_of_class_subfolders_and_resumes(tmp_path, capsys, trained_2d):
+    trainer, _ = trained_2d
+    capsys.readouterr()
+    argv = ["batch", "--checkpoint", str(trainer.best_checkpoint), "--input", str(C2D / "test"), "--output", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    (run,) = (tmp_path / "batch" / "results").iterdir()
+    rows = read_csv(run / "predictions.csv")
+    assert len(rows) == 40 and {r["true_class"] for r in rows} == set(CLASSES_2D)
+    assert rows[0]["image"].split("/")[0] in CLASSES_2D  # named by their path inside the input folder
+    # the same model on the same files as run_class_prediction: the same classes
+    loaded = load_model(trainer.best_checkpoint)
+    direct = run_class_prediction(loaded, class_test_items(C2D / "test", CLASSES_2D), tmp_path / "direct")
+    assert [r["class"] for r in rows] == [CLASSES_2D[p.predicted] for p in direct["results"]]
+    metrics = {r["class"]: r for r in read_csv(run / "metrics.csv")}
+    assert float(metrics["accuracy"]["f1"]) == pytest.approx(direct["metrics"]["accuracy"], abs=1e-6)
+    assert (run / "confusion_matrix.png").exists() and "predictions:" in out
+    before = tree(run / "batch" / "done")
+    assert main(["batch", "--resume", str(run)]) == 0  # everything finished: nothing predicted again
+    assert tree(run / "batch" / "done") == before
+    assert len(read_csv(run / "predictions.csv")) == 40

@@ -4,6 +4,7 @@
                                                             classification, self_supervised --pretext crappify|masking)
     napari-bioflow train my.yaml --set train.epochs=5       train (then predict data.test_raw if set)
     napari-bioflow predict my.yaml --set predict.checkpoint=...   or   predict --checkpoint C --input DIR
+    napari-bioflow batch --checkpoint C --input DIR [--workers N | --scheduler ADDR]   a whole folder, resumable
     napari-bioflow sample                                   the main job on the shipped sample data
     napari-bioflow docs -o docs/config.md                   regenerate the config reference
 
@@ -168,6 +169,46 @@ def cmd_predict(args) -> None:
     _predict(cfg, loaded, experiment, cfg.data.test_raw, cfg.data.test_label)
 
 
+def cmd_batch(args) -> None:
+    """Predict every image of a folder into a new run (or continue one with --resume), on this machine or dask."""
+    from .engine.batch import BatchRequest, BatchRun, BatchStarted, BatchSummary, FileDone, FileFailed
+
+    request = BatchRequest(checkpoint=args.checkpoint, input_dir=args.input, labels_dir=args.labels,
+                           output_dir=args.output, name=args.name, resume=args.resume, device=args.device,
+                           overrides=list(args.set), scheduler=args.scheduler, workers=args.workers or 0,
+                           block_size=args.block_size, halo=args.halo)
+    run = BatchRun(request)
+    finished = 0
+    total = 0
+    try:
+        for r in run.run():
+            if isinstance(r, BatchStarted):
+                total = len(r.to_do)
+                earlier = f", {len(r.finished_earlier)} finished earlier" if r.finished_earlier else ""
+                _print(f"run {r.run_dir} ({r.mode}): {total} image(s) to predict{earlier}")
+            elif isinstance(r, FileDone):
+                finished += 1
+                m = " ".join(f"{k}={v:.4f}" for k, v in r.metrics.items() if not k.startswith("iou_class"))
+                eta = f", eta {r.eta_seconds:.0f} s" if r.eta_seconds else ""
+                _print(f"[{finished}/{total}] {r.name}: {r.seconds:.1f} s {m} ({r.overall:.0%} done{eta})")
+            elif isinstance(r, FileFailed):
+                finished += 1
+                _print(f"[{finished}/{total}] FAILED {r.name}: {r.reason}")
+            elif isinstance(r, BatchSummary):
+                _print(r.text())
+                _print(f"throughput: {r.files_per_second:.2f} files/s, {r.megapixels_per_second:.2f} megapixels/s")
+                for name, why in r.failed:
+                    _print(f"failed: {name}: {why}")
+                for label, path in (("metrics", r.metrics_csv), ("predictions", r.predictions_csv), ("summary", r.summary_csv)):
+                    if path is not None:
+                        _print(f"{label}: {path}")
+                if r.not_run:
+                    _print(f"continue with: napari-bioflow batch --resume {r.run_dir}")
+    except KeyboardInterrupt:
+        print(f"napari-bioflow: interrupted; continue with: napari-bioflow batch --resume {run.run_dir}", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
 def init_values(workflow: str, ndim: int, pretext: str = "crappify") -> tuple[dict, tuple[str, ...]]:
     """Starting values and header notes of `napari-bioflow init` per workflow (and self-supervised pretext)."""
     if workflow == "image_to_image":
@@ -284,6 +325,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--labels", type=Path, help="folder of ground-truth labels (metrics)")
     sp.add_argument("--output", type=Path, help="output folder (default: the config's output_dir)")
     sp.set_defaults(func=cmd_predict)
+    sp = sub.add_parser("batch", help="predict every image of a folder (resumable; optionally on dask)",
+                        description="Predict every image of a folder (TIFF, PNG, zarr, OME-Zarr) with a checkpoint into a "
+                                    "new run of the experiment layout; --resume continues an earlier run in place.")
+    sp.add_argument("--checkpoint", type=Path, help="checkpoint file (.pth)")
+    sp.add_argument("--input", type=Path, help="folder of images to predict")
+    sp.add_argument("--labels", type=Path, help="folder of ground-truth labels, paired by sorted name (metrics)")
+    sp.add_argument("--output", type=Path, default=Path("bioflow_runs"), help="output folder (default: bioflow_runs)")
+    sp.add_argument("--name", default="batch", help="experiment name (default: batch)")
+    sp.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                    help="continue the batch run in this results folder (e.g. bioflow_runs/batch/results/batch_1): "
+                         "finished files are skipped")
+    sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    sp.add_argument("--scheduler", metavar="ADDRESS", help="run on the dask cluster of this scheduler (tcp://host:8786)")
+    sp.add_argument("--workers", type=int, metavar="N", help="run on a local dask cluster of N worker processes")
+    sp.add_argument("--block-size", type=int, metavar="PX",
+                    help="split images larger than this (per axis) into blocks predicted in parallel "
+                         "(default with dask: 2048 in 2D, 256 in 3D; 0: never)")
+    sp.add_argument("--halo", type=int, metavar="PX", help="context around each block (default: half the training patch)")
+    sp.add_argument("--set", action="append", default=[], metavar="predict.FIELD=VALUE",
+                    help="override a prediction setting, e.g. --set predict.tta=true (repeatable)")
+    sp.set_defaults(func=cmd_batch)
     sp = sub.add_parser("init", help="write a commented starting config")
     sp.add_argument("workflow", choices=["semantic_segmentation", "image_to_image", "self_supervised", "classification"])
     sp.add_argument("--ndim", type=int, choices=[2, 3], default=2)

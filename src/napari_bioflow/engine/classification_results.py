@@ -200,6 +200,25 @@ def predict_class_files(loaded, items: list[tuple[Path, Optional[int]]], out_dir
             yield ClassPrediction((names[k + j] if names else Path(path).name), pr, int(pr.argmax()), true)
 
 
+def prediction_row(probs: np.ndarray, class_names: Sequence[str], true: Optional[int] = None) -> dict:
+    """One image's row of predictions.csv (after its file column)."""
+    k = int(np.argmax(probs))
+    row = {"class": class_names[k], "confidence": f"{probs[k]:.6f}", **{f"p_{n}": f"{p:.6f}" for n, p in zip(class_names, probs)}}
+    if true is not None:
+        row["true_class"] = class_names[true]
+    return row
+
+
+def write_batch_metrics(out_dir: Path, rows: Sequence[dict], class_names: Sequence[str]) -> Optional[Path]:
+    """metrics.csv and the confusion matrix of batch rows (prediction_row) when every row has its true class."""
+    if not rows or any("true_class" not in r for r in rows):
+        return None
+    m = ClassificationMetrics(len(class_names))
+    index = {n: i for i, n in enumerate(class_names)}
+    m.update(np.eye(len(class_names))[[index[r["class"]] for r in rows]], np.array([index[r["true_class"]] for r in rows]))
+    return m.write(out_dir, class_names)["metrics"]
+
+
 def write_predictions(results: Sequence[ClassPrediction], class_names: Sequence[str], out_dir: Path) -> dict:
     """predictions.csv (file, predicted class, confidence, a probability per class, true class when known) and,
     when every true class is known, the metrics files. Returns {'predictions': path, 'metrics': {...} or {}}."""

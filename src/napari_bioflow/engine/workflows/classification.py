@@ -57,6 +57,14 @@ class Classification(Workflow):
 
         return torch.softmax(logits.float(), dim=1)
 
+    def predict_file(self, loaded, image, name, run_dir, stem, device, target=None) -> dict:
+        """Batch mode: one image's predictions.csv row (class, confidence, a probability per class, and the true
+        class when the input sits in a class sub-folder; `target` is then its class index)."""
+        from ..classification_results import classify_batch, prediction_row
+
+        probs = classify_batch(loaded, [image], device)[0]
+        return {"prediction": prediction_row(probs, loaded.config.class_names, target), "metrics": {}}
+
     def metrics(self, cfg):
         from ..classification_results import ClassificationMetrics
 
