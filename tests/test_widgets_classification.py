@@ -144,3 +144,41 @@ def test_bad_input_names_the_layer(make_napari_viewer, messages, tmp_path):
     train.train_button.native.click()
     assert messages["error"][-1] == "Every image is of class 'only': give the images at least two classes."
     assert not train.running and not (tmp_path / "my_experiment").exists()
+
+
+def test_batch_dock_classifies_a_folder_with_classes(make_napari_viewer, wait_idle, tmp_path):
+    from napari_bioflow.config import RunConfig
+    from napari_bioflow.engine.train import Trainer
+    from napari_bioflow.widgets.batch import FROM_FILE, BatchWidget
+
+    train_dir, test_dir = tmp_path / "train", tmp_path / "test"
+    for c in CLASSES:
+        for split, root, n in (("train", train_dir, 12), ("test", test_dir, 3)):
+            (root / c).mkdir(parents=True)
+            for f in sorted((C2D / split / c).glob("*.png"))[:n]:
+                (root / c / f.name).write_bytes(f.read_bytes())
+    cfg = RunConfig.model_validate({
+        "workflow": "classification", "name": "cls", "output_dir": str(tmp_path / "runs"), "device": "cpu",
+        "model": {"name": "vit", "options": {"embed_dim": 32, "depth": 1, "num_heads": 2}},
+        "data": {"train_raw": str(train_dir), "patch_size": [48, 48]}, "train": {"epochs": 1, "batch_size": 8}})
+    trainer = Trainer(cfg)
+    for _ in trainer.run():
+        pass
+    viewer = make_napari_viewer()
+    widget = BatchWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.model_source.value = FROM_FILE
+    widget.checkpoint.value = trainer.best_checkpoint
+    widget.input.value = test_dir
+    widget.form["output_dir"].value, widget.form["device"].value = tmp_path / "batch", "cpu"
+    widget.run_button.native.click()
+    wait_idle(widget)
+    s = widget.summary
+    assert s is not None and len(s.done) == 6 and not s.failed
+    rows = widget.classes.rows()
+    assert not widget.classes.isHidden() and [r[0] for r in rows] == [f"{c}/{f.name}" for c in CLASSES
+                                                                      for f in sorted((test_dir / c).iterdir())]
+    assert all(r[1] in CLASSES for r in rows)
+    csv_rows = read_csv(s.predictions_csv)
+    assert [r["class"] for r in csv_rows] == [r[1] for r in rows] and {r["true_class"] for r in csv_rows} == set(CLASSES)
+    assert (s.run_dir / "confusion_matrix.png").exists() and widget.open_results() == []
