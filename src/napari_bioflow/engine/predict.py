@@ -262,12 +262,19 @@ def _ramp_profile(size: int, lo: int, hi: int) -> np.ndarray:
 
 
 def _apply_weights(values: np.ndarray, profiles: Sequence[np.ndarray]) -> None:
-    """values (C, *spatial) *= outer product of the 1D profiles, in place, one axis at a time."""
+    """values (C, *spatial) *= outer product of the 1D profiles, in place, one axis at a time and only over
+    the overlap margins (the normalised weights are exactly 1 elsewhere)."""
     nd = len(profiles)
     for axis, p in enumerate(profiles):
-        if p.min() == 1.0:  # an axis with a single tile: nothing to blend
-            continue
-        values *= p.reshape((-1,) + (1,) * (nd - 1 - axis))
+        ones = np.flatnonzero(p == 1.0)
+        lo, hi = (int(ones[0]), int(ones[-1]) + 1) if len(ones) else (len(p), len(p))
+        if hi - lo != len(ones):  # not a plateau of ones between two ramps: weigh the whole axis
+            lo = hi = len(p)
+        shape = (-1,) + (1,) * (nd - 1 - axis)
+        for a, b in ((0, lo), (hi, len(p))):
+            if b > a:
+                index = (slice(None),) * (axis + 1) + (slice(a, b),)
+                values[index] *= p[a:b].reshape(shape)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -828,7 +835,7 @@ class _TileReader:
             key = tuple((s.start, s.stop) for s in clipped[:-1])
             if key != self.band_key:
                 self.band = None  # drop the old band before reading the next
-                region = (*clipped[:-1], slice(0, self.spatial[-1]), slice(None))
+                region = (*clipped[:-1], slice(0, self.spatial[-1]), slice(0, int(self.image.shape[-1])))
                 self.band = _read_region(self.image, region, self.grid)
                 self.band_key = key
                 self.band_origin = [s.start for s in clipped[:-1]]
@@ -997,10 +1004,20 @@ def argmax_labels(prob):
     return _argmax_block(np.asarray(prob))
 
 
+ARGMAX_SLAB = 2**20  # voxels per np.argmax call: its int64 result is 8 bytes per voxel
+
+
 def _argmax_block(p: np.ndarray) -> np.ndarray:
     if p.shape[0] == 1:
         return (p[0] > 0.5).astype(np.uint8)
-    return np.argmax(p, axis=0).astype(_labels_dtype(p.shape[0]))
+    out = np.empty(p.shape[1:], _labels_dtype(p.shape[0]))
+    if out.ndim == 0 or out.size <= ARGMAX_SLAB:
+        out[...] = np.argmax(p, axis=0)
+        return out
+    step = max(1, ARGMAX_SLAB // int(np.prod(out.shape[1:])))  # slabs along the first spatial axis
+    for a in range(0, out.shape[0], step):
+        out[a : a + step] = np.argmax(p[:, a : a + step], axis=0)
+    return out
 
 
 def write_labels_zarr(prob_zarr, path: str | Path):
@@ -1019,12 +1036,14 @@ def write_labels_zarr(prob_zarr, path: str | Path):
     # four in flight, so memory stays a few chunks.
     from concurrent.futures import ThreadPoolExecutor
 
+    trim = _Trimmer()
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="bioflow-labels") as pool:
         flying: list = []
         for region in chunk_regions(shape, chunks):
             flying.append(pool.submit(one, region))
             if len(flying) >= 4:
                 flying.pop(0).result()
+                trim()
         for f in flying:
             f.result()
     return out
