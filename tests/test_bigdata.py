@@ -412,3 +412,28 @@ def test_foreground_subset_is_uniform_over_chunks():
     share = np.mean(pts[:, 0] < 2)  # 2/3 of the foreground lies in the first two planes
     assert abs(share - 2 / 3) < 0.01
     assert len({tuple(p) for p in pts}) == len(pts)
+
+
+# ---------------------------------------------------------------------------- TIFF written from zarr, streamed
+
+
+def test_write_tiff_streams_zarr_and_dask(tmp_path):
+    import tifffile
+
+    from napari_bioflow.engine.io import write_tiff
+
+    prob = rand_image((2, 24, 256, 256))  # 12.6 MB
+    z = make_zarr(tmp_path / "p.zarr", prob, (2, 8, 64, 64))
+    peak = traced_peak(lambda: write_tiff(tmp_path / "p.tif", z, "CZYX"))
+    assert peak < prob.nbytes / 8  # a few chunks, never the whole map
+    with tifffile.TiffFile(tmp_path / "p.tif") as f:
+        assert f.series[0].axes == "CZYX" and f.pages[0].compression == 1  # floats uncompressed
+        np.testing.assert_array_equal(f.asarray(), prob)
+    labels = (prob[0] > 0.5).astype(np.uint8)
+    lz = make_zarr(tmp_path / "l.zarr", labels, (8, 64, 64))
+    for name, src in (("l.tif", lz), ("l2.tif", da.from_zarr(lz))):
+        write_tiff(tmp_path / name, src, "ZYX")
+        with tifffile.TiffFile(tmp_path / name) as f:
+            assert f.pages[0].compression == 8  # integers zlib
+            np.testing.assert_array_equal(f.asarray(), labels)
+    assert not list(tmp_path.glob("*.part"))
