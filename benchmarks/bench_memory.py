@@ -107,8 +107,19 @@ def child(volume: str, ckpt: str, out: str, save_tiff: bool, batch_voxels: int =
         state.update(name=next_name, t=now, cpu=cpu)
         reset_peak()
 
+    import threading
+
     import torch
     import zarr
+
+    samples: list[tuple[float, float]] = []  # (seconds since start, RSS MB) every 0.5 s: shows any creep over time
+    done = threading.Event()
+
+    def sample_rss() -> None:
+        while not done.wait(0.5):
+            samples.append((round(time.perf_counter() - t0, 1), round(status_kb("VmRSS") / 1024, 1)))
+
+    threading.Thread(target=sample_rss, daemon=True).start()
 
     import napari_bioflow.engine.io as io_mod
     import napari_bioflow.engine.predict as pred
@@ -153,8 +164,13 @@ def child(volume: str, ckpt: str, out: str, save_tiff: bool, batch_voxels: int =
     mark("cleanup")
     job.cleanup()
     mark("end")
+    done.set()
     written = sorted(result.outputs)
     sw = phases["sliding window (tiles -> accumulator)"]
+    starts, t = {}, 0.0
+    for name, ph in phases.items():  # when each phase began, to read the RSS series
+        starts[name] = round(t, 1)
+        t += ph["seconds"]
     voxels = int(np.prod(image.shape))
     engine = {k: getattr(pred, k) for k in ("CACHE_BYTES", "BAND_BYTES", "WRITE_QUEUE") if hasattr(pred, k)}
     from napari_bioflow.engine import inference
@@ -167,6 +183,7 @@ def child(volume: str, ckpt: str, out: str, save_tiff: bool, batch_voxels: int =
                       "sliding_window_mvoxel_per_cpu_s": voxels / max(sw["cpu_seconds"], 1e-9) / 1e6,
                       "whole_run_mvoxel_per_s": voxels / (time.perf_counter() - t0) / 1e6,
                       "engine": engine, "torch_threads": torch.get_num_threads(),
+                      "phase_starts_s": starts, "rss_mb_every_0.5_s": samples,
                       "tiff_written": (Path(out) / "per_image" / "volume.tif").exists()}))
 
 

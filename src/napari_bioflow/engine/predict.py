@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import queue
 import shutil
 import threading
@@ -45,8 +46,8 @@ __all__ = [
     "write_labels_zarr",
 ]
 
-# Weight of a pixel right at a tile border that touches another tile. Never 0, so that sum / weight is
-# defined everywhere even if a rounding quirk ever left a pixel covered only by ramp starts.
+# Weight of a pixel right at a tile border that touches another tile. Never 0, so that the total weight W
+# is > 0 everywhere even if a rounding quirk ever left a pixel covered only by ramp starts.
 WEIGHT_FLOOR = 1e-3
 # RAM for zarr chunks that later tiles still add to (only their overlapping parts are held); beyond it the
 # chunks needed furthest ahead are spilled to disk. The tile order keeps this small: see TilePlan.traversal.
@@ -55,6 +56,9 @@ CACHE_BYTES = 64 * 2**20
 # image; above it, or for unchunked arrays (numpy, memory-mapped TIFF), tiles are read one by one.
 BAND_BYTES = 128 * 2**20
 WRITE_QUEUE = 2  # finished chunks waiting for the writer thread (each is one output chunk)
+
+
+TRIM_SLACK = 64 * 2**20  # RSS allowed above its level after the last malloc_trim before trimming again
 
 
 def _libc_malloc_trim():
@@ -67,25 +71,19 @@ def _libc_malloc_trim():
 
 
 _MALLOC_TRIM = _libc_malloc_trim()
-
-
-TRIM_SLACK = 64 * 2**20  # RSS allowed above its level after the last trim before trimming again
+try:
+    _PAGE = os.sysconf("SC_PAGE_SIZE")
+except (AttributeError, ValueError, OSError):
+    _PAGE = 4096
 
 
 def _rss() -> int:
+    """Resident set size in bytes (0 where /proc is missing)."""
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * _PAGE
     except (OSError, ValueError, IndexError):
         return 0
-
-
-try:
-    import os as _os
-
-    _PAGE = _os.sysconf("SC_PAGE_SIZE")
-except (AttributeError, ValueError, OSError):
-    _PAGE = 4096
 
 
 class _Trimmer:
