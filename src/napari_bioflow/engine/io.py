@@ -110,8 +110,6 @@ def write_tiff(path: Path, data, axes: str | None = None) -> Path:
     metadata = {"axes": axes} if axes else None
     if isinstance(data, np.ndarray) or not hasattr(data, "shape") or len(data.shape) < 3:
         data = np.asarray(data)
-        # zlib shrinks labels ~15x but float maps only ~2x, at ~1.5 s per 2048x2048x2 float32 map (12% of a whole
-        # prediction there: benchmarks/bench_predict.py), so floats are stored uncompressed
         compression = "zlib" if data.dtype.kind in "biu" else None
         tifffile.imwrite(str(tmp), data, imagej=False, metadata=metadata, compression=compression)
     else:
