@@ -1,4 +1,4 @@
-"""Batch-folder prediction (engine/batch.py, engine/distributed.py) and the `napari-bioflow batch` command, on real
+"""Batch-folder prediction (engine/batch.py, engine/dask_executor.py) and the `napari-bioflow batch` command, on real
 crops of the shipped BBBC007 sample in every input format (TIFF, PNG, zarr, OME-Zarr) with a tiny trained model."""
 from __future__ import annotations
 

@@ -299,9 +299,11 @@ def test_mae_2d_writes_the_mae_checks(mae_2d):
     trainer, _, (result,), folders = mae_2d
     clean = tifffile.imread(folders["test"] / "crop3.tif").astype(np.float32)
     checks = check_mae_outputs(trainer.experiment.results / "MAE_checks", "crop3", clean, [32, 32], 8)
-    assert np.isfinite(result.metrics["psnr_masked_patches"])
     # the reconstruction of the hidden tokens follows the image (a trained MAE, not a constant)
     hidden = checkerboard(clean.shape, [32, 32], 8) == 1
+    # the PSNR of the hidden pixels alone (the visible ones are the input), with the image's range as the peak
+    error = np.mean((checks["reconstruction"][0][hidden] - clean[hidden]) ** 2)
+    assert result.metrics["psnr_masked_patches"] == pytest.approx(10 * math.log10(np.ptp(clean) ** 2 / error), abs=1e-4)
     corr = np.corrcoef(checks["reconstruction"][0][hidden], clean[hidden])[0, 1]
     print(f"\nMAE 2D: correlation of the hidden tokens' reconstruction with the original {corr:.3f}")
     assert corr > 0.2
@@ -345,6 +347,42 @@ def test_mae_loss_counts_the_hidden_tokens_only():
     error = (pred - x) ** 2
     assert float(loss) == pytest.approx(float(error[..., hidden].mean()), rel=1e-5)
     assert float(error[..., hidden].mean()) != pytest.approx(float(error.mean()), rel=1e-3)
+
+
+def test_mae_validation_psnr_scores_the_hidden_tokens_only():
+    """The chart metric of the MAE (validation PSNR) compares the hidden tokens' reconstruction with the original:
+    the visible tokens never change it, the hidden ones do."""
+    from napari_bioflow.engine.models import create_model
+    from napari_bioflow.engine.workflows import get_workflow
+
+    torch.manual_seed(0)
+    cfg = RunConfig.from_dict({"workflow": "self_supervised", "self_supervised": {"pretext": "masking"},
+                               "data": {"patch_size": [32, 32]}, "model": {"name": "mae", "options": {**MAE, "img_size": 32}}})
+    wf = get_workflow("self_supervised")
+    model = create_model("mae", ndim=2, in_channels=1, out_channels=1, **MAE, img_size=32).eval()
+    x = torch.from_numpy(tifffile.imread(TIMELAPSE)[:2, 64:96, 64:96].astype(np.float32) / 255)[:, None]
+    with torch.inference_mode():
+        x, y = wf.make_pair(x, x, None, cfg)
+        _, prediction = wf.validation_step(model, x, y, None)
+        pred = model(x)
+    prediction, target = prediction.numpy(), y.numpy()
+
+    def score(p):
+        metrics = wf.metrics(cfg)
+        metrics.update(p, target)
+        return metrics.compute()["psnr"]
+
+    hidden = checkerboard((32, 32), (32, 32), 8) == 1
+    error = ((pred.numpy() - target)[:, 0][:, hidden] ** 2).mean(axis=1)  # per patch, hidden pixels only
+    assert score(prediction) == pytest.approx(float(np.mean(10 * np.log10(1 / error))), rel=1e-5)
+    whole = float(np.mean(10 * np.log10(1 / ((pred.numpy() - target) ** 2).mean(axis=(1, 2, 3)))))
+    assert score(prediction) != pytest.approx(whole, abs=0.05)
+    exact_visible = prediction.copy()
+    exact_visible[:, 0][:, ~hidden] = target[:, 0][:, ~hidden]  # the visible tokens pasted back unchanged
+    assert score(exact_visible) == pytest.approx(score(prediction), rel=1e-6)
+    off_by_005 = prediction.copy()
+    off_by_005[:, 0][:, hidden] = target[:, 0][:, hidden] + 0.05  # every hidden pixel 0.05 off: 26.02 dB
+    assert score(off_by_005) == pytest.approx(10 * math.log10(1 / 0.05**2), abs=1e-3)
 
 
 def test_mae_random_mask_checks(tmp_path):

@@ -21,12 +21,12 @@ A file counts as finished only once its marker exists; a resumed run skips those
 scratch (their partial zarr store is removed first; TIFFs are written atomically anyway).
 
 The per-file step dispatches on the workflow: dense workflows (every one so far) go through `ImagePrediction`;
-a workflow with `dense_prediction = False` predicts one value per image through its own
+a workflow with `dense = False` (classification) predicts one value per image through its own
 `predict_file(loaded, image, name, run_dir, stem, device, target) -> {"prediction": {column: value},
 "metrics": {...}}` (optional), and the rows go into predictions.csv.
 
 Files run in this process (a helper thread, so tile progress can be reported while the generator waits), or on
-`dask.distributed` (see engine/distributed.py) with `scheduler=` an address or `workers=` N local processes.
+`dask.distributed` (see engine/dask_executor.py) with `scheduler=` an address or `workers=` N local processes.
 """
 from __future__ import annotations
 
@@ -194,6 +194,7 @@ class FileItem:
     pixels: int = 0  # spatial pixels/voxels (for the ETA); 0 until scanned
     shape: tuple = ()  # spatial shape
     error: str = ""  # why the file cannot be predicted (found by the scan)
+    true_class: Optional[int] = None  # classification: the class of the input's class sub-folder, if it has one
 
 
 @dataclass
@@ -331,12 +332,14 @@ def predict_item(ctx: TaskContext, item: FileItem, loaded=None, cancel: Optional
         device = loaded_device(loaded, ctx.device)
         image = open_channels_last(item.raw, cfg, item.raw, ctx.checkpoint)
         target = None
-        if item.label:
+        if item.true_class is not None:
+            target = item.true_class
+        elif item.label:
             from .io import open_image
 
             target = open_image(Path(item.label))
         pixels = int(np.prod(image.shape[:-1]))
-        if not getattr(wf, "dense_prediction", True):  # one value per image (classification): the workflow's own step
+        if not getattr(wf, "dense", True):  # one value per image (classification): the workflow's own step
             clear_partial(run_dir, item.stem)
             if on_start is not None:
                 on_start(None)
@@ -407,7 +410,7 @@ def splittable(wf) -> bool:
     whose degraded input and scores concern the whole image)."""
     from .workflows.base import Workflow
 
-    return getattr(wf, "dense_prediction", True) and type(wf).prediction_input is Workflow.prediction_input
+    return getattr(wf, "dense", True) and type(wf).prediction_input is Workflow.prediction_input
 
 
 def default_halo(cfg) -> list[int]:
@@ -574,11 +577,22 @@ class BatchRun:
             raise InputError("Give either a dask scheduler address or a number of local workers, not both.")
         if req.workers < 0:
             raise InputError(f"The number of dask workers must be positive, not {req.workers}.")
-        pairs = folder_pairs(Path(req.input_dir), Path(req.labels_dir) if req.labels_dir else None, "input")
         # on dask the workers resolve the device (a GPU node's "cuda" need not exist where the batch is started);
         # here the model is only read for its settings
         self.device = "cpu" if req.distributed else resolve_device(req.device)
         self.loaded = loaded if loaded is not None else load_model(Path(req.checkpoint), self.device)
+        classes: dict[str, int] = {}  # classification: file name -> the class of its sub-folder
+        if getattr(self.loaded.workflow, "dense", True):
+            pairs = folder_pairs(Path(req.input_dir), Path(req.labels_dir) if req.labels_dir else None, "input")
+        else:  # a flat folder, or class sub-folders (then the metrics and the confusion matrix)
+            from .classification_results import class_test_items
+
+            if req.labels_dir:
+                raise InputError("A classification batch takes its classes from the input's class sub-folders, "
+                                 "not from a labels folder.")
+            found = class_test_items(Path(req.input_dir), self.loaded.config.class_names, "input")
+            pairs = [(p, None) for p, _ in found]
+            classes = {str(p): c for p, c in found if c is not None}
         base = self.loaded.config.model_dump(mode="json")
         base["predict"]["checkpoint"] = str(Path(req.checkpoint).absolute())
         base["data"]["test_raw"] = str(Path(req.input_dir).absolute())
@@ -590,10 +604,12 @@ class BatchRun:
         cfg = RunConfig.from_dict(base, req.overrides, source="batch settings")
         self.loaded.config = self.loaded.config.model_copy(update={"predict": cfg.predict})
         self.cfg = cfg
-        names = [p.name for p, _ in pairs]
+        # class sub-folders may repeat file names: name the files by their path inside the input folder
+        names = [str(Path(p).relative_to(req.input_dir)) if classes else Path(p).name for p, _ in pairs]
         stems = assign_stems(names, manifest.get("stems") if manifest else None)
         self.items = [FileItem(i, str(Path(raw).absolute()), str(Path(label).absolute()) if label else None,
-                               Path(raw).name, stems[Path(raw).name]) for i, (raw, label) in enumerate(pairs)]
+                               name, stems[name], true_class=classes.get(str(raw)))
+                      for i, ((raw, label), name) in enumerate(zip(pairs, names))]
         if manifest is not None:
             self.run_dir = Path(req.resume)
             self.config_path = Path(manifest["config_path"])
@@ -695,7 +711,7 @@ class BatchRun:
         self._start = start
         executor = None
         if self.request.distributed:
-            from .distributed import DaskExecutor
+            from .dask_executor import DaskExecutor
 
             try:
                 executor = DaskExecutor(self)
@@ -836,6 +852,11 @@ class BatchRun:
                 records.append((it, rec))
         metrics_csv = write_metrics_csv(self.run_dir, records)
         predictions_csv = write_predictions_csv(self.run_dir, records)
+        if not getattr(self.loaded.workflow, "dense", True):  # classification over the set: metrics, confusion matrix
+            from .classification_results import write_batch_metrics
+
+            metrics_csv = write_batch_metrics(self.run_dir, [rec["prediction"] for _, rec in records if rec.get("prediction")],
+                                              self.loaded.config.class_names) or metrics_csv
         reasons = dict(self._failed)
         rows = []
         for it in self.items:

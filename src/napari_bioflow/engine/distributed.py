@@ -1,227 +1,205 @@
-"""Batch prediction on dask.distributed: one task per file, or one task per block of an image bigger than the
-block size (the chunks of one huge volume), on a LocalCluster of worker processes or on the cluster behind a
-scheduler address. The tasks are the same functions the in-process batch runs (engine/batch.py), so the outputs
-are the same; every worker loads the checkpoint once and reads and writes the files itself (on a cluster the
-input, checkpoint and output paths must be the same on every machine: a shared file system).
+"""Training on several processes (GPUs, machines) with torch.distributed: DistributedDataParallel under `torchrun`.
 
-Workers report tile progress through dask's event log (`log_event` / `subscribe_topic`), and a cancel is a
-`distributed.Event` the tasks check between tile batches, so a cancel stops every worker after its current tile.
+Nothing changes in the config: `torchrun ... -m napari_bioflow.cli train my.yaml` runs the same run on every
+process. The context is read from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/MASTER_PORT);
+without it (a plain run, the napari widgets) everything here is a no-op and the trainer runs as before.
+
+How one run is split so that its result matches the single-process run of the same config:
+
+* every rank draws the *same* global batch (config `train.batch_size`) from the same seeded stream as a single
+  process would, augments it with the same generator, and keeps its elements `rank::world_size`. The model's forward
+  and backward pass (the expensive part) run on that share only.
+* each rank's loss is scaled by `world_size * share / batch`, so DistributedDataParallel's gradient average equals
+  the gradient of the global batch's mean loss (exactly, even when the batch does not divide by the world size).
+* validation runs on rank 0 alone (the same patches as a single process) and its numbers are broadcast, so the
+  learning-rate schedule and early stopping decide the same on every rank; a cancel on any rank stops all of them
+  at the same batch boundary.
+* rank 0 alone creates the experiment folder (run id), writes the config, checkpoints (the unwrapped model's
+  state_dict: the same tensor names as a single-process run), the CSV log and the charts; it broadcasts the run.
 """
 from __future__ import annotations
 
-import logging
+import functools
 import os
-import queue
-import time
-import uuid
-from pathlib import Path
-from typing import Any, Iterator, Optional
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
-from .batch import (Block, BatchRun, FileItem, FileStarted, TaskContext, clear_partial,
-                    create_block_store, finish_blocks, predict_block, predict_item)
 from .errors import InputError
 
-log = logging.getLogger(__name__)
-CANCEL_POLL_S = 0.3  # a task asks the scheduler whether the batch was cancelled at most this often
-PROGRESS_EVERY_S = 0.25  # and reports its tile progress at most this often
+
+def env_world() -> tuple[int, int, int]:
+    """(rank, world size, local rank) as torchrun sets them; (0, 1, 0) in a plain process."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return 0, 1, 0
+    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0") or 0)
 
 
-def connect(scheduler: Optional[str] = None, workers: int = 2, threads_per_worker: int = 1):
-    """(client, cluster): a client of the scheduler at `scheduler`, or of a new LocalCluster of `workers`
-    processes (cluster is then returned, to close after the client)."""
-    from distributed import Client, LocalCluster
-
-    if scheduler:
-        try:
-            return Client(scheduler, timeout="5s", set_as_default=False), None
-        except (OSError, TimeoutError, ValueError) as e:
-            raise InputError(f"Cannot reach the dask scheduler at {scheduler}: {str(e).splitlines()[0] if str(e) else type(e).__name__}.") from None
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                           dashboard_address=None, silence_logs=logging.ERROR)
-    # not the default scheduler: the viewer's dask arrays keep computing in this process, before and after the batch
-    return Client(cluster, set_as_default=False), cluster
+def is_main_process() -> bool:
+    """True on rank 0 (and in a plain process): the one that prints and writes."""
+    return env_world()[0] == 0
 
 
-# --------------------------------------------------------------------------------------------------
-# What the workers run
-# --------------------------------------------------------------------------------------------------
+@dataclass
+class Distributed:
+    """The process's place in the run. `world_size == 1`: a plain single-process run (all methods no-ops)."""
 
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+    backend: str = ""
+    # this rank's own share of the work, for its progress line (`napari-bioflow train` prints it per rank)
+    steps: int = 0
+    samples: int = 0
+    local_loss: float = 0.0
 
-def _cancel_check(name: str):
-    """A cancel callable for ImagePrediction.run: the batch's distributed.Event, polled at most every 0.3 s."""
-    from distributed import Event
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
 
-    event = Event(name)
-    state = {"at": 0.0, "set": False}
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
 
-    def cancelled() -> bool:
-        now = time.monotonic()
-        if now - state["at"] >= CANCEL_POLL_S:
-            state["at"], state["set"] = now, bool(event.is_set())
-        return state["set"]
+    # --- model --------------------------------------------------------------------------------------
+    def wrap(self, model):
+        """The module to train with: DistributedDataParallel around `model` when distributed, else `model`."""
+        if not self.enabled:
+            return model
+        return _ddp_class()(model, device_ids=[self.local_rank] if self.device.startswith("cuda") else None)
 
-    return cancelled
+    # --- batches and losses ---------------------------------------------------------------------------
+    def shard(self, x, y):
+        """This rank's elements rank::world_size of a global batch, and their share of it (a fraction)."""
+        if not self.enabled:
+            return x, y, 1.0
+        n = x.shape[0]
+        x = x[self.rank::self.world_size]
+        if y is not None:
+            y = y[self.rank::self.world_size]
+        self.steps += 1
+        self.samples += x.shape[0]
+        return x, y, x.shape[0] / n
 
+    def loss_weight(self, share: float) -> float:
+        """Factor on this rank's mean loss so that DDP's gradient average is the global batch's mean gradient."""
+        return share * self.world_size
 
-def _publish(topic: str, msg: dict) -> None:
-    from distributed import get_worker
+    def global_loss(self, loss, share: float) -> float:
+        """The global batch's mean loss from every rank's mean loss over its share (all ranks get it)."""
+        value = loss.detach()
+        if not self.enabled:
+            return float(value)
+        import torch.distributed as dist
 
-    try:
-        get_worker().log_event(topic, msg)
-    except Exception:  # progress is best effort
-        pass
+        self.local_loss += float(value)
+        t = (value.float() * share).reshape(1)
+        dist.all_reduce(t)
+        return float(t)
 
+    # --- agreement between ranks ----------------------------------------------------------------------
+    def any(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on any rank (cancelling keeps the ranks in step)."""
+        if not self.enabled:
+            return bool(flag)
+        import torch
+        import torch.distributed as dist
 
-def file_task(ctx: TaskContext, item: FileItem) -> dict:
-    cancel = _cancel_check(ctx.cancel_event)
-    if cancel():
-        return {"status": "cancelled", "name": item.name}
-    last = {"at": 0.0}
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
 
-    def started(job) -> None:
-        _publish(ctx.topic, {"kind": "start", "index": item.index,
-                             "tiles": len(job.plan.tiles) if job is not None else 0,
-                             "accumulator": str(job.accumulator.root) if job is not None else ""})
+    def from_main(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on rank 0 only and give its result to every rank. An InputError raised there is raised on
+        every rank (so no rank waits forever for a result that never comes); any other error is re-raised on
+        rank 0 and reported as an error on the others."""
+        if not self.enabled:
+            return fn()
+        import torch.distributed as dist
 
-    def progress(done: int, total: int) -> None:
-        now = time.monotonic()
-        if done == total or now - last["at"] >= PROGRESS_EVERY_S:
-            last["at"] = now
-            _publish(ctx.topic, {"kind": "progress", "index": item.index, "done": done, "total": total})
-
-    return predict_item(ctx, item, None, cancel, progress, started)
-
-
-def block_task(ctx: TaskContext, item: FileItem, block: Block) -> dict:
-    cancel = _cancel_check(ctx.cancel_event)
-    if cancel():
-        return {"status": "cancelled", "name": item.name}
-    return predict_block(ctx, item, block, None, cancel)
-
-
-def finish_task(ctx: TaskContext, item: FileItem, results: list[dict]) -> dict:
-    return finish_blocks(ctx, item, results)
-
-
-# --------------------------------------------------------------------------------------------------
-# The driver (the batch generator's side)
-# --------------------------------------------------------------------------------------------------
-
-
-class DaskExecutor:
-    def __init__(self, batch: BatchRun):
-        req = batch.request
-        self.batch = batch
-        self.client, self.cluster = connect(req.scheduler, req.workers)
-        self.uid = uuid.uuid4().hex[:10]
-        self.topic = f"bioflow-batch-{self.uid}"
-        self.events: queue.Queue = queue.Queue()
-        self.client.subscribe_topic(self.topic, lambda event: self.events.put(("topic", event[1])))
-        from distributed import Event
-
-        self.cancel_event = Event(f"bioflow-cancel-{self.uid}", client=self.client)
-        n = len(self.client.scheduler_info().get("workers", {}))
-        self.n_workers = n
-        self.unfinished = False
-        # local workers share this machine's cores: each takes its share for torch (dask sets 1 thread otherwise)
-        self.torch_threads = max(1, (os.cpu_count() or 1) // max(1, req.workers)) if self.cluster is not None else 0
-
-    def describe(self) -> str:
-        if self.cluster is not None:
-            return f"dask LocalCluster of {self.n_workers} worker process(es)"
-        return f"dask scheduler {self.batch.request.scheduler} ({self.n_workers} worker(s))"
-
-    def close(self) -> None:
-        """Leave the cluster; tasks still running (the batch interrupted, e.g. by Ctrl-C) stop after their tile."""
-        try:
-            if self.unfinished:
-                self.cancel_event.set()
-            self.client.unsubscribe_topic(self.topic)
-        except Exception:
-            pass
-        self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
-
-    def run(self, items: list[FileItem]) -> Iterator[Any]:
-        import dask.array as da
-
-        batch = self.batch
-        ctx = batch.context(self.torch_threads, self.topic, self.cancel_event.name)
-        by_index = {it.index: it for it in items}
-        blocks_done: dict[int, int] = {}
-        n_blocks: dict[int, int] = {}
-        finished: set[int] = set()
-        futures = []
-        for item in items:
-            blocks = batch.blocks_of(item)
-            if blocks is None:
-                fut = self.client.submit(file_task, ctx, item, key=f"bioflow-file-{item.index}-{self.uid}", pure=False)
-            else:
-                clear_partial(batch.run_dir, item.stem)
-                arr = create_block_store(batch.run_dir, item, batch.loaded, batch.block)
-                n_blocks[item.index], blocks_done[item.index] = len(blocks), 0
-                yield FileStarted(item.index, item.name, item.stem, len(blocks), lambda a=arr: da.from_zarr(a))
-                parts = []
-                for blk in blocks:
-                    part = self.client.submit(block_task, ctx, item, blk, pure=False,
-                                              key=f"bioflow-block-{item.index}-{blk.index}-{self.uid}")
-                    part.add_done_callback(lambda f, i=item.index: self.events.put(("block", i)))
-                    parts.append(part)
-                fut = self.client.submit(finish_task, ctx, item, parts, key=f"bioflow-finish-{item.index}-{self.uid}",
-                                         pure=False)
-            fut.add_done_callback(lambda f, i=item.index: self.events.put(("done", i, f)))
-            futures.append(fut)
-        cancelling = False
-        self.unfinished = bool(items)
-        while len(finished) < len(items):
-            if batch.cancelled and not cancelling:
-                cancelling = True
-                self.cancel_event.set()  # running tasks stop after their tile batch, waiting ones at once
+        box: list = [None]
+        error: Optional[BaseException] = None
+        if self.is_main:
             try:
-                event = self.events.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            kind = event[0]
-            if kind == "done":
-                _, index, fut = event
-                finished.add(index)
-                try:
-                    record = fut.result()
-                except Exception as e:  # the task itself died (a worker lost, a pickling error): that file fails
-                    record = {"status": "failed", "name": by_index[index].name,
-                              "reason": f"{by_index[index].raw} failed on the cluster: {type(e).__name__}: {e}"}
-                report = batch.report_record(by_index[index], record)
-                if report is not None:
-                    yield report
-            elif kind == "block":
-                index = event[1]
-                if index in finished:
-                    continue
-                blocks_done[index] += 1
-                item = by_index[index]
-                yield batch.report_progress(item, blocks_done[index], n_blocks[index])
-            else:
-                msg = event[1]
-                index = msg.get("index")
-                if index in finished or index not in by_index:
-                    continue
-                item = by_index[index]
-                if msg.get("kind") == "start":
-                    path = msg.get("accumulator")
-                    yield FileStarted(index, item.name, item.stem, int(msg.get("tiles", 0)), lambda p=path: _live(p))
-                elif msg.get("kind") == "progress":
-                    yield batch.report_progress(item, int(msg["done"]), int(msg["total"]))
-        self.unfinished = False
+                box[0] = ("ok", fn())
+            except BaseException as e:  # noqa: BLE001  (handed to the other ranks, re-raised below)
+                error = e
+                box[0] = ("input_error" if isinstance(e, InputError) else "error", str(e))
+        dist.broadcast_object_list(box, src=0)
+        kind, value = box[0]
+        if error is not None:
+            raise error
+        if kind == "input_error":
+            raise InputError(value)
+        if kind == "error":
+            raise RuntimeError(f"rank 0 failed: {value}")
+        return value
+
+    def summary(self) -> str:
+        mean = self.local_loss / self.steps if self.steps else float("nan")
+        return (f"[rank {self.rank}/{self.world_size}] trained {self.steps} steps on {self.samples} patches "
+                f"({self.backend}, {self.device}); mean loss of its own patches {mean:.6f}")
 
 
-def _live(accumulator: Optional[str]):
-    """A dask array over a worker's running prediction (shared file system), or None."""
-    if not accumulator or not Path(accumulator).exists():
-        return None
-    try:
-        from .predict import ZarrAccumulator
+@functools.cache
+def _ddp_class():
+    from torch.nn.parallel import DistributedDataParallel
 
-        return ZarrAccumulator.open(accumulator).lazy()
-    except Exception:
-        return None
+    class DDP(DistributedDataParallel):
+        """DistributedDataParallel that also runs the wrapped model's other `forward_*` methods (e.g. the masked
+        autoencoder's `forward_mae`, which a workflow looks up with hasattr) through DDP's forward, so their
+        gradients are synchronised too."""
+
+        def __getattr__(self, name):
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                module = super().__getattr__("module")
+                attr = getattr(module, name)
+                if name.startswith("forward_") and callable(attr):
+                    return lambda *args, **kwargs: self._as_forward(attr, *args, **kwargs)
+                return attr
+
+        def _as_forward(self, method, *args, **kwargs):
+            module = self.module
+            module.forward = method  # an instance attribute shadows the class's forward during this call
+            try:
+                return self(*args, **kwargs)
+            finally:
+                del module.forward
+
+    return DDP
+
+
+def setup(device: str, batch_size: int) -> Distributed:
+    """The process's context; under torchrun, joins the process group (once per process): NCCL on CUDA, one GPU
+    per local rank, else gloo. `device` is the resolved config device ('cuda' or 'cpu')."""
+    rank, world, local = env_world()
+    if world <= 1:
+        return Distributed(device=device)
+    if batch_size < world:
+        raise InputError(f"train.batch_size is {batch_size} but there are {world} processes: each process needs at "
+                         f"least one patch of the batch (the batch is split across the processes).")
+    import torch
+    import torch.distributed as dist
+
+    cuda = device.startswith("cuda")
+    if cuda:
+        if local >= torch.cuda.device_count():
+            raise InputError(f"Process {rank} has LOCAL_RANK {local} but this machine has {torch.cuda.device_count()} "
+                             f"CUDA GPU(s); start at most one process per GPU (torchrun --nproc_per_node).")
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    backend = "nccl" if cuda else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)  # env://: MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE
+    return Distributed(rank, world, local, device, dist.get_backend())
+
+
+def shutdown() -> None:
+    """Leave the process group (the CLI's last step)."""
+    dist = sys.modules.get("torch.distributed")  # never imports torch (the CLI calls this after every command)
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -107,6 +107,11 @@ class BatchWidget(QWidget):
                             labels=False)
         layout.addWidget(group("Run", buttons, self.show_current, form(self.file_progress, self.overall), self.status,
                                self.summary_label))
+        from .classes import ResultsTable
+
+        self.classes = ResultsTable()  # classification: a row per file as it is classified
+        self.classes.setVisible(False)
+        layout.addWidget(self.classes)
         layout.addStretch(1)
         self.setMinimumWidth(320)
 
@@ -194,6 +199,8 @@ class BatchWidget(QWidget):
         self.run, self.started, self.summary, self.failures, self._errors_shown = run, None, None, [], 0
         self.status.value, self.summary_label.value = f"starting: {run.run_dir}", ""
         self.file_progress.value, self.overall.value = 0, 0
+        self.classes.setRowCount(0)
+        self.classes.setVisible(not getattr(run.loaded.workflow, "dense", True))
         worker = create_worker(batch_job, run, _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(self._on_report)
         worker.errored.connect(self._on_error)
@@ -230,6 +237,8 @@ class BatchWidget(QWidget):
         elif isinstance(r, FileDone):
             self.file_progress.value = self.file_progress.max
             self._show_overall(r.overall, r.eta_seconds, r.name, r.index)
+            if r.prediction:  # classification: the file's class and confidence
+                self.classes.add(r.name, str(r.prediction["class"]), float(r.prediction["confidence"]))
             if self.show_current.value:
                 self._show_done(r)
         elif isinstance(r, FileFailed):
@@ -336,6 +345,9 @@ class BatchWidget(QWidget):
         from ..engine.batch import lazy_inputs, lazy_results
 
         if self.run is None:
+            return []
+        if not getattr(self.run.loaded.workflow, "dense", True):  # a class per file: the table and predictions.csv
+            show_info(f"Classification writes no images: see the table and {self.run.run_dir / 'predictions.csv'}.")
             return []
         results = lazy_results(self.run.run_dir)
         inputs = lazy_inputs(self.run.run_dir, self.run.loaded.config)

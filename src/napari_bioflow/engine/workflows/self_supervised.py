@@ -41,6 +41,23 @@ def _masked_mse(pred, x, mask):
     return ((pred - x) ** 2 * mask).sum() / mask.sum().clamp_min(1) / x.shape[1]
 
 
+class HiddenPSNRMetrics(PSNRMetrics):
+    """Mean PSNR over validation patches on the normalized scale (peak 1), as PSNRMetrics. When the prediction
+    carries one channel more than the image (the MAE's validation_step appends the mask it drew, 1 = hidden), only
+    the hidden pixels are scored: the visible ones are the input itself and would inflate the score."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+
+    def update(self, prediction: np.ndarray, target: np.ndarray) -> None:
+        if prediction.shape[1] == self.channels:
+            return super().update(prediction, target)
+        for p, t in zip(prediction, target):
+            hidden = np.broadcast_to(p[self.channels:] > 0.5, t.shape)
+            self.values.append(psnr(p[:self.channels][hidden], t[hidden], data_range=1.0))
+
+
 @register_workflow
 class SelfSupervised(Workflow):
     name = "self_supervised"
@@ -106,9 +123,12 @@ class SelfSupervised(Workflow):
         return loss_fn(model(x), y)
 
     def validation_step(self, model, x, y, loss_fn):
+        import torch
+
         if hasattr(model, "forward_mae"):
             pred, mask = model.forward_mae(x)
-            return _masked_mse(pred, x, mask), pred
+            # the mask rides along as one more channel so the PSNR scores the hidden tokens only
+            return _masked_mse(pred, x, mask), torch.cat([pred, mask], dim=1)
         out = model(x)
         return loss_fn(out, y), out
 
@@ -116,20 +136,34 @@ class SelfSupervised(Workflow):
         return logits
 
     def metrics(self, cfg):
-        return PSNRMetrics()
+        return HiddenPSNRMetrics(cfg.data.in_channels)
 
     # --- prediction ---------------------------------------------------------------------------------
     def tiling(self, cfg, spatial, divisor):
-        if self._masking(cfg):  # the MAE sees patches of its training size; tiles side by side keep masks whole
-            return list(cfg.data.patch_size), 0.0
-        return super().tiling(cfg, spatial, divisor)
+        if not self._masking(cfg):
+            return super().tiling(cfg, spatial, divisor)
+        # The MAE sees patches of its training size, side by side from the tile's origin (masks stay whole). The
+        # tiles handed to the sliding window are many patches wide (up to the 2D/3D tile cap), and
+        # prediction_forward cuts them into patches: per tile the pipeline (zarr accumulator, finalize) costs
+        # about the same as per patch, and the CPU-sized MAE is fast enough for that cost to show (64 zarr tiles
+        # of 256x256 on a 2048x2048 image took longer than the model; benchmarks/bench_predict.py).
+        from ..inference import TILE_CAP, tile_batch
+
+        patch = [int(p) for p in cfg.data.patch_size]
+        cap = TILE_CAP[cfg.ndim]
+        tile = [min(-(-int(s) // p) * p, max(p, cap // p * p)) for s, p in zip(spatial, patch)]
+        self._mae_patches = (tuple(patch), tile_batch(cfg, patch))
+        return tile, 0.0
 
     def prediction_forward(self, model):
         import torch
 
-        if hasattr(model, "forward_mae"):
+        if not hasattr(model, "forward_mae"):
+            return model
+        patch, batch = getattr(self, "_mae_patches", (None, None))
+        if patch is None:
             return lambda x: torch.cat(model.forward_mae(x), dim=1)
-        return model
+        return lambda x: _forward_patches(model, x, patch, batch)
 
     def prediction_input(self, image, cfg, out_dir: Path, stem: str):
         """crappify: the degraded image (cached in the results folder) so the restoration can be scored."""
@@ -174,13 +208,43 @@ class SelfSupervised(Workflow):
             for name, arr in checks.items():
                 write_tiff(out_dir / "MAE_checks" / f"{stem}_{name}.tif", arr, axes)
             out.update({f"mae_{k}": v for k, v in checks.items() if k != "reconstruction"})
-            out["metrics"] = {"psnr_masked_patches": psnr(reconstruction * mask, clean * mask)}
+            # the hidden pixels alone, with the image's range as the peak (the visible ones would count as exact)
+            hidden = np.broadcast_to(mask > 0.5, clean.shape)
+            out["metrics"] = {"psnr_masked_patches": psnr(reconstruction[hidden], clean[hidden],
+                                                          float(clean.max() - clean.min()))}
         else:
             out["metrics"] = image_metrics(reconstruction, clean)
             if degraded is not None:
                 out["metrics"]["psnr_degraded_input"] = psnr(degraded, clean)
                 out["degraded"] = degraded
         return out
+
+
+def _forward_patches(model, x, patch: tuple[int, ...], batch: int):
+    """The MAE's (reconstruction, mask) of a (B, C, *spatial) tile, channels concatenated, computed on patches of
+    `patch` side by side from the tile's origin, `batch` patches per pass. A tile that is not a multiple of the
+    patch is padded (reflect, as the tiler pads) and the padding cropped off again."""
+    import torch
+    import torch.nn.functional as F
+
+    b, c, *spatial = x.shape
+    if tuple(spatial) == tuple(patch):
+        return torch.cat(model.forward_mae(x), dim=1)
+    pad = [(-s) % p for s, p in zip(spatial, patch)]
+    if any(pad):
+        mode = "reflect" if all(q < s for q, s in zip(pad, spatial)) else "replicate"
+        x = F.pad(x, [v for q in reversed(pad) for v in (0, q)], mode=mode)
+    n = len(patch)
+    grid = [(s + q) // p for s, q, p in zip(spatial, pad, patch)]
+    # (B, C, g0, p0, g1, p1, ...) -> (B * g0 * g1 ..., C, p0, p1, ...)
+    cut = x.reshape(b, c, *[v for g, p in zip(grid, patch) for v in (g, p)])
+    cut = cut.permute(0, *[2 + 2 * i for i in range(n)], 1, *[3 + 2 * i for i in range(n)]).reshape(-1, c, *patch)
+    out = torch.cat([torch.cat(model.forward_mae(cut[k:k + batch]), dim=1) for k in range(0, len(cut), batch)])
+    co = out.shape[1]
+    out = out.reshape(b, *grid, co, *patch)
+    out = out.permute(0, n + 1, *[v for i in range(n) for v in (1 + i, n + 2 + i)])
+    out = out.reshape(b, co, *[g * p for g, p in zip(grid, patch)])
+    return out[(slice(None), slice(None), *[slice(0, s) for s in spatial])]
 
 
 def _image_max(raw, normalizer) -> float:
