@@ -272,7 +272,7 @@ def test_a_per_image_workflow_plugs_in(folder, checkpoint, tmp_path):
     loaded = load_model(checkpoint, "cpu")
 
     class OneValuePerImage(type(loaded.workflow)):
-        dense_prediction = False
+        dense = False
 
         def predict_file(self, loaded, image, name, run_dir, stem, device, target):
             mean = float(np.asarray(image).mean())

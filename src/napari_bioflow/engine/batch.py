@@ -582,7 +582,7 @@ class BatchRun:
         self.device = "cpu" if req.distributed else resolve_device(req.device)
         self.loaded = loaded if loaded is not None else load_model(Path(req.checkpoint), self.device)
         classes: dict[str, int] = {}  # classification: file name -> the class of its sub-folder
-        if getattr(self.loaded.workflow, "dense", True):
+        if self.loaded.config.workflow != "classification":
             pairs = folder_pairs(Path(req.input_dir), Path(req.labels_dir) if req.labels_dir else None, "input")
         else:  # a flat folder, or class sub-folders (then the metrics and the confusion matrix)
             from .classification_results import class_test_items
@@ -852,7 +852,7 @@ class BatchRun:
                 records.append((it, rec))
         metrics_csv = write_metrics_csv(self.run_dir, records)
         predictions_csv = write_predictions_csv(self.run_dir, records)
-        if not getattr(self.loaded.workflow, "dense", True):  # classification over the set: metrics, confusion matrix
+        if self.loaded.config.workflow == "classification":  # over the set: metrics, confusion matrix
             from .classification_results import write_batch_metrics
 
             metrics_csv = write_batch_metrics(self.run_dir, [rec["prediction"] for _, rec in records if rec.get("prediction")],
