@@ -202,14 +202,13 @@ class SelfSupervised(Workflow):
         if cfg.predict.save_tiff:
             write_tiff(out_dir / "per_image" / f"{stem}.tif", reconstruction, axes)
         if self._masking(cfg):
-            mask = (pred[c:c + 1] > 0.5).astype(np.float32)
-            checks = {"original": clean, "masked": clean * (1 - mask), "reconstruction": reconstruction,
-                      "reconstruction_and_visible": reconstruction * mask + clean * (1 - mask)}
+            hidden = np.broadcast_to(pred[c:c + 1] > 0.5, clean.shape)
+            checks = {"original": clean, "masked": np.where(hidden, np.float32(0), clean), "reconstruction": reconstruction,
+                      "reconstruction_and_visible": np.where(hidden, reconstruction, clean)}
             for name, arr in checks.items():
                 write_tiff(out_dir / "MAE_checks" / f"{stem}_{name}.tif", arr, axes)
             out.update({f"mae_{k}": v for k, v in checks.items() if k != "reconstruction"})
             # the hidden pixels alone, with the image's range as the peak (the visible ones would count as exact)
-            hidden = np.broadcast_to(mask > 0.5, clean.shape)
             out["metrics"] = {"psnr_masked_patches": psnr(reconstruction[hidden], clean[hidden],
                                                           float(clean.max() - clean.min()))}
         else:
