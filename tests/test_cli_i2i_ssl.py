@@ -137,6 +137,14 @@ def test_crappify_train_writes_degraded_restored_and_metrics(raws, tmp_path, cap
     row = read_csv(res / "metrics.csv")[0]
     assert {"psnr", "ssim", "psnr_degraded_input"} <= set(row)
     assert not list(raws["test_raw"].parent.rglob("*degraded*"))  # never next to the user's data
+    # `predict CONFIG` takes the prediction-time settings from that YAML: here, restore the images as they are
+    ckpt = next((out / "crap" / "checkpoints").glob("*best.pth"))
+    again = tmp_path / "again"
+    assert main(["predict", str(cfg), "--checkpoint", str(ckpt), "--input", str(raws["test_raw"]), "--output",
+                 str(again), "--set", "self_supervised.degrade_at_prediction=false"]) == 0
+    (res2,) = (again / "my_self_supervised_crappify_2d" / "results").iterdir()
+    assert (res2 / "per_image" / f"{stem}.tif").exists() and not (res2 / "degraded").exists()
+    assert "psnr_degraded_input" not in (read_csv(res2 / "metrics.csv")[0] if (res2 / "metrics.csv").exists() else {})
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ def test_npe2_validates_and_lists_widgets_and_samples():
     pm = PluginManager.instance()
     pm.discover()
     manifest = pm.get_manifest("napari-bioflow")
-    assert {w.display_name for w in manifest.contributions.widgets} == {"Train", "Predict"}
+    assert {w.display_name for w in manifest.contributions.widgets} == {"Train", "Predict", "Batch"}
     assert {s.key for s in manifest.contributions.sample_data} == {"bbbc007_nuclei", "nuclei_3d"}
 
 

@@ -1,11 +1,15 @@
 """Command line: the same engine calls as the widgets. A user's mistake prints one line and exits 2.
 
-    napari-bioflow init semantic_segmentation -o my.yaml    commented starting config (also image_to_image, and
-                                                            self_supervised --pretext crappify|masking)
+    napari-bioflow init semantic_segmentation -o my.yaml    commented starting config (also image_to_image,
+                                                            classification, self_supervised --pretext crappify|masking)
     napari-bioflow train my.yaml --set train.epochs=5       train (then predict data.test_raw if set)
     napari-bioflow predict my.yaml --set predict.checkpoint=...   or   predict --checkpoint C --input DIR
+    napari-bioflow batch --checkpoint C --input DIR [--workers N | --scheduler ADDR]   a whole folder, resumable
     napari-bioflow sample                                   the main job on the shipped sample data
     napari-bioflow docs -o docs/config.md                   regenerate the config reference
+
+Under torchrun (`torchrun --nproc_per_node N -m napari_bioflow.cli train my.yaml`) training is distributed
+(docs/distributed_training.md): rank 0 prints, writes and predicts; every rank prints one line tagged with its rank.
 """
 from __future__ import annotations
 
@@ -17,7 +21,10 @@ from pathlib import Path
 
 
 def _print(msg: str) -> None:
-    print(msg, flush=True)
+    from .engine.distributed import is_main_process
+
+    if is_main_process():  # under torchrun only rank 0 prints
+        print(msg, flush=True)
 
 
 def _load_config(args):
@@ -45,13 +52,51 @@ def _train(cfg):
                    f"lr={r.learning_rate:.2e} {r.seconds:.1f}s eta {r.eta_seconds:.0f}s{' *' if r.improved else ''}")
         elif isinstance(r, DoneReport):
             _print(f"training {r.reason} after {r.epochs_run} epoch(s); best epoch {r.best_epoch}; checkpoint {r.checkpoint}")
+    if trainer.dist.enabled:  # every rank says what it trained
+        print(trainer.dist.summary(), flush=True)
     return trainer
+
+
+def _classify(cfg, loaded, out: Path, test_dir: Path) -> None:
+    from .engine.classification_results import run_class_prediction, class_test_items
+
+    items = class_test_items(test_dir, loaded.config.class_names)
+    res = run_class_prediction(loaded, items, out, _device(cfg),
+                               report=lambda i, n, r: _print(f"predicted {r.name}: {r.label(loaded.config.class_names)} "
+                                                              f"({r.probabilities[r.predicted]:.2f})"))
+    if res["metrics"]:
+        _print(res["text"])
+        _print(f"metrics: {res['files']['metrics']}; confusion matrix: {res['files']['confusion_png']}")
+    _print(f"predictions: {res['predictions']}")
+    _print(f"results: {out}")
+
+
+def _check_tests(cfg, loaded=None, source: str = "") -> None:
+    """Open and check every test image before anything is trained or written (a bad file stops the run here)."""
+    if cfg.workflow == "classification":
+        from .engine.classification_data import class_subfolders, open_checked, resolve_class_names
+        from .engine.classification_results import class_test_items
+
+        names = (loaded.config.class_names if loaded is not None else
+                 resolve_class_names(list(class_subfolders(cfg.data.train_raw, "training")), cfg,
+                                     f"training folder {cfg.data.train_raw}") if cfg.data.train_raw else [])
+        for path, _ in class_test_items(cfg.data.test_raw, names):
+            open_checked(path, loaded.config if loaded is not None else cfg, "test", source)
+        return
+    from .engine.inference import check_inputs
+    from .engine.sources import folder_pairs
+
+    for n in check_inputs(loaded.config if loaded is not None else cfg,
+                          folder_pairs(cfg.data.test_raw, cfg.data.test_label, "test"), source):
+        _print(f"note: {n}")
 
 
 def _predict(cfg, loaded, experiment, raw_dir: Path, label_dir):
     from .engine.inference import predict_files
     from .engine.sources import folder_pairs
 
+    if not loaded.workflow.dense:  # one class per image: predictions.csv, metrics when the folder has classes
+        return _classify(cfg, loaded, experiment.results, raw_dir)
     pairs = folder_pairs(raw_dir, label_dir, "test")
     out = experiment.results
     for res in predict_files(loaded, pairs, out, device=_device(cfg)):
@@ -74,12 +119,10 @@ def cmd_train(args) -> None:
         args.checkpoint = args.input = args.labels = args.output = None
         return cmd_predict(args)
     if cfg.data.test_raw is not None:  # the test images are predicted after training: check them before it
-        from .engine.inference import check_inputs
-        from .engine.sources import folder_pairs
-
-        for n in check_inputs(cfg, folder_pairs(cfg.data.test_raw, cfg.data.test_label, "test")):
-            _print(f"note: {n}")
+        _check_tests(cfg)
     trainer = _train(cfg)
+    if not trainer.dist.is_main:  # distributed: rank 0 alone predicts the test images
+        return
     if cfg.data.test_raw is not None and trainer.best_checkpoint is not None:
         from .engine.checkpoint import load_model
 
@@ -116,17 +159,54 @@ def cmd_predict(args) -> None:
     elif cfg.workflow != loaded.config.workflow:
         raise InputError(f"Checkpoint {cfg.predict.checkpoint} was trained for {loaded.config.workflow.replace('_', ' ')}, "
                          f"not {cfg.workflow.replace('_', ' ')}.")
-    loaded.config = loaded.config.model_copy(update={"predict": cfg.predict})
-    from .engine.inference import check_inputs
-    from .engine.sources import folder_pairs
-
+    # prediction-time settings come from this command (its YAML or --set); the rest is the checkpoint's
+    ssl = loaded.config.self_supervised.model_copy(update={"degrade_at_prediction": cfg.self_supervised.degrade_at_prediction})
+    loaded.config = loaded.config.model_copy(update={"predict": cfg.predict, "self_supervised": ssl})
     # every image is checked before the experiment folder is created: a bad file writes nothing
-    for n in check_inputs(loaded.config, folder_pairs(cfg.data.test_raw, cfg.data.test_label, "test"),
-                          f"checkpoint {cfg.predict.checkpoint}"):
-        _print(f"note: {n}")
+    _check_tests(cfg, loaded, f"checkpoint {cfg.predict.checkpoint}")
     experiment = new_experiment(cfg.output_dir, cfg.name)
     cfg.save(experiment.config_path)
     _predict(cfg, loaded, experiment, cfg.data.test_raw, cfg.data.test_label)
+
+
+def cmd_batch(args) -> None:
+    """Predict every image of a folder into a new run (or continue one with --resume), on this machine or dask."""
+    from .engine.batch import BatchRequest, BatchRun, BatchStarted, BatchSummary, FileDone, FileFailed
+
+    request = BatchRequest(checkpoint=args.checkpoint, input_dir=args.input, labels_dir=args.labels,
+                           output_dir=args.output, name=args.name, resume=args.resume, device=args.device,
+                           overrides=list(args.set), scheduler=args.scheduler, workers=args.workers or 0,
+                           block_size=args.block_size, halo=args.halo)
+    run = BatchRun(request)
+    finished = 0
+    total = 0
+    try:
+        for r in run.run():
+            if isinstance(r, BatchStarted):
+                total = len(r.to_do)
+                earlier = f", {len(r.finished_earlier)} finished earlier" if r.finished_earlier else ""
+                _print(f"run {r.run_dir} ({r.mode}): {total} image(s) to predict{earlier}")
+            elif isinstance(r, FileDone):
+                finished += 1
+                parts = [f"{r.seconds:.1f} s"] + [f"{k}={v:.4f}" for k, v in r.metrics.items() if not k.startswith("iou_class")]
+                eta = f", eta {r.eta_seconds:.0f} s" if r.eta_seconds else ""
+                _print(f"[{finished}/{total}] {r.name}: {' '.join(parts)} ({r.overall:.0%} done{eta})")
+            elif isinstance(r, FileFailed):
+                finished += 1
+                _print(f"[{finished}/{total}] FAILED {r.name}: {r.reason}")
+            elif isinstance(r, BatchSummary):
+                _print(r.text())
+                _print(f"throughput: {r.files_per_second:.2f} files/s, {r.megapixels_per_second:.2f} megapixels/s")
+                for name, why in r.failed:
+                    _print(f"failed: {name}: {why}")
+                for label, path in (("metrics", r.metrics_csv), ("predictions", r.predictions_csv), ("summary", r.summary_csv)):
+                    if path is not None:
+                        _print(f"{label}: {path}")
+                if r.not_run:
+                    _print(f"continue with: napari-bioflow batch --resume {r.run_dir}")
+    except KeyboardInterrupt:
+        print(f"napari-bioflow: interrupted; continue with: napari-bioflow batch --resume {run.run_dir}", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def init_values(workflow: str, ndim: int, pretext: str = "crappify") -> tuple[dict, tuple[str, ...]]:
@@ -156,6 +236,15 @@ def init_values(workflow: str, ndim: int, pretext: str = "crappify") -> tuple[di
             "Results: degraded/ (the degraded test inputs), per_image/ (restorations), metrics.csv (PSNR of both).",
             "Start a segmentation or image-to-image U-Net from its checkpoint with model.start_from.",
             "The other pretext: napari-bioflow init self_supervised --pretext masking"))
+    if workflow == "classification":
+        return ({"name": f"my_classification_{ndim}d", "model": {"name": "vit"},
+                 "data": {"train_raw": "path/to/train", "patch_size": [16, 32, 32] if ndim == 3 else [64, 64],
+                          "val_split": 0.2}, "train": {"batch_size": 16}}, (
+            "Classification: data.train_raw holds one sub-folder per class (the sub-folder names are the class names);",
+            "data.val_raw (optional) and data.test_raw the same, or a flat test folder for predictions only.",
+            "Images are brought to data.patch_size by classification.fit: resize or pad (crop when larger).",
+            "Models: vit (default, 2D and 3D), simple_cnn (2D and 3D), efficientnet_b0 ... efficientnet_b7 (2D).",
+            "Results: predictions.csv; with test classes metrics.csv and confusion_matrix.csv/.png."))
     return {}, ()
 
 
@@ -186,8 +275,10 @@ def cmd_docs(args) -> None:
 def cmd_models(args) -> None:
     from .engine.models import list_models, model_info
 
-    for name in list_models():
-        _print(f"{name}: {model_info(name)}")
+    for task in ("dense", "classification"):
+        _print(f"# {'segmentation, image to image, self-supervised' if task == 'dense' else 'classification'}")
+        for name in list_models(task=task):
+            _print(f"{name}: {model_info(name)}")
 
 
 def cmd_sample(args) -> None:
@@ -207,6 +298,8 @@ def cmd_sample(args) -> None:
     cfg = RunConfig.from_dict(base, args.set, source="sample job")
     args.config = None
     trainer = _train(cfg)
+    if not trainer.dist.is_main:
+        return
     from .engine.checkpoint import load_model
 
     loaded = load_model(trainer.best_checkpoint, _device(cfg))
@@ -232,8 +325,29 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--labels", type=Path, help="folder of ground-truth labels (metrics)")
     sp.add_argument("--output", type=Path, help="output folder (default: the config's output_dir)")
     sp.set_defaults(func=cmd_predict)
+    sp = sub.add_parser("batch", help="predict every image of a folder (resumable; optionally on dask)",
+                        description="Predict every image of a folder (TIFF, PNG, zarr, OME-Zarr) with a checkpoint into a "
+                                    "new run of the experiment layout; --resume continues an earlier run in place.")
+    sp.add_argument("--checkpoint", type=Path, help="checkpoint file (.pth)")
+    sp.add_argument("--input", type=Path, help="folder of images to predict")
+    sp.add_argument("--labels", type=Path, help="folder of ground-truth labels, paired by sorted name (metrics)")
+    sp.add_argument("--output", type=Path, default=Path("bioflow_runs"), help="output folder (default: bioflow_runs)")
+    sp.add_argument("--name", default="batch", help="experiment name (default: batch)")
+    sp.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                    help="continue the batch run in this results folder (e.g. bioflow_runs/batch/results/batch_1): "
+                         "finished files are skipped")
+    sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    sp.add_argument("--scheduler", metavar="ADDRESS", help="run on the dask cluster of this scheduler (tcp://host:8786)")
+    sp.add_argument("--workers", type=int, metavar="N", help="run on a local dask cluster of N worker processes")
+    sp.add_argument("--block-size", type=int, metavar="PX",
+                    help="split images larger than this (per axis) into blocks predicted in parallel "
+                         "(default with dask: 2048 in 2D, 256 in 3D; 0: never)")
+    sp.add_argument("--halo", type=int, metavar="PX", help="context around each block (default: half the training patch)")
+    sp.add_argument("--set", action="append", default=[], metavar="predict.FIELD=VALUE",
+                    help="override a prediction setting, e.g. --set predict.tta=true (repeatable)")
+    sp.set_defaults(func=cmd_batch)
     sp = sub.add_parser("init", help="write a commented starting config")
-    sp.add_argument("workflow", choices=["semantic_segmentation", "image_to_image", "self_supervised"])
+    sp.add_argument("workflow", choices=["semantic_segmentation", "image_to_image", "self_supervised", "classification"])
     sp.add_argument("--ndim", type=int, choices=[2, 3], default=2)
     sp.add_argument("--pretext", choices=["crappify", "masking"],
                     help="self_supervised: restore degraded images (crappify, default) or a masked autoencoder (masking)")
@@ -266,6 +380,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("napari-bioflow: interrupted", file=sys.stderr)
         return 130
+    finally:
+        from .engine.distributed import shutdown
+
+        shutdown()  # leaves the process group of a torchrun run (no-op otherwise)
     return 0
 
 

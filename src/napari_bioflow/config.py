@@ -10,7 +10,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-WORKFLOWS = ("semantic_segmentation", "image_to_image", "self_supervised")
+WORKFLOWS = ("semantic_segmentation", "image_to_image", "self_supervised", "classification")
 
 
 class _Section(BaseModel):
@@ -19,12 +19,12 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    train_raw: Optional[Path] = Field(None, description="Folder of training raw images (TIFF, PNG or zarr), paired with train_label by sorted file name.")
+    train_raw: Optional[Path] = Field(None, description="Folder of training raw images (TIFF, PNG or zarr), paired with train_label by sorted file name. Classification: a folder with one sub-folder of images per class.")
     train_label: Optional[Path] = Field(None, description="Folder of training labels (segmentation: one integer class per pixel/voxel, 0 = background) or target images (image-to-image). Not used by self-supervision.")
     val_raw: Optional[Path] = Field(None, description="Folder of validation raw images. When empty, val_split of the training data is held aside.")
     val_label: Optional[Path] = Field(None, description="Folder of validation label images, paired with val_raw.")
     val_split: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of the training data held aside for validation when no validation folder is given: whole images when there are several, else a strip at the end of the single image.")
-    test_raw: Optional[Path] = Field(None, description="Folder of test raw images predicted after training (or by `predict`).")
+    test_raw: Optional[Path] = Field(None, description="Folder of test raw images predicted after training (or by `predict`). Classification: class sub-folders (then metrics are computed) or a flat folder (predictions only).")
     test_label: Optional[Path] = Field(None, description="Optional folder of test labels: when given, IoU is computed per image and over the set.")
     patch_size: list[int] = Field([256, 256], description="Patch size in pixels, (Y, X) in 2D or (Z, Y, X) in 3D. Must not exceed the images.")
     in_channels: int = Field(1, ge=1, description="Number of channels of the raw images (grayscale = 1, RGB = 3).")
@@ -82,13 +82,17 @@ class SelfSupervisedConfig(_Section):
     downsample_area: float = Field(4.0, ge=1, description="crappify: area factor of the bilinear down-sampling (4 = 2x per axis, Z included in 3D), followed by up-sampling back.")
 
 
+class ClassificationConfig(_Section):
+    fit: Literal["resize", "pad"] = Field("resize", description="How an image whose size differs from data.patch_size is brought to it: resize (bilinear, all of the image seen, aspect ratio not kept) or pad (zero-pad a smaller image, crop a larger one: the centre at validation and prediction, a random crop in training; pixel size kept).")
+
+
 class RunConfig(_Section):
-    workflow: Literal["semantic_segmentation", "image_to_image", "self_supervised"] = Field("semantic_segmentation", description="The workflow: semantic_segmentation, image_to_image or self_supervised.")
+    workflow: Literal["semantic_segmentation", "image_to_image", "self_supervised", "classification"] = Field("semantic_segmentation", description="The workflow: semantic_segmentation, image_to_image, self_supervised or classification. Classification reads data.train_raw (and val_raw, test_raw) as folders with one sub-folder per class, named after the class.")
     name: str = Field("my_experiment", pattern=r"^[A-Za-z0-9_.]+$", description="Experiment name (letters, digits, '_' and '.'): the folder under output_dir.")
     output_dir: Path = Field(Path("bioflow_runs"), description="Where experiment folders are created.")
     ndim: Literal[2, 3] = Field(2, description="2 for Y,X images, 3 for Z,Y,X volumes.")
-    n_classes: int = Field(2, ge=2, description="Number of classes including background (2 = foreground/background).")
-    class_names: list[str] = Field(default_factory=list, description="Optional class names, in label order.")
+    n_classes: int = Field(2, ge=2, description="Number of classes including background (2 = foreground/background). Classification: set from the class sub-folders of data.train_raw.")
+    class_names: list[str] = Field(default_factory=list, description="Optional class names, in label order. Classification: the class sub-folder names (sorted), or this order when given.")
     seed: int = Field(0, description="Random seed (patch sampling, augmentation, initialisation).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses a CUDA GPU when present.")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -97,6 +101,7 @@ class RunConfig(_Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     predict: PredictConfig = Field(default_factory=PredictConfig)
     self_supervised: SelfSupervisedConfig = Field(default_factory=SelfSupervisedConfig)
+    classification: ClassificationConfig = Field(default_factory=ClassificationConfig)
 
     @field_validator("class_names")
     @classmethod
@@ -113,7 +118,7 @@ class RunConfig(_Section):
             raise ValueError(f"data.patch_size {self.data.patch_size} must be positive")
         if self.predict.tile_size is not None and len(self.predict.tile_size) != self.ndim:
             raise ValueError(f"predict.tile_size {self.predict.tile_size} has {len(self.predict.tile_size)} axes but ndim is {self.ndim}")
-        losses = {"semantic_segmentation": ("auto", "ce", "ce_dice")}.get(self.workflow, ("auto", "l1", "mse"))
+        losses = {"semantic_segmentation": ("auto", "ce", "ce_dice"), "classification": ("auto", "ce")}.get(self.workflow, ("auto", "l1", "mse"))
         if self.train.loss not in losses:
             raise ValueError(f"train.loss '{self.train.loss}' does not fit {self.workflow}; use one of {', '.join(losses)}")
         if self.class_names and len(self.class_names) != self.n_classes:

@@ -38,6 +38,35 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
+def read_weights(path: Path) -> tuple[dict, str]:
+    """(state dict, model name) of a napari-bioflow checkpoint, or of a plain weights file (a torch state dict,
+    e.g. timm's, possibly under 'state_dict' or 'model'; or .safetensors) for model.start_from. No download."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"Checkpoint {path} does not exist.")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+
+            return load_file(str(path)), "unknown (safetensors weights)"
+        except Exception as e:
+            raise InputError(f"Weights file {path} cannot be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}.") from None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise InputError(f"Checkpoint {path} cannot be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}.") from None
+    if isinstance(data, dict) and data.get("format") == FORMAT:
+        return data["state_dict"], (data.get("model") or {}).get("name", "unknown")
+    for key in ("state_dict", "model"):
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+    if isinstance(data, dict) and data and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()):
+        return data, "unknown (plain weights file)"
+    raise InputError(f"{path} is neither a napari-bioflow checkpoint nor a file of model weights (a state dict).")
+
+
 @dataclass
 class LoadedModel:
     """A trained model ready to predict, with the config, normalization and class names it was trained with."""

@@ -72,7 +72,10 @@ class ImagePrediction:
             raise InputError(f"{self.store} exists already; results are never overwritten.")
         self.store.parent.mkdir(parents=True, exist_ok=True)
         self.out_channels = self.workflow.prediction_channels(cfg)
-        self.accumulator = ZarrAccumulator.create(self.store / "accumulator", (self.out_channels, *spatial), self.plan.chunks)
+        # The blended result is written straight into its final array (by whole chunks, aligned with the tiles);
+        # "accumulator" only holds overlaps spilled to disk while tiles are predicted.
+        self.accumulator = ZarrAccumulator.create(self.store / "accumulator", (self.out_channels, *spatial),
+                                                  self.plan.chunks, array_path=self.store / "prediction")
 
     def lazy(self):
         """The prediction as a dask array, readable at any time while tiles are written."""
@@ -95,12 +98,12 @@ class ImagePrediction:
                                    preprocess=self.loaded.normalizer, out=self.accumulator, cancel=cancel, progress=progress)
         except PredictionCancelled:
             raise Cancelled(f"prediction of {self.name} cancelled") from None
-        prob = self.accumulator.finalize(self.store / "prediction")
+        prob = self.accumulator.finalize(self.store / "prediction")  # the array itself: nothing to copy
         outputs = wf.write_outputs(prob, self.store, self.out_dir, self.stem, self.cfg, self.target)
         return ImageResult(self.name, outputs, outputs.pop("metrics", {}), time.perf_counter() - start)
 
     def cleanup(self) -> None:
-        """Drop the running sums once nothing reads them any more (the final arrays stay)."""
+        """Drop what the prediction spilled to disk, if anything (the final arrays stay)."""
         shutil.rmtree(self.store / "accumulator", ignore_errors=True)
 
 

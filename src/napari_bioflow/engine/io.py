@@ -92,21 +92,90 @@ class LazyFile:
         return data if dtype is None else data.astype(dtype)
 
 
-def write_tiff(path: Path, data: np.ndarray, axes: str | None = None) -> Path:
-    """Write a TIFF atomically (temporary file then rename) so a half-written file never looks finished."""
+TIFF_SLAB_BYTES = 64 * 2**20  # planes read at once when a TIFF is written from a zarr / dask array
+
+
+def write_tiff(path: Path, data, axes: str | None = None) -> Path:
+    """Write a TIFF atomically (temporary file then rename) so a half-written file never looks finished.
+
+    Integer images (labels) are zlib-compressed (~15x smaller); float maps are stored uncompressed (zlib shrinks
+    them only ~2x, at ~1.5 s per 2048x2048x2 float32 map: benchmarks/bench_predict.py). `data` may be a zarr or
+    dask array: it is then streamed, never loaded whole (floats chunk by chunk into a memory-mapped TIFF, integers
+    plane by plane), so memory stays a few chunks whatever the image size; BigTIFF beyond 4 GB."""
     import tifffile
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     metadata = {"axes": axes} if axes else None
-    data = np.asarray(data)
-    # zlib shrinks labels ~15x but float maps only ~2x, at ~1.5 s per 2048x2048x2 float32 map (12% of a whole
-    # prediction there: benchmarks/bench_predict.py), so floats are stored uncompressed
-    compression = "zlib" if data.dtype.kind in "biu" else None
-    tifffile.imwrite(str(tmp), data, imagej=False, metadata=metadata, compression=compression)
+    if isinstance(data, np.ndarray) or not hasattr(data, "shape") or len(data.shape) < 3:
+        data = np.asarray(data)
+        compression = "zlib" if data.dtype.kind in "biu" else None
+        tifffile.imwrite(str(tmp), data, imagej=False, metadata=metadata, compression=compression)
+    else:
+        _stream_tiff(tmp, data, metadata)
     os.replace(tmp, path)
     return path
+
+
+def _stream_tiff(tmp: Path, data, metadata) -> None:
+    import tifffile
+
+    shape, dtype = tuple(int(n) for n in data.shape), np.dtype(data.dtype)
+    bigtiff = int(np.prod(shape)) * dtype.itemsize > 2**32 - 2**25
+    if dtype.kind not in "biu":  # floats: uncompressed, so every source chunk goes straight to its place in the file
+        out = tifffile.memmap(str(tmp), shape=shape, dtype=dtype, imagej=False, metadata=metadata, bigtiff=bigtiff)
+        try:
+            written = 0
+            for region in _source_blocks(data):
+                block = data[region]
+                out[region] = block.compute() if hasattr(block, "compute") else np.asarray(block)
+                written += out[region].nbytes
+                if written >= TIFF_SLAB_BYTES:  # the mapped pages stay in the page cache, not in this process
+                    out.flush()
+                    _drop_mapped_pages(out)
+                    written = 0
+            out.flush()
+        finally:
+            del out
+        return
+    plane = int(np.prod(shape[-2:])) * dtype.itemsize
+    lead = shape[:-2]
+    depth = max(1, min(lead[-1], TIFF_SLAB_BYTES // max(plane, 1)))
+
+    def pages():
+        for index in np.ndindex(*lead[:-1]):
+            for a in range(0, lead[-1], depth):
+                slab = data[(*index, slice(a, a + depth))]
+                slab = slab.compute() if hasattr(slab, "compute") else np.asarray(slab)
+                yield from slab
+
+    tifffile.imwrite(str(tmp), pages(), shape=shape, dtype=dtype, imagej=False, metadata=metadata,
+                     compression="zlib", bigtiff=bigtiff)
+
+
+def _source_blocks(data):
+    """Regions of the chunks of a zarr or dask array (the whole array when it has no chunks)."""
+    import itertools
+
+    chunks = getattr(data, "chunks", None)
+    if not chunks:
+        yield tuple(slice(0, n) for n in data.shape)
+        return
+    per_axis = []
+    for c, n in zip(chunks, data.shape):
+        sizes = list(c) if isinstance(c, (tuple, list)) else [min(int(c), int(n) - o) for o in range(0, int(n), int(c))]
+        edges = np.cumsum([0, *sizes]).tolist()
+        per_axis.append([slice(a, b) for a, b in zip(edges, edges[1:])])
+    yield from itertools.product(*per_axis)
+
+
+def _drop_mapped_pages(mm) -> None:
+    import mmap
+
+    m = getattr(mm, "_mmap", None)
+    if m is not None and hasattr(m, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        m.madvise(mmap.MADV_DONTNEED)
 
 
 def check_writable(folder: Path) -> None:

@@ -5,6 +5,7 @@ so reading, normalizing and stacking patches costs the training loop almost noth
 """
 from __future__ import annotations
 
+import itertools
 import math
 import queue
 import threading
@@ -41,10 +42,14 @@ class PatchSampler:
     def _foreground_points(self, i: int) -> np.ndarray:
         if i not in self._fg:
             s = self.samples[i]
-            lab = np.asarray(s.label)
-            pts = np.argwhere(lab > 0)
-            if len(pts) > FOREGROUND_POINTS:
-                pts = pts[self.rng.choice(len(pts), FOREGROUND_POINTS, replace=False)]
+            blocks = _label_blocks(s.label)
+            if blocks is None:  # in memory (numpy, memory-mapped TIFF) or a single chunk
+                lab = np.asarray(s.label)
+                pts = np.argwhere(lab > 0)
+                if len(pts) > FOREGROUND_POINTS:
+                    pts = pts[self.rng.choice(len(pts), FOREGROUND_POINTS, replace=False)]
+            else:
+                pts = _foreground_by_chunks(s.label, blocks, self.rng)
             self._fg[i] = pts
         return self._fg[i]
 
@@ -70,6 +75,51 @@ class PatchSampler:
         idx = self.rng.choice(len(self.samples), size=batch_size, p=self.weights)
         pairs = [self.read(int(i), self._start(int(i))) for i in idx]
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def _label_blocks(label) -> Optional[list[tuple[slice, ...]]]:
+    """The chunk regions of a chunked (dask, zarr) label array with more than one chunk, else None."""
+    if label is None or isinstance(label, np.ndarray):
+        return None
+    chunks = getattr(label, "chunks", None)
+    if not chunks:
+        return None
+    per_axis = []
+    for c, n in zip(chunks, label.shape):
+        sizes = list(c) if isinstance(c, (tuple, list)) else [min(int(c), n - o) for o in range(0, n, int(c))]
+        edges = np.cumsum([0, *sizes])
+        per_axis.append([slice(int(a), int(b)) for a, b in zip(edges, edges[1:])])
+    blocks = list(itertools.product(*per_axis))
+    return blocks if len(blocks) > 1 else None
+
+
+def _foreground_by_chunks(label, blocks, rng: np.random.Generator) -> np.ndarray:
+    """Foreground coordinates of a label array larger than RAM, read chunk by chunk: a uniform random subset of at
+    most FOREGROUND_POINTS of them (every point is kept with the same probability, halved whenever the pool grows
+    past twice the target), so memory stays a chunk plus the points."""
+    keep = 1.0
+    pool: list[np.ndarray] = []
+    size = 0
+    for region in blocks:
+        block = label[region]
+        block = block.compute() if hasattr(block, "compute") else np.asarray(block)
+        pts = np.argwhere(block > 0)
+        del block
+        if keep < 1.0 and len(pts):
+            pts = pts[rng.random(len(pts)) < keep]
+        if len(pts):
+            pool.append(pts + np.array([r.start for r in region]))
+            size += len(pts)
+        while size > 2 * FOREGROUND_POINTS:  # thin what is kept so far to the new probability
+            keep /= 2
+            pool = [p[rng.random(len(p)) < 0.5] for p in pool]
+            size = sum(len(p) for p in pool)
+    if not pool:
+        return np.zeros((0, len(blocks[0])), np.int64)
+    pts = np.concatenate(pool)
+    if len(pts) > FOREGROUND_POINTS:
+        pts = pts[rng.choice(len(pts), FOREGROUND_POINTS, replace=False)]
+    return pts
 
 
 def validation_patches(samples: Sequence[Sample], patch_size: Sequence[int], max_patches: int = 64) -> list[tuple[int, tuple[int, ...]]]:

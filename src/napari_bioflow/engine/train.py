@@ -16,6 +16,7 @@ from typing import Iterator, Optional, Union
 
 import numpy as np
 
+from .distributed import Distributed
 from .errors import Cancelled, InputError
 
 
@@ -77,10 +78,9 @@ def resolve_device(name: str) -> str:
 
 def transfer_weights(model, path: Path) -> tuple[int, list[str]]:
     """Load the tensors of a checkpoint whose names and shapes match; return (loaded count, skipped names)."""
-    from .checkpoint import read_checkpoint
+    from .checkpoint import read_weights
 
-    ckpt = read_checkpoint(path)
-    source = ckpt["state_dict"]
+    source, source_name = read_weights(path)
     own = model.state_dict()
     matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
     if not matched:
@@ -89,7 +89,7 @@ def transfer_weights(model, path: Path) -> tuple[int, list[str]]:
         why = (f"its tensor names match but not their shapes ({same} is {dims(source[same])} there, {dims(own[same])} here)"
                if same else "no tensor name matches")
         raise InputError(f"Checkpoint {path} shares no weights with model '{model.model_name}' (it holds a "
-                         f"'{(ckpt.get('model') or {}).get('name', 'unknown')}' model): {why}.")
+                         f"'{source_name}' model): {why}.")
     model.load_state_dict(matched, strict=False)
     return len(matched), sorted(k for k in own if k not in matched)
 
@@ -135,6 +135,7 @@ class Trainer:
         self.model = None
         self.normalizer = None
         self.experiment = None
+        self.dist = Distributed()  # under torchrun: this process's rank (engine/distributed.py)
         self.best_checkpoint: Optional[Path] = None
 
     def cancel(self) -> None:
@@ -148,7 +149,7 @@ class Trainer:
     def _prepare(self):
         import torch
 
-        from .experiment import new_experiment
+        from .distributed import setup
         from .models import create_model
         from .normalize import fit_normalizer
         from .workflows import get_workflow
@@ -156,6 +157,8 @@ class Trainer:
         cfg = self.cfg
         self.workflow = get_workflow(cfg.workflow)
         self.device = resolve_device(cfg.device)
+        self.dist = setup(self.device, cfg.train.batch_size)
+        self.device = self.dist.device  # under torchrun on GPUs: this process's GPU
         self.dataset = self.workflow.build_dataset(cfg, *self._given)
         torch.manual_seed(cfg.seed)
         self.normalizer = fit_normalizer([s.raw for s in self.dataset.train], cfg.data.normalization,
@@ -193,8 +196,7 @@ class Trainer:
                                       f"{len(skipped)} initialised{': ' + ', '.join(skipped[:8]) if skipped else ''}"
                                       f"{' ...' if len(skipped) > 8 else ''}.")
         self.model.to(self.device)
-        self.experiment = new_experiment(cfg.output_dir, cfg.name)
-        cfg.save(self.experiment.config_path)
+        self.experiment = self.dist.from_main(lambda: _claim_run(cfg))  # rank 0 claims the run id, tells the others
         return resume
 
     # --- the loop -------------------------------------------------------------------------------------
@@ -206,6 +208,7 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.train
         resume = self._prepare()
         wf, model, device = self.workflow, self.model, self.device
+        net, main = self.dist.wrap(model), self.dist.is_main  # DDP under torchrun; only rank 0 writes files
         data = wf.training_data(self.dataset, cfg, self.normalizer)
         steps = t.steps_per_epoch or data.steps_per_epoch(t.batch_size)
         optimizer = _optimizer(cfg, model.parameters())
@@ -224,8 +227,8 @@ class Trainer:
             first_epoch = resume["epoch"] + 1
             best_loss, best_epoch = resume.get("best_val_loss", math.inf), resume.get("best_epoch", 0)
         exp = self.experiment
-        log = _Log(exp.folder("train_logs") / f"{exp.run_name}_log.csv")
-        charts = _Charts(exp.folder("charts"), exp.run_name, wf.chart_metric)
+        log = _Log(exp.folder("train_logs") / f"{exp.run_name}_log.csv") if main else _Nothing()
+        charts = _Charts(exp.folder("charts"), exp.run_name, wf.chart_metric) if main else _Nothing()
         yield StartReport(exp.run_name, exp.root, steps, len(self.dataset.train), len(self.dataset.val), self.dataset.notes)
 
         reason, epoch, epoch_times = "finished", first_epoch - 1, []
@@ -235,31 +238,32 @@ class Trainer:
             losses = []
             batches = prefetch(lambda: data.batch(t.batch_size), steps)
             for step, (xb, yb) in enumerate(batches, 1):
-                if self.cancelled:
+                if self.dist.any(self.cancelled):  # every rank stops at the same batch
                     break
                 x = torch.from_numpy(xb).to(device, non_blocking=True)
                 y = torch.from_numpy(yb).to(device, non_blocking=True)
                 if cfg.augment.enable:
                     x, y = wf.augment(x, y, cfg, gen)
                 x, y = wf.make_pair(x, y, gen, cfg)
+                x, y, share = self.dist.shard(x, y)  # under torchrun: this rank's part of the global batch
                 optimizer.zero_grad(set_to_none=True)
-                loss = wf.training_loss(model, x, y, loss_fn)
-                loss.backward()
+                loss = wf.training_loss(net, x, y, loss_fn)
+                (loss * self.dist.loss_weight(share)).backward()
                 optimizer.step()
                 if per_step:
                     scheduler.step()
-                losses.append(float(loss.detach()))
+                losses.append(self.dist.global_loss(loss, share))
                 elapsed = time.perf_counter() - start
                 remaining_epochs = t.epochs - epoch
                 per_epoch = np.median(epoch_times) if epoch_times else elapsed / step * steps
                 yield StepReport(epoch, t.epochs, step, steps, losses[-1],
                                  elapsed / step * (steps - step) + remaining_epochs * per_epoch)
             batches.close()
-            if self.cancelled:
+            if self.dist.any(self.cancelled):
                 reason = "cancelled"
                 epoch -= 1
                 break
-            val_loss, metrics = self._validate(data, loss_fn)
+            val_loss, metrics = self.dist.from_main(lambda: self._validate(data, loss_fn))
             train_loss = float(np.mean(losses))
             monitor = val_loss if data.has_validation else train_loss
             if scheduler is not None and not per_step:
@@ -269,7 +273,7 @@ class Trainer:
                 best_loss, best_epoch, since_best = monitor, epoch, 0
             else:
                 since_best += 1
-            payload = self._payload(epoch, optimizer, scheduler, best_loss, best_epoch)
+            payload = self._payload(epoch, optimizer, scheduler, best_loss, best_epoch) if main else None
             if improved:
                 self.best_checkpoint = self._save(exp.best_checkpoint, payload)
             self._save(exp.last_checkpoint, payload)
@@ -326,16 +330,31 @@ class Trainer:
         }
 
     @staticmethod
-    def _save(path: Path, payload: dict) -> Path:
+    def _save(path: Path, payload: Optional[dict]) -> Path:
         from .checkpoint import save_checkpoint
 
-        return save_checkpoint(path, payload)
+        return path if payload is None else save_checkpoint(path, payload)  # None: not rank 0, writes nothing
 
     def loaded_model(self):
         """The model as trained so far, wrapped for prediction (the widget's 'model just trained')."""
         from .checkpoint import LoadedModel
 
         return LoadedModel(self.model, self.cfg, self.normalizer, self.best_checkpoint, workflow=self.workflow)
+
+
+def _claim_run(cfg):
+    from .experiment import new_experiment
+
+    exp = new_experiment(cfg.output_dir, cfg.name)
+    cfg.save(exp.config_path)
+    return exp
+
+
+class _Nothing:
+    """Stands in for the log and charts on the ranks that write nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
 
 
 class _Log:

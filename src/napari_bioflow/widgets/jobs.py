@@ -53,3 +53,12 @@ def prediction_job(job, cancel: threading.Event, relay: ProgressRelay):
         return job.run(cancel=cancel.is_set, progress=relay.progress.emit)
     except (InputError, Cancelled) as e:
         return e
+
+
+def batch_job(run):
+    """Runs in the worker thread: relay a BatchRun's reports. A user's mistake met there (no cluster at the
+    scheduler address, ...) comes back as a TrainingFailed value."""
+    try:
+        yield from run.run()
+    except InputError as e:
+        yield TrainingFailed(str(e))

@@ -27,6 +27,7 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 from superqt import QCollapsible
 
 from ..engine.errors import Cancelled, InputError
+from .classify import ClassifyPanel
 from .fields import ConfigForm, status_label, compact, config_field, form, group
 from .jobs import ProgressRelay, prediction_job
 from .layers import connect_while_alive, follow_layers, layer_array, layer_channels, layer_combo, placement, spatial_axes
@@ -123,6 +124,10 @@ class PredictWidget(QWidget):
         layout.addWidget(group("Model and image", form(self.model_source, self.checkpoint, self.trained, self.image,
                                                        self.target, f["self_supervised.degrade_at_prediction"],
                                                        f["predict.tta"])))
+        self.classify = ClassifyPanel(viewer, self.image)  # classification checkpoints: a class per image
+        self.classify_group = group("Classification")
+        self.classify_group.layout().addWidget(self.classify)
+        layout.addWidget(self.classify_group)
         layout.addWidget(group("Output", form(f["name"], f["output_dir"])))
         self.advanced = QCollapsible("Advanced")
         self.advanced.addWidget(form(self.tile, *(f[p] for p in ("predict.overlap", "predict.batch_size", "device",
@@ -145,7 +150,7 @@ class PredictWidget(QWidget):
 
     @property
     def running(self) -> bool:
-        return self._worker is not None
+        return self._worker is not None or self.classify.running
 
     def reset_choices(self, *_) -> None:
         self.image.reset_choices()
@@ -171,6 +176,13 @@ class PredictWidget(QWidget):
             self.target.reset_choices()
         self.target.visible = kind is not None
         self.target.label = "labels" if kind is Labels else "target"
+        cls = workflow == "classification"
+        self.classify_group.setVisible(cls)
+        self.metrics.visible = not cls  # the classification panel shows its own
+        self.image.visible = not cls or self.classify.scope.value == "chosen layer"
+        for w in (self.tile, *(self.form[p] for p in ("predict.overlap", "predict.batch_size", "predict.z_filter",
+                                                     "predict.yz_filter"))):
+            w.visible = not cls  # tiles and 3D label filters mean nothing for a class per image
         crappify = workflow == "self_supervised" and pretext == "crappify"
         self.form["self_supervised.degrade_at_prediction"].visible = crappify
         if crappify:
@@ -250,6 +262,8 @@ class PredictWidget(QWidget):
         if self.running:
             return
         load_triton_safely()
+        if self.kind is not None and self.kind[0] == "classification":
+            return self._start_classification()
         try:
             job, self.experiment, layer = self._make_job()
         except InputError as e:
@@ -270,6 +284,36 @@ class PredictWidget(QWidget):
         self._worker = worker
         self.predict_button.enabled, self.cancel_button.enabled = False, True
         worker.start()
+
+    def _start_classification(self) -> None:
+        from ..engine.checkpoint import load_model
+        from ..engine.experiment import new_experiment
+        from ..engine.train import resolve_device
+
+        values = self.form.values()
+
+        def make_experiment():
+            cfg = self.classify.loaded.config.model_copy(update={"name": values["name"], "output_dir": Path(values["output_dir"])})
+            experiment = new_experiment(cfg.output_dir, cfg.name)
+            cfg.save(experiment.config_path)
+            self.experiment = experiment
+            return experiment
+
+        try:
+            path, device = self._checkpoint(), resolve_device(values["device"])
+            loaded = load_model(path, device, expect_workflow="classification")
+            loaded.config.predict.tta = values["predict"]["tta"]
+            self.classify.start(loaded, make_experiment, device, self._on_classified)
+        except InputError as e:
+            show_error(str(e))
+            return
+        self.status.value = "classifying…"
+        self.predict_button.enabled, self.cancel_button.enabled = False, True
+
+    def _on_classified(self) -> None:
+        self.predict_button.enabled, self.cancel_button.enabled = True, False
+        self.progress.max = self.progress.value = max(1, self.classify.table.rowCount())
+        self.status.value = f"done: {self.experiment.results}" if self.experiment is not None else "done"
 
     # --- layers -----------------------------------------------------------------------------------------
     def _placement(self):
@@ -395,6 +439,8 @@ class PredictWidget(QWidget):
         show_info(message + (f" {self.metrics.value}." if self.metrics.value else ""))
 
     def cancel(self, *_) -> None:
+        if self.classify.running:
+            self.classify.cancel()
         if self.running:
             self._cancel.set()
             self.cancel_button.enabled = False

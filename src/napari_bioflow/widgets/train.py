@@ -20,6 +20,7 @@ from superqt import QCollapsible
 from ..config import RunConfig
 from ..engine.errors import InputError
 from .chart import TrainingChart, theme_colors
+from .classes import ClassLayerList
 from .fields import ConfigForm, status_label, form, format_seconds, group, parse_ints
 from .layers import (LayerPair, PairList, connect_while_alive, follow_layers, guess_classes, guess_ndim, layer_array, layer_channels,
                      spatial_axes)
@@ -30,7 +31,7 @@ from .shared import last_trained, load_triton_safely
 log = logging.getLogger(__name__)
 
 WORKFLOW_CHOICES = [("semantic segmentation", "semantic_segmentation"), ("image to image", "image_to_image"),
-                    ("self-supervised", "self_supervised")]
+                    ("self-supervised", "self_supervised"), ("classification", "classification")]
 MAE_MODELS = ("mae", "mae_vit_base")  # the masked autoencoders: the masking pretext's models, and only its
 RESTORATION_MODELS = ("edsr", "rcan", "dfcan")  # image restoration networks: image to image and crappify only
 LOSSES = {"semantic_segmentation": ["auto", "ce", "ce_dice"]}  # the others: auto, l1, mse (as the config checks)
@@ -40,6 +41,8 @@ def models_for(workflow: str, pretext: str, ndim: int) -> list[str]:
     """The registered models that fit a workflow (and self-supervised pretext) in `ndim` dimensions."""
     from ..engine.models import list_models
 
+    if workflow == "classification":
+        return list_models(ndim, task="classification")
     names = list_models(ndim)
     if workflow == "self_supervised" and pretext == "masking":
         return [n for n in names if n in MAE_MODELS]
@@ -101,6 +104,7 @@ class TrainWidget(QWidget):
         # --- data -------------------------------------------------------------------------------------
         self.source = RadioButtons(choices=["layers", "folders"], value="layers", orientation="horizontal", label="from")
         self.pairs = PairList(viewer)
+        self.class_layers = ClassLayerList(viewer)  # classification: Image layers given a class
         self.folders = form(f.add("data.train_raw", label="raw folder"), f.add("data.train_label", label="label folder"))
         self.validation = ComboBox(choices=["split", "layers", "folders"], value="split", label="validation",
                                    tooltip="Hold aside a fraction of the training data, or validate on a layer pair or folders")
@@ -112,14 +116,16 @@ class TrainWidget(QWidget):
         f.add("data.in_channels", label="channels", max=64)
         f.add("n_classes", label="classes", max=1000)
         f.add("data.target_channels", label="target channels", max=64)
+        f.add("classification.fit", label="other sizes")
         self.patch_z = SpinBox(value=32, min=1, max=1024, label="patch Z", tooltip="Patch depth in voxels (3D)")
         self.patch_yx = SpinBox(value=256, min=8, max=8192, step=16, label="patch Y, X",
                                 tooltip="Patch height and width in pixels; must fit in every image")
         f.add("model.name", label="model", choices=list_models(2))
         mae = model_options_of("mae")
-        self.token_size = SpinBox(value=mae.get("patch_size", 16), min=1, max=512, label="token size",
+        self.token_size = SpinBox(value=mae.get("patch_size", 16), min=0, max=512, label="token size (0 = auto)",
                                   tooltip="Size in pixels (per axis) of the ViT tokens: model option patch_size. "
-                                          "Must divide the patch size.")
+                                          "Must divide the patch size. auto (vit): about 8 tokens per axis.")
+        self._token_model = "mae"  # the model whose default the token size shows
         f.add("model.start_from", label="start from checkpoint", mode="r", filter="*.pth")
         f.add("train.loss", label="loss")
         f.add("train.epochs", max=100_000)
@@ -161,7 +167,7 @@ class TrainWidget(QWidget):
         self.status = status_label()
         self.chart = TrainingChart(*theme_colors(viewer))
 
-        main = [f[p] for p in ("ndim", "data.in_channels", "n_classes", "data.target_channels")] + [
+        main = [f[p] for p in ("ndim", "data.in_channels", "n_classes", "data.target_channels", "classification.fit")] + [
             self.patch_z, self.patch_yx, f["model.name"], self.token_size] + [
             f[p] for p in ("model.start_from", "train.loss", "train.epochs", "train.batch_size", "train.learning_rate",
                            "train.patience")]
@@ -169,7 +175,7 @@ class TrainWidget(QWidget):
         layout = QVBoxLayout(content)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(group("Workflow", form(f["workflow"], f["self_supervised.pretext"])))
-        layout.addWidget(group("Training data", form(self.source), self.pairs, self.folders,
+        layout.addWidget(group("Training data", form(self.source), self.pairs, self.class_layers, self.folders,
                                form(self.validation, f["data.val_split"]), self.val_pair, self.val_folders))
         layout.addWidget(group("Model and training", form(*main)))
         self.ssl_group = group("Self-supervision", form(
@@ -200,6 +206,7 @@ class TrainWidget(QWidget):
         f["model.name"].changed.connect(self._update_visibility)
         f["ndim"].changed.connect(self._on_ndim)
         self.pairs.changed.connect(self._adapt)
+        self.class_layers.changed.connect(self._adapt)
         self.train_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
         follow_layers(self, viewer, self.reset_choices)
@@ -225,6 +232,7 @@ class TrainWidget(QWidget):
 
     def reset_choices(self, *_) -> None:
         self.pairs.reset_choices()
+        self.class_layers.reset_choices()
         self.val_pair.reset_choices()
 
     @property
@@ -256,23 +264,30 @@ class TrainWidget(QWidget):
         if current in name.choices:
             name.value = current
         elif name.choices:
-            name.value = next((n for n in ("unet", "mae") if n in name.choices), name.choices[0])
+            name.value = next((n for n in ("unet", "mae", "vit") if n in name.choices), name.choices[0])
 
     def _update_visibility(self, *_) -> None:
         f, workflow = self.form, self.workflow
-        seg, i2i, ssl = (workflow == w for w in ("semantic_segmentation", "image_to_image", "self_supervised"))
+        seg, i2i, ssl, cls = (workflow == w for w in ("semantic_segmentation", "image_to_image", "self_supervised",
+                                                      "classification"))
         masking = ssl and self.pretext == "masking"
         layers = self.source.value == "layers"
-        self.pairs.visible, self.folders.visible = layers, not layers
+        self.pairs.visible, self.class_layers.visible, self.folders.visible = layers and not cls, layers and cls, not layers
+        choices = ["split", "folders"] if cls else ["split", "layers", "folders"]  # classes are validated by split or folder
+        if list(self.validation.choices) != choices:
+            self.validation.choices = choices
         mode = self.validation.value
         f["data.val_split"].visible = mode == "split"
         self.val_pair.visible, self.val_folders.visible = mode == "layers", mode == "folders"
         second = "label folder" if seg else "target folder"
         for path in ("data.train_label", "data.val_label"):
-            f[path].visible = not ssl
+            f[path].visible = not (ssl or cls)
             f[path].label = second
+        for path in ("data.train_raw", "data.val_raw"):
+            f[path].label = "class folders" if cls else "raw folder"
+        f["classification.fit"].visible = cls
         f["self_supervised.pretext"].visible = ssl
-        f["n_classes"].visible = f["data.foreground_sampling"].visible = seg
+        f["n_classes"].visible = f["data.foreground_sampling"].visible = seg  # classification: from the classes given
         f["data.target_channels"].visible = i2i
         f["train.loss"].visible = not masking  # the MAE's loss is the MSE on its hidden tokens
         self.ssl_group.setVisible(ssl)
@@ -281,6 +296,9 @@ class TrainWidget(QWidget):
         options = model_options_of(f["model.name"].value)
         self.feature_maps.visible = "feature_maps" in options
         self.token_size.visible = "patch_size" in options
+        if "patch_size" in options and f["model.name"].value != self._token_model:  # a new model: its own default
+            self._token_model = f["model.name"].value
+            self.token_size.value = options["patch_size"]
         self.mask_type.visible, self.mask_ratio.visible = "mask_type" in options, "mask_ratio" in options
 
     def _on_ndim(self, ndim: int) -> None:
@@ -290,6 +308,8 @@ class TrainWidget(QWidget):
     def _adapt(self, *_) -> None:
         """Dimensions, channels, patch size, classes and target channels follow the first pair's layers (until the
         user edits them)."""
+        if self.workflow == "classification":
+            return self._adapt_classes()
         first = self.pairs.pairs[0]
         image, second = first.image_layer.value, first.second
         if image is not None and image is not self._adapted[0]:
@@ -306,6 +326,18 @@ class TrainWidget(QWidget):
             else:
                 self.form["data.target_channels"].value = layer_channels(second, self.form["ndim"].value) or 1
         self._adapted = (image, second)
+
+    def _adapt_classes(self) -> None:
+        """Dimensions, channels and patch size follow the first class row's image (a slice when split)."""
+        geometry = self.class_layers.geometry()
+        if geometry is None or geometry == self._adapted[0]:
+            return
+        ndim, channels, shape = geometry
+        self.form["ndim"].value, self.form["data.in_channels"].value = ndim, channels
+        self.patch_yx.value = max(8, _floor16(min(shape[-2:]), 256 if ndim == 2 else 128))
+        if ndim == 3:
+            self.patch_z.value = _floor16(shape[0], 32)
+        self._adapted = (geometry, None)
 
     def build_config(self) -> RunConfig:
         data = self.form.values()
@@ -324,6 +356,8 @@ class TrainWidget(QWidget):
         data["model"]["options"] = options
         if self.source.value == "layers":
             data["data"]["train_raw"] = data["data"]["train_label"] = None
+        if data["workflow"] == "classification":
+            data["data"]["train_label"] = data["data"]["val_label"] = None
         if self.validation.value != "folders":
             data["data"]["val_raw"] = data["data"]["val_label"] = None
         return RunConfig.from_dict(data, source="Train")
@@ -348,12 +382,27 @@ class TrainWidget(QWidget):
                                    label_name=f"{kind} '{second.name}'", notes=notes))
         return out
 
+    def _class_samples(self, cfg):
+        """Classification from layers: the rows' images with their classes, which become the config's classes."""
+        from ..engine.classification_data import set_classes
+
+        if self.source.value != "layers":
+            return None
+        samples, names = self.class_layers.samples(cfg)
+        if len(names) < 2:
+            raise InputError(f"Every image is of class '{names[0]}': give the images at least two classes.")
+        set_classes(cfg, names)
+        return samples
+
     def _make_preview(self, cfg, train) -> Optional[Preview]:
         """Preview the first training image (layers) or the selected Image layer (folders), if it fits the config."""
         from napari.layers import Image
 
         from ..engine.sources import to_channels_last
+        from ..engine.workflows import get_workflow
 
+        if not get_workflow(cfg.workflow).dense:  # a class per image: there is no map to preview
+            return None
         layer = self.pairs.pairs[0].image_layer.value if train else self.viewer.layers.selection.active
         if not isinstance(layer, Image) or spatial_axes(layer, cfg.ndim) is None:
             return None
@@ -379,8 +428,11 @@ class TrainWidget(QWidget):
         notes: list[str] = []
         try:
             cfg = self.build_config()
-            train = self._samples(cfg, self.pairs.pairs, notes) if self.source.value == "layers" else None
-            val = self._samples(cfg, [self.val_pair], notes) if self.validation.value == "layers" else None
+            if cfg.workflow == "classification":
+                train, val = self._class_samples(cfg), None
+            else:
+                train = self._samples(cfg, self.pairs.pairs, notes) if self.source.value == "layers" else None
+                val = self._samples(cfg, [self.val_pair], notes) if self.validation.value == "layers" else None
         except InputError as e:
             show_error(str(e))
             return

@@ -4,12 +4,14 @@ Importing this package registers the built-in models; a new architecture is a ne
 builder is decorated with ``@register_model`` and which is imported below.
 """
 
+from . import classifiers  # noqa: F401  (registers vit, simple_cnn)
 from . import dfcan  # noqa: F401  (registers dfcan)
 from . import edsr  # noqa: F401  (registers edsr)
+from . import efficientnet  # noqa: F401  (registers efficientnet_b0 ... efficientnet_b7)
 from . import mae  # noqa: F401  (registers mae, mae_vit_base)
 from . import rcan  # noqa: F401  (registers rcan)
 from . import unet  # noqa: F401  (registers unet, resunet, attention_unet)
 from . import unetr  # noqa: F401  (registers unetr, unetr_vit_base)
-from .registry import UnknownModelError, create_model, list_models, model_info, register_model
+from .registry import UnknownModelError, create_model, list_models, model_info, model_task, register_model
 
-__all__ = ["UnknownModelError", "create_model", "list_models", "model_info", "register_model"]
+__all__ = ["UnknownModelError", "create_model", "list_models", "model_info", "model_task", "register_model"]

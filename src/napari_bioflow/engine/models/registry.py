@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["UnknownModelError", "create_model", "list_models", "model_info", "register_model"]
+__all__ = ["UnknownModelError", "create_model", "list_models", "model_info", "model_task", "register_model"]
 
 _SHAPE_ARGS = ("ndim", "in_channels", "out_channels")
 
@@ -33,6 +33,7 @@ class _Entry:
     builder: Callable[..., nn.Module]
     ndims: tuple[int, ...]
     defaults: dict
+    task: str  # "dense" (one value per pixel: segmentation, restoration, MAE) or "classification" (one per image)
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -46,10 +47,15 @@ def _to_json(value, what: str):
         raise ValueError(f"{what} must be JSON-serialisable, got {value!r}") from None
 
 
-def register_model(name: str, *, ndims: Sequence[int] = (2, 3)):
+TASKS = ("dense", "classification")
+
+
+def register_model(name: str, *, ndims: Sequence[int] = (2, 3), task: str = "dense"):
     """Decorator registering ``fn`` as the builder of model ``name`` for the spatial dimensionalities ``ndims``."""
 
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if task not in TASKS:
+            raise ValueError(f"task of model {name!r} must be one of {', '.join(TASKS)}")
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
         params = inspect.signature(fn).parameters
@@ -62,7 +68,7 @@ def register_model(name: str, *, ndims: Sequence[int] = (2, 3)):
             if p.kind is not p.KEYWORD_ONLY or p.default is p.empty:
                 raise TypeError(f"builder of model {name!r}: option {p.name!r} must be keyword-only with a default")
             defaults[p.name] = _to_json(p.default, f"default of option {p.name!r} of model {name!r}")
-        _REGISTRY[name] = _Entry(fn, tuple(ndims), defaults)
+        _REGISTRY[name] = _Entry(fn, tuple(ndims), defaults, task)
         return fn
 
     return decorator
@@ -99,9 +105,16 @@ def create_model(name: str, *, ndim: int, in_channels: int, out_channels: int, *
     return model
 
 
-def list_models(ndim: int | None = None) -> list[str]:
-    """Registered model names, sorted; with ``ndim``, only those that support it."""
-    return sorted(name for name, entry in _REGISTRY.items() if ndim is None or ndim in entry.ndims)
+def list_models(ndim: int | None = None, task: str | None = "dense") -> list[str]:
+    """Registered model names, sorted; with ``ndim``, only those that support it; with ``task`` ("dense",
+    "classification"), only that kind (None: all)."""
+    return sorted(name for name, e in _REGISTRY.items()
+                  if (ndim is None or ndim in e.ndims) and (task is None or e.task == task))
+
+
+def model_task(name: str) -> str:
+    """"dense" or "classification"."""
+    return _entry(name).task
 
 
 def model_info(name: str) -> dict:

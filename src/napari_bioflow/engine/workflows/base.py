@@ -10,6 +10,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import InputError
+
 _WORKFLOWS: dict[str, type["Workflow"]] = {}
 
 
@@ -19,7 +21,7 @@ def register_workflow(cls: type["Workflow"]) -> type["Workflow"]:
 
 
 def get_workflow(name: str) -> "Workflow":
-    from . import image_to_image, self_supervised, semantic  # noqa: F401  (registers the built-in workflows)
+    from . import classification, image_to_image, self_supervised, semantic  # noqa: F401  (registers the built-in workflows)
 
     if name not in _WORKFLOWS:
         raise KeyError(f"unknown workflow '{name}'; available: {', '.join(sorted(_WORKFLOWS))}")
@@ -27,7 +29,7 @@ def get_workflow(name: str) -> "Workflow":
 
 
 def list_workflows() -> list[str]:
-    from . import image_to_image, self_supervised, semantic  # noqa: F401
+    from . import classification, image_to_image, self_supervised, semantic  # noqa: F401
 
     return sorted(_WORKFLOWS)
 
@@ -37,6 +39,7 @@ class Workflow:
     target_is_image = False  # True when the target is an image (augmented with a channel axis)
     chart_metric = ""  # the validation metric drawn beside the loss, e.g. "iou_foreground"
     needs_target = True  # False: trained on raw images alone (self-supervision)
+    dense = True  # a value per pixel, predicted by sliding window (False: one prediction per image, classification)
 
     def __init__(self):
         self.state: dict[str, Any] = {}  # fitted on the training data, saved in the checkpoint (prepare/load_state)
@@ -50,8 +53,15 @@ class Workflow:
     # --- data ---------------------------------------------------------------------------------------
     def build_dataset(self, cfg, train=None, val=None):
         """Checked training and validation samples from the given samples (layers) or the config's folders."""
+        from ..models import model_task
         from ..sources import build_dataset
 
+        try:
+            if model_task(cfg.model.name) != "dense":
+                raise InputError(f"Model '{cfg.model.name}' is an image classifier; it cannot be used for "
+                                 f"{cfg.workflow.replace('_', ' ')} (model.name).")
+        except KeyError as e:
+            raise InputError(f"model: {e}") from None
         return build_dataset(cfg, train, val)
 
     def training_data(self, dataset, cfg, normalizer):

@@ -1,0 +1,194 @@
+"""Classification data: folders with one sub-folder per class (or layers given a class each), checked before any
+training step, and the TrainingData that feeds whole images, brought to the patch size, with their class."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import InputError
+from .io import is_image_path, open_image
+from .sources import Dataset, Sample, check_finite, to_channels_last
+from .training_data import TrainingData
+
+
+@dataclass
+class ClassSample(Sample):
+    class_index: int = -1  # -1: unknown (a test image without ground truth)
+
+
+def natural_key(name: str):
+    """Class names sort as people expect: '2' before '10', numbers before words."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t.lower()) for t in re.split(r"(\d+)", name) if t]
+
+
+def class_subfolders(root: Path, role: str) -> dict[str, list[Path]]:
+    """{class name: sorted image files} of a folder with one sub-folder per class; every sub-folder must hold images."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"The {role} folder {root} does not exist.")
+    subs = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.suffix.lower() != ".zarr"),
+                  key=lambda p: natural_key(p.name))
+    if not subs:
+        raise InputError(f"The {role} folder {root} holds no class sub-folders: put the images of each class in a "
+                         f"sub-folder named after the class.")
+    out = {}
+    for sub in subs:
+        files = sorted(p for p in sub.iterdir() if is_image_path(p))
+        if not files:
+            raise InputError(f"The class sub-folder {sub} of the {role} folder is empty (no TIFF, PNG or zarr image).")
+        out[sub.name] = files
+    return out
+
+
+def resolve_class_names(found: Sequence[str], cfg, where: str) -> list[str]:
+    """The run's class order: the config's class_names when given (they must be the sub-folders), else `found`."""
+    if len(found) < 2:
+        raise InputError(f"The {where} holds a single class ({found[0]}); classification needs at least two classes.")
+    if cfg.class_names:
+        if set(cfg.class_names) != set(found):
+            raise InputError(f"class_names {cfg.class_names} do not match the class sub-folders of the {where}: "
+                             f"{list(found)}.")
+        return list(cfg.class_names)
+    return list(found)
+
+
+def set_classes(cfg, names: list[str]) -> None:
+    """Set n_classes and class_names together (the config checks that they agree on every assignment)."""
+    cfg.class_names = []
+    cfg.n_classes = len(names)
+    cfg.class_names = list(names)
+
+
+def open_checked(path: Path, cfg, role: str, source: str = "") -> object:
+    """Open one image as (Z,)Y,X,C, checked; mixed 2D/3D sets get their own sentence."""
+    raw = open_image(path)
+    try:
+        arr = to_channels_last(raw, cfg.ndim, cfg.data.in_channels, str(path), source)
+    except InputError as e:
+        if "data, but the config is" in str(e):
+            other = 5 - cfg.ndim
+            raise InputError(f"{path} is a {other}D image but the {role} set is {cfg.ndim}D (ndim: {cfg.ndim}): a "
+                             f"classification set must not mix 2D and 3D images.") from None
+        raise
+    check_finite(arr, str(path))
+    return arr
+
+
+def samples_from_class_folders(root: Path, cfg, role: str, class_names: Optional[list[str]] = None) -> list[ClassSample]:
+    """Samples of a class-folder tree; with `class_names` (the model's), an unknown sub-folder is an error."""
+    folders = class_subfolders(root, role)
+    names = class_names if class_names is not None else list(folders)
+    out = []
+    for cls, files in folders.items():
+        if cls not in names:
+            raise InputError(f"The {role} sub-folder {Path(root) / cls} is not one of the model's classes "
+                             f"({', '.join(names)}).")
+        for f in files:
+            out.append(ClassSample(name=str(f), raw=open_checked(f, cfg, role), class_index=names.index(cls)))
+    return out
+
+
+def stratified_split(samples: list[ClassSample], fraction: float, seed: int, notes: list[str]):
+    """Hold aside `fraction` of every class (at least one image of each class that has two or more)."""
+    if fraction <= 0:
+        return samples, []
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in sorted({s.class_index for s in samples}):
+        members = [s for s in samples if s.class_index == c]
+        n_val = min(len(members) - 1, max(1, int(round(fraction * len(members)))))
+        order = rng.permutation(len(members))
+        val += [members[i] for i in order[:n_val]]
+        train += [members[i] for i in order[n_val:]]
+    notes.append(f"Validation: {len(val)} of {len(samples)} images held aside ({fraction:.0%} of each class).")
+    return train, val
+
+
+def build_class_dataset(cfg, train: Optional[list[ClassSample]] = None, val: Optional[list[ClassSample]] = None) -> Dataset:
+    notes: list[str] = []
+    d = cfg.data
+    if train is None:
+        if d.train_raw is None:
+            raise InputError("No training data: set data.train_raw to a folder with one sub-folder per class (or choose layers).")
+        names = resolve_class_names(list(class_subfolders(d.train_raw, "training")), cfg, f"training folder {d.train_raw}")
+        set_classes(cfg, names)
+        train = samples_from_class_folders(d.train_raw, cfg, "training", names)
+    else:
+        if not train:
+            raise InputError("No training images were given.")
+        classes = {s.class_index for s in train}
+        if len(classes) < 2:
+            raise InputError(f"All training images are of class {cfg.class_label(next(iter(classes)))}; classification "
+                             f"needs at least two classes.")
+        if max(classes) >= cfg.n_classes or min(classes) < 0:
+            raise InputError(f"A training image has class index {max(classes)}, but there are {cfg.n_classes} classes.")
+    if val is None and d.val_raw is not None:
+        val = samples_from_class_folders(d.val_raw, cfg, "validation", [cfg.class_label(i) for i in range(cfg.n_classes)])
+    if val is None:
+        train, val = stratified_split(train, d.val_split, cfg.seed, notes)
+    counts = np.bincount([s.class_index for s in train], minlength=cfg.n_classes)
+    notes.append("Training images per class: " + ", ".join(f"{cfg.class_label(i)} {n}" for i, n in enumerate(counts)) + ".")
+    return Dataset(train=train, val=val, notes=notes)
+
+
+# --- bringing images to the patch size --------------------------------------------------------------------
+def fit_to_patch(x: np.ndarray, patch: Sequence[int], mode: str, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """A normalized channel-last image (..., C) -> float32 channels-first (C, *patch). resize: bilinear/trilinear;
+    pad: zero-pad what is smaller, crop what is larger (randomly with `rng`, else the centre)."""
+    patch = tuple(int(p) for p in patch)
+    x = np.moveaxis(np.asarray(x, dtype=np.float32), -1, 0)
+    spatial = x.shape[1:]
+    if spatial == patch:
+        return np.ascontiguousarray(x)
+    if mode == "resize":
+        import torch
+        import torch.nn.functional as F
+
+        t = torch.from_numpy(np.ascontiguousarray(x))[None]
+        kind = "bilinear" if len(patch) == 2 else "trilinear"
+        out = F.interpolate(t, size=patch, mode=kind, align_corners=False, antialias=len(patch) == 2)
+        return out[0].numpy()
+    index, pads = [slice(None)], [(0, 0)]
+    for d, p in zip(spatial, patch):
+        if d > p:
+            start = int(rng.integers(0, d - p + 1)) if rng is not None else (d - p) // 2
+            index.append(slice(start, start + p))
+            pads.append((0, 0))
+        else:
+            index.append(slice(None))
+            pads.append(((p - d) // 2, p - d - (p - d) // 2))
+    return np.ascontiguousarray(np.pad(x[tuple(index)], pads))
+
+
+def read_image(raw) -> np.ndarray:
+    return raw.compute() if hasattr(raw, "compute") else np.asarray(raw)
+
+
+class ImageData(TrainingData):
+    """Whole images (brought to the patch size) with their class; an epoch sees about every training image once."""
+
+    def __init__(self, dataset, cfg, normalizer):
+        self.train, self.val = dataset.train, dataset.val
+        self.patch, self.mode, self.normalize = cfg.data.patch_size, cfg.classification.fit, normalizer
+        self.rng = np.random.default_rng(cfg.seed)
+        self.has_validation = bool(self.val)
+
+    def item(self, s: ClassSample, rng=None) -> np.ndarray:
+        return fit_to_patch(self.normalize(read_image(s.raw)), self.patch, self.mode, rng)
+
+    def batch(self, batch_size: int):
+        idx = self.rng.integers(0, len(self.train), size=batch_size)
+        x = np.stack([self.item(self.train[i], self.rng) for i in idx])
+        return x, np.array([self.train[i].class_index for i in idx], dtype=np.int64)
+
+    def validation(self, batch_size: int):
+        for k in range(0, len(self.val), batch_size):
+            part = self.val[k:k + batch_size]
+            yield np.stack([self.item(s) for s in part]), np.array([s.class_index for s in part], dtype=np.int64)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return max(1, -(-len(self.train) // batch_size))

@@ -1,0 +1,71 @@
+"""Classification: one class per image (2D or 3D) from folders of class sub-folders or layers given a class.
+
+Plugs into the shared trainer through the data hooks (whole images brought to the patch size, not patches);
+prediction is one probability vector per image (engine/classification_results.py), not a sliding window."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import InputError
+from .base import Workflow, register_workflow
+
+
+@register_workflow
+class Classification(Workflow):
+    name = "classification"
+    chart_metric = "accuracy"
+    dense = False  # one prediction per image: the CLI, widgets and batch mode use classification_results
+
+    def build_dataset(self, cfg, train=None, val=None):
+        from ..classification_data import build_class_dataset
+        from ..models import model_task
+
+        try:
+            task = model_task(cfg.model.name)
+        except KeyError as e:
+            raise InputError(f"model: {e}") from None
+        if task != "classification":
+            raise InputError(f"Model '{cfg.model.name}' is not a classifier; for classification use vit, simple_cnn "
+                             f"or efficientnet_b0 ... efficientnet_b7 (model.name).")
+        return build_class_dataset(cfg, train, val)
+
+    def training_data(self, dataset, cfg, normalizer):
+        from ..classification_data import ImageData
+
+        return ImageData(dataset, cfg, normalizer)
+
+    def augment(self, x, y, cfg, generator):
+        from ..augment import augment_batch
+
+        a = cfg.augment
+        x, _ = augment_batch(x, None, flips=a.flips, rotate90=a.rotate90, intensity=a.intensity, generator=generator)
+        return x, y
+
+    def out_channels(self, cfg) -> int:
+        return cfg.n_classes
+
+    def model_defaults(self, cfg) -> dict[str, Any]:
+        return {"img_size": list(cfg.data.patch_size)} if cfg.model.name == "vit" else {}
+
+    def loss(self, cfg):
+        import torch
+
+        return torch.nn.CrossEntropyLoss()
+
+    def activation(self, logits):
+        import torch
+
+        return torch.softmax(logits.float(), dim=1)
+
+    def predict_file(self, loaded, image, name, run_dir, stem, device, target=None) -> dict:
+        """Batch mode: one image's predictions.csv row (class, confidence, a probability per class, and the true
+        class when the input sits in a class sub-folder; `target` is then its class index)."""
+        from ..classification_results import classify_batch, prediction_row
+
+        probs = classify_batch(loaded, [image], device)[0]
+        return {"prediction": prediction_row(probs, loaded.config.class_names, target), "metrics": {}}
+
+    def metrics(self, cfg):
+        from ..classification_results import ClassificationMetrics
+
+        return ClassificationMetrics(cfg.n_classes)
