@@ -190,6 +190,12 @@ def test_live_view_shows_landed_tiles_with_their_final_values(tmp_path):
                            batch_size=1, progress=on_progress)
     assert len(checked) == 2
     np.testing.assert_allclose(view.compute(), expected, atol=1e-6)
+    # napari and dask index the view with integers, steps and Ellipsis
+    live = P._LiveView(acc)
+    for key in [(1, 5), (slice(None), 3, slice(10, 20), slice(None, None, 2)), (Ellipsis, 7), (0, slice(None, None, -3)),
+                (slice(None), [2, 0, 9]), (-1, -2, slice(5, 1, -1))]:
+        np.testing.assert_allclose(live[key], expected[key], atol=1e-6)
+        np.testing.assert_allclose(view[key].compute(), expected[key], atol=1e-6)
 
 
 def test_cancel_writes_what_was_computed(tmp_path):

@@ -414,12 +414,41 @@ class _LiveView:
         self.ndim = len(self.shape)
 
     def __getitem__(self, key):
+        """Any mix of slices (any step), integers and (orthogonal) index arrays, as numpy."""
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            i = next(i for i, k in enumerate(key) if k is Ellipsis)
+            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1 :]
+        key = key + (slice(None),) * (self.ndim - len(key))
+        box, post = [], []
+        for k, n in zip(key, self.shape):
+            if isinstance(k, slice) and k.indices(n)[2] == 1:
+                a, b, _ = k.indices(n)
+                box.append(slice(a, max(a, b)))
+                post.append(slice(None))
+                continue
+            if isinstance(k, slice):
+                idx = np.arange(*k.indices(n))
+            elif isinstance(k, (int, np.integer)):
+                idx = np.array(int(k) % n if int(k) < 0 else int(k))
+            else:
+                idx = np.asarray(k)
+                idx = np.flatnonzero(idx) if idx.dtype == bool else np.where(idx < 0, idx + n, idx)
+            if idx.size == 0:
+                box.append(slice(0, 0))
+                post.append(slice(None))
+                continue
+            lo = int(idx.min())
+            box.append(slice(lo, int(idx.max()) + 1))
+            post.append(idx - lo)
+        out = self._read(box)
+        for axis in reversed(range(self.ndim)):  # orthogonal indexing, one axis at a time
+            if not isinstance(post[axis], slice):
+                out = np.take(out, post[axis], axis=axis)
+        return out
+
+    def _read(self, sel: list[slice]) -> np.ndarray:
         acc = self.acc
-        key = tuple(key) + (slice(None),) * (self.ndim - len(key))
-        sel = [slice(*k.indices(n)) for k, n in zip(key, self.shape)]
-        if any(s.step != 1 for s in sel):
-            return np.asarray(self.__getitem__(tuple(slice(s.start, s.stop) for s in sel)))[
-                tuple(slice(None, None, s.step) for s in sel)]
         chunks = acc.chunks
         spatial = sel[1:]
         keys = list(itertools.product(*(range(s.start // c, max(s.start, s.stop - 1) // c + 1)
@@ -631,7 +660,7 @@ class ZarrAccumulator:
             w = da.from_zarr(self.weight)[None]
             return da.where(w > 0, s / da.maximum(w, np.float32(1e-30)), np.float32(0)).astype(np.float32)
         return da.from_array(_LiveView(self), chunks=self.sum.chunks, name=f"bioflow-prediction-{uuid.uuid4().hex}",
-                             asarray=True, meta=np.empty((0,) * len(self.shape), np.float32))
+                             asarray=True, fancy=False, meta=np.empty((0,) * len(self.shape), np.float32))
 
     def finalize(self, path: str | Path):
         """The result as a zarr array at ``path``: the array itself when ``path`` is where it lives, else a
