@@ -443,3 +443,36 @@ def test_write_tiff_streams_zarr_and_dask(tmp_path):
             assert f.pages[0].compression == 8  # integers zlib
             np.testing.assert_array_equal(f.asarray(), labels)
     assert not list(tmp_path.glob("*.part"))
+
+
+def mapped_rss_kb(path) -> int:
+    """Resident kB of this process's mappings of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if len(head) >= 5 and "-" in head[0] and ":" in head[3]:  # a mapping's header line (dev is major:minor)
+                inside = line.rstrip().endswith(str(path))
+            elif inside and line.startswith("Rss:"):
+                total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/smaps"), reason="needs /proc (Linux)")
+def test_memory_mapped_tiff_input_does_not_stay_resident(tmp_path):
+    import tifffile
+
+    from napari_bioflow.engine.io import open_image
+    from napari_bioflow.engine.sources import to_channels_last
+
+    path = tmp_path / "vol.tif"
+    data = (rand_image((128, 512, 512)) * 1000).astype(np.uint16)  # 64 MB
+    tifffile.imwrite(path, data)
+    image = to_channels_last(open_image(path), 3, 1, "vol")
+    assert isinstance(image, np.memmap)
+    seen = []
+    res = sliding_window_predict(image, two_class, out_channels=2, tile_size=(16, 64, 64), out=tmp_path / "o",
+                                 preprocess=lambda t: t / 1000.0, progress=lambda d, t: seen.append(mapped_rss_kb(path)))
+    np.testing.assert_allclose(res[0, ::7, ::13, ::11], data[::7, ::13, ::11] / 1000.0, atol=1e-6)
+    assert max(seen) * 1024 < data.nbytes / 4, max(seen)  # a few rows of tiles, not the whole file
+    assert mapped_rss_kb(path) * 1024 < data.nbytes / 8
