@@ -443,3 +443,63 @@ def test_write_tiff_streams_zarr_and_dask(tmp_path):
             assert f.pages[0].compression == 8  # integers zlib
             np.testing.assert_array_equal(f.asarray(), labels)
     assert not list(tmp_path.glob("*.part"))
+
+
+def mapped_rss_kb(path) -> int:
+    """Resident kB of this process's mappings of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if len(head) >= 5 and "-" in head[0] and ":" in head[3]:  # a mapping's header line (dev is major:minor)
+                inside = line.rstrip().endswith(str(path))
+            elif inside and line.startswith("Rss:"):
+                total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/smaps"), reason="needs /proc (Linux)")
+def test_memory_mapped_tiff_input_does_not_stay_resident(tmp_path):
+    import tifffile
+
+    from napari_bioflow.engine.io import open_image
+    from napari_bioflow.engine.sources import to_channels_last
+
+    path = tmp_path / "vol.tif"
+    data = (rand_image((128, 512, 512)) * 1000).astype(np.uint16)  # 64 MB
+    tifffile.imwrite(path, data)
+    image = to_channels_last(open_image(path), 3, 1, "vol")
+    assert isinstance(image, np.memmap)
+    seen = []
+    res = sliding_window_predict(image, two_class, out_channels=2, tile_size=(16, 64, 64), out=tmp_path / "o",
+                                 preprocess=lambda t: t / 1000.0, progress=lambda d, t: seen.append(mapped_rss_kb(path)))
+    np.testing.assert_allclose(res[0, ::7, ::13, ::11], data[::7, ::13, ::11] / 1000.0, atol=1e-6)
+    assert max(seen) * 1024 < data.nbytes / 4, max(seen)  # a few rows of tiles, not the whole file
+    assert mapped_rss_kb(path) * 1024 < data.nbytes / 8
+
+
+def test_training_on_a_zarr_folder_never_loads_the_volume(tmp_path):
+    """The whole Trainer (checks, normalization statistics, foreground sampling, patches, validation) on a 128 MB
+    zarr volume: numpy memory stays far below the volume (it would be 256 MB as float32)."""
+    from napari_bioflow.config import RunConfig
+    from napari_bioflow.engine.train import DoneReport, Trainer
+
+    write_volume_folders(tmp_path / "train", shape=(64, 1024, 1024), chunks=(16, 256, 256))
+    write_volume_folders(tmp_path / "val", shape=(16, 128, 128), chunks=(16, 128, 128))
+
+    def config(name: str, train: str):
+        return RunConfig.model_validate({
+            "name": name, "output_dir": str(tmp_path / "runs"), "device": "cpu", "ndim": 3,
+            "model": {"name": "unet", "options": {"feature_maps": [2], "kernel_size": 1}},
+            "data": {"train_raw": str(tmp_path / train / "raw"), "train_label": str(tmp_path / train / "label"),
+                     "val_raw": str(tmp_path / "val" / "raw"), "val_label": str(tmp_path / "val" / "label"),
+                     "patch_size": [8, 64, 64], "foreground_sampling": 0.5},
+            "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2},
+        })
+
+    # a first run on the small volume imports what training needs (tens of MB of traced Python objects)
+    assert any(isinstance(r, DoneReport) for r in Trainer(config("warm_up", "val")).run())
+    done = []
+    peak = traced_peak(lambda: done.extend(r for r in Trainer(config("big", "train")).run() if isinstance(r, DoneReport)))
+    assert done and done[0].checkpoint.exists()
+    assert peak < 48 * 2**20, peak / 2**20

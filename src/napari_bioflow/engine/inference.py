@@ -1,7 +1,8 @@
 """Prediction of whole images and folders with a trained model, written into the experiment layout.
 
-`ImagePrediction` is set up first (checks, tile plan, zarr accumulator) and run second, so a viewer can add a
-dask-backed layer over the accumulator and watch tiles land while a worker runs the prediction.
+`ImagePrediction` is set up first (checks, tile plan, the prediction zarr) and run second, so a viewer can add a
+dask-backed layer over the prediction (`lazy()`) and watch tiles land while a worker runs it. Memory is bounded by the
+tiles, not the image (see engine/predict.py and benchmarks/README.md section c).
 """
 from __future__ import annotations
 

@@ -839,6 +839,29 @@ def _read_region(image, region: tuple[slice, ...], grid) -> np.ndarray:
     return out
 
 
+def _shared_mmap(image):
+    """The shared (not copy-on-write) mmap under a numpy memmap or a view of one, else None."""
+    seen = 0
+    obj = image
+    while obj is not None and seen < 16:
+        if isinstance(obj, np.memmap):
+            m = getattr(obj, "_mmap", None)
+            return m if m is not None and getattr(obj, "mode", "c") in ("r", "r+", "w+", "readonly", "readwrite",
+                                                                          "write") else None
+        obj = getattr(obj, "base", None)
+        seen += 1
+    return None
+
+
+def _drop_pages(mapping) -> None:
+    import mmap
+
+    try:
+        mapping.madvise(mmap.MADV_DONTNEED)
+    except (AttributeError, ValueError, OSError):  # no madvise (not Linux), or a closed mapping
+        pass
+
+
 class _TileReader:
     """Reads the tiles of a plan in traversal order. A chunked image (zarr, dask) is read by bands (a row
     of tiles across the last axis: every input chunk is decoded once per row instead of once per tile);
@@ -851,15 +874,22 @@ class _TileReader:
         nbytes = int(np.prod(band)) * int(image.shape[-1]) * np.dtype(image.dtype).itemsize
         self.bands = self.grid is not None and nbytes <= BAND_BYTES
         self.band_key, self.band, self.band_origin = None, None, None
+        self.mapped = _shared_mmap(image)
+        self.row = None
 
     def read(self, k: int) -> np.ndarray:
         """Tile k of plan.tiles as (C, *tile) float32."""
         tile = self.plan.tiles[k]
+        clipped = _clip(tile, self.spatial)
+        key = tuple((s.start, s.stop) for s in clipped[:-1])
+        if self.mapped is not None and key != self.row:
+            # A memory-mapped file (e.g. a TIFF) counts in the RSS for every page ever read through the mapping:
+            # drop our mappings of the rows done (the pages stay in the page cache, and in the file).
+            self.row = key
+            _drop_pages(self.mapped)
         if not self.bands:
             x = _read_tile(self.image, tile, self.spatial, self.preprocess)
         else:
-            clipped = _clip(tile, self.spatial)
-            key = tuple((s.start, s.stop) for s in clipped[:-1])
             if key != self.band_key:
                 self.band = None  # drop the old band before reading the next
                 region = (*clipped[:-1], slice(0, self.spatial[-1]), slice(0, int(self.image.shape[-1])))
@@ -906,6 +936,8 @@ class _Prefetch:
             self._put(("error", e, None))
         finally:
             self.reader.band = None
+            if self.reader.mapped is not None:
+                _drop_pages(self.reader.mapped)
 
     def __iter__(self):
         for _ in self.batches:
