@@ -17,8 +17,9 @@ import re
 import shutil
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from magicgui.widgets import ComboBox, Container, FileEdit, ProgressBar, PushButton, SpinBox
 from napari.layers import Image, Labels
@@ -44,8 +45,8 @@ METRIC_NAMES = {"psnr": ("PSNR", " dB"), "ssim": ("SSIM", ""), "psnr_degraded_in
                 "iou_mean": ("mean IoU", "")}
 
 
-def checkpoint_kind(path) -> Optional[tuple[str, str, bool]]:
-    """(workflow, self-supervised pretext, degrade_at_prediction) of a checkpoint, read without loading its
+def checkpoint_kind(path) -> Optional[tuple[str, str, bool, int]]:
+    """(workflow, self-supervised pretext, degrade_at_prediction, ndim) of a checkpoint, read without loading its
     weights (memory-mapped); None when it cannot be read (the Predict button then says why)."""
     try:
         import torch
@@ -53,9 +54,57 @@ def checkpoint_kind(path) -> Optional[tuple[str, str, bool]]:
         ckpt = torch.load(Path(path), map_location="cpu", mmap=True, weights_only=False)
         cfg = ckpt["config"]
         ssl = cfg.get("self_supervised") or {}
-        return str(cfg["workflow"]), str(ssl.get("pretext", "crappify")), bool(ssl.get("degrade_at_prediction", True))
+        return (str(cfg["workflow"]), str(ssl.get("pretext", "crappify")), bool(ssl.get("degrade_at_prediction", True)),
+                int(cfg.get("ndim", 2)))
     except Exception:
         return None
+
+
+def label_filters_apply(kind) -> bool:
+    """The Z / YZ median filters of the argmax labels: 3D semantic segmentation only."""
+    return kind is not None and kind[0] == "semantic_segmentation" and kind[3] == 3
+
+
+def tta_applies(kind) -> bool:
+    """Test-time augmentation: not for the masked autoencoder (its masks, not flips, decide what it sees)."""
+    return not (kind is not None and kind[0] == "self_supervised" and kind[1] == "masking")
+
+
+def is_in_memory(data) -> bool:
+    """A numpy array held in memory: scanning it is quick enough for the GUI thread (not a memmap, dask or zarr)."""
+    import numpy as np
+
+    return isinstance(data, np.ndarray) and not isinstance(data, np.memmap)
+
+
+def missing_dirs(output_dir, name: str) -> list[Path]:
+    """The folders new_experiment would create for `name` under `output_dir`, in creation order."""
+    root = Path(output_dir).absolute() / name
+    chain = [p for p in reversed(root.parents) if not p.exists()] + [root]
+    chain += [root / sub for sub in ("results", "config_files", "checkpoints")]
+    return [p for p in chain if not p.exists()]
+
+
+@dataclass
+class PendingJob:
+    """A prediction checked as far as it can be without reading pixels: what `_create_job` needs."""
+    loaded: Any
+    data: Any  # the layer's array, as given to the engine
+    image: Any  # channel-last view of it, for the NaN/inf scan
+    name: str
+    stem: str
+    device: str
+    target: Any
+    target_name: str
+    layer: Any
+
+
+def setup_job(create, pending):
+    """Runs in a worker thread: scan a lazy image and create its job; a refused image comes back as a value."""
+    try:
+        return create(pending)
+    except InputError as e:
+        return e
 
 
 def format_metrics(metrics: dict) -> str:
@@ -83,9 +132,9 @@ class PredictWidget(QWidget):
         self.job = self.experiment = self.source = None
         self.prob_layer = self.labels_layer = None
         self.outputs: dict = {}  # output layers by role, e.g. {"prediction": layer} or the MAE checks
-        self.kind: Optional[tuple[str, str, bool]] = None  # (workflow, pretext, degrade) of the chosen checkpoint
+        self.kind: Optional[tuple[str, str, bool, int]] = None  # (workflow, pretext, degrade, ndim) of the checkpoint
         self.result = None  # the engine's ImageResult of the last finished prediction
-        self._worker = None
+        self._worker = self._setup_worker = None
         self._cancel = threading.Event()
         self._last_refresh = self._refresh_cost = 0.0
         self._relay = ProgressRelay()
@@ -150,7 +199,7 @@ class PredictWidget(QWidget):
 
     @property
     def running(self) -> bool:
-        return self._worker is not None or self.classify.running
+        return self._worker is not None or self._setup_worker is not None or self.classify.running
 
     def reset_choices(self, *_) -> None:
         self.image.reset_choices()
@@ -167,7 +216,7 @@ class PredictWidget(QWidget):
         self.checkpoint.visible, self.trained.visible = from_file, not from_file
         path = self._chosen_checkpoint()
         self.kind = checkpoint_kind(path) if path is not None and path.is_file() else None
-        workflow, pretext, degrade = self.kind or ("", "", True)
+        workflow, pretext, degrade, _ = self.kind or ("", "", True, 2)
         # the target field: a target Image for image to image, a Labels layer for segmentation, none otherwise
         kind = {"image_to_image": Image, "semantic_segmentation": Labels}.get(workflow)
         if kind is not None and kind is not self._target_kind:
@@ -180,9 +229,11 @@ class PredictWidget(QWidget):
         self.classify_group.setVisible(cls)
         self.metrics.visible = not cls  # the classification panel shows its own
         self.image.visible = not cls or self.classify.scope.value == "chosen layer"
-        for w in (self.tile, *(self.form[p] for p in ("predict.overlap", "predict.batch_size", "predict.z_filter",
-                                                     "predict.yz_filter"))):
-            w.visible = not cls  # tiles and 3D label filters mean nothing for a class per image
+        for w in (self.tile, *(self.form[p] for p in ("predict.overlap", "predict.batch_size"))):
+            w.visible = not cls  # tiles mean nothing for a class per image
+        for p in ("predict.z_filter", "predict.yz_filter"):
+            self.form[p].visible = label_filters_apply(self.kind)
+        self.form["predict.tta"].visible = tta_applies(self.kind)
         crappify = workflow == "self_supervised" and pretext == "crappify"
         self.form["self_supervised.degrade_at_prediction"].visible = crappify
         if crappify:
@@ -205,11 +256,10 @@ class PredictWidget(QWidget):
             raise InputError("Choose a checkpoint file (.pth) to predict with.")
         return Path(text)
 
-    def _make_job(self):
+    def _make_job(self) -> "PendingJob":
+        """Every check that reads no pixels (the layer, checkpoint, 2D/3D, channels, the target), before any write."""
         from ..config import RunConfig
         from ..engine.checkpoint import load_model
-        from ..engine.experiment import new_experiment
-        from ..engine.inference import ImagePrediction
         from ..engine.sources import lazy_array, to_channels_last
         from ..engine.train import resolve_device
 
@@ -238,22 +288,48 @@ class PredictWidget(QWidget):
                                  f"predicts {outputs}.")
             target = layer_array(target_layer)
             workflow.check_target(lazy_array(target), target_name, tuple(image.shape[:-1]), cfg, [])
-        # the checkpoint's own config, with this dock's prediction settings, output and device
+        # the checkpoint's own config, with this dock's prediction settings, output and device; the settings this
+        # checkpoint hides (3D label filters, TTA of a masked autoencoder) are off
+        predict = values.pop("predict")
+        kind = (cfg.workflow, cfg.self_supervised.pretext, True, cfg.ndim)
+        if not label_filters_apply(kind):
+            predict["z_filter"] = predict["yz_filter"] = 0
+        if not tta_applies(kind):
+            predict["tta"] = False
         raw = cfg.model_dump(mode="json")
-        raw["predict"].update(values.pop("predict"), checkpoint=str(path),
+        raw["predict"].update(predict, checkpoint=str(path),
                               tile_size=[self.tile.value] * cfg.ndim if self.tile.value else None)
         raw["self_supervised"].update(values.pop("self_supervised"))
-        loaded.config = cfg = RunConfig.from_dict({**raw, **values}, source="Predict")
-        experiment = new_experiment(cfg.output_dir, cfg.name)
-        cfg.save(experiment.config_path)
+        loaded.config = RunConfig.from_dict({**raw, **values}, source="Predict")
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer.name) or "image"
+        return PendingJob(loaded, data, image, name, stem, device, target, target_name, layer)
+
+    @staticmethod
+    def _create_job(pending: "PendingJob"):
+        """The NaN/inf scan of the image (off the GUI thread for lazy layers), then the experiment folder and the
+        job. A refused image leaves nothing behind: the folders made for it go again."""
+        from ..engine.experiment import new_experiment
+        from ..engine.inference import ImagePrediction
+        from ..engine.sources import check_finite
+
+        check_finite(pending.image, pending.name)  # before any folder is created
+        cfg = pending.loaded.config
+        made = missing_dirs(cfg.output_dir, cfg.name)
+        experiment = new_experiment(cfg.output_dir, cfg.name)
         try:
-            job = ImagePrediction(loaded, data, name, experiment.results, stem, device, target, target_name)
-        except InputError:
+            cfg.save(experiment.config_path)
+            job = ImagePrediction(pending.loaded, pending.data, pending.name, experiment.results, pending.stem,
+                                  pending.device, pending.target, pending.target_name)
+        except BaseException:
             shutil.rmtree(experiment.results, ignore_errors=True)
             experiment.config_path.unlink(missing_ok=True)
+            for folder in reversed(made):
+                try:
+                    folder.rmdir()
+                except OSError:
+                    pass
             raise
-        return job, experiment, layer
+        return job, experiment
 
     # --- run --------------------------------------------------------------------------------------------
     def start(self, *_) -> None:
@@ -265,11 +341,39 @@ class PredictWidget(QWidget):
         if self.kind is not None and self.kind[0] == "classification":
             return self._start_classification()
         try:
-            job, self.experiment, layer = self._make_job()
+            pending = self._make_job()
+            created = self._create_job(pending) if is_in_memory(pending.data) else None
         except InputError as e:
             show_error(str(e))
             return
-        self.job, self.source, self.result = job, layer, None
+        if created is not None:
+            return self._launch(*created, pending.layer)
+        # a lazy (dask, zarr, memory-mapped) layer: its pixels are scanned in a worker, then the prediction starts
+        self.status.value = f"checking {pending.layer.name}…"
+        worker = create_worker(setup_job, self._create_job, pending, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(lambda result: self._on_created(result, pending.layer))
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_setup_finished)
+        self._setup_worker = worker
+        self.predict_button.enabled = self.cancel_button.enabled = False
+        worker.start()
+
+    def _on_created(self, result, layer) -> None:
+        if isinstance(result, InputError):
+            self.status.value = "not started: see the message"
+            show_error(str(result))
+            return
+        self._launch(*result, layer)
+
+    def _on_setup_finished(self) -> None:
+        self._setup_worker = None
+        if self._worker is None:
+            self.predict_button.enabled, self.cancel_button.enabled = True, False
+
+    def _launch(self, job, experiment, layer) -> None:
+        from napari.qt.threading import create_worker
+
+        self.job, self.experiment, self.source, self.result = job, experiment, layer, None
         self.prob_layer = self.labels_layer = None
         self.outputs = {}
         self.metrics.value = ""
