@@ -503,3 +503,30 @@ def test_training_on_a_zarr_folder_never_loads_the_volume(tmp_path):
     peak = traced_peak(lambda: done.extend(r for r in Trainer(config("big", "train")).run() if isinstance(r, DoneReport)))
     assert done and done[0].checkpoint.exists()
     assert peak < 48 * 2**20, peak / 2**20
+
+
+def test_image_prediction_with_tiffs_and_iou_stays_within_chunks(tmp_path):
+    """The whole ImagePrediction (sliding window, labels, probability and label TIFFs, IoU against a zarr label)
+    traces a fraction of the probabilities' size: the TIFFs are streamed from the zarr arrays, not loaded."""
+    import tifffile
+
+    from napari_bioflow.engine.inference import ImagePrediction
+    from napari_bioflow.engine.io import open_image
+
+    data = (rand_image((32, 256, 256)) * 1000).astype(np.uint16)
+    make_zarr(tmp_path / "vol.zarr", data, (16, 64, 64))
+    make_zarr(tmp_path / "lab.zarr", (data < 100).astype(np.uint8), (16, 64, 64))
+    loaded = pointwise_checkpoint()
+    job = ImagePrediction(loaded, open_image(tmp_path / "vol.zarr"), "vol", tmp_path / "out", "vol",
+                          target=open_image(tmp_path / "lab.zarr"), target_name="lab.zarr")
+    results = []
+    peak = traced_peak(lambda: results.append(job.run()))
+    job.cleanup()
+    prob_bytes = 2 * data.size * 4
+    assert peak < prob_bytes / 4, (peak, prob_bytes)
+    prob = tifffile.imread(tmp_path / "out" / "per_image" / "vol.tif")
+    written = zarr.open_array(str(tmp_path / "out" / "per_image" / "vol.zarr" / "prediction"), mode="r")
+    np.testing.assert_array_equal(prob, written[:])
+    labels = tifffile.imread(tmp_path / "out" / "per_image_binarized" / "vol.tif")
+    np.testing.assert_array_equal(labels, (data < 100).astype(np.uint8))  # x < 0: intensity below the offset
+    assert results[0].metrics["iou_mean"] == pytest.approx(1.0)

@@ -115,8 +115,9 @@ class SemanticSegmentation(Workflow):
         axes = "ZYX" if cfg.ndim == 3 else "YX"
         out: dict[str, Any] = {"probabilities": prediction, "labels": labels}
         if cfg.predict.save_tiff and prediction.nbytes <= TIFF_MAX_BYTES:
-            write_tiff(out_dir / "per_image" / f"{stem}.tif", np.asarray(prediction[...], np.float32), "C" + axes)
-            write_tiff(out_dir / "per_image_binarized" / f"{stem}.tif", np.asarray(labels[...]), axes)
+            # the zarr arrays themselves: write_tiff streams them chunk by chunk, so memory stays a few chunks
+            write_tiff(out_dir / "per_image" / f"{stem}.tif", prediction, "C" + axes)
+            write_tiff(out_dir / "per_image_binarized" / f"{stem}.tif", labels, axes)
         if target is not None:
             acc = IoUAccumulator(cfg.n_classes)
             for region in chunk_regions(labels.shape, labels.chunks):
@@ -126,7 +127,9 @@ class SemanticSegmentation(Workflow):
         return out
 
 
-TIFF_MAX_BYTES = 2 * 2**30  # beyond this the zarr store is the result (TIFF would need the whole array in RAM)
+# TIFFs are streamed, so this bounds disk and time, not memory: beyond it the zarr store alone is the result
+# (a second multi-GB copy of the probabilities is rarely wanted, and most TIFF readers would load it whole)
+TIFF_MAX_BYTES = 2 * 2**30
 
 
 def _filter_zarr(labels, path: Path, z_size: int, yz_size: int):
