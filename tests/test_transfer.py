@@ -121,7 +121,9 @@ def test_crappify_unet_starts_a_segmentation_unet(tmp_path, crappify_unet, seg_d
     assert source["head.weight"].shape[0] == 1 and before["head.weight"].shape[0] == 2
     assert len(loaded) == len(source) - 2 and len(loaded) > 20
     note = start_note(start, crappify_unet)
-    assert note.endswith(f"{len(loaded)} tensors loaded, 2 initialised: head.bias, head.weight.")
+    # the restoration head did not fit: named among the checkpoint's skipped tensors
+    assert note.endswith(f"{len(loaded)} tensors loaded, 2 initialised: head.bias, head.weight; "
+                         f"2 of the checkpoint's tensors skipped: head.bias, head.weight.")
     assert_changed(loaded, source, after, trainer)
 
 
@@ -131,7 +133,8 @@ def test_crappify_unet_starts_an_image_to_image_unet(tmp_path, crappify_unet, i2
                       train={"epochs": 1, "steps_per_epoch": 3})
     start, loaded, source, before, after, trainer = start_then_finetune(cfg, crappify_unet)
     assert loaded == sorted(before) == sorted(source)  # the same network, head included
-    assert start_note(start, crappify_unet).endswith(f"{len(source)} tensors loaded, 0 initialised.")
+    assert start_note(start, crappify_unet).endswith(
+        f"{len(source)} tensors loaded, 0 initialised; 0 of the checkpoint's tensors skipped.")
     assert_changed(loaded, source, after, trainer)
 
 
@@ -148,7 +151,13 @@ def test_mae_encoder_starts_a_unetr_segmentation_model(tmp_path, mae_checkpoint,
     note = start_note(start, mae_checkpoint)
     counts = re.search(r": (\d+) tensors loaded, (\d+) initialised: ", note)
     assert counts and (int(counts[1]), int(counts[2])) == (len(encoder), len(initialised))
-    assert all(name in initialised for name in re.findall(r"[\w.]+\.(?:weight|bias)", note.split("initialised: ")[1]))
+    named_initialised, named_skipped = note.split("initialised: ")[1].split("; ")
+    assert all(name in initialised for name in re.findall(r"[\w.]+\.(?:weight|bias)", named_initialised))
+    # the MAE's decoder (and anything else outside the encoder) is named as skipped
+    skipped = sorted(set(source) - set(encoder))
+    assert named_skipped.startswith(f"{len(skipped)} of the checkpoint's tensors skipped: ")
+    assert all(name in skipped for name in re.findall(r"[\w.]+\.(?:weight|bias)", named_skipped))
+    assert any(name.startswith("decoder.") for name in re.findall(r"[\w.]+\.(?:weight|bias)", named_skipped))
     assert_changed(loaded, source, after, trainer)
 
 

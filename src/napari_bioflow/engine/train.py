@@ -76,8 +76,9 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def transfer_weights(model, path: Path) -> tuple[int, list[str]]:
-    """Load the tensors of a checkpoint whose names and shapes match; return (loaded count, skipped names)."""
+def transfer_weights(model, path: Path, unused: list[str] | None = None) -> tuple[int, list[str]]:
+    """Load the tensors of a checkpoint whose names and shapes match; return (loaded count, names of the model's
+    tensors left initialised). `unused`, when given, receives the checkpoint's tensors that were not loaded."""
     from .checkpoint import read_weights
 
     source, source_name = read_weights(path)
@@ -91,7 +92,14 @@ def transfer_weights(model, path: Path) -> tuple[int, list[str]]:
         raise InputError(f"Checkpoint {path} shares no weights with model '{model.model_name}' (it holds a "
                          f"'{source_name}' model): {why}.")
     model.load_state_dict(matched, strict=False)
+    if unused is not None:
+        unused.extend(sorted(k for k in source if k not in matched))
     return len(matched), sorted(k for k in own if k not in matched)
+
+
+def _names(names: list[str], shown: int = 8) -> str:
+    """': a, b, c ...' for a note (the first `shown` names), '' for none."""
+    return (": " + ", ".join(names[:shown]) + (" ..." if len(names) > shown else "")) if names else ""
 
 
 def _optimizer(cfg, params):
@@ -191,10 +199,11 @@ class Trainer:
                 raise InputError(f"Checkpoint {cfg.train.resume} does not fit this run's model (other classes or model "
                                  f"options); it cannot resume this run.") from None
         elif cfg.model.start_from is not None:
-            loaded, skipped = transfer_weights(self.model, cfg.model.start_from)
+            unused: list[str] = []
+            loaded, skipped = transfer_weights(self.model, cfg.model.start_from, unused)
             self.dataset.notes.append(f"Started from {cfg.model.start_from}: {loaded} tensors loaded, "
-                                      f"{len(skipped)} initialised{': ' + ', '.join(skipped[:8]) if skipped else ''}"
-                                      f"{' ...' if len(skipped) > 8 else ''}.")
+                                      f"{len(skipped)} initialised{_names(skipped)}; {len(unused)} of the "
+                                      f"checkpoint's tensors skipped{_names(unused)}.")
         self.model.to(self.device)
         self.experiment = self.dist.from_main(lambda: _claim_run(cfg))  # rank 0 claims the run id, tells the others
         return resume
