@@ -47,12 +47,29 @@ class ProgressRelay(QObject):
     progress = Signal(int, int)
 
 
+class Stopped:
+    """An InputError or Cancelled met in a function worker, handed to the GUI as a value (`error`): the worker
+    would raise an exception returned as such, and napari show it as a crash."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
 def prediction_job(job, cancel: threading.Event, relay: ProgressRelay):
-    """Runs in the worker thread. A user's mistake or a cancel comes back as a value, not as a crash."""
+    """Runs in the worker thread. A user's mistake or a cancel comes back as a Stopped value, not as a crash."""
     try:
         return job.run(cancel=cancel.is_set, progress=relay.progress.emit)
     except (InputError, Cancelled) as e:
-        return e
+        return Stopped(e)
+
+
+def setup_job(create, *args):
+    """Runs in the worker thread: `create(*args)` (checks that read pixels, then set-up); a user's mistake comes
+    back as a Stopped value."""
+    try:
+        return create(*args)
+    except InputError as e:
+        return Stopped(e)
 
 
 def batch_job(run):

@@ -30,7 +30,7 @@ from superqt import QCollapsible
 from ..engine.errors import Cancelled, InputError
 from .classify import ClassifyPanel
 from .fields import ConfigForm, status_label, compact, config_field, form, group
-from .jobs import ProgressRelay, prediction_job
+from .jobs import ProgressRelay, Stopped, prediction_job, setup_job
 from .layers import connect_while_alive, follow_layers, layer_array, layer_channels, layer_combo, placement, spatial_axes
 from .preview import intensity_mapping, to_intensity
 from .shared import last_trained, load_triton_safely
@@ -97,14 +97,6 @@ class PendingJob:
     target: Any
     target_name: str
     layer: Any
-
-
-def setup_job(create, pending):
-    """Runs in a worker thread: scan a lazy image and create its job; a refused image comes back as a value."""
-    try:
-        return create(pending)
-    except InputError as e:
-        return e
 
 
 def format_metrics(metrics: dict) -> str:
@@ -359,9 +351,9 @@ class PredictWidget(QWidget):
         worker.start()
 
     def _on_created(self, result, layer) -> None:
-        if isinstance(result, InputError):
+        if isinstance(result, Stopped):
             self.status.value = "not started: see the message"
-            show_error(str(result))
+            show_error(str(result.error))
             return
         self._launch(*result, layer)
 
@@ -525,6 +517,7 @@ class PredictWidget(QWidget):
         self._refresh()
 
     def _on_returned(self, result) -> None:
+        result = result.error if isinstance(result, Stopped) else result
         if isinstance(result, Cancelled):
             self.status.value = "cancelled: the layers keep the tiles computed so far"
             show_info(f"Prediction cancelled; the partial result stays in {self.job.store}.")
