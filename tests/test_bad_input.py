@@ -264,6 +264,22 @@ def test_checkpoint_from_another_workflow(tmp_path, capsys, folders, checkpoint)
     check_train_refused(capsys, tmp_path, cfg, forged)
 
 
+def test_segmentation_config_with_an_image_to_image_checkpoint(tmp_path, capsys, folders):
+    """A real checkpoint of another workflow (not a forged one): a segmentation YAML refuses an image-to-image
+    checkpoint, naming it and both workflows."""
+    raw_dir, _ = folders
+    i2i = Trainer(tiny_config(tmp_path / "i2i", raw_dir, raw_dir, workflow="image_to_image",
+                              data={"patch_size": [32, 32]}, train={"epochs": 1, "steps_per_epoch": 1}))
+    for _ in i2i.run():
+        pass
+    ckpt = i2i.experiment.best_checkpoint
+    out = tmp_path / "pred"
+    seg = tiny_config(out, *folders, data={"patch_size": [32, 32], "test_raw": str(raw_dir)}).save(tmp_path / "seg.yaml")
+    err = refused_by_cli(capsys, ["predict", seg, "--set", f"predict.checkpoint={ckpt}"], out, ckpt)
+    assert "trained for image to image, not semantic segmentation" in err
+    assert not out.exists()
+
+
 def test_not_a_checkpoint(tmp_path, capsys, folders):
     raw_dir, _ = folders
     fake = tmp_path / "fake.pth"
