@@ -295,3 +295,49 @@ def test_predict_fields_follow_the_checkpoint(make_napari_viewer, tmp_path, crop
     assert not any(shown(f) for f in filters) and shown(tta)
     w.checkpoint.value = tmp_path / "missing.pth"  # unknown: nothing that may not apply
     assert not any(shown(f) for f in filters)
+
+
+def test_a_run_on_layers_is_repeated_from_its_saved_config(make_napari_viewer, wait_idle, messages, tmp_path, crop,
+                                                            capsys):
+    """The dock writes the layers it trains on into the run's folder and its config reads them, so the command line
+    repeats the run: same data (same shapes, same files order), same seed, so the same first-epoch loss."""
+    from napari_bioflow.cli import main
+
+    other = tifffile.imread(BBBC / "train" / "raw" / "A9_A9_p10d.tif")[128:256, :128]
+    other_label = tifffile.imread(BBBC / "train" / "label" / "A9_A9_p10d.tif")[128:256, :128]
+    viewer = make_napari_viewer()
+    a, b = viewer.add_image(crop[0], name="nuclei a"), viewer.add_image(other, name="nuclei b")
+    a_mask, b_mask = viewer.add_labels(crop[1], name="a mask"), viewer.add_labels(other_label, name="b mask")
+    out = tmp_path / "runs"
+    train = train_dock(viewer, out, a, a_mask)
+    train.pairs.add_button.changed()
+    train.pairs.pairs[1].image_layer.value, train.pairs.pairs[1].labels_layer.value = b, b_mask
+    train.validation.value = "layers"
+    train.val_pair.image_layer.value, train.val_pair.labels_layer.value = b, b_mask
+    train.form["train.steps_per_epoch"].value = 2
+    train.start()
+    wait_idle(train)
+    assert messages["error"] == [] and train.result.reason == "finished"
+    root, run = train.result.experiment_dir, train.trainer.experiment.run_name
+    saved = root / "config_files" / f"{run}.yaml"
+    data = yaml.safe_load(saved.read_text())["data"]
+    folder = root / "results" / run / "data"
+    assert data["train_raw"] == str(folder / "train_raw") and data["train_label"] == str(folder / "train_label")
+    assert data["val_raw"] == str(folder / "val_raw") and data["val_label"] == str(folder / "val_label")
+    raws = sorted((folder / "train_raw").iterdir())
+    assert [p.name for p in raws] == ["000_nuclei_a.tif", "001_nuclei_b.tif"]
+    assert [p.name for p in sorted((folder / "train_label").iterdir())] == ["000_nuclei_a.tif", "001_nuclei_b.tif"]
+    np.testing.assert_array_equal(tifffile.imread(raws[0]), crop[0])
+    np.testing.assert_array_equal(tifffile.imread(folder / "train_label" / "001_nuclei_b.tif"), other_label)
+    assert not any(p.suffix == ".tif" for p in tmp_path.iterdir())  # nothing next to anything else
+
+    capsys.readouterr()
+    assert main(["train", str(saved)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 training / 1 validation images" in printed
+    repeat = sorted((root / "results").iterdir())[-1].name
+    assert repeat != run
+    first = read_csv(root / "results" / run / "train_logs" / f"{run}_log.csv")[0]
+    again = read_csv(root / "results" / repeat / "train_logs" / f"{repeat}_log.csv")[0]
+    assert float(again["train_loss"]) == pytest.approx(float(first["train_loss"]), rel=1e-3)
+    assert float(again["val_loss"]) == pytest.approx(float(first["val_loss"]), rel=1e-3)

@@ -15,8 +15,36 @@ class TrainingFailed(str):
     """An InputError met in the worker (set-up checks), handed to the GUI as a value, not as a crash."""
 
 
-def training_job(trainer, preview: Optional["Preview"]):
-    """Runs in the worker thread: relay the trainer's reports; between epochs (trainer paused) maybe preview."""
+class InputsNotSaved(str):
+    """The layers trained on could not be written with the run (a warning: the training goes on)."""
+
+
+def save_inputs(trainer, inputs: dict) -> Optional[str]:
+    """Write the layer arrays a run trains on into its results folder, <results>/data/<field>/<stem>.tif (field:
+    train_raw, train_label, val_raw, val_label), and rewrite the run's config file to read them, so that
+    `napari-bioflow train <config>` repeats the run. Returns a warning when they could not be written."""
+    from ..engine.io import write_tiff
+
+    exp = trainer.experiment
+    if not inputs or exp is None:
+        return None
+    root = exp.results / "data"
+    saved = trainer.cfg.model_copy(deep=True)  # the trainer's own config stays as it is
+    try:
+        for field, items in inputs.items():
+            for stem, data in items:
+                write_tiff(root / field / f"{stem}.tif", data)
+            setattr(saved.data, field, root / field)
+        saved.save(exp.config_path)
+    except (OSError, ValueError) as e:
+        return (f"The layers could not be saved with run {exp.run_name} ({e}): its config file {exp.config_path} "
+                f"cannot repeat the run.")
+    return None
+
+
+def training_job(trainer, preview: Optional["Preview"], inputs: Optional[dict] = None):
+    """Runs in the worker thread: relay the trainer's reports; between epochs (trainer paused) maybe preview.
+    `inputs`: layer arrays by config data field, written with the run once it has its folder (see save_inputs)."""
     from ..engine.train import EpochReport, StartReport
 
     reports = trainer.run()
@@ -30,6 +58,10 @@ def training_job(trainer, preview: Optional["Preview"]):
                 return
             training_seconds += time.perf_counter() - start
             yield report
+            if isinstance(report, StartReport) and inputs:
+                warning = save_inputs(trainer, inputs)
+                if warning:
+                    yield InputsNotSaved(warning)
             if preview is not None and isinstance(report, StartReport):
                 preview.steps_per_epoch = report.steps_per_epoch
             elif preview is not None and isinstance(report, EpochReport):

@@ -8,6 +8,7 @@ The model list follows the workflow and the dimensions."""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -24,7 +25,7 @@ from .classes import ClassLayerList
 from .fields import ConfigForm, status_label, form, format_seconds, group, parse_ints
 from .layers import (LayerPair, PairList, connect_while_alive, follow_layers, guess_classes, guess_ndim, layer_array, layer_channels,
                      spatial_axes)
-from .jobs import TrainingFailed, training_job
+from .jobs import InputsNotSaved, TrainingFailed, training_job
 from .preview import Preview, PreviewFailed, PreviewResult, camera, visible_region
 from .shared import last_trained, load_triton_safely
 
@@ -394,6 +395,29 @@ class TrainWidget(QWidget):
         set_classes(cfg, names)
         return samples
 
+    def _inputs_to_save(self, cfg) -> dict[str, list[tuple[str, object]]]:
+        """The layer arrays this run trains on, by the config's data field (train_raw, train_label, val_raw,
+        val_label), as (file stem, array) in training order: written with the run (jobs.save_inputs), they let its
+        saved config repeat it. Classification: train_raw holds a sub-folder per class."""
+        if self.source.value != "layers":
+            return {}
+
+        def stem(i: int, name: str) -> str:  # numbered: the folders are read in sorted order, as trained
+            return f"{i:03d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', name).strip('_') or 'layer'}"
+
+        if cfg.workflow == "classification":
+            images = [im for row in self.class_layers.rows for im in row.images()]
+            return {"train_raw": [(f"{cls}/{stem(i, name)}", data) for i, (name, data, cls) in enumerate(images)]}
+        out: dict[str, list] = {}
+        groups = [("train", self.pairs.pairs)] + [("val", [self.val_pair])] * (self.validation.value == "layers")
+        for prefix, pairs in groups:
+            for i, pair in enumerate(pairs):
+                name = stem(i, pair.image_layer.value.name)
+                out.setdefault(f"{prefix}_raw", []).append((name, layer_array(pair.image_layer.value)))
+                if pair.mode != "none":
+                    out.setdefault(f"{prefix}_label", []).append((name, layer_array(pair.second)))
+        return out
+
     def _make_preview(self, cfg, train) -> Optional[Preview]:
         """Preview the first training image (layers) or the selected Image layer (folders), if it fits the config."""
         from napari.layers import Image
@@ -433,6 +457,7 @@ class TrainWidget(QWidget):
             else:
                 train = self._samples(cfg, self.pairs.pairs, notes) if self.source.value == "layers" else None
                 val = self._samples(cfg, [self.val_pair], notes) if self.validation.value == "layers" else None
+            inputs = self._inputs_to_save(cfg)
         except InputError as e:
             show_error(str(e))
             return
@@ -444,7 +469,7 @@ class TrainWidget(QWidget):
         self.chart.set_metric(get_workflow(cfg.workflow).chart_metric)
         self.chart.clear()
         self.progress.value, self.status.value = 0, "preparing…"
-        worker = create_worker(training_job, self.trainer, self.preview, _start_thread=False, _ignore_errors=True)
+        worker = create_worker(training_job, self.trainer, self.preview, inputs, _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(self._on_report)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
@@ -498,6 +523,8 @@ class TrainWidget(QWidget):
             show_info(f"Training {r.reason.replace('_', ' ')}. Best checkpoint: {r.checkpoint or 'none (no epoch finished)'}")
         elif isinstance(r, PreviewFailed):
             show_warning(r.message)
+        elif isinstance(r, InputsNotSaved):
+            show_warning(str(r))
         elif isinstance(r, TrainingFailed):
             self.status.value = "not started: see the message"
             show_error(str(r))
