@@ -118,6 +118,35 @@ def write_tiff(path: Path, data, axes: str | None = None) -> Path:
     return path
 
 
+class TiffMemmap:
+    """An uncompressed float TIFF filled region by region through a memory mapping, renamed into place by `close()`
+    (atomic, as write_tiff); `drop_pages()` releases the written pages from this process's RSS (they stay in the
+    page cache). For outputs computed chunk by chunk that never exist whole in RAM."""
+
+    def __init__(self, path: Path, shape, axes: str | None = None, dtype=np.float32):
+        import tifffile
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(self.path.name + ".part")
+        bigtiff = int(np.prod(shape)) * np.dtype(dtype).itemsize > 2**32 - 2**25
+        self.array = tifffile.memmap(str(self.tmp), shape=tuple(int(n) for n in shape), dtype=dtype, imagej=False,
+                                     metadata={"axes": axes} if axes else None, bigtiff=bigtiff)
+
+    def __setitem__(self, key, value) -> None:
+        self.array[key] = value
+
+    def drop_pages(self) -> None:
+        self.array.flush()
+        _drop_mapped_pages(self.array)
+
+    def close(self) -> Path:
+        self.array.flush()
+        del self.array
+        os.replace(self.tmp, self.path)
+        return self.path
+
+
 def _stream_tiff(tmp: Path, data, metadata) -> None:
     import tifffile
 

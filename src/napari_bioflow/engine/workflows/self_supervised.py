@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import InputError
 from .base import Workflow, register_workflow
-from .image_to_image import PSNRMetrics, image_metrics, l1_or_mse, psnr, restoration_defaults
+from .image_to_image import PSNRMetrics, l1_or_mse, psnr, restoration_defaults
 
 
 MAE_TILE_PATCHES = 4  # masking: tiles of up to 4 training patches per axis at prediction (see SelfSupervised.tiling)
@@ -171,17 +171,19 @@ class SelfSupervised(Workflow):
         return lambda x: _forward_patches(model, x, patch, batch)
 
     def prediction_input(self, image, cfg, out_dir: Path, stem: str):
-        """crappify: the degraded image (cached in the results folder) so the restoration can be scored."""
-        clean = np.asarray(image.compute() if hasattr(image, "compute") else image, np.float32)
+        """crappify: the degraded image (cached in the results folder) so the restoration can be scored. Otherwise
+        the image itself, kept as it is (lazy) for the outputs to read chunk by chunk."""
         if self._masking(cfg) or not cfg.self_supervised.degrade_at_prediction:
-            self._inputs[stem] = (clean, None)
+            self._inputs[stem] = (image, None)
             return image
         import torch
 
         from ..io import write_tiff
         from ..normalize import Normalizer
 
-        # degrade on the normalized scale, as in training, then return to intensities (the predictor normalizes)
+        # degrade on the normalized scale, as in training, then return to intensities (the predictor normalizes).
+        # The down/up-sampling spans the whole image, so this path holds the image in RAM (the others do not)
+        clean = np.asarray(image.compute() if hasattr(image, "compute") else image, np.float32)
         norm = Normalizer.from_dict(self.state["normalization"])
         gen = torch.Generator().manual_seed(cfg.seed)
         x = torch.from_numpy(np.moveaxis(norm(clean), -1, 0)[None].copy())
@@ -192,30 +194,111 @@ class SelfSupervised(Workflow):
         return np.moveaxis(degraded, 0, -1)
 
     def write_outputs(self, prediction, store: Path, out_dir: Path, stem: str, cfg, target=None) -> dict[str, Any]:
-        from ..io import write_tiff
+        import dask.array as da
+
         from ..normalize import Normalizer
+        from .image_to_image import write_image_outputs
 
         norm = Normalizer.from_dict(self.state["normalization"])
         clean, degraded = self._inputs.pop(stem, (None, None))
-        clean = np.moveaxis(clean, -1, 0)  # channel first, like the prediction
-        c = cfg.data.in_channels
-        scale, offset = _column(norm.scale, cfg.ndim), _column(norm.offset, cfg.ndim)
-        pred = np.asarray(prediction[...], np.float32)
-        reconstruction = pred[:c] * scale + offset
         axes = "C" + ("ZYX" if cfg.ndim == 3 else "YX")
-        out: dict[str, Any] = {"reconstruction": reconstruction}
-        per_image = out_dir / "per_image" / f"{stem}.tif"
+        per_image = out_dir / "per_image" / f"{stem}.tif" if cfg.predict.save_tiff else None
         if self._masking(cfg):
-            out.update(_mae_checks(clean, reconstruction, pred[c:c + 1] > 0.5, out_dir / "MAE_checks", stem, axes,
-                                   per_image if cfg.predict.save_tiff else None))
-        else:
-            if cfg.predict.save_tiff:
-                write_tiff(per_image, reconstruction, axes)
-            out["metrics"] = image_metrics(reconstruction, clean)
-            if degraded is not None:
-                out["metrics"]["psnr_degraded_input"] = psnr(degraded, clean)
-                out["degraded"] = degraded
+            return _mae_outputs(prediction, clean, norm, cfg.data.in_channels, out_dir / "MAE_checks", stem, axes,
+                                per_image)
+        # crappify: the restoration in intensities (zarr, TIFF) and PSNR/SSIM against the clean image, by chunks
+        written = write_image_outputs(prediction, norm, store, out_dir, stem, cfg, lambda region: _channels_first(clean, region))
+        out: dict[str, Any] = {"reconstruction": da.from_zarr(written["image"]), "metrics": written["metrics"]}
+        if degraded is not None:
+            out["metrics"]["psnr_degraded_input"] = psnr(degraded, np.moveaxis(clean, -1, 0))
+            out["degraded"] = degraded
         return out
+
+
+MAE_CHECK_NAMES = ("original", "masked", "reconstruction", "reconstruction_and_visible")
+
+
+def _channels_first(image, region) -> np.ndarray:
+    """float32 (C, ...) of a channel-last (lazy) image's spatial `region`."""
+    block = image[region]
+    return np.moveaxis(np.asarray(block.compute() if hasattr(block, "compute") else block, np.float32), -1, 0)
+
+
+def _mae_outputs(prediction, clean, norm, c: int, folder: Path, stem: str, axes: str, per_image: Path | None) -> dict[str, Any]:
+    """The MAE checks of one image, chunk by chunk: the prediction zarr (reconstruction and hidden mask, normalized)
+    and the clean channel-last image are read one chunk at a time, and each check is written into its own
+    memory-mapped TIFF in `folder`, so memory stays a few chunks whatever the image size. Chunks go through two
+    threads (numpy releases the GIL): writing the ~64 MB of float TIFFs of a 4 MP image cost the CPU-sized MAE a
+    fifth of its prediction time done serially (benchmarks/bench_predict.py). `per_image`: the reconstruction there
+    too, as a hard link. Returns the checks (read-only maps of the TIFFs) and the PSNR of the hidden pixels."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import tifffile
+
+    from ..io import TIFF_SLAB_BYTES, TiffMemmap
+    from ..predict import chunk_regions
+
+    shape = (c, *prediction.shape[1:])
+    scale, offset = _column(norm.scale, len(shape) - 1), _column(norm.offset, len(shape) - 1)
+    files = {name: TiffMemmap(folder / f"{stem}_{name}.tif", shape, axes) for name in MAE_CHECK_NAMES}
+
+    def one(region):
+        p = np.asarray(prediction[(slice(None), *region)], np.float32)
+        original = _channels_first(clean, region)
+        reconstruction = p[:c] * scale + offset
+        mask = p[c:c + 1] > 0.5
+        hidden = np.broadcast_to(mask, original.shape)
+        visible = np.where(hidden, reconstruction, original)
+        key = (slice(None), *region)
+        files["original"][key] = original
+        files["masked"][key] = np.where(hidden, np.float32(0), original)
+        files["reconstruction"][key] = reconstruction
+        files["reconstruction_and_visible"][key] = visible
+        # reconstruction_and_visible equals the original on the visible pixels: its error is the hidden ones'
+        d = visible - original
+        return (float(np.square(d, out=d).sum(dtype=np.float64)), int(mask.sum()) * c,
+                float(original.min()), float(original.max()))
+
+    regions = list(chunk_regions(prediction.shape[1:], prediction.chunks[1:]))
+    chunk_bytes = 4 * c * int(np.prod(prediction.chunks[1:]))
+    group = max(2, TIFF_SLAB_BYTES // max(1, 4 * chunk_bytes))  # chunks between two releases of the mapped pages
+    parts: list[tuple] = []
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            for k in range(0, len(regions), group):
+                parts.extend(pool.map(one, regions[k:k + group]))
+                if k + group < len(regions):  # written pages stay in the page cache, not in this process
+                    for f in files.values():
+                        f.drop_pages()
+    except BaseException:
+        for f in files.values():
+            f.close()
+            f.path.unlink(missing_ok=True)
+        raise
+    paths = {name: f.close() for name, f in files.items()}
+    if per_image is not None and not _link(paths["reconstruction"], per_image):
+        import shutil
+
+        shutil.copyfile(paths["reconstruction"], per_image)
+    sse, hidden_count = sum(p[0] for p in parts), sum(p[1] for p in parts)
+    rng = (max(p[3] for p in parts) - min(p[2] for p in parts)) or 1.0
+    mse = sse / max(1, hidden_count)
+    # the hidden pixels alone, with the image's range as the peak (the visible ones would count as exact)
+    metrics = {"psnr_masked_patches": float("inf") if mse == 0 else float(10 * np.log10(rng ** 2 / mse))}
+    checks = {name: tifffile.memmap(str(path), mode="r") for name, path in paths.items()}
+    return {"reconstruction": checks.pop("reconstruction"), **{f"mae_{k}": v for k, v in checks.items()},
+            "metrics": metrics}
+
+
+def _link(existing: Path, path: Path) -> bool:
+    """The same file under a second name (a hard link: no second write of the same bytes); False where the file
+    system has no hard links."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.link(existing, path)
+        return True
+    except OSError:
+        return False
 
 
 def _forward_patches(model, x, patch: tuple[int, ...], batch: int):
@@ -243,55 +326,6 @@ def _forward_patches(model, x, patch: tuple[int, ...], batch: int):
     out = out.permute(0, n + 1, *[v for i in range(n) for v in (1 + i, n + 2 + i)])
     out = out.reshape(b, co, *[g * p for g, p in zip(grid, patch)])
     return out[(slice(None), slice(None), *[slice(0, s) for s in spatial])]
-
-
-def _mae_checks(clean, reconstruction, mask, folder: Path, stem: str, axes: str, per_image: Path | None) -> dict[str, Any]:
-    """The MAE checks of one image (channel first), written as TIFFs in `folder`, and the PSNR of the hidden pixels.
-    `per_image`: where the reconstruction is written too (the check is then a hard link to it). The checks are made
-    and written on two threads: the model is done, and writing ~64 MB of float TIFFs per 4 MP image otherwise
-    costs the CPU-sized MAE a fifth of its prediction time (benchmarks/bench_predict.py)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from ..io import write_tiff
-
-    hidden = np.broadcast_to(mask, clean.shape)
-    paths = {name: folder / f"{stem}_{name}.tif" for name in ("original", "masked", "reconstruction", "reconstruction_and_visible")}
-    checks: dict[str, Any] = {"original": clean, "reconstruction": reconstruction}
-
-    def write_reconstruction():
-        if per_image is None:
-            return write_tiff(paths["reconstruction"], reconstruction, axes)
-        write_tiff(per_image, reconstruction, axes)
-        if not _link(per_image, paths["reconstruction"]):
-            write_tiff(paths["reconstruction"], reconstruction, axes)
-
-    def make(name, build):
-        checks[name] = build()
-        write_tiff(paths[name], checks[name], axes)
-
-    with ThreadPoolExecutor(2) as pool:
-        jobs = [pool.submit(make, "reconstruction_and_visible", lambda: np.where(hidden, reconstruction, clean)),
-                pool.submit(write_reconstruction),
-                pool.submit(make, "masked", lambda: np.where(hidden, np.float32(0), clean)),
-                pool.submit(write_tiff, paths["original"], clean, axes)]
-        for job in jobs:
-            job.result()
-    # the hidden pixels alone, with the image's range as the peak (the visible ones would count as exact):
-    # reconstruction_and_visible equals the original on the visible ones, so its error there is zero
-    metrics = {"psnr_masked_patches": psnr(checks["reconstruction_and_visible"], clean, float(clean.max() - clean.min()),
-                                           int(mask.sum()) * clean.shape[0])}
-    return {**{f"mae_{k}": v for k, v in checks.items() if k != "reconstruction"}, "metrics": metrics}
-
-
-def _link(existing: Path, path: Path) -> bool:
-    """The same file under a second name (a hard link: no second write of the same bytes); False where the file
-    system has no hard links."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.link(existing, path)
-        return True
-    except OSError:
-        return False
 
 
 def _image_max(raw, normalizer) -> float:
