@@ -193,6 +193,8 @@ def test_train_and_predict_3d(make_napari_viewer, wait_idle, tmp_path, crop3d):
     assert isinstance(preview, Labels) and preview.data.ndim == 3 and preview.data.shape[0] == 16
     predict = dock(viewer, PredictWidget(viewer))
     assert predict.model_source.value == JUST_TRAINED
+    assert predict.form["predict.z_filter"].native.isVisibleTo(predict)  # 3D segmentation: the 3D label filters
+    assert predict.form["predict.yz_filter"].native.isVisibleTo(predict)
     predict.image.value = viewer.layers["volume"]
     predict.form["output_dir"].value, predict.form["device"].value = tmp_path, "cpu"
     predict.predict_button.native.click()

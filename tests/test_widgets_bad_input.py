@@ -6,6 +6,7 @@ Also: 0/255 masks in a Labels layer train with an info note; the Predict dock's 
 config saved by a run trained on layers repeats the run from the command line. Tiny layers, one short epoch."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import dask.array as da
@@ -341,3 +342,53 @@ def test_a_run_on_layers_is_repeated_from_its_saved_config(make_napari_viewer, w
     again = read_csv(root / "results" / repeat / "train_logs" / f"{repeat}_log.csv")[0]
     assert float(again["train_loss"]) == pytest.approx(float(first["train_loss"]), rel=1e-3)
     assert float(again["val_loss"]) == pytest.approx(float(first["val_loss"]), rel=1e-3)
+
+
+def test_a_classification_run_on_layers_is_repeated_from_its_saved_config(make_napari_viewer, wait_idle, messages,
+                                                                           tmp_path, capsys):
+    """Classification from layers: the saved config reads a class-folder tree of the slices trained on."""
+    from napari_bioflow.cli import main
+
+    rng = np.random.default_rng(0)
+    viewer = make_napari_viewer()
+    dark = viewer.add_image(rng.integers(0, 60, (4, 32, 32), dtype=np.uint8), name="dark")
+    bright = viewer.add_image(rng.integers(150, 255, (4, 32, 32), dtype=np.uint8), name="bright")
+    train = dock(viewer, TrainWidget(viewer))
+    f = train.form
+    f["workflow"].value = "classification"
+    rows = [train.class_layers.rows[0], train.class_layers.add_row()]
+    for row, layer in zip(rows, (dark, bright)):
+        row.layer.value, row.cls.value, row.slices.value = layer, layer.name, True
+    train.patch_yx.value = 32
+    f["model.name"].value = "vit"
+    train.model_options.value = "embed_dim: 32, depth: 1, num_heads: 2"
+    f["train.epochs"].value, f["train.batch_size"].value = 1, 4
+    f["output_dir"].value, f["device"].value = str(tmp_path / "runs"), "cpu"
+    train.start()
+    wait_idle(train, 120)
+    assert messages["error"] == [] and train.result.reason == "finished"
+    root, run = train.result.experiment_dir, train.trainer.experiment.run_name
+    saved = root / "config_files" / f"{run}.yaml"
+    cfg = yaml.safe_load(saved.read_text())
+    folder = root / "results" / run / "data" / "train_raw"
+    assert cfg["data"]["train_raw"] == str(folder) and cfg["class_names"] == ["bright", "dark"]
+    assert sorted(p.name for p in folder.iterdir()) == ["bright", "dark"]
+    assert len(list((folder / "dark").iterdir())) == len(list((folder / "bright").iterdir())) == 4
+    capsys.readouterr()
+    assert main(["train", str(saved)]) == 0
+    counts = re.search(r"(\d+) training / (\d+) validation images", capsys.readouterr().out)
+    assert counts and int(counts[1]) + int(counts[2]) == 8  # the 8 slices
+
+
+def test_a_lazy_layer_is_scanned_in_a_worker_then_predicted(make_napari_viewer, wait_idle, messages, tmp_path, crop,
+                                                            checkpoint):
+    """A dask layer's NaN/inf scan runs off the GUI thread; a clean one goes on to the prediction."""
+    viewer = make_napari_viewer()
+    image = viewer.add_image(da.from_array(crop[0].astype(np.float32), chunks=64), name="lazy")
+    predict = predict_dock(viewer, tmp_path / "pred", checkpoint, image)
+    predict.start()
+    assert predict.running and "lazy labels" not in viewer.layers  # still checking
+    wait_idle(predict)
+    assert messages["error"] == [] and predict.result is not None
+    assert viewer.layers["lazy labels"].data.shape == (128, 128)
+    assert (predict.experiment.results / "per_image").is_dir() and predict.predict_button.enabled

@@ -192,6 +192,7 @@ def test_crappify_train_predict_and_transfer(make_napari_viewer, wait_idle, mess
 
     predict = predict_with_last(viewer, image, tmp_path)
     assert not shown(predict.target) and shown(predict.form["self_supervised.degrade_at_prediction"])
+    assert shown(predict.form["predict.tta"]) and not shown(predict.form["predict.z_filter"])  # 2D restoration
     predict.predict_button.native.click()
     assert isinstance(viewer.layers["nuclei restored"].data, da.Array)
     wait_idle(predict)
@@ -225,6 +226,7 @@ def test_crappify_train_predict_and_transfer(make_napari_viewer, wait_idle, mess
     # the Predict dock follows: a segmentation checkpoint takes an optional Labels layer, for the IoU
     assert predict.model_source.value == JUST_TRAINED and shown(predict.target) and predict.target.label == "labels"
     assert not shown(predict.form["self_supervised.degrade_at_prediction"])
+    assert shown(predict.form["predict.tta"]) and not shown(predict.form["predict.yz_filter"])  # 2D segmentation
     predict.target.value = labels
     predict.predict_button.native.click()
     wait_idle(predict)
@@ -246,6 +248,8 @@ def test_masking_train_and_predict(make_napari_viewer, wait_idle, tmp_path, nucl
 
     predict = predict_with_last(viewer, image, tmp_path)
     assert not shown(predict.target) and not shown(predict.form["self_supervised.degrade_at_prediction"])
+    assert not shown(predict.form["predict.tta"])  # the masks decide what the MAE sees, not flips
+    assert not shown(predict.form["predict.z_filter"]) and not shown(predict.form["predict.yz_filter"])
     predict.predict_button.native.click()
     assert isinstance(viewer.layers["nuclei MAE reconstruction"].data, da.Array)
     wait_idle(predict)
