@@ -125,6 +125,15 @@ def test_train_on_layers_then_classify_slices_and_a_folder(make_napari_viewer, w
     assert predict.classify.table.rowCount() == 10 and predict.classify.confusion.rowCount() == 2
     total = sum(int(predict.classify.confusion.item(i, j).text()) for i in range(2) for j in range(2))
     assert total == 10 and predict.classify.metrics.value.startswith("accuracy ")
+    # precision, recall, F1 and support of every class, as metrics.csv has them
+    assert not predict.classify.per_class.isHidden()
+    shown = predict.classify.per_class.values()
+    assert list(shown) == [*CLASSES, "macro"] and [shown[c]["support"] for c in CLASSES] == ["5", "5"]
+    saved = {r["class"]: r for r in read_csv(predict.experiment.results / "metrics.csv")}
+    for c in (*CLASSES, "macro"):
+        for key, col in (("precision", "precision"), ("recall", "recall"), ("F1", "f1")):
+            assert float(shown[c][key]) == pytest.approx(float(saved[c][col]), abs=5e-4)
+    assert [r[0] for r in predict.classify.table.rows()][:1] == [f"{CLASSES[0]}/{sorted((folder / CLASSES[0]).iterdir())[0].name}"]
     assert (predict.experiment.results / "confusion_matrix.png").exists()
 
 

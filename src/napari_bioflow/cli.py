@@ -196,6 +196,12 @@ def cmd_batch(args) -> None:
                 _print(f"[{finished}/{total}] FAILED {r.name}: {r.reason}")
             elif isinstance(r, BatchSummary):
                 _print(r.text())
+                if r.predictions_csv is not None and run.loaded.config.workflow == "classification":
+                    from .engine.classification_results import predictions_text
+
+                    text = predictions_text(r.predictions_csv, run.loaded.config.class_names)
+                    if text:  # class sub-folders: the confusion matrix and per-class values
+                        _print(text)
                 _print(f"throughput: {r.files_per_second:.2f} files/s, {r.megapixels_per_second:.2f} megapixels/s")
                 for name, why in r.failed:
                     _print(f"failed: {name}: {why}")

@@ -851,7 +851,8 @@ class BatchRun:
             if rec is not None:
                 records.append((it, rec))
         metrics_csv = write_metrics_csv(self.run_dir, records)
-        predictions_csv = write_predictions_csv(self.run_dir, records)
+        # classification names its rows "file", as predict and the docks do
+        predictions_csv = write_predictions_csv(self.run_dir, records, "file" if self.loaded.config.workflow == "classification" else "image")
         if self.loaded.config.workflow == "classification":  # over the set: metrics, confusion matrix
             from .classification_results import write_batch_metrics
 
@@ -906,8 +907,9 @@ def write_metrics_csv(run_dir: Path, records: list[tuple[FileItem, dict]]) -> Op
     return _write_csv(run_dir / "metrics.csv", rows)
 
 
-def write_predictions_csv(run_dir: Path, records: list[tuple[FileItem, dict]]) -> Optional[Path]:
-    rows = [{"image": it.name, **rec["prediction"]} for it, rec in records if rec.get("prediction")]
+def write_predictions_csv(run_dir: Path, records: list[tuple[FileItem, dict]], column: str = "image") -> Optional[Path]:
+    """predictions.csv of a per-image workflow: a row per file, named in `column` by its path inside the input folder."""
+    rows = [{column: it.name, **rec["prediction"]} for it, rec in records if rec.get("prediction")]
     return _write_csv(run_dir / "predictions.csv", rows) if rows else None
 
 

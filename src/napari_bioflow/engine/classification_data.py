@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import InputError
 from .io import is_image_path, open_image
-from .sources import Dataset, Sample, check_finite, to_channels_last
+from .sources import MAX_CHANNELS, Dataset, Sample, check_finite, to_channels_last
 from .training_data import TrainingData
 
 
@@ -63,33 +63,88 @@ def set_classes(cfg, names: list[str]) -> None:
     cfg.class_names = list(names)
 
 
-def open_checked(path: Path, cfg, role: str, source: str = "") -> object:
-    """Open one image as (Z,)Y,X,C, checked; mixed 2D/3D sets get their own sentence."""
-    raw = open_image(path)
-    try:
-        arr = to_channels_last(raw, cfg.ndim, cfg.data.in_channels, str(path), source)
-    except InputError as e:
-        if "data, but the config is" in str(e):
-            other = 5 - cfg.ndim
-            raise InputError(f"{path} is a {other}D image but the {role} set is {cfg.ndim}D (ndim: {cfg.ndim}): a "
-                             f"classification set must not mix 2D and 3D images.") from None
-        raise
+def image_dims(shape, in_channels: int, ndim: int) -> Optional[int]:
+    """2 or 3: the dimensionality of an image of this shape, read the same way for every file of a set. A trailing
+    axis of at most 4 (RGB, RGBA) is the channels of a 2D image; so is a leading one of that length when it is
+    in_channels (> 1) or when the config is 2D (channels first, as napari keeps them); otherwise three axes are a
+    grayscale volume and four a volume with channels. None: too many axes to tell."""
+    shape = tuple(shape)
+    if len(shape) == 2:
+        return 2
+    if len(shape) == 3:
+        if shape[-1] <= MAX_CHANNELS:
+            return 2
+        if shape[0] <= MAX_CHANNELS and ((in_channels > 1 and shape[0] == in_channels) or ndim == 2):
+            return 2
+        return 3
+    return 3 if len(shape) == 4 else None
+
+
+def _channels_note(shape) -> str:
+    return f", {shape[-1]} channels" if len(shape) == 3 and 1 < shape[-1] <= MAX_CHANNELS else ""
+
+
+def check_dims(named_shapes: Sequence[tuple[object, tuple]], cfg, role: str, source: str = "") -> None:
+    """One sentence when the images of a set disagree on 2D/3D (one file of each named), or agree with each other
+    but not with ndim (of the config, or of `source`: the model)."""
+    found: dict[int, tuple] = {}
+    for name, shape in named_shapes:
+        d = image_dims(shape, cfg.data.in_channels, cfg.ndim)
+        if d is not None and d not in found:
+            found[d] = (name, tuple(shape))
+    if len(found) == 2:
+        (n2, s2), (n3, s3) = found[2], found[3]
+        raise InputError(f"The {role} set mixes 2D and 3D images: {n2} is 2D (shape {'x'.join(map(str, s2))}"
+                         f"{_channels_note(s2)}) and {n3} is 3D (shape {'x'.join(map(str, s3))}); a classification "
+                         f"set must be all 2D or all 3D.")
+    if len(found) == 1:
+        d, (name, shape) = next(iter(found.items()))
+        if d != cfg.ndim:
+            what = "every one" if len(named_shapes) > 1 else "it"
+            if source:
+                raise InputError(f"The {role} images are {d}D ({what}, e.g. {name} of shape {'x'.join(map(str, shape))}"
+                                 f"{_channels_note(shape)}), but {source} is {cfg.ndim}D.")
+            raise InputError(f"The {role} images are {d}D ({what}, e.g. {name} of shape {'x'.join(map(str, shape))}"
+                             f"{_channels_note(shape)}), but the config is {cfg.ndim}D: set ndim: {d}.")
+
+
+def checked(raw, path, cfg, source: str = ""):
+    """One opened image as (Z,)Y,X,C, checked (its dimensionality against the config's ndim first)."""
+    shape = tuple(raw.shape)
+    d = image_dims(shape, cfg.data.in_channels, cfg.ndim)
+    if d is not None and d != cfg.ndim:
+        raise InputError(f"{path} is a {d}D image (shape {'x'.join(map(str, shape))}{_channels_note(shape)}), but "
+                         f"{source or 'the config'} is {cfg.ndim}D (ndim: {cfg.ndim}).")
+    arr = to_channels_last(raw, cfg.ndim, cfg.data.in_channels, str(path), source)
     check_finite(arr, str(path))
     return arr
+
+
+def open_checked(path: Path, cfg, role: str, source: str = "") -> object:
+    """Open one image as (Z,)Y,X,C, checked. A set is checked as a whole first by `open_set`."""
+    return checked(open_image(path), path, cfg, source)
+
+
+def open_set(paths: Sequence[Path], cfg, role: str, source: str = "") -> list:
+    """Open and check every image of a set: an unreadable file is named, then the set's 2D/3D (check_dims), then
+    each image's channels and values."""
+    raws = [open_image(p) for p in paths]
+    check_dims([(p, r.shape) for p, r in zip(paths, raws)], cfg, role, source)
+    return [checked(r, p, cfg, source) for p, r in zip(paths, raws)]
 
 
 def samples_from_class_folders(root: Path, cfg, role: str, class_names: Optional[list[str]] = None) -> list[ClassSample]:
     """Samples of a class-folder tree; with `class_names` (the model's), an unknown sub-folder is an error."""
     folders = class_subfolders(root, role)
     names = class_names if class_names is not None else list(folders)
-    out = []
-    for cls, files in folders.items():
+    files, classes = [], []
+    for cls, found in folders.items():
         if cls not in names:
             raise InputError(f"The {role} sub-folder {Path(root) / cls} is not one of the model's classes "
                              f"({', '.join(names)}).")
-        for f in files:
-            out.append(ClassSample(name=str(f), raw=open_checked(f, cfg, role), class_index=names.index(cls)))
-    return out
+        files += found
+        classes += [names.index(cls)] * len(found)
+    return [ClassSample(name=str(f), raw=raw, class_index=c) for f, raw, c in zip(files, open_set(files, cfg, role), classes)]
 
 
 def stratified_split(samples: list[ClassSample], fraction: float, seed: int, notes: list[str]):

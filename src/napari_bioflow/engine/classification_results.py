@@ -65,13 +65,26 @@ class ClassificationMetrics:
         return paths
 
     def text(self, class_names: Sequence[str]) -> str:
-        """The confusion matrix and metrics as aligned text (printed by the CLI)."""
+        """The confusion matrix, precision, recall and F1 of every class, and the overall values as aligned text
+        (printed by the CLI)."""
         width = max(8, *(len(n) for n in class_names)) + 1
         lines = ["true \\ predicted".ljust(width) + "".join(n[:width - 1].rjust(width) for n in class_names)]
         lines += [n.ljust(width) + "".join(str(v).rjust(width) for v in row) for n, row in zip(class_names, self.confusion)]
+        lines.append("")
+        lines.append("class".ljust(width) + "".join(h.rjust(10) for h in ("precision", "recall", "f1", "support")))
+        for name, p, r, f, n in self.per_class_rows(class_names):
+            lines.append(name.ljust(width) + f"{p:10.4f}{r:10.4f}{f:10.4f}{n:10d}")
         m = self.compute()
+        lines.append("macro".ljust(width) + f"{m['precision_macro']:10.4f}{m['recall_macro']:10.4f}{m['f1_macro']:10.4f}"
+                     f"{int(self.confusion.sum()):10d}")
         lines.append(" ".join(f"{k}={v:.4f}" for k, v in m.items()))
         return "\n".join(lines)
+
+    def per_class_rows(self, class_names: Sequence[str]) -> list[tuple[str, float, float, float, int]]:
+        """(class, precision, recall, F1, support) of every class."""
+        pc = self.per_class()
+        return [(name, float(pc["precision"][i]), float(pc["recall"][i]), float(pc["f1"][i]), int(pc["support"][i]))
+                for i, name in enumerate(class_names)]
 
 
 def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path: Path) -> Path:
@@ -176,11 +189,16 @@ def class_test_items(folder: Path, class_names: Sequence[str], role: str = "test
 
 
 def check_test_items(loaded, items, source: str = "") -> None:
-    """Open and check every test image before anything is written."""
-    from .classification_data import open_checked
+    """Open and check every test image (the set's 2D/3D as a whole, then each file) before anything is written."""
+    from .classification_data import open_set
 
-    for path, _ in items:
-        open_checked(path, loaded.config, "test", source)
+    open_set([path for path, _ in items], loaded.config, "test", source or f"the model ({loaded.path or 'just trained'})")
+
+
+def item_names(items: Sequence[tuple[Path, Optional[int]]]) -> list[str]:
+    """predictions.csv names: the file name in a flat folder, the path inside the folder (class/file) when the
+    images sit in class sub-folders (where file names may repeat), as batch mode names them."""
+    return [f"{Path(p).parent.name}/{Path(p).name}" if true is not None else Path(p).name for p, true in items]
 
 
 def predict_class_files(loaded, items: list[tuple[Path, Optional[int]]], out_dir: Path, device: str = "cpu",
@@ -209,14 +227,28 @@ def prediction_row(probs: np.ndarray, class_names: Sequence[str], true: Optional
     return row
 
 
-def write_batch_metrics(out_dir: Path, rows: Sequence[dict], class_names: Sequence[str]) -> Optional[Path]:
-    """metrics.csv and the confusion matrix of batch rows (prediction_row) when every row has its true class."""
-    if not rows or any("true_class" not in r for r in rows):
+def rows_metrics(rows: Sequence[dict], class_names: Sequence[str]) -> Optional[ClassificationMetrics]:
+    """The metrics of batch rows (prediction_row, or predictions.csv read back) when every row has its true class."""
+    if not rows or any(not r.get("true_class") for r in rows):
         return None
     m = ClassificationMetrics(len(class_names))
     index = {n: i for i, n in enumerate(class_names)}
     m.update(np.eye(len(class_names))[[index[r["class"]] for r in rows]], np.array([index[r["true_class"]] for r in rows]))
-    return m.write(out_dir, class_names)["metrics"]
+    return m
+
+
+def write_batch_metrics(out_dir: Path, rows: Sequence[dict], class_names: Sequence[str]) -> Optional[Path]:
+    """metrics.csv and the confusion matrix of batch rows (prediction_row) when every row has its true class."""
+    m = rows_metrics(rows, class_names)
+    return None if m is None else m.write(out_dir, class_names)["metrics"]
+
+
+def predictions_text(predictions_csv: Path, class_names: Sequence[str]) -> str:
+    """The metrics text (confusion matrix, per class and overall values) of a predictions.csv with true classes,
+    else ''."""
+    with open(predictions_csv, newline="") as f:
+        m = rows_metrics(list(csv.DictReader(f)), class_names)
+    return "" if m is None else m.text(class_names)
 
 
 def write_predictions(results: Sequence[ClassPrediction], class_names: Sequence[str], out_dir: Path) -> dict:
@@ -237,7 +269,8 @@ def write_predictions(results: Sequence[ClassPrediction], class_names: Sequence[
     if known:
         m = ClassificationMetrics(len(class_names))
         m.update(np.stack([r.probabilities for r in results]), np.array([r.true for r in results]))
-        out.update(metrics=m.compute(), files=m.write(out_dir, class_names), confusion=m.confusion, text=m.text(class_names))
+        out.update(metrics=m.compute(), files=m.write(out_dir, class_names), confusion=m.confusion,
+                   per_class=m.per_class_rows(class_names), text=m.text(class_names))
     return out
 
 
@@ -245,7 +278,7 @@ def run_class_prediction(loaded, items, out_dir: Path, device: str = "cpu", canc
     """predict_class_files + write_predictions; `report(i, n, prediction)` after each image."""
     start, results = time.perf_counter(), []
     names = loaded.config.class_names or [loaded.config.class_label(i) for i in range(loaded.config.n_classes)]
-    for r in predict_class_files(loaded, items, out_dir, device, cancel):
+    for r in predict_class_files(loaded, items, out_dir, device, cancel, names=item_names(items)):
         results.append(r)
         if report is not None:
             report(len(results), len(items), r)

@@ -166,6 +166,34 @@ class ConfusionTable(QTableWidget):
         self.setMinimumHeight(60 + 24 * len(names))
 
 
+class PerClassTable(QTableWidget):
+    """Precision, recall, F1 and support of every class (rows), then the macro averages."""
+
+    HEADERS = ["precision", "recall", "F1", "support"]
+
+    def show_metrics(self, per_class, macro: Optional[dict] = None) -> None:
+        """`per_class`: (class, precision, recall, F1, support) rows; `macro`: ClassificationMetrics.compute()."""
+        rows = [(n, f"{p:.3f}", f"{r:.3f}", f"{f:.3f}", str(int(k))) for n, p, r, f, k in per_class]
+        if macro:
+            rows.append(("macro", f"{macro['precision_macro']:.3f}", f"{macro['recall_macro']:.3f}",
+                         f"{macro['f1_macro']:.3f}", str(sum(int(k) for *_, k in per_class))))
+        self.clear()
+        self.setRowCount(len(rows))
+        self.setColumnCount(len(self.HEADERS))
+        self.setHorizontalHeaderLabels(self.HEADERS)
+        self.setVerticalHeaderLabels([r[0] for r in rows])
+        for i, row in enumerate(rows):
+            for j, v in enumerate(row[1:]):
+                self.setItem(i, j, QTableWidgetItem(v))
+        self.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.setMinimumHeight(60 + 24 * len(rows))
+
+    def values(self) -> dict[str, dict[str, str]]:
+        """{class: {header: text}} as shown."""
+        return {self.verticalHeaderItem(i).text(): {h: self.item(i, j).text() for j, h in enumerate(self.HEADERS)}
+                for i in range(self.rowCount())}
+
+
 def record(layer, index: Optional[int], cls: str, confidence: float, classes: list[str]) -> None:
     """Keep a layer's (or one of its slices') prediction in its metadata; the data stay as they are."""
     meta = dict(layer.metadata.get(META_KEY) or {})

@@ -13,7 +13,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..engine.errors import Cancelled, InputError
-from .classes import ConfusionTable, ResultsTable, record, update_overlay
+from .classes import ConfusionTable, PerClassTable, ResultsTable, record, update_overlay
 from .fields import compact, form, status_label
 from .layers import connect_while_alive, layer_array
 
@@ -56,12 +56,14 @@ class ClassifyPanel(QWidget):
                                        "sub-folders (then accuracy, precision, recall, F1 and the confusion matrix)"))
         self.table = ResultsTable()
         self.confusion = ConfusionTable()
+        self.per_class = PerClassTable()  # precision, recall, F1 and support of every class
         self.metrics = status_label(label="metrics")
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(form(self.scope, self.each_slice, self.folder).native)
         layout.addWidget(self.table)
         layout.addWidget(form(self.metrics).native)
+        layout.addWidget(self.per_class)
         layout.addWidget(self.confusion)
         self.scope.changed.connect(self._update_visibility)
         events = [viewer.layers.selection.events.active, viewer.dims.events.current_step]
@@ -77,6 +79,7 @@ class ClassifyPanel(QWidget):
         self.folder.visible, self.each_slice.visible = folder, not folder
         self.image_combo.visible = self.scope.value == CHOSEN
         self.confusion.setVisible(folder and self.confusion.rowCount() > 0)
+        self.per_class.setVisible(folder and self.per_class.rowCount() > 0)
         self.metrics.visible = bool(self.metrics.value)
 
     def _images(self, cfg) -> list:
@@ -108,6 +111,7 @@ class ClassifyPanel(QWidget):
         self.loaded, self.predictions = loaded, []
         self.table.setRowCount(0)
         self.confusion.setRowCount(0)
+        self.per_class.setRowCount(0)
         self.metrics.value = ""
         self.metrics.visible = False
         self._cancel.clear()
@@ -169,8 +173,9 @@ class ClassifyPanel(QWidget):
             self.table.add(r.name, names[r.predicted], float(r.probabilities[r.predicted]))
         if out["metrics"]:
             m = out["metrics"]
-            self.metrics.value = (f"accuracy {m['accuracy']:.3f} · precision {m['precision_macro']:.3f} · "
+            self.metrics.value = (f"accuracy {m['accuracy']:.3f} · macro precision {m['precision_macro']:.3f} · "
                                   f"recall {m['recall_macro']:.3f} · F1 {m['f1_macro']:.3f}")
+            self.per_class.show_metrics(out["per_class"], m)
             self.confusion.show_matrix(out["confusion"], names)
             self.metrics.visible = True
         self._update_visibility()
