@@ -557,3 +557,55 @@ def test_3d_median_filters_are_exact_across_chunks(tmp_path, z_filter, yz_filter
     assert len(job.plan.tiles) > 1 and result.outputs["labels"].chunks != result.outputs["labels"].shape
     np.testing.assert_array_equal(np.asarray(result.outputs["labels"][:]), expected)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "per_image_binarized" / "vol.tif"), expected)
+
+
+def test_mae_prediction_streams_its_checks(tmp_path):
+    """MAE prediction of a zarr image: the four MAE checks and the hidden-pixel PSNR are computed chunk by chunk
+    into memory-mapped TIFFs (numpy memory a fraction of one float copy of the image), and they agree with the
+    prediction zarr and the input."""
+    import math
+
+    import tifffile
+
+    from napari_bioflow.config import RunConfig
+    from napari_bioflow.engine.checkpoint import LoadedModel
+    from napari_bioflow.engine.inference import ImagePrediction
+    from napari_bioflow.engine.io import open_image
+    from napari_bioflow.engine.models import create_model
+    from napari_bioflow.engine.normalize import Normalizer
+
+    torch.manual_seed(0)
+    options = {"img_size": [32, 32], "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2,
+               "decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2}
+    model = create_model("mae", ndim=2, in_channels=1, out_channels=1, **options).eval()
+    cfg = RunConfig.model_validate({"workflow": "self_supervised", "ndim": 2, "device": "cpu",
+                                    "self_supervised": {"pretext": "masking"}, "data": {"patch_size": [32, 32]},
+                                    "model": {"name": "mae", "options": options}})
+    loaded = LoadedModel(model, cfg, Normalizer("percentile", [100.0], [900.0]))
+    loaded.workflow.state = {"normalization": loaded.normalizer.to_dict()}
+    warm = (rand_image((256, 256), 1) * 1000).astype(np.uint16)  # the first run imports modules: not traced
+    make_zarr(tmp_path / "warm.zarr", warm, (128, 128))
+    ImagePrediction(loaded, open_image(tmp_path / "warm.zarr"), "warm", tmp_path / "out", "warm").run()
+    data = (rand_image((1024, 1024)) * 1000).astype(np.uint16)
+    make_zarr(tmp_path / "img.zarr", data, (256, 256))
+    job = ImagePrediction(loaded, open_image(tmp_path / "img.zarr"), "img", tmp_path / "out", "img")
+    results = []
+    peak = traced_peak(lambda: results.append(job.run()))
+    job.cleanup()
+    image_bytes = data.size * 4  # one float32 copy of the image
+    assert peak < image_bytes / 2, (peak, image_bytes)
+    folder = tmp_path / "out" / "MAE_checks"
+    checks = {n: tifffile.imread(folder / f"img_{n}.tif")[0]
+              for n in ("original", "masked", "reconstruction", "reconstruction_and_visible")}
+    pred = zarr.open_array(str(tmp_path / "out" / "per_image" / "img.zarr" / "prediction"), mode="r")[:]
+    hidden = pred[1] > 0.5
+    assert 0.3 < hidden.mean() < 0.7
+    np.testing.assert_array_equal(checks["original"], data.astype(np.float32))
+    np.testing.assert_allclose(checks["reconstruction"], pred[0] * 900 + 100, rtol=1e-6, atol=1e-3)
+    np.testing.assert_array_equal(checks["masked"], np.where(hidden, 0, data).astype(np.float32))
+    np.testing.assert_array_equal(checks["reconstruction_and_visible"], np.where(hidden, checks["reconstruction"], data))
+    error = np.mean((checks["reconstruction"][hidden].astype(np.float64) - data[hidden]) ** 2)
+    expected = 10 * math.log10(float(np.ptp(data)) ** 2 / error)
+    assert results[0].metrics["psnr_masked_patches"] == pytest.approx(expected, abs=1e-4)
+    # per_image/ holds the reconstruction too (the same file, linked)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "per_image" / "img.tif")[0], checks["reconstruction"])
