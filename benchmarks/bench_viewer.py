@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SAMPLE_2D, loadavg, median, table, verdict, write_result  # noqa: E402
+from _common import SAMPLE_2D, loadavg, median, run_config, table, verdict, write_result  # noqa: E402
 
 BATCH, PATCH = 4, 256
 
@@ -54,12 +54,12 @@ def summarize_steps(events: list[tuple[str, int, int, float, float]], steps: int
 
 # --- children -----------------------------------------------------------------------------------------
 def child_headless(out: Path, epochs: int, steps: int) -> dict:
-    from bench_train import make_config
-
     from napari_bioflow.engine.train import EpochReport, StepReport, Trainer
 
     events = []
-    for rep in Trainer(make_config(out, epochs, steps)).run():
+    cfg = run_config("semantic_segmentation", "unet", out, out / "data", "bench_train",
+                     train={"epochs": epochs, "steps_per_epoch": steps})
+    for rep in Trainer(cfg).run():
         if isinstance(rep, StepReport):
             events.append(("step", rep.epoch, rep.step, time.perf_counter(), 0.0))
         elif isinstance(rep, EpochReport):
@@ -92,8 +92,8 @@ def child_viewer(out: Path, epochs: int, steps: int, preview: bool, timer_on: bo
     previews: list = []
     original_job = train_module.training_job
 
-    def timed_job(trainer, preview_obj):  # the dock's own job, with a timestamp per report taken in the worker
-        for rep in original_job(trainer, preview_obj):
+    def timed_job(trainer, preview_obj, inputs=None):  # the dock's own job, with a timestamp per report taken in the worker
+        for rep in original_job(trainer, preview_obj, inputs):
             now = time.perf_counter()
             if isinstance(rep, StepReport):
                 events.append(("step", rep.epoch, rep.step, now, 0.0))

@@ -225,6 +225,7 @@ def test_cancel_then_resume_skips_finished_files_and_a_plain_rerun_never_overwri
     snapshot = tree(run_dir)
     rerun = run_all(request(folder, checkpoint, tmp_path))  # a plain rerun: a new run id, the earlier run untouched
     assert rerun[0].run_dir.name == "batch_2" and len(of(rerun, FileDone)) == 4
+    assert rerun[0].unfinished_earlier is None  # batch_1 finished every file: nothing to point at
     assert {k: v for k, v in tree(run_dir).items() if not k.endswith((".csv",))} == \
         {k: v for k, v in snapshot.items() if not k.endswith((".csv",))}
     assert tree(run_dir) == snapshot
@@ -366,6 +367,26 @@ def test_dask_cancel_stops_every_worker_and_a_resume_finishes(folder, checkpoint
 
 # --------------------------------------------------------------------------------------------------
 # The command line
+
+
+def test_a_plain_rerun_of_an_unfinished_run_says_how_to_resume_it(folder, checkpoint, tmp_path, capsys):
+    def cancel_after_first(run, report):
+        if isinstance(report, FileDone):
+            run.cancel()
+
+    first = run_all(request(folder, checkpoint, tmp_path), cancel_after_first)[-1].run_dir
+    snapshot = tree(first)
+    args = ["batch", "--checkpoint", str(checkpoint), "--input", str(folder["raw"]), "--labels", str(folder["labels"]),
+            "--output", str(tmp_path), "--device", "cpu"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert (f"note: the earlier run {first} of this checkpoint and folder is unfinished (1 of 4 files); resume it to "
+            f"predict only the rest: napari-bioflow batch --resume {first}") in out
+    assert f"run {tmp_path / 'batch' / 'results' / 'batch_2'}" in out  # a new run all the same
+    assert tree(first) == snapshot  # the earlier run untouched
+    # other settings are another run: no note
+    assert main([*args, "--set", "predict.tta=true"]) == 0
+    assert "note: the earlier run" not in capsys.readouterr().out
 
 
 def test_cli_batch_runs_resumes_and_reports(folder, checkpoint, tmp_path, capsys):

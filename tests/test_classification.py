@@ -474,8 +474,8 @@ def test_bad_test_input_at_prediction_time_writes_nothing(tmp_path, capsys, tiny
         names = [test / "mitochondria", "not one of the model's classes"]
     else:
         shutil.copy(C3D / "test" / "cryo_et" / "cryo_et_000.tif", test / "cryo_et" / "volume.tif")
-        names = [test / "cryo_et" / "volume.tif", "is a 3D image (shape 16x32x32)", f"checkpoint {tiny_model} is 2D"]
-        # the Predict dock checks the set as a whole first
+        # the set is judged as a whole first, by the CLI as by the Predict dock
+        names = ["The test set mixes 2D and 3D images", "cryo_et_000.png is 2D", test / "cryo_et" / "volume.tif"]
         with pytest.raises(InputError, match="The test set mixes 2D and 3D images: .*cryo_et_000.png is 2D .* and "
                                              ".*volume.tif is 3D"):
             check_test_items(load_model(tiny_model), class_test_items(test, ["cryo_et", "he_histology"]))

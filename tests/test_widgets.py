@@ -268,3 +268,30 @@ def test_closing_the_viewer_stops_its_training(make_napari_viewer, qtbot, tmp_pa
     with qtbot.waitSignal(worker.finished, timeout=30_000):
         viewer.close()
         qtbot.waitUntil(lambda: trainer.cancelled, timeout=5_000)
+
+
+def test_advanced_fields_follow_their_choices_and_reach_the_config(make_napari_viewer, tmp_path, crop2d, checkpoint_2d):
+    """Momentum shows for SGD, warm-up epochs for warmup_cosine, the percentiles for percentile normalization; each
+    value, and 'resume from checkpoint', goes into the run's config."""
+    viewer = make_napari_viewer()
+    viewer.add_image(crop2d[0], name="nuclei")
+    viewer.add_labels(crop2d[1], name="nuclei mask")
+    widget = dock(viewer, TrainWidget(viewer))
+    tiny(widget, tmp_path)
+    f = widget.form
+
+    def hidden(path):
+        return f[path].native.isHidden()
+
+    assert hidden("train.momentum") and hidden("train.warmup_epochs") and not hidden("data.percentile_low")
+    f["train.optimizer"].value, f["train.scheduler"].value = "SGD", "warmup_cosine"
+    assert not hidden("train.momentum") and not hidden("train.warmup_epochs")
+    f["train.momentum"].value, f["train.warmup_epochs"].value = 0.8, 3
+    f["data.percentile_low"].value, f["data.percentile_high"].value = 2.0, 99.0
+    f["train.resume"].value = str(checkpoint_2d)
+    cfg = widget.build_config()
+    assert (cfg.train.optimizer, cfg.train.momentum, cfg.train.scheduler, cfg.train.warmup_epochs) == ("SGD", 0.8, "warmup_cosine", 3)
+    assert (cfg.data.percentile_low, cfg.data.percentile_high) == (2.0, 99.0)
+    assert str(cfg.train.resume) == str(checkpoint_2d)
+    f["data.normalization"].value = "meanstd"
+    assert hidden("data.percentile_low") and hidden("data.percentile_high")

@@ -13,6 +13,7 @@ from skimage.io import imread
 
 from helpers import read_csv
 from napari_bioflow.engine.classification_data import fit_to_patch
+from napari_bioflow.engine.errors import InputError
 from napari_bioflow.widgets import classify as classify_module
 from napari_bioflow.widgets import predict as predict_module
 from napari_bioflow.widgets import train as train_module
@@ -69,7 +70,7 @@ def test_fields_follow_the_classification_workflow(make_napari_viewer):
     assert f["classification.fit"].native.isHidden() and not f["data.train_label"].native.isHidden()
 
 
-def test_train_on_layers_then_classify_slices_and_a_folder(make_napari_viewer, wait_idle, messages, tmp_path):
+def test_train_on_layers_then_classify_slices_and_a_folder(make_napari_viewer, wait_idle, messages, tmp_path, monkeypatch):
     viewer = make_napari_viewer()
     layers = {c: viewer.add_image(stack("train", c, 24), name=f"{c} crops") for c in CLASSES}
     train = classification_dock(viewer, tmp_path)
@@ -135,6 +136,16 @@ def test_train_on_layers_then_classify_slices_and_a_folder(make_napari_viewer, w
             assert float(shown[c][key]) == pytest.approx(float(saved[c][col]), abs=5e-4)
     assert [r[0] for r in predict.classify.table.rows()][:1] == [f"{CLASSES[0]}/{sorted((folder / CLASSES[0]).iterdir())[0].name}"]
     assert (predict.experiment.results / "confusion_matrix.png").exists()
+    # a mistake met while the worker runs (here a file that became unreadable) reaches the user as a notification
+    import napari_bioflow.engine.classification_results as results_module
+
+    def unreadable(*_):
+        raise InputError(f"{folder / CLASSES[0]} holds a file that cannot be read.")
+
+    monkeypatch.setattr(results_module, "run_class_prediction", unreadable)
+    predict.predict_button.native.click()
+    wait_idle(predict, 60)
+    assert messages["error"] == [f"{folder / CLASSES[0]} holds a file that cannot be read."]
 
 
 def test_bad_input_names_the_layer(make_napari_viewer, messages, tmp_path):

@@ -74,14 +74,15 @@ def _classify(cfg, loaded, out: Path, test_dir: Path) -> None:
 def _check_tests(cfg, loaded=None, source: str = "") -> None:
     """Open and check every test image before anything is trained or written (a bad file stops the run here)."""
     if cfg.workflow == "classification":
-        from .engine.classification_data import class_subfolders, open_checked, resolve_class_names
+        from .engine.classification_data import class_subfolders, open_set, resolve_class_names
         from .engine.classification_results import class_test_items
 
         names = (loaded.config.class_names if loaded is not None else
                  resolve_class_names(list(class_subfolders(cfg.data.train_raw, "training")), cfg,
                                      f"training folder {cfg.data.train_raw}") if cfg.data.train_raw else [])
-        for path, _ in class_test_items(cfg.data.test_raw, names):
-            open_checked(path, loaded.config if loaded is not None else cfg, "test", source)
+        # the set as a whole (2D or 3D across it), then each file
+        open_set([path for path, _ in class_test_items(cfg.data.test_raw, names)],
+                 loaded.config if loaded is not None else cfg, "test", source)
         return
     from .engine.inference import check_inputs
     from .engine.sources import folder_pairs
@@ -186,6 +187,8 @@ def cmd_batch(args) -> None:
                 total = len(r.to_do)
                 earlier = f", {len(r.finished_earlier)} finished earlier" if r.finished_earlier else ""
                 _print(f"run {r.run_dir} ({r.mode}): {total} image(s) to predict{earlier}")
+                if r.unfinished_earlier is not None:
+                    _print(f"note: {r.hint()}: napari-bioflow batch --resume {r.unfinished_earlier[0]}")
             elif isinstance(r, FileDone):
                 finished += 1
                 parts = [f"{r.seconds:.1f} s"] + [f"{k}={v:.4f}" for k, v in r.metrics.items() if not k.startswith("iou_class")]

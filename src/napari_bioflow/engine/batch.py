@@ -91,6 +91,16 @@ class BatchStarted:
     finished_earlier: list[str]  # resumed: the files an earlier run of this folder finished (skipped)
     resumed: bool
     mode: str  # "this process" or the dask cluster
+    # a new run whose checkpoint, folders and settings equal those of an earlier, unfinished run: that run's folder
+    # and how many of its files were finished (it can be continued with `resume` instead)
+    unfinished_earlier: Optional[tuple[Path, int, int]] = None
+
+    def hint(self) -> str:
+        if self.unfinished_earlier is None:
+            return ""
+        run, done, total = self.unfinished_earlier
+        return (f"the earlier run {run} of this checkpoint and folder is unfinished ({done} of {total} files); "
+                f"resume it to predict only the rest")
 
 
 @dataclass
@@ -615,6 +625,7 @@ class BatchRun:
             self.config_path = Path(manifest["config_path"])
             check_writable(self.run_dir)
         else:
+            self.unfinished_earlier = self._unfinished_earlier(req)
             experiment = new_experiment(Path(req.output_dir), req.name)
             self.run_dir = experiment.results
             self.config_path = experiment.config_path
@@ -626,6 +637,31 @@ class BatchRun:
             "overrides": list(req.overrides), "config_path": str(self.config_path.absolute()),
             "stems": {**(manifest.get("stems", {}) if manifest else {}), **stems}})
         self.resumed = manifest is not None
+
+    def _unfinished_earlier(self, req: BatchRequest) -> Optional[tuple[Path, int, int]]:
+        """The newest earlier run in the same experiment with this checkpoint, these folders and settings that did
+        not finish every file of the folder as it is now: (its folder, files finished, files in all)."""
+        found = []
+        for path in Path(req.output_dir, req.name, "results").glob(f"*/{BATCH_DIR}/{MANIFEST}"):
+            try:
+                m = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            same = (_same(m.get("checkpoint", ""), req.checkpoint) and _same(m.get("input_dir", ""), req.input_dir)
+                    and (m.get("labels_dir") is None) == (req.labels_dir is None)
+                    and (req.labels_dir is None or _same(m["labels_dir"], req.labels_dir))
+                    and list(m.get("overrides", [])) == list(req.overrides))
+            if not same:
+                continue
+            run_dir = path.parent.parent
+            stems = m.get("stems", {})
+            done = sum(marker_path(run_dir, stems[it.name]).is_file() for it in self.items if it.name in stems)
+            if done < len(self.items):
+                found.append((path.stat().st_mtime, run_dir, done))
+        if not found:
+            return None
+        _, run_dir, done = max(found, key=lambda f: f[0])
+        return run_dir, done, len(self.items)
 
     @staticmethod
     def _read_manifest(run_dir: Path) -> dict:
@@ -724,7 +760,7 @@ class BatchRun:
         else:
             mode = "this process"
         yield BatchStarted(self.run_dir, self.config_path, [it.name for it in self.items], [it.name for it in todo],
-                           [it.name for it in earlier], self.resumed, mode)
+                           [it.name for it in earlier], self.resumed, mode, getattr(self, "unfinished_earlier", None))
         for it in todo:
             if it.error:
                 self._failed.append((it.name, it.error))

@@ -224,6 +224,8 @@ class BatchWidget(QWidget):
             self.started = r
             earlier = f" ({len(r.finished_earlier)} finished earlier)" if r.finished_earlier else ""
             self.status.value = f"{len(r.to_do)} file(s) to predict on {r.mode}{earlier}"
+            if r.unfinished_earlier is not None:
+                show_info(f"Note: {r.hint()}: choose its folder as 'resume run'.")
             self.open_button.enabled = True
         elif isinstance(r, FileStarted):
             self.file_progress.max, self.file_progress.value = max(1, r.tiles), 0

@@ -15,6 +15,7 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 from ..engine.errors import Cancelled, InputError
 from .classes import ConfusionTable, PerClassTable, ResultsTable, record, update_overlay
 from .fields import compact, form, status_label
+from .jobs import Stopped
 from .layers import connect_while_alive, layer_array
 
 CHOSEN, ALL, FOLDER = "chosen layer", "all Image layers", "test folder"
@@ -38,8 +39,8 @@ def folder_job(loaded, items, out_dir: Path, device: str, cancel: threading.Even
 
     try:
         return run_class_prediction(loaded, items, out_dir, device, cancel.is_set)
-    except (InputError, Cancelled) as e:
-        return e
+    except (InputError, Cancelled) as e:  # a value, not a returned exception (the worker would raise that)
+        return Stopped(e)
 
 
 class ClassifyPanel(QWidget):
@@ -165,8 +166,8 @@ class ClassifyPanel(QWidget):
             show_info(f"Classified {len(self.predictions)} image(s); {out['predictions']}")
 
     def _on_folder_done(self, out) -> None:
-        if isinstance(out, (InputError, Cancelled)):
-            (show_info if isinstance(out, Cancelled) else show_error)(str(out))
+        if isinstance(out, Stopped):
+            (show_info if isinstance(out.error, Cancelled) else show_error)(str(out.error))
             return
         names = self.loaded.config.class_names
         for r in out["results"]:

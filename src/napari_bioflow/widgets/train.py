@@ -153,14 +153,18 @@ class TrainWidget(QWidget):
                                               "embed_dim: 64, depth: 2 (see `napari-bioflow models`)")
         self.model_options.native.setPlaceholderText("e.g. embed_dim: 64, depth: 2")
         advanced = [f.add(p, label=lab, **kw) for p, lab, kw in (
-            ("train.optimizer", "optimizer", {}), ("train.scheduler", "scheduler", {}),
+            ("train.optimizer", "optimizer", {}), ("train.momentum", "momentum", {"step": 0.05}),
+            ("train.scheduler", "scheduler", {}), ("train.warmup_epochs", "warm-up epochs", {}),
             ("train.weight_decay", "weight decay", {"step": 1e-4}),
             ("train.steps_per_epoch", "steps per epoch (0 = auto)", {}),
-            ("data.normalization", "normalization", {}), ("data.foreground_sampling", "foreground sampling", {"step": 0.1}),
+            ("train.resume", "resume from checkpoint", {"mode": "r", "filter": "*.pth"}),
+            ("data.normalization", "normalization", {}), ("data.percentile_low", "low percentile", {"step": 0.1}),
+            ("data.percentile_high", "high percentile", {"step": 0.1}),
+            ("data.foreground_sampling", "foreground sampling", {"step": 0.1}),
             ("augment.enable", "augment", {}), ("augment.flips", "flips", {}), ("augment.rotate90", "90° rotations", {}),
             ("augment.intensity", "intensity jitter", {"step": 0.05}), ("seed", "seed", {"min": -2**31, "max": 2**31 - 1}),
             ("device", "device", {}))]
-        advanced[2:2] = [self.feature_maps, self.model_options]
+        advanced[0:0] = [self.feature_maps, self.model_options]
         # --- run --------------------------------------------------------------------------------------
         self.train_button = PushButton(text="Train")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -205,6 +209,8 @@ class TrainWidget(QWidget):
         f["workflow"].changed.connect(self._on_workflow)
         f["self_supervised.pretext"].changed.connect(self._on_workflow)
         f["model.name"].changed.connect(self._update_visibility)
+        for path in ("train.optimizer", "train.scheduler", "data.normalization"):  # their own options follow them
+            f[path].changed.connect(self._update_visibility)
         f["ndim"].changed.connect(self._on_ndim)
         self.pairs.changed.connect(self._adapt)
         self.class_layers.changed.connect(self._adapt)
@@ -301,6 +307,9 @@ class TrainWidget(QWidget):
             self._token_model = f["model.name"].value
             self.token_size.value = options["patch_size"]
         self.mask_type.visible, self.mask_ratio.visible = "mask_type" in options, "mask_ratio" in options
+        f["train.momentum"].visible = f["train.optimizer"].value == "SGD"
+        f["train.warmup_epochs"].visible = f["train.scheduler"].value == "warmup_cosine"
+        f["data.percentile_low"].visible = f["data.percentile_high"].visible = f["data.normalization"].value == "percentile"
 
     def _on_ndim(self, ndim: int) -> None:
         self.patch_z.visible = ndim == 3
