@@ -16,3 +16,16 @@ def wait_idle(qtbot):
         qtbot.waitUntil(lambda: not widget.running, timeout=int(seconds * 1000))
 
     return wait
+
+
+@pytest.fixture
+def messages(monkeypatch):
+    """show_error / show_info calls of the Train and Predict docks, in order."""
+    from napari_bioflow.widgets import predict as predict_module
+    from napari_bioflow.widgets import train as train_module
+
+    shown = {"error": [], "info": []}
+    for module in (train_module, predict_module):
+        monkeypatch.setattr(module, "show_error", shown["error"].append)
+        monkeypatch.setattr(module, "show_info", shown["info"].append)
+    return shown

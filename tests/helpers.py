@@ -111,3 +111,29 @@ def read_csv(path: Path) -> list[dict]:
 
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def headless_checkpoint(out_dir: Path, raw, label, steps: int = 1) -> Path:
+    """A tiny 2D, 1-channel segmentation model trained headless on one (raw, label) pair of arrays: a checkpoint
+    for the docks' tests (which train through the dock themselves elsewhere)."""
+    from napari_bioflow.config import RunConfig
+    from napari_bioflow.engine.sources import make_sample
+    from napari_bioflow.engine.train import Trainer
+
+    cfg = RunConfig.from_dict({"name": "ckpt", "output_dir": str(out_dir), "device": "cpu",
+                               "data": {"patch_size": [64, 64]}, "model": {"options": TINY_MODEL},
+                               "train": {"epochs": 1, "steps_per_epoch": steps, "batch_size": 2}})
+    trainer = Trainer(cfg, train=[make_sample(raw, "raw", cfg, label=label)])
+    for _ in trainer.run():
+        pass
+    return trainer.best_checkpoint
+
+
+def dock(viewer, widget):
+    viewer.window.add_dock_widget(widget)
+    return widget
+
+
+def shown(widget) -> bool:
+    """Whether the dock shows this field (not hidden by the workflow), whatever its parents' state."""
+    return not getattr(widget, "native", widget).isHidden()

@@ -1,7 +1,6 @@
 """Big data: prediction bounded by the tiles (chunk-aligned tiles, whole-chunk writes, overlaps spilled beyond a
 budget, inputs read chunk by chunk in bands) and training that samples zarr / dask volumes without loading them."""
 
-import itertools
 import tracemalloc
 
 import dask.array as da

@@ -7,7 +7,7 @@ import tifffile
 import torch
 import zarr
 
-from helpers import BBBC, NUCLEI, bbbc_pairs, crop_folders, read_pair, tiny_config, write_image
+from helpers import NUCLEI, bbbc_pairs, crop_folders, read_pair, tiny_config, write_image
 from napari_bioflow.engine.augment import augment_batch
 from napari_bioflow.engine.errors import InputError
 from napari_bioflow.engine.io import list_images, open_image

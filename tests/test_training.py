@@ -1,6 +1,5 @@
 """The trainer on real data: it learns (2D and 3D, IoU on held-aside images against trivial baselines), stops
 early, resumes, cancels, runs every optimizer/scheduler, writes logs, charts and complete checkpoints."""
-from pathlib import Path
 
 import numpy as np
 import pytest

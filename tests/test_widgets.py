@@ -8,7 +8,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import tifffile
-from helpers import BBBC, NUCLEI, TINY_MODEL
+from helpers import BBBC, NUCLEI, TINY_MODEL, dock, headless_checkpoint
 from napari.layers import Image, Labels
 
 from napari_bioflow.engine.checkpoint import load_model
@@ -35,17 +35,7 @@ def crop3d():
 @pytest.fixture(scope="module")
 def checkpoint_2d(tmp_path_factory, crop2d):
     """A tiny 2D model trained headless (the widget tests below train through the dock)."""
-    from napari_bioflow.config import RunConfig
-    from napari_bioflow.engine.sources import make_sample
-    from napari_bioflow.engine.train import Trainer
-
-    cfg = RunConfig.from_dict({"name": "ckpt", "output_dir": str(tmp_path_factory.mktemp("ckpt")), "device": "cpu",
-                               "data": {"patch_size": [64, 64]}, "model": {"options": TINY_MODEL},
-                               "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2}})
-    trainer = Trainer(cfg, train=[make_sample(crop2d[0], "raw", cfg, label=crop2d[1])])
-    for _ in trainer.run():
-        pass
-    return trainer.best_checkpoint
+    return headless_checkpoint(tmp_path_factory.mktemp("ckpt"), *crop2d, steps=2)
 
 
 def tiny(widget: TrainWidget, out, epochs: int = 2, steps: int = 2, patch: int = 64) -> None:
@@ -56,9 +46,6 @@ def tiny(widget: TrainWidget, out, epochs: int = 2, steps: int = 2, patch: int =
     f["output_dir"].value, f["device"].value = str(out), "cpu"
 
 
-def dock(viewer, widget):
-    viewer.window.add_dock_widget(widget)
-    return widget
 
 
 def names(combo) -> list[str]:

@@ -15,11 +15,9 @@ import pytest
 import tifffile
 import torch
 import yaml
-from helpers import BBBC, NUCLEI, TINY_MODEL, crop_folders, read_csv, tree
+from helpers import BBBC, NUCLEI, TINY_MODEL, crop_folders, dock, headless_checkpoint, read_csv, shown, tree
 
 from napari_bioflow.engine.checkpoint import read_checkpoint
-from napari_bioflow.widgets import predict as predict_module
-from napari_bioflow.widgets import train as train_module
 from napari_bioflow.widgets.predict import PredictWidget
 from napari_bioflow.widgets.train import TrainWidget
 
@@ -41,36 +39,12 @@ def volume():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, crop):
     """A tiny 2D, 1-channel segmentation model trained headless."""
-    from napari_bioflow.config import RunConfig
-    from napari_bioflow.engine.sources import make_sample
-    from napari_bioflow.engine.train import Trainer
-
-    cfg = RunConfig.from_dict({"name": "ckpt", "output_dir": str(tmp_path_factory.mktemp("ckpt")), "device": "cpu",
-                               "data": {"patch_size": [64, 64]}, "model": {"options": TINY_MODEL},
-                               "train": {"epochs": 1, "steps_per_epoch": 1, "batch_size": 2}})
-    trainer = Trainer(cfg, train=[make_sample(crop[0], "raw", cfg, label=crop[1])])
-    for _ in trainer.run():
-        pass
-    return trainer.best_checkpoint
+    return headless_checkpoint(tmp_path_factory.mktemp("ckpt"), *crop)
 
 
-@pytest.fixture
-def messages(monkeypatch):
-    """show_error / show_info calls of both docks, in order."""
-    shown = {"error": [], "info": []}
-    for module in (train_module, predict_module):
-        monkeypatch.setattr(module, "show_error", shown["error"].append)
-        monkeypatch.setattr(module, "show_info", shown["info"].append)
-    return shown
 
 
-def dock(viewer, widget):
-    viewer.window.add_dock_widget(widget)
-    return widget
 
-
-def shown(widget) -> bool:
-    return not getattr(widget, "native", widget).isHidden()
 
 
 def train_dock(viewer, out: Path, image=None, labels=None) -> TrainWidget:

@@ -12,11 +12,9 @@ import dask.array as da
 import numpy as np
 import pytest
 import tifffile
-from helpers import BBBC, TINY_MODEL
+from helpers import BBBC, TINY_MODEL, dock, shown
 from napari.layers import Image, Labels
 
-from napari_bioflow.widgets import predict as predict_module
-from napari_bioflow.widgets import train as train_module
 from napari_bioflow.widgets.predict import JUST_TRAINED, PredictWidget
 from napari_bioflow.widgets.train import TrainWidget
 
@@ -36,25 +34,9 @@ def nuclei():
     return tifffile.imread(BBBC / "train" / "raw" / name)[:128, :128], tifffile.imread(BBBC / "train" / "label" / name)[:128, :128]
 
 
-@pytest.fixture
-def messages(monkeypatch):
-    """show_error / show_info calls of both docks, in order."""
-    shown = {"error": [], "info": []}
-    for module in (train_module, predict_module):
-        monkeypatch.setattr(module, "show_error", shown["error"].append)
-        monkeypatch.setattr(module, "show_info", shown["info"].append)
-    return shown
 
 
-def dock(viewer, widget):
-    viewer.window.add_dock_widget(widget)
-    return widget
 
-
-def shown(widget) -> bool:
-    """Whether the dock shows this field (not hidden by the workflow), whatever its parents' state."""
-    native = getattr(widget, "native", widget)
-    return not native.isHidden()
 
 
 def tiny(widget: TrainWidget, out, epochs: int = 2, steps: int = 2, patch: int = 64) -> None:

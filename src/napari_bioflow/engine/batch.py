@@ -246,7 +246,7 @@ def load_for_task(ctx: TaskContext, loaded=None):
 def open_channels_last(path: str, cfg, name: str, checkpoint: str = ""):
     """Open an image file as (Z,)Y,X,C without loading it; leading axes of length 1 (OME-Zarr's T, C) dropped."""
     from .io import open_image
-    from .sources import check_finite, lazy_array, to_channels_last
+    from .sources import lazy_array, to_channels_last
 
     arr = open_image(Path(path))
     if len(arr.shape) < 2 or 0 in tuple(arr.shape):

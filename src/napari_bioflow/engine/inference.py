@@ -83,7 +83,6 @@ class ImagePrediction:
         return self.accumulator.lazy()
 
     def run(self, cancel: Optional[Callable[[], bool]] = None, progress: Optional[Callable[[int, int], None]] = None) -> ImageResult:
-        import torch
 
         from .predict import PredictionCancelled, sliding_window_predict
 
@@ -162,7 +161,6 @@ def predict_files(loaded, files: list[tuple[Path, Optional[Path]]], out_dir: Pat
 def predict_array(loaded, image, device: str = "cpu", tile_size: Optional[list[int]] = None) -> np.ndarray:
     """Predict a small in-memory image ((Z,)Y,X[,C], any layout `to_channels_last` accepts) to a numpy array
     (C, (Z,)Y,X): the training preview and quick checks. Big images go through ImagePrediction instead."""
-    import torch
 
     from .predict import sliding_window_predict
     from .sources import to_channels_last

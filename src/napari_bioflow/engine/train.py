@@ -17,7 +17,7 @@ from typing import Iterator, Optional, Union
 import numpy as np
 
 from .distributed import Distributed
-from .errors import Cancelled, InputError
+from .errors import InputError
 
 
 @dataclass

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from qtpy.QtCore import QObject, Signal
 
 from ..engine.errors import Cancelled, InputError
+
+if TYPE_CHECKING:
+    from .preview import Preview
 
 
 class TrainingFailed(str):
@@ -42,7 +45,7 @@ def save_inputs(trainer, inputs: dict) -> Optional[str]:
     return None
 
 
-def training_job(trainer, preview: Optional["Preview"], inputs: Optional[dict] = None):
+def training_job(trainer, preview: Optional[Preview], inputs: Optional[dict] = None):
     """Runs in the worker thread: relay the trainer's reports; between epochs (trainer paused) maybe preview.
     `inputs`: layer arrays by config data field, written with the run once it has its folder (see save_inputs)."""
     from ..engine.train import EpochReport, StartReport
