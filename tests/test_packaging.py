@@ -64,3 +64,31 @@ def test_wheel_ships_manifest_and_sample_data(tmp_path):
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry).decode()
     assert "napari-bioflow = napari_bioflow:napari.yaml" in text and "napari_bioflow.cli:main" in text
+
+
+def test_a_regular_install_of_the_wheel_is_found_by_npe2(tmp_path):
+    """A regular (not editable) install: the wheel unpacked into a folder, imported from there, its manifest found
+    and valid. The environment's packages are on the path without its .pth files, so the editable install of this
+    checkout is not imported."""
+    import sysconfig
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+                   check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("napari_bioflow-*.whl")
+    target = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(target)  # what pip does with a pure-Python wheel, scripts aside
+    code = f"""
+import sys
+sys.path[:] = [{str(target)!r}, *{[p for p in sys.path if p and 'site-packages' not in p]!r}, {sysconfig.get_paths()['purelib']!r}]
+from npe2 import PluginManager, PluginManifest
+import napari_bioflow
+assert napari_bioflow.__file__.startswith({str(target)!r}), napari_bioflow.__file__
+manifest = PluginManifest.from_distribution("napari-bioflow")
+pm = PluginManager()
+pm.discover()
+widgets = sorted(w.display_name for w in pm.get_manifest("napari-bioflow").contributions.widgets)
+print(manifest.name, widgets)
+"""
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "napari-bioflow ['Batch', 'Predict', 'Train']"
