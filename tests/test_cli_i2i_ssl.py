@@ -191,7 +191,8 @@ def bad(tmp_path: Path, name: str, shape=None, channels=None, count=None) -> dic
     return out
 
 
-@pytest.mark.parametrize("case", ["count", "shape", "channels", "token", "mae_3d_on_2d", "start_from"])
+@pytest.mark.parametrize("case", ["count", "shape", "channels", "token", "mae_3d_on_2d", "mae_3d_on_2d_training",
+                                  "start_from"])
 def test_bad_input_is_one_line_and_writes_nothing(case, raws, i2i_run, tmp_path, capsys):
     out = tmp_path / "runs"
     ckpt = i2i_run / "checkpoints" / "i2i_1-checkpoint-best.pth"
@@ -212,6 +213,9 @@ def test_bad_input_is_one_line_and_writes_nothing(case, raws, i2i_run, tmp_path,
         elif case == "mae_3d_on_2d":
             extra += ["ndim=3", "data.patch_size=[16, 64, 64]", "predict.tile_size=null"]
             expected = [str(raws["test_raw"]), "2D data", "config is 3D"]  # the test images are checked first
+        elif case == "mae_3d_on_2d_training":  # no test images: the training images are refused themselves
+            extra += ["ndim=3", "data.patch_size=[16, 64, 64]", "predict.tile_size=null", "data.test_raw=null"]
+            expected = [str(raws["train_raw"]), "2D data", "config is 3D"]
         else:
             extra.append(f"model.start_from={ckpt}")
             expected = [str(ckpt), "shares no weights with model 'mae'", "'unet' model"]
