@@ -318,6 +318,28 @@ def test_a_run_on_layers_is_repeated_from_its_saved_config(make_napari_viewer, w
     assert float(again["val_loss"]) == pytest.approx(float(first["val_loss"]), rel=1e-3)
 
 
+def test_layers_too_large_to_copy_are_not_saved_and_the_user_is_told(make_napari_viewer, wait_idle, messages, tmp_path,
+                                                                    crop, monkeypatch):
+    """Layers beyond the copy limit (big dask/zarr layers) are not copied into the run: a warning says that its
+    config cannot repeat the run, and training goes on."""
+    from napari_bioflow.widgets import jobs
+    from napari_bioflow.widgets import train as train_module
+
+    warnings = []
+    monkeypatch.setattr(jobs, "SAVE_INPUTS_MAX_BYTES", 1000)
+    monkeypatch.setattr(train_module, "show_warning", warnings.append)
+    viewer = make_napari_viewer()
+    a, a_mask = viewer.add_image(crop[0], name="nuclei a"), viewer.add_labels(crop[1], name="a mask")
+    train = train_dock(viewer, tmp_path / "runs", a, a_mask)
+    train.start()
+    wait_idle(train)
+    assert messages["error"] == [] and train.result.reason == "finished"
+    (warning,) = warnings
+    assert "too large to copy into run" in warning and "cannot repeat the run" in warning
+    run = train.trainer.experiment
+    assert not (run.results / "data").exists()
+
+
 def test_a_classification_run_on_layers_is_repeated_from_its_saved_config(make_napari_viewer, wait_idle, messages,
                                                                            tmp_path, capsys):
     """Classification from layers: the saved config reads a class-folder tree of the slices trained on."""

@@ -22,6 +22,9 @@ class InputsNotSaved(str):
     """The layers trained on could not be written with the run (a warning: the training goes on)."""
 
 
+SAVE_INPUTS_MAX_BYTES = 2 * 2**30  # layers copied into a run so that its config repeats it, at most
+
+
 def save_inputs(trainer, inputs: dict) -> Optional[str]:
     """Write the layer arrays a run trains on into its results folder, <results>/data/<field>/<stem>.tif (field:
     train_raw, train_label, val_raw, val_label), and rewrite the run's config file to read them, so that
@@ -31,6 +34,10 @@ def save_inputs(trainer, inputs: dict) -> Optional[str]:
     exp = trainer.experiment
     if not inputs or exp is None:
         return None
+    total = sum(int(getattr(data, "nbytes", 0)) for items in inputs.values() for _, data in items)
+    if total > SAVE_INPUTS_MAX_BYTES:  # a copy of big (dask, zarr) layers would cost disk and time, not just RAM
+        return (f"The layers are {total / 2**30:.1f} GB, too large to copy into run {exp.run_name}: its config file "
+                f"{exp.config_path} cannot repeat the run (train from folders for that).")
     root = exp.results / "data"
     saved = trainer.cfg.model_copy(deep=True)  # the trainer's own config stays as it is
     try:
