@@ -15,8 +15,8 @@ from helpers import BBBC, crop_folders, read_csv, tiny_config, tree, write_image
 
 from napari_bioflow.cli import main
 from napari_bioflow.engine.batch import (BatchRequest, BatchRun, BatchStarted, BatchSummary, FileDone, FileFailed,
-                                         FileProgress, FileStarted, lazy_results, marker_path, run_batch,
-                                         stacked_results)
+                                         FileProgress, FileStarted, marker_path, run_batch)
+from napari_bioflow.engine.batch_results import lazy_results, stacked_results
 from napari_bioflow.engine.checkpoint import load_model
 from napari_bioflow.engine.errors import InputError
 from napari_bioflow.engine.inference import predict_files

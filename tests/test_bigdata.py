@@ -9,6 +9,7 @@ import pytest
 import torch
 import zarr
 
+from napari_bioflow.engine import accumulator as A
 from napari_bioflow.engine import predict as P
 from napari_bioflow.engine.predict import ZarrAccumulator, plan_tiles, sliding_window_predict
 
@@ -158,7 +159,7 @@ def test_spilled_overlaps_give_the_same_result(tmp_path, monkeypatch):
         original(self)
         spills.append(sum(1 for e in self._pending.values() if e.spill is not None))
 
-    monkeypatch.setattr(P, "CACHE_BYTES", 200_000)  # a few overlap slabs: most must go to disk and come back
+    monkeypatch.setattr(A, "CACHE_BYTES", 200_000)  # a few overlap slabs: most must go to disk and come back
     monkeypatch.setattr(ZarrAccumulator, "_spill_some", spy)
     res = sliding_window_predict(img, net, out=tmp_path / "o", **kw)
     assert spills and max(spills) > 3
@@ -190,7 +191,7 @@ def test_live_view_shows_landed_tiles_with_their_final_values(tmp_path):
     assert len(checked) == 2
     np.testing.assert_allclose(view.compute(), expected, atol=1e-6)
     # napari and dask index the view with integers, steps and Ellipsis
-    live = P._LiveView(acc)
+    live = A._LiveView(acc)
     for key in [(1, 5), (slice(None), 3, slice(10, 20), slice(None, None, 2)), (Ellipsis, 7), (0, slice(None, None, -3)),
                 (slice(None), [2, 0, 9]), (-1, -2, slice(5, 1, -1))]:
         np.testing.assert_allclose(live[key], expected[key], atol=1e-6)
@@ -284,7 +285,7 @@ def traced_peak(fn) -> int:
 
 def test_memory_does_not_grow_with_the_volume(tmp_path, monkeypatch):
     """numpy memory (traced) of predicting a zarr volume 4x deeper stays the same: tiles, a band, overlaps."""
-    monkeypatch.setattr(P, "CACHE_BYTES", 256 * 2**10)  # the overlap slabs waiting for the next row: bounded too
+    monkeypatch.setattr(A, "CACHE_BYTES", 256 * 2**10)  # the overlap slabs waiting for the next row: bounded too
     peaks, sizes = [], []
     for depth in (32, 128):
         data = (rand_image((depth, 192, 192)) * 1000).astype(np.uint16)

@@ -220,7 +220,7 @@ def _live(accumulator: Optional[str]):
     if not accumulator or not Path(accumulator).exists():
         return None
     try:
-        from .predict import ZarrAccumulator
+        from .accumulator import ZarrAccumulator
 
         return ZarrAccumulator.open(accumulator).lazy()
     except Exception:

@@ -48,7 +48,8 @@ class ImageResult:
 class ImagePrediction:
     def __init__(self, loaded, image, name: str, out_dir: Path, stem: str, device: str = "cpu",
                  target=None, target_name: str = ""):
-        from .predict import ZarrAccumulator, plan_tiles
+        from .accumulator import ZarrAccumulator
+        from .tiling import plan_tiles
         from .sources import check_finite, lazy_array, to_channels_last
 
         cfg = loaded.config

@@ -344,7 +344,7 @@ class BatchWidget(QWidget):
         spatial axes, and the class or channel axis in front of it, so that all layers share the file slider."""
         import dask.array as da
 
-        from ..engine.batch import lazy_inputs, lazy_results
+        from ..engine.batch_results import lazy_inputs, lazy_results
 
         if self.run is None:
             return []

@@ -129,7 +129,7 @@ def write_image_outputs(prediction, normalizer, store: Path, out_dir: Path, stem
     import zarr
 
     from ..io import write_tiff
-    from ..predict import chunk_regions
+    from ..accumulator import chunk_regions
     from .semantic import TIFF_MAX_BYTES
 
     scale = np.asarray(normalizer.scale, np.float32).reshape(-1, *([1] * cfg.ndim))
@@ -152,7 +152,7 @@ def chunked_image_metrics(image, target, ndim: int) -> dict[str, float]:
     SSIM weighted by its size (exact for an image of one chunk, as a 2D image up to 2048 px is)."""
     from skimage.metrics import structural_similarity
 
-    from ..predict import chunk_regions
+    from ..accumulator import chunk_regions
 
     regions = list(chunk_regions(image.shape[1:], image.chunks[1:]))
     lo, hi = np.inf, -np.inf

@@ -236,7 +236,7 @@ def _mae_outputs(prediction, clean, norm, c: int, folder: Path, stem: str, axes:
     import tifffile
 
     from ..io import TIFF_SLAB_BYTES, TiffMemmap
-    from ..predict import chunk_regions
+    from ..accumulator import chunk_regions
 
     shape = (c, *prediction.shape[1:])
     scale, offset = _column(norm.scale, len(shape) - 1), _column(norm.offset, len(shape) - 1)

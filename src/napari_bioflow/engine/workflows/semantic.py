@@ -107,7 +107,8 @@ class SemanticSegmentation(Workflow):
         """prediction: (C, (Z,)Y,X) probabilities (zarr). Writes labels into the store chunk by chunk, TIFFs when
         they fit, and IoU against `target` read chunk by chunk too, so huge volumes never load whole."""
         from ..io import write_tiff
-        from ..predict import chunk_regions, write_labels_zarr
+        from ..accumulator import chunk_regions
+        from ..predict import write_labels_zarr
 
         labels = write_labels_zarr(prediction, store / "labels")
         if cfg.ndim == 3 and (cfg.predict.z_filter > 1 or cfg.predict.yz_filter > 1):

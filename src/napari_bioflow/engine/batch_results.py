@@ -1,0 +1,71 @@
+"""Reading a batch run's results back, lazily: its completion markers, dask arrays over the zarr arrays it wrote
+(one per file, or stacked along a file axis) and over its input files. Nothing is loaded."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .batch import BATCH_DIR, DONE_DIR, open_channels_last
+from .errors import InputError
+
+
+def finished_records(run_dir: Path) -> list[dict]:
+    """The completion markers of a batch run folder, in the order of the input folder's files."""
+    run_dir = Path(run_dir)
+    folder = run_dir / BATCH_DIR / DONE_DIR
+    if not folder.is_dir():
+        return []
+    records = []
+    for p in folder.glob("*.json"):
+        try:
+            records.append(json.loads(p.read_text()))
+        except (OSError, ValueError):
+            continue
+    return sorted(records, key=lambda r: r.get("name", ""))
+
+
+def lazy_results(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """{file name: {output name: dask array}} over the zarr arrays a batch run wrote (nothing is loaded)."""
+    import dask.array as da
+
+    out = {}
+    for rec in finished_records(run_dir):
+        arrays = {}
+        for key, rel in rec.get("outputs", {}).items():
+            path = Path(run_dir) / rel
+            if path.exists():
+                arrays[key] = da.from_zarr(str(path))
+        out[rec["name"]] = arrays
+    return out
+
+
+def stacked_results(run_dir: Path) -> tuple[list[str], dict[str, Any]]:
+    """One dask array per output with a leading file axis, over the files whose output shapes agree with the
+    first file's (the others are left out: open them with lazy_results). Returns (file names, arrays)."""
+    import dask.array as da
+
+    results = lazy_results(run_dir)
+    if not results:
+        return [], {}
+    first = next(iter(results.values()))
+    names = [n for n, arrays in results.items()
+             if set(arrays) == set(first) and all(arrays[k].shape == first[k].shape for k in first)]
+    return names, {k: da.stack([results[n][k] for n in names]) for k in first}
+
+
+def lazy_inputs(run_dir: Path, cfg) -> dict[str, Any]:
+    """{file name: dask array (C, (Z,)Y,X)} over the input files of a batch run's finished results, unloaded."""
+    from .sources import lazy_array
+
+    out = {}
+    for rec in finished_records(run_dir):
+        try:
+            image = open_channels_last(rec["raw"], cfg, rec["raw"])
+        except (InputError, OSError):
+            continue  # moved or deleted since
+        out[rec["name"]] = np.moveaxis(lazy_array(image), -1, 0)
+    return out
+
