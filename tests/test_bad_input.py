@@ -203,7 +203,7 @@ def test_output_folder_not_writable_for_train(tmp_path, capsys, folders):
     cfg = tiny_config(blocker / "runs", *folders, data={"patch_size": [32, 32]})
     msg = refused_by_engine(cfg, blocker / "runs")
     assert "not writable" in msg
-    err = refused_by_cli(capsys, ["train", cfg.save(tmp_path / "c.yaml")], tmp_path / "a_file", blocker / "runs")
+    refused_by_cli(capsys, ["train", cfg.save(tmp_path / "c.yaml")], tmp_path / "a_file", blocker / "runs")
     assert blocker.read_text().startswith("a regular file")
 
 
@@ -256,7 +256,7 @@ def test_checkpoint_from_another_workflow(tmp_path, capsys, folders, checkpoint)
     assert str(forged) in str(e.value) and "instance segmentation" in str(e.value).replace("_", " ")
     raw_dir, _ = folders
     out = tmp_path / "pred"
-    err = refused_by_cli(capsys, ["predict", "--checkpoint", forged, "--input", raw_dir, "--output", out], out, forged)
+    refused_by_cli(capsys, ["predict", "--checkpoint", forged, "--input", raw_dir, "--output", out], out, forged)
     assert not out.exists()
     # resuming from it is refused as well
     cfg = cfg_for(tmp_path, folders, train={"resume": str(forged)})

@@ -41,7 +41,7 @@ def _text(edit: FileEdit) -> Optional[Path]:
 class BatchWidget(QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
-        self.viewer = viewer = napari_viewer
+        self.viewer = napari_viewer
         self.run = None  # the engine's BatchRun
         self.started: Optional[BatchStarted] = None
         self.summary: Optional[BatchSummary] = None
