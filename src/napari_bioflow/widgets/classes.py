@@ -170,6 +170,7 @@ class PerClassTable(QTableWidget):
     """Precision, recall, F1 and support of every class (rows), then the macro averages."""
 
     HEADERS = ["precision", "recall", "F1", "support"]
+    LABELS = ["prec.", "recall", "F1", "n"]  # as shown (full names in the tooltips): narrow enough for the dock
 
     def show_metrics(self, per_class, macro: Optional[dict] = None) -> None:
         """`per_class`: (class, precision, recall, F1, support) rows; `macro`: ClassificationMetrics.compute()."""
@@ -180,13 +181,17 @@ class PerClassTable(QTableWidget):
         self.clear()
         self.setRowCount(len(rows))
         self.setColumnCount(len(self.HEADERS))
-        self.setHorizontalHeaderLabels(self.HEADERS)
+        self.setHorizontalHeaderLabels(self.LABELS)
+        for j, header in enumerate(self.HEADERS):
+            self.horizontalHeaderItem(j).setToolTip(header)
         self.setVerticalHeaderLabels([r[0] for r in rows])
         for i, row in enumerate(rows):
             for j, v in enumerate(row[1:]):
                 self.setItem(i, j, QTableWidgetItem(v))
         self.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        self.setMinimumHeight(60 + 24 * len(rows))
+        # columns as wide as their values, so a narrow dock shows every value whole
+        self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        self.setMinimumHeight(70 + 31 * len(rows))  # every row, the header and a sideways scroll bar
 
     def values(self) -> dict[str, dict[str, str]]:
         """{class: {header: text}} as shown."""
