@@ -92,7 +92,7 @@ def _check_tests(cfg, loaded=None, source: str = "") -> None:
         _print(f"note: {n}")
 
 
-def _predict(cfg, loaded, experiment, raw_dir: Path, label_dir):
+def _predict(cfg, loaded, experiment, raw_dir: Path, label_dir, finite_checked: bool = False):
     from .engine.inference import predict_files
     from .engine.sources import folder_pairs
 
@@ -100,7 +100,7 @@ def _predict(cfg, loaded, experiment, raw_dir: Path, label_dir):
         return _classify(cfg, loaded, experiment.results, raw_dir)
     pairs = folder_pairs(raw_dir, label_dir, "test")
     out = experiment.results
-    for res in predict_files(loaded, pairs, out, device=_device(cfg)):
+    for res in predict_files(loaded, pairs, out, device=_device(cfg), finite_checked=finite_checked):
         m = " ".join(f"{k}={v:.4f}" for k, v in res.metrics.items() if not k.startswith("iou_class"))
         _print(f"predicted {res.name} in {res.seconds:.1f}s {m}")
     if (out / "metrics.csv").exists():
@@ -167,7 +167,7 @@ def cmd_predict(args) -> None:
     _check_tests(cfg, loaded, f"checkpoint {cfg.predict.checkpoint}")
     experiment = new_experiment(cfg.output_dir, cfg.name)
     cfg.save(experiment.config_path)
-    _predict(cfg, loaded, experiment, cfg.data.test_raw, cfg.data.test_label)
+    _predict(cfg, loaded, experiment, cfg.data.test_raw, cfg.data.test_label, finite_checked=True)  # just checked
 
 
 def cmd_batch(args) -> None:

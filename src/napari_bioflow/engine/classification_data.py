@@ -101,11 +101,9 @@ def check_dims(named_shapes: Sequence[tuple[object, tuple]], cfg, role: str, sou
         d, (name, shape) = next(iter(found.items()))
         if d != cfg.ndim:
             what = "every one" if len(named_shapes) > 1 else "it"
-            if source:
-                raise InputError(f"The {role} images are {d}D ({what}, e.g. {name} of shape {'x'.join(map(str, shape))}"
-                                 f"{_channels_note(shape)}), but {source} is {cfg.ndim}D.")
+            but = f"{source} is {cfg.ndim}D." if source else f"the config is {cfg.ndim}D: set ndim: {d}."
             raise InputError(f"The {role} images are {d}D ({what}, e.g. {name} of shape {'x'.join(map(str, shape))}"
-                             f"{_channels_note(shape)}), but the config is {cfg.ndim}D: set ndim: {d}.")
+                             f"{_channels_note(shape)}), but {but}")
 
 
 def checked(raw, path, cfg, source: str = ""):

@@ -45,16 +45,26 @@ class Experiment:
         return path
 
 
+EXPERIMENT_FOLDERS = ("results", "config_files", "checkpoints")
+
+
+def folders_to_create(output_dir: Path, name: str) -> list[Path]:
+    """The folders new_experiment would create for `name` under `output_dir` (parents first), so that a caller
+    can take them away again when a run is refused right after its folder was claimed."""
+    root = Path(output_dir).absolute() / name
+    chain = [p for p in reversed(root.parents) if not p.exists()] + [root] + [root / d for d in EXPERIMENT_FOLDERS]
+    return [p for p in chain if not p.exists()]
+
+
 def new_experiment(output_dir: Path, name: str) -> Experiment:
     """Create the next free run of experiment `name`: a run id is claimed by creating its results folder."""
     output_dir = Path(output_dir)
     check_writable(output_dir)
     root = output_dir / name
-    (root / "results").mkdir(parents=True, exist_ok=True)
-    (root / "config_files").mkdir(exist_ok=True)
-    (root / "checkpoints").mkdir(exist_ok=True)
+    for d in EXPERIMENT_FOLDERS:
+        (root / d).mkdir(parents=True, exist_ok=True)
     pattern = re.compile(rf"^{re.escape(name)}_(\d+)")
-    taken = [int(m.group(1)) for d in ("results", "config_files", "checkpoints") for p in (root / d).iterdir()
+    taken = [int(m.group(1)) for d in EXPERIMENT_FOLDERS for p in (root / d).iterdir()
              if (m := pattern.match(p.name))]
     run = max(taken, default=0) + 1
     while True:

@@ -47,7 +47,9 @@ class ImageResult:
 
 class ImagePrediction:
     def __init__(self, loaded, image, name: str, out_dir: Path, stem: str, device: str = "cpu",
-                 target=None, target_name: str = ""):
+                 target=None, target_name: str = "", finite_checked: bool = False):
+        """`finite_checked`: the caller has just scanned `image` for NaN/inf (check_inputs, a dock's worker), so a
+        second full read of the pixels is skipped."""
         from .accumulator import ZarrAccumulator
         from .tiling import plan_tiles
         from .sources import check_finite, lazy_array, to_channels_last
@@ -57,7 +59,8 @@ class ImagePrediction:
         self.cfg, self.workflow = cfg, loaded.workflow
         self.image = to_channels_last(image, cfg.ndim, cfg.data.in_channels, name,
                                       f"checkpoint {loaded.path}" if loaded.path else "")
-        check_finite(self.image, name)
+        if not finite_checked:
+            check_finite(self.image, name)
         spatial = tuple(self.image.shape[:-1])
         self.target = None
         if target is not None:
@@ -127,8 +130,9 @@ def check_inputs(cfg, files: list[tuple[Path, Optional[Path]]], source: str = ""
 
 
 def predict_files(loaded, files: list[tuple[Path, Optional[Path]]], out_dir: Path, device: str = "cpu",
-                  cancel: Optional[Callable[[], bool]] = None) -> Iterator[ImageResult]:
-    """Predict each (raw, optional label) file into `out_dir`; writes metrics.csv when labels are given."""
+                  cancel: Optional[Callable[[], bool]] = None, finite_checked: bool = False) -> Iterator[ImageResult]:
+    """Predict each (raw, optional label) file into `out_dir`; writes metrics.csv when labels are given.
+    `finite_checked`: check_inputs has just scanned these files for NaN/inf."""
     from .io import open_image
 
     rows, totals = [], None
@@ -137,7 +141,7 @@ def predict_files(loaded, files: list[tuple[Path, Optional[Path]]], out_dir: Pat
             raise Cancelled("prediction cancelled")
         target = open_image(label_path) if label_path is not None else None
         job = ImagePrediction(loaded, open_image(raw_path), str(raw_path), out_dir, Path(raw_path).name.split(".")[0],
-                              device, target, str(label_path or ""))
+                              device, target, str(label_path or ""), finite_checked)
         result = job.run(cancel)
         job.cleanup()
         counts = result.outputs.pop("counts", None)

@@ -77,14 +77,6 @@ def is_in_memory(data) -> bool:
     return isinstance(data, np.ndarray) and not isinstance(data, np.memmap)
 
 
-def missing_dirs(output_dir, name: str) -> list[Path]:
-    """The folders new_experiment would create for `name` under `output_dir`, in creation order."""
-    root = Path(output_dir).absolute() / name
-    chain = [p for p in reversed(root.parents) if not p.exists()] + [root]
-    chain += [root / sub for sub in ("results", "config_files", "checkpoints")]
-    return [p for p in chain if not p.exists()]
-
-
 @dataclass
 class PendingJob:
     """A prediction checked as far as it can be without reading pixels: what `_create_job` needs."""
@@ -300,18 +292,18 @@ class PredictWidget(QWidget):
     def _create_job(pending: "PendingJob"):
         """The NaN/inf scan of the image (off the GUI thread for lazy layers), then the experiment folder and the
         job. A refused image leaves nothing behind: the folders made for it go again."""
-        from ..engine.experiment import new_experiment
+        from ..engine.experiment import folders_to_create, new_experiment
         from ..engine.inference import ImagePrediction
         from ..engine.sources import check_finite
 
         check_finite(pending.image, pending.name)  # before any folder is created
         cfg = pending.loaded.config
-        made = missing_dirs(cfg.output_dir, cfg.name)
+        made = folders_to_create(cfg.output_dir, cfg.name)
         experiment = new_experiment(cfg.output_dir, cfg.name)
         try:
             cfg.save(experiment.config_path)
             job = ImagePrediction(pending.loaded, pending.data, pending.name, experiment.results, pending.stem,
-                                  pending.device, pending.target, pending.target_name)
+                                  pending.device, pending.target, pending.target_name, finite_checked=True)
         except BaseException:
             shutil.rmtree(experiment.results, ignore_errors=True)
             experiment.config_path.unlink(missing_ok=True)
