@@ -89,7 +89,7 @@ def run_bare(cfg, steps: int, seed: int = 0, warmup: int = 2) -> dict:
     from napari_bioflow.engine.workflows.self_supervised import crappify
 
     torch.manual_seed(seed)
-    wf = get_workflow(cfg.workflow)
+    wf = get_workflow(cfg)
     model = create_model(cfg.model.name, ndim=cfg.ndim, in_channels=cfg.data.in_channels,
                          out_channels=wf.out_channels(cfg), **{**wf.model_defaults(cfg), **cfg.model.options})
     model.train()

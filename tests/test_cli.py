@@ -48,7 +48,11 @@ def test_init_writes_a_commented_config(tmp_path, capsys):
     path = tmp_path / "c3.yaml"
     assert main(["init", "semantic_segmentation", "--ndim", "3", "-o", str(path)]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {path}"
-    assert path.read_text() == commented_config("semantic_segmentation", 3)
+    from napari_bioflow.engine.workflows.base import workflow_class
+
+    cls = workflow_class("semantic_segmentation")
+    assert path.read_text() == commented_config("semantic_segmentation", 3, cls.init_values(3), cls.init_notes)
+    assert "# Pairs: each raw image" in path.read_text()
     assert RunConfig.load(path).ndim == 3
     # never overwritten without --force
     path.write_text("# mine\n")

@@ -341,7 +341,7 @@ def test_mae_loss_counts_the_hidden_tokens_only():
     model = create_model("mae", ndim=2, in_channels=1, out_channels=1, **MAE, img_size=32)
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
-        loss = get_workflow("self_supervised").training_loss(model, x, x, None)
+        loss = get_workflow("self_supervised", "masking").training_loss(model, x, x, None)
         pred = model(x)  # the grid mask hides the same tokens every time
     hidden = torch.from_numpy(checkerboard((32, 32), (32, 32), 8)).bool()
     error = (pred - x) ** 2
@@ -358,7 +358,7 @@ def test_mae_validation_psnr_scores_the_hidden_tokens_only():
     torch.manual_seed(0)
     cfg = RunConfig.from_dict({"workflow": "self_supervised", "self_supervised": {"pretext": "masking"},
                                "data": {"patch_size": [32, 32]}, "model": {"name": "mae", "options": {**MAE, "img_size": 32}}})
-    wf = get_workflow("self_supervised")
+    wf = get_workflow(cfg)
     model = create_model("mae", ndim=2, in_channels=1, out_channels=1, **MAE, img_size=32).eval()
     x = torch.from_numpy(tifffile.imread(TIMELAPSE)[:2, 64:96, 64:96].astype(np.float32) / 255)[:, None]
     with torch.inference_mode():
@@ -445,7 +445,7 @@ def test_token_size_must_divide_the_patch(tmp_path, frames_folder, ndim, patch, 
 def test_masking_needs_a_masked_autoencoder(tmp_path, frames_folder):
     cfg = tiny_config(tmp_path / "out", workflow="self_supervised", self_supervised={"pretext": "masking"},
                       data={"train_raw": str(frames_folder), "patch_size": [32, 32]})
-    with pytest.raises(InputError, match=r"masking pretext needs a masked autoencoder \(model: mae\), not 'unet'"):
+    with pytest.raises(InputError, match=r"Model 'unet' does not fit self-supervised, masking \(masked autoencoder\); use mae, mae_vit_base \(model.name\)"):
         run_all(Trainer(cfg))
     assert not (tmp_path / "out").exists()
 

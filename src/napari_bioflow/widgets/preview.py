@@ -143,19 +143,6 @@ def to_intensity(prediction, mapping, ndim: int):
     return (prediction * scale + offset).astype(np.float32)
 
 
-def degrade(image: np.ndarray, normalizer, cfg, seed: int = 0) -> np.ndarray:
-    """crappify a channel-last image as training does (on the normalized scale), back in intensities."""
-    import torch
-
-    from ..engine.workflows.self_supervised import crappify
-
-    x = torch.from_numpy(np.moveaxis(normalizer(image), -1, 0)[None].copy())
-    d = crappify(x, cfg.self_supervised.noise, cfg.self_supervised.downsample_area,
-                 torch.Generator().manual_seed(seed))[0].numpy()
-    d = np.moveaxis(d, 0, -1)
-    return d * np.asarray(normalizer.scale, np.float32) + np.asarray(normalizer.offset, np.float32)
-
-
 def preview_output(loaded, crop: np.ndarray, device: str = "cpu") -> tuple[np.ndarray, str]:
     """(data, kind) the preview shows for a channel-last crop: argmax labels, or the predicted image (C, ...)."""
     from ..engine.inference import predict_array
@@ -164,8 +151,7 @@ def preview_output(loaded, crop: np.ndarray, device: str = "cpu") -> tuple[np.nd
     cfg, wf = loaded.config, loaded.workflow
     if not wf.target_is_image:
         return argmax_labels(predict_array(loaded, crop, device=device)), "labels"
-    if cfg.workflow == "self_supervised" and cfg.self_supervised.pretext == "crappify":
-        crop = degrade(np.asarray(crop, np.float32), loaded.normalizer, cfg, cfg.seed)
+    crop = wf.preview_input(crop, cfg, loaded.normalizer)
     out = predict_array(loaded, crop, device=device)[: wf.out_channels(cfg)]
     return to_intensity(out, intensity_mapping(wf), cfg.ndim), "image"
 

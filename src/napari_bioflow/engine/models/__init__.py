@@ -12,6 +12,6 @@ from . import mae  # noqa: F401  (registers mae, mae_vit_base)
 from . import rcan  # noqa: F401  (registers rcan)
 from . import unet  # noqa: F401  (registers unet, resunet, attention_unet)
 from . import unetr  # noqa: F401  (registers unetr, unetr_vit_base)
-from .registry import UnknownModelError, create_model, list_models, model_info, model_task, register_model
+from .registry import UnknownModelError, create_model, list_models, model_info, model_tags, model_task, register_model
 
-__all__ = ["UnknownModelError", "create_model", "list_models", "model_info", "model_task", "register_model"]
+__all__ = ["UnknownModelError", "create_model", "list_models", "model_info", "model_tags", "model_task", "register_model"]

@@ -83,7 +83,7 @@ class DFCAN(nn.Module):
         return self.tail(self.act(self.body_conv(x)))
 
 
-@register_model("dfcan", ndims=(2,))
+@register_model("dfcan", ndims=(2,), tags=("restoration",))
 def dfcan(*, ndim, in_channels, out_channels, n_feats=64, n_groups=4, n_blocks=4, reduction=16):
     """DFCAN (Qiao et al. 2021), scale x1: residual groups of Fourier channel-attention blocks."""
     return DFCAN(in_channels, out_channels, n_feats=n_feats, n_groups=n_groups, n_blocks=n_blocks,

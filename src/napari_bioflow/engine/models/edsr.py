@@ -48,7 +48,7 @@ class EDSR(nn.Module):
         return self.tail(x + self.body_conv(self.body(x)))
 
 
-@register_model("edsr", ndims=(2,))
+@register_model("edsr", ndims=(2,), tags=("restoration",))
 def edsr(*, ndim, in_channels, out_channels, n_feats=64, n_resblocks=16, res_scale=0.1):
     """EDSR (Lim et al. 2017), scale x1: residual blocks without batch norm, residual scaling, global skip."""
     return EDSR(in_channels, out_channels, n_feats=n_feats, n_resblocks=n_resblocks, res_scale=res_scale)

@@ -216,7 +216,7 @@ def _build(ndim, in_channels, out_channels, **options):
     return MaskedAutoencoder(ndim, in_channels, out_channels, **options)
 
 
-@register_model("mae", ndims=(2, 3))
+@register_model("mae", ndims=(2, 3), tags=("masked_autoencoder",))
 def mae(*, ndim, in_channels, out_channels, patch_size=16, embed_dim=256, depth=6, num_heads=4, decoder_embed_dim=128,
         decoder_depth=2, decoder_num_heads=4, mlp_ratio=4.0, mask_ratio=0.5, mask_type="grid", img_size=256,
         pos_embed="sincos"):
@@ -227,7 +227,7 @@ def mae(*, ndim, in_channels, out_channels, patch_size=16, embed_dim=256, depth=
                   mask_type=mask_type, img_size=img_size, pos_embed=pos_embed)
 
 
-@register_model("mae_vit_base", ndims=(2, 3))
+@register_model("mae_vit_base", ndims=(2, 3), tags=("masked_autoencoder",))
 def mae_vit_base(*, ndim, in_channels, out_channels, patch_size=16, embed_dim=768, depth=12, num_heads=12,
                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0, mask_ratio=0.5,
                  mask_type="grid", img_size=256, pos_embed="sincos"):

@@ -72,7 +72,7 @@ class RCAN(nn.Module):
         return self.tail(x + self.body_conv(self.body(x)))
 
 
-@register_model("rcan", ndims=(2,))
+@register_model("rcan", ndims=(2,), tags=("restoration",))
 def rcan(*, ndim, in_channels, out_channels, n_resgroups=4, n_resblocks=4, n_feats=64, reduction=16):
     """RCAN (Zhang et al. 2018), scale x1: residual-in-residual groups of channel-attention blocks."""
     return RCAN(in_channels, out_channels, n_resgroups=n_resgroups, n_resblocks=n_resblocks, n_feats=n_feats,

@@ -34,6 +34,7 @@ class _Entry:
     ndims: tuple[int, ...]
     defaults: dict
     task: str  # "dense" (one value per pixel: segmentation, restoration, MAE) or "classification" (one per image)
+    tags: tuple[str, ...] = ()  # what else a workflow needs to know, e.g. "masked_autoencoder", "restoration"
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -50,8 +51,11 @@ def _to_json(value, what: str):
 TASKS = ("dense", "classification")
 
 
-def register_model(name: str, *, ndims: Sequence[int] = (2, 3), task: str = "dense"):
-    """Decorator registering ``fn`` as the builder of model ``name`` for the spatial dimensionalities ``ndims``."""
+def register_model(name: str, *, ndims: Sequence[int] = (2, 3), task: str = "dense", tags: Sequence[str] = ()):
+    """Decorator registering ``fn`` as the builder of model ``name`` for the spatial dimensionalities ``ndims``.
+    ``tags`` say what kind of network it is beyond its task ("masked_autoencoder": trained by hiding tokens, with
+    a ``forward_mae``; "restoration": an image restoration network without a down-sampling path): a workflow
+    decides from the task and tags which models fit it (Workflow.fits_model)."""
 
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if task not in TASKS:
@@ -68,7 +72,7 @@ def register_model(name: str, *, ndims: Sequence[int] = (2, 3), task: str = "den
             if p.kind is not p.KEYWORD_ONLY or p.default is p.empty:
                 raise TypeError(f"builder of model {name!r}: option {p.name!r} must be keyword-only with a default")
             defaults[p.name] = _to_json(p.default, f"default of option {p.name!r} of model {name!r}")
-        _REGISTRY[name] = _Entry(fn, tuple(ndims), defaults, task)
+        _REGISTRY[name] = _Entry(fn, tuple(ndims), defaults, task, tuple(tags))
         return fn
 
     return decorator
@@ -115,6 +119,11 @@ def list_models(ndim: int | None = None, task: str | None = "dense") -> list[str
 def model_task(name: str) -> str:
     """"dense" or "classification"."""
     return _entry(name).task
+
+
+def model_tags(name: str) -> tuple[str, ...]:
+    """The tags a model was registered with (see register_model)."""
+    return _entry(name).tags
 
 
 def model_info(name: str) -> dict:

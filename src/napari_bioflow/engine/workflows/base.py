@@ -6,40 +6,172 @@ subclass and never a change to the trainer.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from ..errors import InputError
 
-_WORKFLOWS: dict[str, type["Workflow"]] = {}
+_WORKFLOWS: dict[tuple[str, str], type["Workflow"]] = {}
 
 
 def register_workflow(cls: type["Workflow"]) -> type["Workflow"]:
-    _WORKFLOWS[cls.name] = cls
+    """Register a workflow class under its config name (and variant value, e.g. a self-supervised pretext)."""
+    key = (cls.name, cls.variant[1] if cls.variant else "")
+    if key in _WORKFLOWS and _WORKFLOWS[key] is not cls:
+        raise ValueError(f"workflow {'/'.join(filter(None, key))} is already registered")
+    _WORKFLOWS[key] = cls
     return cls
 
 
-def get_workflow(name: str) -> "Workflow":
-    from . import classification, image_to_image, self_supervised, semantic  # noqa: F401  (registers the built-in workflows)
+def _builtin() -> None:
+    from . import classification, crappify, image_to_image, masking, semantic  # noqa: F401  (registers them)
 
-    if name not in _WORKFLOWS:
-        raise KeyError(f"unknown workflow '{name}'; available: {', '.join(sorted(_WORKFLOWS))}")
-    return _WORKFLOWS[name]()
+
+def _config_value(cfg, path: str):
+    value = cfg
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
+    return value
+
+
+def workflow_class(name: str, variant: Optional[str] = None) -> type["Workflow"]:
+    """The class registered for config name `name` and, for names with variants, `variant` (the first registered
+    variant, the config's default, when None)."""
+    _builtin()
+    classes = [c for c in workflow_classes() if c.name == name]
+    if not classes:
+        raise KeyError(f"unknown workflow '{name}'; available: {', '.join(list_workflows())}")
+    if variant is None or classes[0].variant is None:
+        return next((c for c in classes if c.default_variant), classes[0])
+    for c in classes:
+        if c.variant[1] == variant:
+            return c
+    field = classes[0].variant[0]
+    raise KeyError(f"unknown {field} '{variant}' for {name}; available: {', '.join(c.variant[1] for c in classes)}")
+
+
+def get_workflow(spec, variant: Optional[str] = None) -> "Workflow":
+    """A fresh workflow for a config (a RunConfig or its dict: `workflow` and, when the workflow has variants,
+    the field naming the variant) or for a workflow name (its default variant unless `variant` is given)."""
+    if isinstance(spec, str):
+        return workflow_class(spec, variant)()
+    name = _config_value(spec, "workflow")
+    cls = workflow_class(name)
+    if cls.variant is not None:
+        cls = workflow_class(name, _config_value(spec, cls.variant[0]) or None)
+    return cls()
 
 
 def list_workflows() -> list[str]:
-    from . import classification, image_to_image, self_supervised, semantic  # noqa: F401
+    """The config names of the registered workflows, in their `order`."""
+    _builtin()
+    return list(dict.fromkeys(c.name for c in workflow_classes()))
 
-    return sorted(_WORKFLOWS)
+
+def workflow_classes() -> list[type["Workflow"]]:
+    """Every registered workflow class (one per variant), in their `order`."""
+    _builtin()
+    return sorted(_WORKFLOWS.values(), key=lambda c: c.order)  # stable: registration order within one rank
+
+
+def variants(name: str) -> tuple[Optional[str], list[str]]:
+    """(config field, values) of a workflow's variants; (None, []) when it has none."""
+    classes = [c for c in workflow_classes() if c.name == name]
+    if not classes or classes[0].variant is None:
+        return None, []
+    return classes[0].variant[0], [c.variant[1] for c in classes]
 
 
 class Workflow:
-    name: str = ""
+    # --- what the front ends read (the CLI, the docks, the preview and batch never branch on names) ----------------
+    name: str = ""  # the config's `workflow:` value
+    order = 100  # where it is listed (CLI choices, the Train dock's workflow list)
+    variant: Optional[tuple[str, str]] = None  # (config field, value) when several classes share `name`
+    title: str = ""  # as the docks and messages name it: "semantic segmentation"
+    variant_title: str = ""  # the variant's own words: "masking (masked autoencoder)"
+    default_variant = False  # the variant a name alone stands for (the config field's default)
+    trains_from = "labels"  # "labels" (raw + Labels), "image" (raw + target image), "none" (raw only), "classes"
+    losses: tuple[str, ...] = ("auto",)  # train.loss values it accepts ("auto" first)
+    default_model = "unet"
+    model_tasks: tuple[str, ...] = ("dense",)  # registry tasks that fit
+    excluded_model_tags: tuple[str, ...] = ("masked_autoencoder",)  # registry tags that do not fit
+    required_model_tags: tuple[str, ...] = ()  # registry tags a model must have
+    prediction_options: tuple[str, ...] = ("tta",)  # predict.* options that apply (tile_size, overlap, batch_size: dense)
+    prediction_options_3d: tuple[str, ...] = ()  # more options that apply to 3D checkpoints only
+    section_options: tuple[str, ...] = ()  # config fields of its own section shown in the Train dock
+    predict_section_options: tuple[str, ...] = ()  # ... and in the Predict dock
+    target_layer = ""  # what gives metrics at prediction: "labels" (a Labels layer), "image" (a target Image), ""
+    outputs: tuple = ()  # spec.Output of each predicted image, in the order the layers are added
+    metric_keys: tuple[str, ...] = ()  # the metrics a predicted image reports (spec.METRICS gives their words)
+    chart_title = ""  # the validation metric's title in the Train dock's chart
+    init_notes: tuple[str, ...] = ()  # the header of `napari-bioflow init`
+
     target_is_image = False  # True when the target is an image (augmented with a channel axis)
     chart_metric = ""  # the validation metric drawn beside the loss, e.g. "iou_foreground"
     needs_target = True  # False: trained on raw images alone (self-supervision)
     dense = True  # a value per pixel, predicted by sliding window (False: one prediction per image, classification)
+
+    @classmethod
+    def key(cls) -> str:
+        """'self_supervised/masking': the name and, for variants, the variant value."""
+        return cls.name + (f"/{cls.variant[1]}" if cls.variant else "")
+
+    @classmethod
+    def full_title(cls) -> str:
+        return cls.title + (f", {cls.variant_title}" if cls.variant_title else "")
+
+    @classmethod
+    def fits_model(cls, name: str) -> bool:
+        """Whether registered model `name` fits this workflow (asked of the registry's task and tags)."""
+        from ..models import model_tags, model_task
+
+        try:
+            task, tags = model_task(name), set(model_tags(name))
+        except KeyError:
+            return False
+        return task in cls.model_tasks and not tags & set(cls.excluded_model_tags) and set(cls.required_model_tags) <= tags
+
+    @classmethod
+    def models(cls, ndim: Optional[int] = None) -> list[str]:
+        """The registered models that fit this workflow in `ndim` dimensions."""
+        from ..models import list_models
+
+        return [n for n in list_models(ndim, task=None) if cls.fits_model(n)]
+
+    @classmethod
+    def options_for(cls, ndim: int) -> tuple[str, ...]:
+        """The prediction options that apply to a checkpoint of this workflow in `ndim` dimensions."""
+        return cls.prediction_options + (cls.prediction_options_3d if ndim == 3 else ())
+
+    @classmethod
+    def init_values(cls, ndim: int) -> dict:
+        """Starting values of `napari-bioflow init` (beside the config's defaults)."""
+        return {}
+
+    def check_model(self, cfg) -> None:
+        """Refuse a model that does not fit this workflow (InputError naming model.name and the models that fit)."""
+        from ..models import model_task
+
+        try:
+            model_task(cfg.model.name)
+        except KeyError as e:
+            raise InputError(f"model: {e}") from None
+        if not self.fits_model(cfg.model.name):
+            raise InputError(f"Model '{cfg.model.name}' does not fit {self.full_title()}; use "
+                             f"{', '.join(self.models(cfg.ndim))} (model.name).")
+
+    def check_config(self, cfg) -> None:
+        """Refuse settings this workflow cannot honour (ValueError, worded with config keys); run by RunConfig."""
+        if cfg.train.loss not in self.losses:
+            raise ValueError(f"train.loss '{cfg.train.loss}' does not fit {self.full_title()}; use one of "
+                             f"{', '.join(self.losses)}")
+        from ...config import PredictConfig
+
+        defaults = PredictConfig()
+        for option in ("tta", "z_filter", "yz_filter"):
+            if option not in self.options_for(cfg.ndim) and getattr(cfg.predict, option) != getattr(defaults, option):
+                raise ValueError(f"predict.{option} does not apply to {cfg.ndim}D {self.full_title()}")
 
     def __init__(self):
         self.state: dict[str, Any] = {}  # fitted on the training data, saved in the checkpoint (prepare/load_state)
@@ -53,15 +185,9 @@ class Workflow:
     # --- data ---------------------------------------------------------------------------------------
     def build_dataset(self, cfg, train=None, val=None):
         """Checked training and validation samples from the given samples (layers) or the config's folders."""
-        from ..models import model_task
         from ..sources import build_dataset
 
-        try:
-            if model_task(cfg.model.name) != "dense":
-                raise InputError(f"Model '{cfg.model.name}' is an image classifier; it cannot be used for "
-                                 f"{cfg.workflow.replace('_', ' ')} (model.name).")
-        except KeyError as e:
-            raise InputError(f"model: {e}") from None
+        self.check_model(cfg)
         return build_dataset(cfg, train, val)
 
     def training_data(self, dataset, cfg, normalizer):
@@ -130,11 +256,16 @@ class Workflow:
 
         return default_tile(cfg, spatial, divisor), cfg.predict.overlap
 
-    def prediction_input(self, image, cfg, out_dir: Path, stem: str):
-        """The array the model predicts from (self-supervision degrades it here); channel last."""
-        return image
+    def prediction_input(self, image, cfg, out_dir: Path, stem: str) -> tuple[Any, dict[str, Any]]:
+        """(the array the model predicts from, channel last; what write_outputs needs of this image besides the
+        prediction). Self-supervision degrades the image here and hands the clean one on."""
+        return image, {}
 
-    def prediction_forward(self, model) -> Callable:
+    def preview_input(self, crop: np.ndarray, cfg, normalizer) -> np.ndarray:
+        """A channel-last crop as the training preview feeds it to the model (crappify degrades it first)."""
+        return crop
+
+    def prediction_forward(self, model, cfg=None) -> Callable:
         """Tensor (B, C, ...) -> the values blended across tiles."""
         return lambda x: self.activation(model(x))
 
@@ -144,8 +275,10 @@ class Workflow:
         return (t > 0).astype(np.int64) if flags.get("label_is_255") else t.astype(np.int64)
 
     # --- outputs ------------------------------------------------------------------------------------
-    def write_outputs(self, prediction, store: Path, out_dir: Path, stem: str, cfg, target=None) -> dict[str, Any]:
+    def write_outputs(self, prediction, store: Path, out_dir: Path, stem: str, cfg, target=None,
+                      inputs: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         """Write the results of one predicted image (prediction: channel-first zarr array inside the zarr folder
         `store`; files under the run's results folder `out_dir`). `target(region)` reads the ground truth of a
-        region when there is one. Return {output name: array-like}, with metrics under 'metrics'."""
+        region when there is one; `inputs` is what prediction_input handed on. Return {output key: array-like}
+        (the keys of `outputs`), with metrics under 'metrics'."""
         raise NotImplementedError

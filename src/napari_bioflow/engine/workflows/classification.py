@@ -13,8 +13,30 @@ from .base import Workflow, register_workflow
 @register_workflow
 class Classification(Workflow):
     name = "classification"
+    order = 3
+    title = "classification"
+    trains_from = "classes"
+    losses = ("auto", "ce")
+    default_model = "vit"
+    model_tasks = ("classification",)
+    excluded_model_tags = ()
+    section_options = ("classification.fit",)
+    metric_keys = ("accuracy",)
     chart_metric = "accuracy"
+    chart_title = "validation accuracy"
     dense = False  # one prediction per image: the CLI, widgets and batch mode use classification_results
+    init_notes = (
+        "Classification: data.train_raw holds one sub-folder per class (the sub-folder names are the class names);",
+        "data.val_raw (optional) and data.test_raw the same, or a flat test folder for predictions only.",
+        "Images are brought to data.patch_size by classification.fit: resize or pad (crop when larger).",
+        "Models: vit (default, 2D and 3D), simple_cnn (2D and 3D), efficientnet_b0 ... efficientnet_b7 (2D).",
+        "Results: predictions.csv; with test classes metrics.csv and confusion_matrix.csv/.png.")
+
+    @classmethod
+    def init_values(cls, ndim: int) -> dict:
+        return {"name": f"my_classification_{ndim}d", "model": {"name": "vit"},
+                "data": {"train_raw": "path/to/train", "patch_size": [16, 32, 32] if ndim == 3 else [64, 64],
+                         "val_split": 0.2}, "train": {"batch_size": 16}}
 
     def build_dataset(self, cfg, train=None, val=None):
         from ..classification_data import build_class_dataset

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import InputError
 from .base import Workflow, register_workflow
+from .spec import Output
 
 
 def psnr(prediction: np.ndarray, target: np.ndarray, data_range: float | None = None, count: int | None = None) -> float:
@@ -70,8 +71,25 @@ def image_metrics(prediction: np.ndarray, target: np.ndarray, channel_axis: int 
 @register_workflow
 class ImageToImage(Workflow):
     name = "image_to_image"
+    order = 1
+    title = "image to image"
+    trains_from = "image"
+    losses = ("auto", "l1", "mse")
+    target_layer = "image"
+    outputs = (Output("image", "prediction", contrast="target", live=True),)
+    metric_keys = ("psnr", "ssim")
     target_is_image = True
     chart_metric = "psnr"
+    chart_title = "validation PSNR (dB)"
+    init_notes = (
+        "Pairs: each raw image in data.train_raw has its target (same size) in data.train_label, paired by file",
+        "name; set data.target_channels for multi-channel targets. Test targets (data.test_label) give PSNR/SSIM.",
+        "Models: unet, resunet, attention_unet (2D and 3D); edsr, rcan, dfcan (2D). Loss: l1 or mse.",
+        "Results: per_image/ (TIFF and zarr per test image) and metrics.csv.")
+
+    @classmethod
+    def init_values(cls, ndim: int) -> dict:
+        return {"data": {"train_label": "path/to/train/target"}, "train": {"loss": "l1"}}
 
     def out_channels(self, cfg) -> int:
         return cfg.data.target_channels
@@ -119,7 +137,8 @@ class ImageToImage(Workflow):
     def metrics(self, cfg):
         return PSNRMetrics()
 
-    def write_outputs(self, prediction, store: Path, out_dir: Path, stem: str, cfg, target=None) -> dict[str, Any]:
+    def write_outputs(self, prediction, store: Path, out_dir: Path, stem: str, cfg, target=None,
+                      inputs=None) -> dict[str, Any]:
         return write_image_outputs(prediction, self._target_normalizer(), store, out_dir, stem, cfg, target)
 
 

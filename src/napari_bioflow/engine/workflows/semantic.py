@@ -9,6 +9,7 @@ import numpy as np
 from ..errors import InputError
 from ..metrics import IoUAccumulator
 from .base import Workflow, register_workflow
+from .spec import Output
 
 
 def _min_max(arr) -> tuple[int, int]:
@@ -70,7 +71,22 @@ def median_filter_labels(labels: np.ndarray, z_size: int, yz_size: int) -> np.nd
 @register_workflow
 class SemanticSegmentation(Workflow):
     name = "semantic_segmentation"
+    order = 0
+    title = "semantic segmentation"
+    trains_from = "labels"
+    losses = ("auto", "ce", "ce_dice")
+    excluded_model_tags = ("masked_autoencoder", "restoration")
+    prediction_options_3d = ("z_filter", "yz_filter")
+    target_layer = "labels"
+    outputs = (Output("probabilities", "probabilities", colormap="magma", contrast="unit", live=True, class_axis=True,
+                      opacity=0.7),
+               Output("labels", "labels", layer="labels", live=True, opacity=0.5))
+    metric_keys = ("iou_foreground", "iou_mean")
     chart_metric = "iou_foreground"
+    chart_title = "validation IoU"
+    init_notes = ("Pairs: each raw image in data.train_raw has its labels (same size, one integer class per pixel, "
+                  "0 = background)", "in data.train_label, paired by file name. Test labels (data.test_label) give IoU.",
+                  "Results: per_image/ (probabilities), per_image_binarized/ (labels), metrics.csv.")
 
     def out_channels(self, cfg) -> int:
         return cfg.n_classes
@@ -103,7 +119,8 @@ class SemanticSegmentation(Workflow):
     def metrics(self, cfg):
         return SegmentationMetrics(cfg.n_classes)
 
-    def write_outputs(self, prediction, store: Path, out_dir: Path, stem: str, cfg, target=None) -> dict[str, Any]:
+    def write_outputs(self, prediction, store: Path, out_dir: Path, stem: str, cfg, target=None,
+                      inputs=None) -> dict[str, Any]:
         """prediction: (C, (Z,)Y,X) probabilities (zarr). Writes labels into the store chunk by chunk, TIFFs when
         they fit, and IoU against `target` read chunk by chunk too, so huge volumes never load whole."""
         from ..io import write_tiff
