@@ -291,8 +291,10 @@ class BatchWidget(QWidget):
         self.open_button.enabled = self.run is not None
 
     # --- layers ---------------------------------------------------------------------------------------------
-    def _workflow(self) -> str:
-        return self.run.loaded.config.workflow if self.run is not None else ""
+    def _labels_output(self) -> bool:
+        """Whether the run's workflow declares a Labels output (segmentation): the current file then shows as
+        labels, its probabilities with a class axis."""
+        return self.run is not None and any(o.layer == "labels" for o in self.run.loaded.workflow.outputs)
 
     def _show_current(self, data, name: str, final: bool) -> None:
         """The current file's result in one layer, replaced file after file: labels for segmentation (argmax of
@@ -301,7 +303,7 @@ class BatchWidget(QWidget):
 
         from ..engine.predict import argmax_labels
 
-        segmentation = self._workflow() == "semantic_segmentation"
+        segmentation = self._labels_output()
         if segmentation and not final:
             data = argmax_labels(data)
         elif not segmentation and data.shape[0] == 1:
@@ -358,7 +360,7 @@ class BatchWidget(QWidget):
             shape = tuple(sorted((k, a.shape) for k, a in arrays.items()))
             groups.setdefault(shape, []).append(name)
         added = []
-        segmentation = self._workflow() == "semantic_segmentation"
+        segmentation = self._labels_output()
 
         def stacked(arrays):  # (C, ...) per file -> (N, ...) for one channel, else (C, N, ...)
             stack = da.stack(arrays)

@@ -33,41 +33,18 @@ from .fields import ConfigForm, status_label, compact, config_field, form, group
 from .jobs import ProgressRelay, Stopped, prediction_job, setup_job
 from .layers import connect_while_alive, follow_layers, layer_array, layer_channels, layer_combo, placement, spatial_axes
 from .preview import intensity_mapping, to_intensity
+from ..engine.checkpoint_info import checkpoint_info
+from ..engine.workflows.base import workflow_classes
 from .shared import last_trained, load_triton_safely
 
 log = logging.getLogger(__name__)
 JUST_TRAINED, FROM_FILE = "model just trained", "checkpoint file"
-MAE_CHECKS = (("original", "mae_original", "MAE original"), ("masked", "mae_masked", "MAE masked input"),
-              ("reconstruction", "reconstruction", "MAE reconstruction"),
-              ("visible", "mae_reconstruction_and_visible", "MAE reconstruction and visible"))
-METRIC_NAMES = {"psnr": ("PSNR", " dB"), "ssim": ("SSIM", ""), "psnr_degraded_input": ("PSNR of the degraded input", " dB"),
-                "psnr_masked_patches": ("PSNR on the hidden patches", " dB"), "iou_foreground": ("IoU (foreground)", ""),
-                "iou_mean": ("mean IoU", "")}
+JUST_TRAINED_OPTIONS = ("tta",)  # the prediction options shown before a checkpoint is chosen
 
 
-def checkpoint_kind(path) -> Optional[tuple[str, str, bool, int]]:
-    """(workflow, self-supervised pretext, degrade_at_prediction, ndim) of a checkpoint, read without loading its
-    weights (memory-mapped); None when it cannot be read (the Predict button then says why)."""
-    try:
-        import torch
-
-        ckpt = torch.load(Path(path), map_location="cpu", mmap=True, weights_only=False)
-        cfg = ckpt["config"]
-        ssl = cfg.get("self_supervised") or {}
-        return (str(cfg["workflow"]), str(ssl.get("pretext", "crappify")), bool(ssl.get("degrade_at_prediction", True)),
-                int(cfg.get("ndim", 2)))
-    except Exception:
-        return None
-
-
-def label_filters_apply(kind) -> bool:
-    """The Z / YZ median filters of the argmax labels: 3D semantic segmentation only."""
-    return kind is not None and kind[0] == "semantic_segmentation" and kind[3] == 3
-
-
-def tta_applies(kind) -> bool:
-    """Test-time augmentation: not for the masked autoencoder (its masks, not flips, decide what it sees)."""
-    return not (kind is not None and kind[0] == "self_supervised" and kind[1] == "masking")
+def applies(info, option: str) -> bool:
+    """Whether prediction option `option` ('tta', 'z_filter', ...) applies to the checkpoint described by `info`."""
+    return option in (info.workflow.options_for(info.ndim) if info is not None else JUST_TRAINED_OPTIONS)
 
 
 def is_in_memory(data) -> bool:
@@ -93,13 +70,9 @@ class PendingJob:
 
 def format_metrics(metrics: dict) -> str:
     """'PSNR 23.41 dB · SSIM 0.712' (per-class IoUs left out)."""
-    parts = []
-    for key, value in metrics.items():
-        if key.startswith("iou_class"):
-            continue
-        label, unit = METRIC_NAMES.get(key, (key.replace("_", " "), ""))
-        parts.append(f"{label} {value:.2f}{unit}" if unit else f"{label} {value:.3f}")
-    return " · ".join(parts)
+    from ..engine.workflows.spec import metric
+
+    return " · ".join(metric(key).format(value) for key, value in metrics.items() if not key.startswith("iou_class"))
 
 
 def first_channel_axis(data, scale, translate):
@@ -116,7 +89,7 @@ class PredictWidget(QWidget):
         self.job = self.experiment = self.source = None
         self.prob_layer = self.labels_layer = None
         self.outputs: dict = {}  # output layers by role, e.g. {"prediction": layer} or the MAE checks
-        self.kind: Optional[tuple[str, str, bool, int]] = None  # (workflow, pretext, degrade, ndim) of the checkpoint
+        self.kind = None  # the chosen checkpoint's CheckpointInfo (workflow class, ndim, config)
         self.result = None  # the engine's ImageResult of the last finished prediction
         self._worker = self._setup_worker = None
         self._cancel = threading.Event()
@@ -136,7 +109,9 @@ class PredictWidget(QWidget):
         self.target.value = None
         self.metrics = status_label(label="metrics")
         f = self.form = ConfigForm()  # defaults, bounds and tooltips from the config's predict section
-        f.add("self_supervised.degrade_at_prediction", label="degrade first")
+        self.section_options = list(dict.fromkeys(p for c in workflow_classes() for p in c.predict_section_options))
+        for path in self.section_options:  # a workflow's own prediction settings (crappify: degrade first)
+            f.add(path, label="degrade first" if path.endswith("degrade_at_prediction") else path.split(".")[-1])
         f.add("predict.tta", label="test-time augmentation")
         self.tile = SpinBox(value=0, min=0, max=8192, step=16, label="tile size (0 = auto)",
                             tooltip=config_field("predict.tile_size").description)
@@ -155,7 +130,7 @@ class PredictWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(group("Model and image", form(self.model_source, self.checkpoint, self.trained, self.image,
-                                                       self.target, f["self_supervised.degrade_at_prediction"],
+                                                       self.target, *(f[p] for p in self.section_options),
                                                        f["predict.tta"])))
         self.classify = ClassifyPanel(viewer, self.image)  # classification checkpoints: a class per image
         self.classify_group = group("Classification")
@@ -199,29 +174,29 @@ class PredictWidget(QWidget):
         from_file = self.model_source.value == FROM_FILE
         self.checkpoint.visible, self.trained.visible = from_file, not from_file
         path = self._chosen_checkpoint()
-        self.kind = checkpoint_kind(path) if path is not None and path.is_file() else None
-        workflow, pretext, degrade, _ = self.kind or ("", "", True, 2)
+        self.kind = info = checkpoint_info(path) if path is not None and path.is_file() else None
+        wf = info.workflow if info is not None else None
         # the target field: a target Image for image to image, a Labels layer for segmentation, none otherwise
-        kind = {"image_to_image": Image, "semantic_segmentation": Labels}.get(workflow)
+        kind = {"image": Image, "labels": Labels}.get(wf.target_layer if wf is not None else "")
         if kind is not None and kind is not self._target_kind:
             self._target_kind = kind
             self.target.value = None
             self.target.reset_choices()
         self.target.visible = kind is not None
         self.target.label = "labels" if kind is Labels else "target"
-        cls = workflow == "classification"
+        cls = wf is not None and not wf.dense  # a class per image
         self.classify_group.setVisible(cls)
         self.metrics.visible = not cls  # the classification panel shows its own
         self.image.visible = not cls or self.classify.scope.value == "chosen layer"
         for w in (self.tile, *(self.form[p] for p in ("predict.overlap", "predict.batch_size"))):
             w.visible = not cls  # tiles mean nothing for a class per image
-        for p in ("predict.z_filter", "predict.yz_filter"):
-            self.form[p].visible = label_filters_apply(self.kind)
-        self.form["predict.tta"].visible = tta_applies(self.kind)
-        crappify = workflow == "self_supervised" and pretext == "crappify"
-        self.form["self_supervised.degrade_at_prediction"].visible = crappify
-        if crappify:
-            self.form["self_supervised.degrade_at_prediction"].value = degrade
+        for option in ("z_filter", "yz_filter", "tta"):
+            self.form[f"predict.{option}"].visible = applies(info, option)
+        for p in self.section_options:  # shown for the workflows that read them, starting at the checkpoint's value
+            own = wf is not None and p in wf.predict_section_options
+            self.form[p].visible = own
+            if own and info.config_value(p) is not None:
+                self.form[p].value = info.config_value(p)
 
     def _on_trained(self, checkpoint: Path) -> None:
         self.trained.value = Path(checkpoint).name
@@ -242,7 +217,7 @@ class PredictWidget(QWidget):
 
     def _make_job(self) -> "PendingJob":
         """Every check that reads no pixels (the layer, checkpoint, 2D/3D, channels, the target), before any write."""
-        from ..config import RunConfig
+        from ..config import PredictConfig, RunConfig
         from ..engine.checkpoint import load_model
         from ..engine.sources import lazy_array, to_channels_last
         from ..engine.train import resolve_device
@@ -275,15 +250,19 @@ class PredictWidget(QWidget):
         # the checkpoint's own config, with this dock's prediction settings, output and device; the settings this
         # checkpoint hides (3D label filters, TTA of a masked autoencoder) are off
         predict = values.pop("predict")
-        kind = (cfg.workflow, cfg.self_supervised.pretext, True, cfg.ndim)
-        if not label_filters_apply(kind):
-            predict["z_filter"] = predict["yz_filter"] = 0
-        if not tta_applies(kind):
-            predict["tta"] = False
+        defaults = PredictConfig()
+        for option in ("z_filter", "yz_filter", "tta"):
+            if option not in workflow.options_for(cfg.ndim):
+                predict[option] = getattr(defaults, option)
         raw = cfg.model_dump(mode="json")
         raw["predict"].update(predict, checkpoint=str(path),
                               tile_size=[self.tile.value] * cfg.ndim if self.tile.value else None)
-        raw["self_supervised"].update(values.pop("self_supervised"))
+        for p in self.section_options:  # this dock's value of the workflow's own settings; the checkpoint's others
+            section, field = p.split(".")
+            if p in workflow.predict_section_options:
+                raw[section][field] = values[section][field]
+        for section in {p.split(".")[0] for p in self.section_options}:
+            values.pop(section, None)
         loaded.config = RunConfig.from_dict({**raw, **values}, source="Predict")
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer.name) or "image"
         return PendingJob(loaded, data, image, name, stem, device, target, target_name, layer)
@@ -322,7 +301,7 @@ class PredictWidget(QWidget):
         if self.running:
             return
         load_triton_safely()
-        if self.kind is not None and self.kind[0] == "classification":
+        if self.kind is not None and not self.kind.workflow.dense:  # a class per image
             return self._start_classification()
         try:
             pending = self._make_job()
@@ -374,6 +353,7 @@ class PredictWidget(QWidget):
         worker.start()
 
     def _start_classification(self) -> None:
+        from ..config import run_name_problem
         from ..engine.checkpoint import load_model
         from ..engine.experiment import new_experiment
         from ..engine.train import resolve_device
@@ -388,8 +368,10 @@ class PredictWidget(QWidget):
             return experiment
 
         try:
+            if run_name_problem(values["name"]):  # the rule of the config's name, as the dense path validates it
+                raise InputError(f"Predict: field 'name': {run_name_problem(values['name'])}.")
             path, device = self._checkpoint(), resolve_device(values["device"])
-            loaded = load_model(path, device, expect_workflow="classification")
+            loaded = load_model(path, device, expect_workflow=self.kind.workflow.name if self.kind else None)
             loaded.config.predict.tta = values["predict"]["tta"]
             self.classify.start(loaded, make_experiment, device, self._on_classified)
         except InputError as e:
@@ -407,90 +389,88 @@ class PredictWidget(QWidget):
     def _placement(self):
         return placement(self.source, spatial_axes(self.source, self.job.cfg.ndim))
 
-    def _contrast(self):
-        """Contrast limits of the image outputs: the source's for self-supervision (same intensities, so the degraded,
-        restored and MAE check layers compare at a glance), the target's normalization range for image to image."""
-        cfg = self.job.cfg
-        if cfg.workflow == "self_supervised":
+    def _contrast(self, output):
+        """Contrast limits of an image output: the source's ("source": same intensities, so degraded, restored and
+        MAE check layers compare at a glance), 0 to 1 ("unit"), or the target's normalization range ("target")."""
+        if output.contrast == "source":
             return tuple(self.source.contrast_limits)
+        if output.contrast == "unit":
+            return (0.0, 1.0)
         mapping = intensity_mapping(self.job.workflow)
-        if mapping is not None and cfg.data.normalization == "percentile":
+        if mapping is not None and self.job.cfg.data.normalization == "percentile":
             scale, offset = float(mapping[0][0]), float(mapping[1][0])
             return (offset, offset + scale)
         return None
 
-    def _add_image(self, role: str, data, name: str, index: Optional[int] = None, **kwargs):
-        """An output Image layer from channel-first `data`, over the source layer; inserted at `index` if given."""
+    def _add_layer(self, output, data, index: Optional[int] = None, **kwargs):
+        """The layer of one declared output (spec.Output) over the source layer; inserted at `index` if given.
+        Channel-first image data: one channel drops to the spatial axes, several keep a channel axis in front."""
         scale, translate = self._placement()
-        data, scale, translate = first_channel_axis(data, scale, translate)
-        contrast = self._contrast()
-        layer = Image(data, name=f"{self.source.name} {name}", scale=scale, translate=translate, colormap="gray",
-                      **({"contrast_limits": contrast} if contrast and contrast[1] > contrast[0] else {}), **kwargs)
+        name = f"{self.source.name} {output.suffix}"
+        if output.layer == "labels":
+            layer = Labels(data, name=name, scale=scale, translate=translate, opacity=output.opacity, **kwargs)
+        else:
+            if output.class_axis:
+                scale, translate = (1.0, *scale), (0.0, *translate)
+            else:
+                data, scale, translate = first_channel_axis(data, scale, translate)
+            contrast = self._contrast(output)
+            layer = Image(data, name=name, scale=scale, translate=translate, colormap=output.colormap,
+                          opacity=output.opacity, **kwargs,
+                          **({"contrast_limits": contrast} if contrast and contrast[1] > contrast[0] else {}))
         if index is None:
             self.viewer.layers.append(layer)
         else:
             self.viewer.layers.insert(index, layer)
-        self.outputs[role] = layer
+        self.outputs[output.key] = layer
         return layer
 
     def _add_live_layers(self, job, layer) -> None:
-        """The layers shown while tiles are computed: dask arrays over the engine's running sums."""
+        """The layers shown while tiles are computed: dask arrays over the engine's running sums (the workflow's
+        outputs declared `live`)."""
         from ..engine.predict import argmax_labels
 
-        cfg = job.cfg
+        cfg, wf = job.cfg, job.workflow
         lazy = job.lazy()
-        if cfg.workflow == "semantic_segmentation":
-            scale, translate = placement(layer, spatial_axes(layer, cfg.ndim))
-            world_axes = self.viewer.dims.ndim
-            self.prob_layer = self.viewer.add_image(lazy, name=f"{layer.name} probabilities", scale=(1.0, *scale),
-                                                    translate=(0.0, *translate), colormap="magma",
-                                                    contrast_limits=(0.0, 1.0), opacity=0.7, cache=False)
-            self.labels_layer = self.viewer.add_labels(argmax_labels(lazy), name=f"{layer.name} labels", scale=scale,
-                                                       translate=translate, opacity=0.5, cache=False)
-            self.outputs = {"probabilities": self.prob_layer, "labels": self.labels_layer}
-            if self.viewer.dims.ndim > world_axes:  # the class axis is new: name it, show the last class (not background)
-                self.viewer.dims.axis_labels = ("class", *self.viewer.dims.axis_labels[1:])
-                self.viewer.dims.set_current_step(0, lazy.shape[0] - 1)
-            return
-        image = to_intensity(lazy[: job.workflow.out_channels(cfg)], intensity_mapping(job.workflow), cfg.ndim)
-        if cfg.workflow == "image_to_image":
-            self._add_image("prediction", image, "prediction", cache=False)
-        elif cfg.self_supervised.pretext == "masking":
-            self._add_image("reconstruction", image, "MAE reconstruction", cache=False)
-        else:
-            self._add_image("restored", image, "restored", cache=False)
+        world_axes = self.viewer.dims.ndim
+        for output in wf.outputs:
+            if not output.live:
+                continue
+            if output.layer == "labels":
+                data = argmax_labels(lazy)
+            elif output.class_axis:
+                data = lazy
+            else:
+                data = to_intensity(lazy[: wf.out_channels(cfg)], intensity_mapping(wf), cfg.ndim)
+            self._add_layer(output, data, cache=False)
+        if any(o.live and o.class_axis for o in wf.outputs) and self.viewer.dims.ndim > world_axes:
+            # the class axis is new: name it, show the last class (not background)
+            self.viewer.dims.axis_labels = ("class", *self.viewer.dims.axis_labels[1:])
+            self.viewer.dims.set_current_step(0, lazy.shape[0] - 1)
+        self.prob_layer, self.labels_layer = self.outputs.get("probabilities"), self.outputs.get("labels")
 
     def _show_outputs(self, outputs: dict) -> None:
-        """The final arrays replace the running sums (which can then go); the other outputs join them."""
+        """The final arrays replace the running sums (which can then go); the other outputs join them, in the
+        declared order from the bottom up (napari's grid view then shows them side by side in that order)."""
         import dask.array as da
 
-        cfg = self.job.cfg
-        if cfg.workflow == "semantic_segmentation":
-            self.prob_layer.data = da.from_zarr(outputs["probabilities"])
-            self.labels_layer.data = da.from_zarr(outputs["labels"])
-            return
+        def lazy(data):
+            return da.from_zarr(data) if hasattr(data, "chunks") and not hasattr(data, "dask") else data
 
-        def replace(role: str, data) -> Optional[int]:
-            layer = self.outputs.get(role)
-            if layer is None or layer not in self.viewer.layers:
-                return None
-            layer.data = first_channel_axis(data, (), ())[0]
-            return self.viewer.layers.index(layer)
-
-        if cfg.workflow == "image_to_image":
-            replace("prediction", da.from_zarr(outputs["image"]))
-        elif cfg.self_supervised.pretext == "masking":
-            # bottom to top: original, masked input, reconstruction, reconstruction with the visible patches; the
-            # last covers the others (all visible, so napari's grid view shows the four side by side in this order)
-            index = replace("reconstruction", outputs["reconstruction"])
-            index = len(self.viewer.layers) if index is None else index
-            for k, (role, key, name) in enumerate(MAE_CHECKS):
-                if role != "reconstruction" and key in outputs:
-                    self._add_image(role, outputs[key], name, index=index + k)
-        else:
-            index = replace("restored", outputs["reconstruction"])
-            if "degraded" in outputs:  # below the restoration: the grid view reads source, degraded, restored
-                self._add_image("degraded", outputs["degraded"], "degraded", index=index)
+        declared = self.job.workflow.outputs
+        first_live = next((self.outputs[o.key] for o in declared if o.key in self.outputs), None)
+        position = (self.viewer.layers.index(first_live) if first_live is not None and first_live in self.viewer.layers
+                    else len(self.viewer.layers))
+        for output in declared:
+            layer = self.outputs.get(output.key)
+            if layer is not None and layer in self.viewer.layers:
+                if output.key in outputs:
+                    data = lazy(outputs[output.key])
+                    layer.data = data if output.class_axis or output.layer == "labels" else first_channel_axis(data, (), ())[0]
+                position = self.viewer.layers.index(layer) + 1
+            elif output.key in outputs:
+                self._add_layer(output, lazy(outputs[output.key]), index=position)
+                position += 1
 
     def _refresh(self) -> None:
         """Re-read the visible tiles (the layers are not cached, so new tiles show), at most every 0.3 s and

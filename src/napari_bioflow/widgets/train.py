@@ -20,6 +20,7 @@ from superqt import QCollapsible
 
 from ..config import RunConfig
 from ..engine.errors import InputError
+from ..engine.workflows import get_workflow
 from .chart import TrainingChart, theme_colors
 from .classes import ClassLayerList
 from .fields import ConfigForm, status_label, form, format_seconds, group, parse_ints
@@ -31,26 +32,29 @@ from .shared import last_trained, load_triton_safely
 
 log = logging.getLogger(__name__)
 
-WORKFLOW_CHOICES = [("semantic segmentation", "semantic_segmentation"), ("image to image", "image_to_image"),
-                    ("self-supervised", "self_supervised"), ("classification", "classification")]
-MAE_MODELS = ("mae", "mae_vit_base")  # the masked autoencoders: the masking pretext's models, and only its
-RESTORATION_MODELS = ("edsr", "rcan", "dfcan")  # image restoration networks: image to image and crappify only
-LOSSES = {"semantic_segmentation": ["auto", "ce", "ce_dice"]}  # the others: auto, l1, mse (as the config checks)
+def workflow_choices() -> list[tuple[str, str]]:
+    """(title, config name) of every registered workflow, in their order."""
+    from ..engine.workflows.base import workflow_classes
+
+    return list(dict.fromkeys((c.title, c.name) for c in workflow_classes()))
 
 
-def models_for(workflow: str, pretext: str, ndim: int) -> list[str]:
-    """The registered models that fit a workflow (and self-supervised pretext) in `ndim` dimensions."""
-    from ..engine.models import list_models
+def variant_choices() -> dict[str, list[tuple[str, str]]]:
+    """Config field -> (title, value) of the variants it chooses (e.g. self_supervised.pretext)."""
+    from ..engine.workflows.base import workflow_classes
 
-    if workflow == "classification":
-        return list_models(ndim, task="classification")
-    names = list_models(ndim)
-    if workflow == "self_supervised" and pretext == "masking":
-        return [n for n in names if n in MAE_MODELS]
-    names = [n for n in names if n not in MAE_MODELS]
-    if workflow == "semantic_segmentation":
-        names = [n for n in names if n not in RESTORATION_MODELS]
-    return names
+    out: dict[str, list[tuple[str, str]]] = {}
+    for c in workflow_classes():
+        if c.variant:
+            out.setdefault(c.variant[0], []).append((c.variant_title or c.variant[1], c.variant[1]))
+    return out
+
+
+def section_options() -> list[str]:
+    """Every config field a workflow shows of its own section in the Train dock."""
+    from ..engine.workflows.base import workflow_classes
+
+    return list(dict.fromkeys(p for c in workflow_classes() for p in c.section_options))
 
 
 def model_options_of(name: str) -> dict:
@@ -100,8 +104,11 @@ class TrainWidget(QWidget):
         f = self.form = ConfigForm()
 
         # --- workflow ---------------------------------------------------------------------------------
-        f.add("workflow", choices=WORKFLOW_CHOICES)
-        f.add("self_supervised.pretext", label="pretext task")
+        f.add("workflow", choices=workflow_choices())
+        self.variant_fields = variant_choices()
+        for path, choices in self.variant_fields.items():  # e.g. the self-supervised pretext task
+            f.add(path, label=path.split(".")[-1].replace("_", " ") + (" task" if path.endswith("pretext") else ""),
+                  choices=choices)
         # --- data -------------------------------------------------------------------------------------
         self.source = RadioButtons(choices=["layers", "folders"], value="layers", orientation="horizontal", label="from")
         self.pairs = PairList(viewer)
@@ -179,13 +186,12 @@ class TrainWidget(QWidget):
         content = QWidget()
         layout = QVBoxLayout(content)
         layout.setContentsMargins(4, 4, 4, 4)
-        layout.addWidget(group("Workflow", form(f["workflow"], f["self_supervised.pretext"])))
+        layout.addWidget(group("Workflow", form(f["workflow"], *(f[p] for p in self.variant_fields))))
         layout.addWidget(group("Training data", form(self.source), self.pairs, self.class_layers, self.folders,
                                form(self.validation, f["data.val_split"]), self.val_pair, self.val_folders))
         layout.addWidget(group("Model and training", form(*main)))
-        self.ssl_group = group("Self-supervision", form(
-            *(f[p] for p in ("self_supervised.noise", "self_supervised.downsample_area",
-                             "self_supervised.degrade_at_prediction")), self.mask_type, self.mask_ratio))
+        self._ssl_paths = [p for p in section_options() if p.startswith("self_supervised.")]
+        self.ssl_group = group("Self-supervision", form(*(f[p] for p in self._ssl_paths), self.mask_type, self.mask_ratio))
         layout.addWidget(self.ssl_group)
         layout.addWidget(group("Output", form(f["name"], f["output_dir"])))
         self.advanced = QCollapsible("Advanced")
@@ -207,7 +213,8 @@ class TrainWidget(QWidget):
         self.source.changed.connect(self._update_visibility)
         self.validation.changed.connect(self._update_visibility)
         f["workflow"].changed.connect(self._on_workflow)
-        f["self_supervised.pretext"].changed.connect(self._on_workflow)
+        for path in self.variant_fields:
+            f[path].changed.connect(self._on_workflow)
         f["model.name"].changed.connect(self._update_visibility)
         for path in ("train.optimizer", "train.scheduler", "data.normalization"):  # their own options follow them
             f[path].changed.connect(self._update_visibility)
@@ -247,18 +254,24 @@ class TrainWidget(QWidget):
         return self.form["workflow"].value
 
     @property
-    def pretext(self) -> str:
-        return self.form["self_supervised.pretext"].value
+    def workflow_class(self):
+        """The chosen workflow's class (its variant too, e.g. the self-supervised pretext): what the fields follow."""
+        from ..engine.workflows.base import workflow_class
+
+        cls = workflow_class(self.workflow)
+        return workflow_class(self.workflow, self.form[cls.variant[0]].value) if cls.variant else cls
 
     def _on_workflow(self, *_) -> None:
-        """The pairs, the loss choices and the model list follow the workflow (and pretext)."""
-        mode = {"semantic_segmentation": "labels", "image_to_image": "image"}.get(self.workflow, "none")
+        """The pairs, the loss choices, the model list and the chart follow the workflow (and its variant)."""
+        cls = self.workflow_class
+        mode = cls.trains_from if cls.trains_from in ("labels", "image") else "none"
         self.pairs.set_mode(mode)
         self.val_pair.set_mode(mode)
         loss = self.form["train.loss"]
         current = loss.value
-        loss.choices = LOSSES.get(self.workflow, ["auto", "l1", "mse"])
-        loss.value = current if current in loss.choices else "auto"
+        loss.choices = list(cls.losses)
+        loss.value = current if current in loss.choices else cls.losses[0]
+        self.chart.set_metric(cls.chart_metric)
         self._update_models()
         self._adapted = (self._adapted[0], None)  # read the second layer (classes, target channels) again
         self._adapt()
@@ -267,17 +280,16 @@ class TrainWidget(QWidget):
     def _update_models(self) -> None:
         name = self.form["model.name"]
         current = name.value
-        name.choices = models_for(self.workflow, self.pretext, self.form["ndim"].value)
+        cls = self.workflow_class
+        name.choices = cls.models(self.form["ndim"].value)
         if current in name.choices:
             name.value = current
         elif name.choices:
-            name.value = next((n for n in ("unet", "mae", "vit") if n in name.choices), name.choices[0])
+            name.value = cls.default_model if cls.default_model in name.choices else name.choices[0]
 
     def _update_visibility(self, *_) -> None:
-        f, workflow = self.form, self.workflow
-        seg, i2i, ssl, cls = (workflow == w for w in ("semantic_segmentation", "image_to_image", "self_supervised",
-                                                      "classification"))
-        masking = ssl and self.pretext == "masking"
+        f, wf = self.form, self.workflow_class
+        labels, target, cls = (wf.trains_from == w for w in ("labels", "image", "classes"))
         layers = self.source.value == "layers"
         self.pairs.visible, self.class_layers.visible, self.folders.visible = layers and not cls, layers and cls, not layers
         choices = ["split", "folders"] if cls else ["split", "layers", "folders"]  # classes are validated by split or folder
@@ -286,21 +298,21 @@ class TrainWidget(QWidget):
         mode = self.validation.value
         f["data.val_split"].visible = mode == "split"
         self.val_pair.visible, self.val_folders.visible = mode == "layers", mode == "folders"
-        second = "label folder" if seg else "target folder"
+        second = "label folder" if labels else "target folder"
         for path in ("data.train_label", "data.val_label"):
-            f[path].visible = not (ssl or cls)
+            f[path].visible = labels or target
             f[path].label = second
         for path in ("data.train_raw", "data.val_raw"):
             f[path].label = "class folders" if cls else "raw folder"
-        f["classification.fit"].visible = cls
-        f["self_supervised.pretext"].visible = ssl
-        f["n_classes"].visible = f["data.foreground_sampling"].visible = seg  # classification: from the classes given
-        f["data.target_channels"].visible = i2i
-        f["train.loss"].visible = not masking  # the MAE's loss is the MSE on its hidden tokens
-        self.ssl_group.setVisible(ssl)
-        for path in ("self_supervised.noise", "self_supervised.downsample_area", "self_supervised.degrade_at_prediction"):
-            f[path].visible = ssl and not masking
+        for path in section_options():  # each workflow's own options (crappify's noise, classification's fit)
+            f[path].visible = path in wf.section_options
+        for path in self.variant_fields:
+            f[path].visible = wf.variant is not None and wf.variant[0] == path
+        f["n_classes"].visible = f["data.foreground_sampling"].visible = labels  # classification: from the classes given
+        f["data.target_channels"].visible = target
+        f["train.loss"].visible = len(wf.losses) > 1  # e.g. the MAE's loss is the MSE on its hidden tokens
         options = model_options_of(f["model.name"].value)
+        self.ssl_group.setVisible(any(p in self._ssl_paths for p in wf.section_options) or "mask_type" in options)
         self.feature_maps.visible = "feature_maps" in options
         self.token_size.visible = "patch_size" in options
         if "patch_size" in options and f["model.name"].value != self._token_model:  # a new model: its own default
@@ -318,7 +330,7 @@ class TrainWidget(QWidget):
     def _adapt(self, *_) -> None:
         """Dimensions, channels, patch size, classes and target channels follow the first pair's layers (until the
         user edits them)."""
-        if self.workflow == "classification":
+        if self.workflow_class.trains_from == "classes":
             return self._adapt_classes()
         first = self.pairs.pairs[0]
         image, second = first.image_layer.value, first.second
@@ -366,7 +378,7 @@ class TrainWidget(QWidget):
         data["model"]["options"] = options
         if self.source.value == "layers":
             data["data"]["train_raw"] = data["data"]["train_label"] = None
-        if data["workflow"] == "classification":
+        if self.workflow_class.trains_from not in ("labels", "image"):
             data["data"]["train_label"] = data["data"]["val_label"] = None
         if self.validation.value != "folders":
             data["data"]["val_raw"] = data["data"]["val_label"] = None
@@ -414,7 +426,7 @@ class TrainWidget(QWidget):
         def stem(i: int, name: str) -> str:  # numbered: the folders are read in sorted order, as trained
             return f"{i:03d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', name).strip('_') or 'layer'}"
 
-        if cfg.workflow == "classification":
+        if get_workflow(cfg).trains_from == "classes":
             images = [im for row in self.class_layers.rows for im in row.images()]
             return {"train_raw": [(f"{cls}/{stem(i, name)}", data) for i, (name, data, cls) in enumerate(images)]}
         out: dict[str, list] = {}
@@ -432,9 +444,8 @@ class TrainWidget(QWidget):
         from napari.layers import Image
 
         from ..engine.sources import to_channels_last
-        from ..engine.workflows import get_workflow
 
-        if not get_workflow(cfg.workflow).dense:  # a class per image: there is no map to preview
+        if not get_workflow(cfg).dense:  # a class per image: there is no map to preview
             return None
         layer = self.pairs.pairs[0].image_layer.value if train else self.viewer.layers.selection.active
         if not isinstance(layer, Image) or spatial_axes(layer, cfg.ndim) is None:
@@ -453,7 +464,6 @@ class TrainWidget(QWidget):
         from napari.qt.threading import create_worker
 
         from ..engine.train import Trainer
-        from ..engine.workflows import get_workflow
 
         if self.running:
             return
@@ -461,7 +471,7 @@ class TrainWidget(QWidget):
         notes: list[str] = []
         try:
             cfg = self.build_config()
-            if cfg.workflow == "classification":
+            if get_workflow(cfg).trains_from == "classes":
                 train, val = self._class_samples(cfg), None
             else:
                 train = self._samples(cfg, self.pairs.pairs, notes) if self.source.value == "layers" else None
@@ -475,7 +485,7 @@ class TrainWidget(QWidget):
         self.trainer = Trainer(cfg, train=train, val=val)
         self.preview = self._make_preview(cfg, train)
         self.result = None
-        self.chart.set_metric(get_workflow(cfg.workflow).chart_metric)
+        self.chart.set_metric(get_workflow(cfg).chart_metric)
         self.chart.clear()
         self.progress.value, self.status.value = 0, "preparing…"
         worker = create_worker(training_job, self.trainer, self.preview, inputs, _start_thread=False, _ignore_errors=True)

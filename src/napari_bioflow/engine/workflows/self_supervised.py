@@ -61,6 +61,7 @@ class SelfSupervised(Workflow):
     name = "self_supervised"
     order = 2
     title = "self-supervised"
+    trains_from = "none"
     target_is_image = True
     needs_target = False
     chart_metric = "psnr"

@@ -1,0 +1,35 @@
+"""What a checkpoint is, read without loading its weights: the docks show the fields that apply to it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    workflow: type  # the Workflow class it was trained for (its variant too)
+    ndim: int
+    config: dict[str, Any]  # its run config, as saved
+
+    def config_value(self, path: str):
+        """A value of its config by dotted path ('self_supervised.degrade_at_prediction'); None when absent."""
+        value: Any = self.config
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        return value
+
+
+def checkpoint_info(path) -> Optional[CheckpointInfo]:
+    """The workflow, dimensions and config of a napari-bioflow checkpoint, read memory-mapped (the weights stay on
+    disk); None when it cannot be read (prediction then says why, in full)."""
+    try:
+        import torch
+
+        from .workflows.base import get_workflow
+
+        ckpt = torch.load(Path(path), map_location="cpu", mmap=True, weights_only=False)
+        cfg = ckpt["config"]
+        return CheckpointInfo(type(get_workflow(cfg)), int(cfg.get("ndim", 2)), cfg)
+    except Exception:
+        return None
