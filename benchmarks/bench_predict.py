@@ -73,7 +73,7 @@ def main(argv=None):
     from napari_bioflow.engine.checkpoint import load_model
     from napari_bioflow.engine import inference
     from napari_bioflow.engine.inference import ImagePrediction, predict_array
-    from napari_bioflow.engine.predict import _read_tile, plan_tiles
+    from napari_bioflow.engine.predict import _read_tile, plan_tiles, prediction_plan
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_predict_"))
     try:
@@ -84,7 +84,7 @@ def main(argv=None):
             image = degrade(image, 0)
         mp = image.size / 1e6
         tile, overlap = wf.tiling(cfg, image.shape, model.size_divisor)
-        plan = plan_tiles(image.shape, tile, overlap, model.size_divisor)
+        plan = prediction_plan(image.shape, tile, overlap, model.size_divisor, cfg.predict.tta)  # as ImagePrediction
         masking = hasattr(model, "forward_mae")
         if masking:
             # the MAE computes on patches of its training size side by side (whatever tiles the pipeline hands it):

@@ -124,24 +124,18 @@ class ClassPrediction:
         return class_names[self.predicted]
 
 
-def _tta_views(x):
-    """The dihedral views of a batch (flips, and 90-degree turns of square Y-X planes) and their count."""
-    import torch
-
-    views = [x, x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)]
-    if x.shape[-1] == x.shape[-2]:
-        t = torch.rot90(x, 1, dims=(-2, -1))
-        views += [t, t.flip(-1), t.flip(-2), t.flip(-1).flip(-2)]
-    return views
-
-
 def classify_batch(loaded, images: Sequence[np.ndarray], device: str = "cpu") -> np.ndarray:
     """Channel-last images ((Z,)Y,X,C, checked) -> class probabilities (N, n_classes), TTA as the config says."""
     import torch
 
     from .classification_data import fit_to_patch, read_image
+    from .tta import tta_predict
 
     cfg, model = loaded.config, loaded.model
+
+    def probabilities(v):
+        return torch.softmax(model(v).float(), dim=1)
+
     x = np.stack([fit_to_patch(loaded.normalizer(read_image(im)), cfg.data.patch_size, cfg.classification.fit)
                   for im in images])
     was_training = model.training
@@ -149,8 +143,8 @@ def classify_batch(loaded, images: Sequence[np.ndarray], device: str = "cpu") ->
     try:
         with torch.inference_mode():
             t = torch.from_numpy(x).to(device)
-            views = _tta_views(t) if cfg.predict.tta else [t]
-            probs = sum(torch.softmax(model(v).float(), dim=1) for v in views) / len(views)
+            # TTA: the mean over the flips (Z too in 3D) and turns of the image, as for dense predictions
+            probs = tta_predict(probabilities, t, dense=False) if cfg.predict.tta else probabilities(t)
     finally:
         model.train(was_training)
     return probs.cpu().numpy()

@@ -51,7 +51,7 @@ class ImagePrediction:
         """`finite_checked`: the caller has just scanned `image` for NaN/inf (check_inputs, a dock's worker), so a
         second full read of the pixels is skipped."""
         from .accumulator import ZarrAccumulator
-        from .tiling import plan_tiles
+        from .tiling import prediction_plan
         from .sources import check_finite, lazy_array, to_channels_last
 
         cfg = loaded.config
@@ -71,7 +71,9 @@ class ImagePrediction:
             self.target = lambda region: self.workflow.full_target(target, region, flags)
         divisor = loaded.model.size_divisor
         self.tile, self.overlap = self.workflow.tiling(cfg, spatial, divisor)
-        self.plan = plan_tiles(spatial, self.tile, self.overlap, divisor)
+        # The one plan of this image: its tiles are the ones run (square with TTA) and its steps the zarr chunks.
+        self.tta = bool(cfg.predict.tta)
+        self.plan = prediction_plan(spatial, self.tile, self.overlap, divisor, self.tta)
         self.store = self.out_dir / "per_image" / f"{stem}.zarr"
         if self.store.exists():
             raise InputError(f"{self.store} exists already; results are never overwritten.")
@@ -94,16 +96,16 @@ class ImagePrediction:
         model, wf = self.loaded.model, self.workflow
         model.to(self.device).eval()
 
-        image = wf.prediction_input(self.image, self.cfg, self.out_dir, self.stem)
+        image, inputs = wf.prediction_input(self.image, self.cfg, self.out_dir, self.stem)
         try:
-            sliding_window_predict(image, wf.prediction_forward(model), out_channels=self.out_channels, tile_size=self.tile,
-                                   overlap=self.overlap, batch_size=tile_batch(self.cfg, self.tile),
-                                   tta=self.cfg.predict.tta, device=self.device, divisor=model.size_divisor,
-                                   preprocess=self.loaded.normalizer, out=self.accumulator, cancel=cancel, progress=progress)
+            sliding_window_predict(image, wf.prediction_forward(model, self.cfg), out_channels=self.out_channels,
+                                   plan=self.plan, batch_size=tile_batch(self.cfg, self.tile),
+                                   tta=self.tta, device=self.device, preprocess=self.loaded.normalizer,
+                                   out=self.accumulator, cancel=cancel, progress=progress)
         except PredictionCancelled:
             raise Cancelled(f"prediction of {self.name} cancelled") from None
         prob = self.accumulator.finalize(self.store / "prediction")  # the array itself: nothing to copy
-        outputs = wf.write_outputs(prob, self.store, self.out_dir, self.stem, self.cfg, self.target)
+        outputs = wf.write_outputs(prob, self.store, self.out_dir, self.stem, self.cfg, self.target, inputs)
         return ImageResult(self.name, outputs, outputs.pop("metrics", {}), time.perf_counter() - start)
 
     def cleanup(self) -> None:
@@ -120,7 +122,7 @@ def check_inputs(cfg, files: list[tuple[Path, Optional[Path]]], source: str = ""
     from .workflows import get_workflow
 
     notes: list[str] = []
-    workflow = get_workflow(cfg.workflow)
+    workflow = get_workflow(cfg)
     for raw_path, label_path in files:
         image = to_channels_last(open_image(raw_path), cfg.ndim, cfg.data.in_channels, str(raw_path), source)
         check_finite(image, str(raw_path))
@@ -178,7 +180,7 @@ def predict_array(loaded, image, device: str = "cpu", tile_size: Optional[list[i
     model.eval()
     try:
         return sliding_window_predict(
-            image, wf.prediction_forward(model), out_channels=wf.prediction_channels(cfg),
+            image, wf.prediction_forward(model, cfg), out_channels=wf.prediction_channels(cfg),
             tile_size=tile, overlap=overlap, batch_size=tile_batch(cfg, tile), device=device,
             divisor=model.size_divisor, preprocess=loaded.normalizer)
     finally:

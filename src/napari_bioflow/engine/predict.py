@@ -14,7 +14,8 @@ chunks (aligned with the tiles) on a writer thread; chunks that some later tile 
 RAM, only over their overlap, up to ``CACHE_BYTES`` beyond which they are spilled to disk.
 
 The pieces: engine/tiling.py (the tile plan and the weights), engine/accumulator.py (numpy and zarr results,
-the writer thread, spills, the live view), this module (reading tiles, TTA, the loop, argmax labels).
+the writer thread, spills, the live view), engine/tta.py (test-time augmentation), this module (reading tiles,
+the loop, argmax labels).
 
 Axes conventions: input images are ``(Z,)Y,X,C`` (channel last, as napari shows them); outputs are
 ``(out_channels, (Z,)Y,X)`` float32 (channel first, as models produce them).
@@ -35,7 +36,8 @@ import torch
 
 # the tile plan and the accumulators live in their own modules; their public names are this module's API too
 from .accumulator import ZarrAccumulator, _LiveView, _NumpyAccumulator, _Trimmer, chunk_regions  # noqa: F401
-from .tiling import TilePlan, _apply_weights, plan_tiles  # noqa: F401
+from .tiling import TilePlan, _apply_weights, plan_tiles, prediction_plan  # noqa: F401
+from .tta import tta_predict
 
 __all__ = [
     "PredictionCancelled",
@@ -44,6 +46,7 @@ __all__ = [
     "argmax_labels",
     "chunk_regions",
     "plan_tiles",
+    "prediction_plan",
     "sliding_window_predict",
     "write_labels_zarr",
 ]
@@ -55,37 +58,6 @@ BAND_BYTES = 128 * 2**20
 
 class PredictionCancelled(Exception):
     """Raised by :func:`sliding_window_predict` when its ``cancel`` callback returned True."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Test-time augmentation
-# --------------------------------------------------------------------------------------------------
-
-
-def _tta_transforms(tile_shape: tuple[int, ...]) -> list[tuple[int, tuple[int, ...]]]:
-    """(k rot90 in YX, flipped dims) pairs: the dihedral group of the YX plane (only the 4 flips when
-    the YX tile is not square, since a rotation would change its shape), times a Z flip in 3D."""
-    if tile_shape[-1] == tile_shape[-2]:
-        yx = [(k, f) for k in range(4) for f in ((), (-1,))]
-    else:
-        yx = [(0, f) for f in ((), (-2,), (-1,), (-2, -1))]
-    if len(tile_shape) == 3:
-        yx = yx + [(k, (-3, *f)) for k, f in yx]
-    return yx
-
-
-def _forward_tta(forward: Callable, x: torch.Tensor, tta: bool) -> torch.Tensor:
-    if not tta:
-        return forward(x)
-    acc = None
-    transforms = _tta_transforms(tuple(x.shape[2:]))
-    for k, dims in transforms:
-        xt = torch.rot90(torch.flip(x, dims) if dims else x, k, dims=(-2, -1))
-        y = forward(xt)
-        y = torch.rot90(y, -k, dims=(-2, -1))
-        y = torch.flip(y, dims) if dims else y
-        acc = y.float() if acc is None else acc + y
-    return acc / len(transforms)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -281,7 +253,7 @@ def sliding_window_predict(
     forward: Callable[[torch.Tensor], torch.Tensor],
     *,
     out_channels: int,
-    tile_size: int | Sequence[int],
+    tile_size: int | Sequence[int] | None = None,
     overlap: float = 0.0625,
     batch_size: int = 4,
     tta: bool = False,
@@ -291,6 +263,7 @@ def sliding_window_predict(
     out: str | Path | ZarrAccumulator | None = None,
     cancel: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    plan: TilePlan | None = None,
 ):
     """Predict ``image`` ((Z,)Y,X,C; numpy, dask, zarr or any array with .shape and slicing) tile by
     tile and blend. Returns (out_channels, (Z,)Y,X) float32: a numpy array when ``out`` is None,
@@ -298,13 +271,20 @@ def sliding_window_predict(
 
     Tiles are predicted in ``TilePlan.traversal`` order; a reader thread prepares the next batch while the
     model runs, a writer thread writes finished zarr chunks. Only a few tiles, one input band and the
-    overlaps still waiting for their next tile are in memory, whatever the image size."""
+    overlaps still waiting for their next tile are in memory, whatever the image size.
+
+    ``plan``: the tiles to run, made once per image by the caller (``prediction_plan``, whose chunks a ZarrAccumulator
+    given as ``out`` was created with); ``tile_size``, ``overlap`` and ``divisor`` then go unused. Without it the
+    plan is made here from them."""
     spatial = tuple(int(s) for s in image.shape[:-1])
     if len(spatial) not in (2, 3):
         raise ValueError(f"expected a (Z,)Y,X,C image, got shape {tuple(image.shape)}")
-    # Rotation TTA needs square YX tiles; plan them square if the caller asked for square ones.
-    tile_yx = (tile_size, tile_size) if isinstance(tile_size, int) else tuple(tile_size)[-2:]
-    plan = plan_tiles(spatial, tile_size, overlap, divisor, square_yx=tta and tile_yx[0] == tile_yx[1])
+    if plan is None:
+        if tile_size is None:
+            raise ValueError("sliding_window_predict needs a tile_size or a plan")
+        plan = prediction_plan(spatial, tile_size, overlap, divisor, tta)
+    elif plan.shape != spatial:
+        raise ValueError(f"the tile plan is for an image of {plan.shape}, not {spatial}")
     out_shape = (out_channels, *spatial)
 
     if out is None:
@@ -332,7 +312,7 @@ def sliding_window_predict(
                 raise PredictionCancelled(f"cancelled after {done}/{total} tiles")
             x = torch.from_numpy(x).to(device)  # (B, C, *tile)
             with torch.inference_mode():
-                y = _forward_tta(forward, x, tta)
+                y = tta_predict(forward, x) if tta else forward(x)
             del x
             y = y.float().cpu().numpy()  # leave the compute device right away
             expected = (len(batch), out_channels, *plan.tile_shape)
