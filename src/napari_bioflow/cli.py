@@ -19,6 +19,8 @@ from pathlib import Path
 
 # heavy modules (torch, pydantic, napari) are imported inside the commands so --help stays instant
 
+FAILED_FILES = 3  # exit status of a batch that finished but could not predict some of its files
+
 
 def _print(msg: str) -> None:
     from .engine.distributed import is_main_process
@@ -35,11 +37,48 @@ def _load_config(args):
     return RunConfig.load(args.config, args.set)
 
 
-def _train(cfg):
-    """Train with progress lines; return the trainer."""
-    from .engine.train import DoneReport, EpochReport, StartReport, Trainer
+def _train(cfg, argv=None):
+    """Train with progress lines; return the trainer. Ctrl-C names the checkpoints and the command that resumes."""
+    from .engine.storage import remove_run_parts
+    from .engine.train import Trainer
 
     trainer = Trainer(cfg)
+    try:
+        _report_training(trainer)
+    except BaseException as e:
+        if trainer.dist.is_main:
+            remove_run_parts(trainer.experiment)  # no .part file stays behind, whatever stopped the run
+        if isinstance(e, KeyboardInterrupt):
+            raise KeyboardInterrupt(_interrupted(trainer, argv)) from None
+        raise
+    if trainer.dist.enabled:  # every rank says what it trained
+        print(trainer.dist.summary(), flush=True)
+    return trainer
+
+
+def _interrupted(trainer, argv) -> str:
+    """What an interrupted training leaves and how to go on: the best checkpoint, and the last one to resume from."""
+    import shlex
+
+    exp = trainer.experiment
+    if exp is None or not exp.last_checkpoint.is_file():
+        return "training stopped before any checkpoint was written; run the same command to start again"
+    again = []
+    args = list(argv or [])
+    while args:  # the same command without an earlier train.resume
+        a = args.pop(0)
+        if a == "--set" and args and args[0].startswith("train.resume="):
+            args.pop(0)
+        elif not a.startswith("--set=train.resume="):
+            again.append(a)
+    best = f"the best checkpoint is {trainer.best_checkpoint}" if trainer.best_checkpoint else "no epoch improved"
+    resume = shlex.join(["napari-bioflow", *again, "--set", f"train.resume={exp.last_checkpoint}"])
+    return f"{best}; resume from the last epoch with: {resume}"
+
+
+def _report_training(trainer) -> None:
+    from .engine.train import DoneReport, EpochReport, StartReport
+
     for r in trainer.run():
         if isinstance(r, StartReport):
             _print(f"run {r.run_name} in {r.experiment_dir}: {r.n_train} training / {r.n_val} validation images, "
@@ -52,9 +91,6 @@ def _train(cfg):
                    f"lr={r.learning_rate:.2e} {r.seconds:.1f}s eta {r.eta_seconds:.0f}s{' *' if r.improved else ''}")
         elif isinstance(r, DoneReport):
             _print(f"training {r.reason} after {r.epochs_run} epoch(s); best epoch {r.best_epoch}; checkpoint {r.checkpoint}")
-    if trainer.dist.enabled:  # every rank says what it trained
-        print(trainer.dist.summary(), flush=True)
-    return trainer
 
 
 def _classify(cfg, loaded, out: Path, test_dir: Path) -> None:
@@ -121,7 +157,7 @@ def cmd_train(args) -> None:
         return cmd_predict(args)
     if cfg.data.test_raw is not None:  # the test images are predicted after training: check them before it
         _check_tests(cfg)
-    trainer = _train(cfg)
+    trainer = _train(cfg, args.argv)
     if not trainer.dist.is_main:  # distributed: rank 0 alone predicts the test images
         return
     if cfg.data.test_raw is not None and trainer.best_checkpoint is not None:
@@ -135,6 +171,7 @@ def cmd_predict(args) -> None:
     from .engine.checkpoint import load_model
     from .engine.errors import InputError
     from .engine.experiment import new_experiment
+    from .engine.storage import remove_run_parts
 
     if args.checkpoint:
         args.set = [f"predict.checkpoint={args.checkpoint}", *args.set]
@@ -166,13 +203,19 @@ def cmd_predict(args) -> None:
     # every image is checked before the experiment folder is created: a bad file writes nothing
     _check_tests(cfg, loaded, f"checkpoint {cfg.predict.checkpoint}")
     experiment = new_experiment(cfg.output_dir, cfg.name)
-    cfg.save(experiment.config_path)
-    _predict(cfg, loaded, experiment, cfg.data.test_raw, cfg.data.test_label, finite_checked=True)  # just checked
+    try:
+        cfg.save(experiment.config_path)
+        _predict(cfg, loaded, experiment, cfg.data.test_raw, cfg.data.test_label, finite_checked=True)  # just checked
+    except BaseException:
+        remove_run_parts(experiment)  # a full disk, Ctrl-C: no .part file stays behind
+        raise
 
 
-def cmd_batch(args) -> None:
-    """Predict every image of a folder into a new run (or continue one with --resume), on this machine or dask."""
+def cmd_batch(args) -> int:
+    """Predict every image of a folder into a new run (or continue one with --resume), on this machine or dask.
+    Returns 3 when the batch finished with failed files (FAILED_FILES), 0 when every file was predicted."""
     from .engine.batch import BatchRequest, BatchRun, BatchStarted, BatchSummary, FileDone, FileFailed
+    from .engine.storage import DiskFull
 
     request = BatchRequest(checkpoint=args.checkpoint, input_dir=args.input, labels_dir=args.labels,
                            output_dir=args.output, name=args.name, resume=args.resume, device=args.device,
@@ -181,6 +224,7 @@ def cmd_batch(args) -> None:
     run = BatchRun(request)
     finished = 0
     total = 0
+    failed = False
     try:
         for r in run.run():
             if isinstance(r, BatchStarted):
@@ -208,14 +252,20 @@ def cmd_batch(args) -> None:
                 _print(f"throughput: {r.files_per_second:.2f} files/s, {r.megapixels_per_second:.2f} megapixels/s")
                 for name, why in r.failed:
                     _print(f"failed: {name}: {why}")
+                failed = bool(r.failed)
                 for label, path in (("metrics", r.metrics_csv), ("predictions", r.predictions_csv), ("summary", r.summary_csv)):
                     if path is not None:
                         _print(f"{label}: {path}")
                 if r.not_run:
                     _print(f"continue with: napari-bioflow batch --resume {r.run_dir}")
+    except DiskFull as e:  # the files finished so far are kept: the run goes on once there is space
+        raise e.advise(f"free some space, then continue with: napari-bioflow batch --resume {run.run_dir}") from None
     except KeyboardInterrupt:
         print(f"napari-bioflow: interrupted; continue with: napari-bioflow batch --resume {run.run_dir}", file=sys.stderr)
         raise SystemExit(130) from None
+    if failed:
+        _print(f"finished with failures: exit status {FAILED_FILES}")
+    return FAILED_FILES if failed else 0
 
 
 def init_values(workflow: str, ndim: int, pretext: str = "crappify") -> tuple[dict, tuple[str, ...]]:
@@ -306,7 +356,7 @@ def cmd_sample(args) -> None:
     }
     cfg = RunConfig.from_dict(base, args.set, source="sample job")
     args.config = None
-    trainer = _train(cfg)
+    trainer = _train(cfg, args.argv)
     if not trainer.dist.is_main:
         return
     from .engine.checkpoint import load_model
@@ -336,7 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_predict)
     sp = sub.add_parser("batch", help="predict every image of a folder (resumable; optionally on dask)",
                         description="Predict every image of a folder (TIFF, PNG, zarr, OME-Zarr) with a checkpoint into a "
-                                    "new run of the experiment layout; --resume continues an earlier run in place.")
+                                    "new run of the experiment layout; --resume continues an earlier run in place.",
+                        epilog=f"Exit status: 0 every file predicted; {FAILED_FILES} finished, but some files failed "
+                               "(listed, and in batch_summary.csv); 2 a mistake in the command or a full disk; "
+                               "130 interrupted.")
     sp.add_argument("--checkpoint", type=Path, help="checkpoint file (.pth)")
     sp.add_argument("--input", type=Path, help="folder of images to predict")
     sp.add_argument("--labels", type=Path, help="folder of ground-truth labels, paired by sorted name (metrics)")
@@ -378,22 +431,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Exit status: 0 done, 2 a user's mistake or a full disk (one line), 3 a batch that finished with failed
+    files, 130 interrupted."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     from .engine.errors import InputError
+    from .engine.storage import disk_full_from
 
     try:
-        args.func(args)
+        code = args.func(args)
     except InputError as e:
         print(f"napari-bioflow: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("napari-bioflow: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"napari-bioflow: interrupted{f'; {e}' if str(e) else ''}", file=sys.stderr)
         return 130
+    except Exception as e:  # a writer not guarded by engine/storage.py met a full disk: still one sentence
+        full = disk_full_from(e)
+        if full is None:
+            raise
+        print(f"napari-bioflow: error: {full}", file=sys.stderr)
+        return 2
     finally:
         from .engine.distributed import shutdown
 
         shutdown()  # leaves the process group of a torchrun run (no-op otherwise)
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -13,6 +13,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 WORKFLOWS = ("semantic_segmentation", "image_to_image", "self_supervised", "classification")
 
 
+NAME_RULE = "letters, digits, '-', '_' and '.', not only dots, at most 200 characters"
+_NAME_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+
+def run_name_problem(name) -> Optional[str]:
+    """Why `name` cannot be an experiment name, else None. The name is a folder under output_dir and the start of
+    file names, so it must stay one path component: no separators, no '.' or '..', no control characters."""
+    if not isinstance(name, str) or not name:
+        return f"the experiment name is empty; it may hold {NAME_RULE}"
+    if len(name) > 200 or not set(name) <= _NAME_CHARACTERS or set(name) == {"."}:
+        return f"the experiment name {name!r} may hold only {NAME_RULE}"
+    return None
+
+
 class _Section(BaseModel):
     # unknown keys are typos in a YAML file: refuse them rather than silently ignore them
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -88,7 +102,7 @@ class ClassificationConfig(_Section):
 
 class RunConfig(_Section):
     workflow: Literal["semantic_segmentation", "image_to_image", "self_supervised", "classification"] = Field("semantic_segmentation", description="The workflow: semantic_segmentation, image_to_image, self_supervised or classification. Classification reads data.train_raw (and val_raw, test_raw) as folders with one sub-folder per class, named after the class.")
-    name: str = Field("my_experiment", pattern=r"^[A-Za-z0-9_.]+$", description="Experiment name (letters, digits, '_' and '.'): the folder under output_dir.")
+    name: str = Field("my_experiment", description=f"Experiment name: the folder under output_dir ({NAME_RULE}).")
     output_dir: Path = Field(Path("bioflow_runs"), description="Where experiment folders are created.")
     ndim: Literal[2, 3] = Field(2, description="2 for Y,X images, 3 for Z,Y,X volumes.")
     n_classes: int = Field(2, ge=2, description="Number of classes including background (2 = foreground/background). Classification: set from the class sub-folders of data.train_raw.")
@@ -102,6 +116,14 @@ class RunConfig(_Section):
     predict: PredictConfig = Field(default_factory=PredictConfig)
     self_supervised: SelfSupervisedConfig = Field(default_factory=SelfSupervisedConfig)
     classification: ClassificationConfig = Field(default_factory=ClassificationConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _path_safe_name(cls, v):
+        problem = run_name_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
     @field_validator("class_names")
     @classmethod
@@ -133,9 +155,21 @@ class RunConfig(_Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     def save(self, path: Path) -> Path:
+        """Write atomically; a full disk is one sentence naming the folder (engine/storage.py)."""
+        import os
+
+        from .engine.storage import discard, writing
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_yaml())
+        tmp = path.with_name(path.name + ".part")
+        with writing(path.parent, path.name):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                tmp.write_text(self.to_yaml())
+                os.replace(tmp, path)
+            except BaseException:
+                discard(tmp)
+                raise
         return path
 
     @classmethod
@@ -165,7 +199,10 @@ class RunConfig(_Section):
         except ValidationError as e:
             err = e.errors()[0]
             where = ".".join(str(p) for p in err["loc"]) or "config"
-            raise InputError(f"{source}: field '{where}': {err['msg']}.") from None
+            msg = err["msg"].removeprefix("Value error, ")
+            given = [o for o in overrides or [] if o.split("=", 1)[0].strip() == where]  # the last one won
+            origin = f" (from --set {given[-1]})" if given else ""
+            raise InputError(f"{source}: field '{where}'{origin}: {msg}.") from None
 
 
 def apply_override(data: dict, item: str) -> None:

@@ -24,6 +24,11 @@ def register_workflow(cls: type["Workflow"]) -> type["Workflow"]:
     return cls
 
 
+def unregister_workflow(cls: type["Workflow"]) -> None:
+    """Take a registered workflow away again (a plugin unloaded, a test's own workflow)."""
+    _WORKFLOWS.pop((cls.name, cls.variant[1] if cls.variant else ""), None)
+
+
 def _builtin() -> None:
     from . import classification, crappify, image_to_image, masking, semantic  # noqa: F401  (registers them)
 

@@ -1,0 +1,87 @@
+"""The architecture's rules, checked on the source: no front end knows a workflow by name, files stay small."""
+from __future__ import annotations
+
+import io
+import tokenize
+from pathlib import Path
+
+import napari_bioflow
+from napari_bioflow.engine.workflows.base import workflow_classes
+
+SRC = Path(napari_bioflow.__file__).parent
+# where workflows are declared and models registered: the only places that may name them
+OWNERS = (SRC / "engine" / "workflows", SRC / "engine" / "models")
+
+
+def _names() -> set[str]:
+    names = set()
+    for cls in workflow_classes():
+        names.add(cls.name)
+        if cls.variant:
+            names.add(cls.variant[1])
+    return names
+
+
+def _string_literals(path: Path):
+    for tok in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
+        if tok.type == tokenize.STRING:
+            try:
+                value = eval(tok.string)  # noqa: S307  (a literal from our own source)
+            except Exception:
+                continue
+            yield tok.start[0], value, tok.line
+
+
+def test_no_code_outside_the_workflows_names_a_workflow_or_pretext():
+    names = _names()
+    assert {"semantic_segmentation", "image_to_image", "self_supervised", "classification", "crappify",
+            "masking"} <= names
+    offenders = []
+    for path in sorted(SRC.rglob("*.py")):
+        if any(owner in path.parents for owner in OWNERS):
+            continue
+        for line, value, text in _string_literals(path):
+            if value in names and not (path.name == "config.py" and "Field(" in text):  # a config field's default
+                offenders.append(f"{path.relative_to(SRC)}:{line}: {text.strip()}")
+    assert not offenders, "workflow names outside engine/workflows:\n" + "\n".join(offenders)
+
+
+def test_the_grep_finds_a_name_where_there_is_one(tmp_path):
+    """The check above can fail: a front end comparing with a workflow's name is found."""
+    sample = tmp_path / "front.py"
+    sample.write_text('if cfg.workflow == "classification":\n    pass\n')
+    assert [v for _, v, _ in _string_literals(sample)] == ["classification"]
+
+
+def test_workflow_in_the_config_is_validated_against_the_registered_ones():
+    import pytest
+
+    from napari_bioflow.config import RunConfig
+    from napari_bioflow.engine.errors import InputError
+
+    with pytest.raises(InputError, match="unknown workflow 'segmentation'; available: semantic_segmentation"):
+        RunConfig.from_dict({"workflow": "segmentation"})
+    with pytest.raises(InputError, match="unknown self_supervised.pretext 'inpaint' for self_supervised"):
+        RunConfig.from_dict({"workflow": "self_supervised", "self_supervised": {"pretext": "inpaint"}})
+
+
+def test_capability_rules_hold_whatever_the_front_end():
+    """No TTA for the masked autoencoder, label filters only for 3D segmentation: refused by the config."""
+    import pytest
+
+    from napari_bioflow.config import RunConfig
+    from napari_bioflow.engine.errors import InputError
+
+    mae = {"workflow": "self_supervised", "self_supervised": {"pretext": "masking"}, "model": {"name": "mae"},
+           "data": {"patch_size": [64, 64]}}
+    with pytest.raises(InputError, match=r"predict\.tta does not apply to 2D self-supervised, masking"):
+        RunConfig.from_dict({**mae, "predict": {"tta": True}})
+    with pytest.raises(InputError, match=r"predict\.z_filter does not apply to 2D semantic segmentation"):
+        RunConfig.from_dict({"predict": {"z_filter": 3}})
+    assert RunConfig.from_dict({"ndim": 3, "data": {"patch_size": [8, 64, 64]}, "predict": {"z_filter": 3}}).predict.z_filter == 3
+
+
+def test_source_files_stay_small():
+    big = [f"{p.relative_to(SRC)}: {n}" for p in sorted(SRC.rglob("*.py"))
+           if (n := len(p.read_text().splitlines())) > 560]
+    assert not big, "files over 560 lines:\n" + "\n".join(big)
