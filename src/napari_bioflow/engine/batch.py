@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from .errors import Cancelled, InputError
+from .storage import discard, raise_if_disk_full, remove_parts
 
 log = logging.getLogger(__name__)
 
@@ -288,8 +289,12 @@ def clear_partial(run_dir: Path, stem: str) -> None:
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(data, indent=1, default=_json_default))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=1, default=_json_default))
+        os.replace(tmp, path)
+    except BaseException:
+        discard(tmp)
+        raise
 
 
 def _json_default(value):
@@ -370,8 +375,10 @@ def predict_item(ctx: TaskContext, item: FileItem, loaded=None, cancel: Optional
     except Cancelled:
         return {"status": "cancelled", "name": item.name}
     except InputError as e:
+        raise_if_disk_full(e, Path(ctx.run_dir), f"the results of {item.raw}")  # a full disk stops the batch
         return {"status": "failed", "name": item.name, "reason": str(e)}
     except Exception as e:  # a bug or an I/O error on one file: reported, the batch goes on
+        raise_if_disk_full(e, Path(ctx.run_dir), f"the results of {item.raw}")
         log.exception("batch: %s failed", item.raw)
         return {"status": "failed", "name": item.name, "reason": f"{item.raw} failed: {type(e).__name__}: {e}"}
 
@@ -470,8 +477,10 @@ def predict_block(ctx: TaskContext, item: FileItem, blk: Block, loaded=None,
     except Cancelled:
         return {"status": "cancelled", "name": item.name}
     except InputError as e:
+        raise_if_disk_full(e, Path(ctx.run_dir), f"the results of {item.raw}")
         return {"status": "failed", "name": item.name, "reason": str(e)}
     except Exception as e:
+        raise_if_disk_full(e, Path(ctx.run_dir), f"the results of {item.raw}")
         log.exception("batch: block %d of %s failed", blk.index, item.raw)
         return {"status": "failed", "name": item.name, "reason": f"{item.raw} (block {blk.index}) failed: {type(e).__name__}: {e}"}
 
@@ -511,8 +520,10 @@ def finish_blocks(ctx: TaskContext, item: FileItem, results: list[dict], loaded=
         seconds = sum(r["seconds"] for r in results) + time.perf_counter() - start
         return _finish_record(run_dir, item, outputs, metrics, counts, None, seconds, int(np.prod(item.shape)))
     except InputError as e:
+        raise_if_disk_full(e, Path(ctx.run_dir), f"the results of {item.raw}")
         return {"status": "failed", "name": item.name, "reason": str(e)}
     except Exception as e:
+        raise_if_disk_full(e, Path(ctx.run_dir), f"the results of {item.raw}")
         log.exception("batch: assembling %s failed", item.raw)
         return {"status": "failed", "name": item.name, "reason": f"{item.raw} failed: {type(e).__name__}: {e}"}
 
@@ -624,6 +635,7 @@ class BatchRun:
             self.run_dir = Path(req.resume)
             self.config_path = Path(manifest["config_path"])
             check_writable(self.run_dir)
+            remove_parts(self.run_dir)  # what the interrupted run was writing: redone from scratch
         else:
             self.unfinished_earlier = self._unfinished_earlier(req)
             experiment = new_experiment(Path(req.output_dir), req.name)
@@ -774,6 +786,7 @@ class BatchRun:
         finally:
             if executor is not None:
                 executor.close()
+            remove_parts(self.run_dir)  # a write cut short (a full disk, Ctrl-C) leaves no .part file
         yield self._summary(start, earlier, todo)
 
     def _overall(self) -> tuple[float, Optional[float]]:
@@ -914,14 +927,18 @@ class BatchRun:
 
 def _write_csv(path: Path, rows: list[dict]) -> Path:
     tmp = path.with_name(path.name + ".part")
-    with open(tmp, "w", newline="") as f:
-        fields: list[str] = []
-        for r in rows:
-            fields += [k for k in r if k not in fields]
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="") as f:
+            fields: list[str] = []
+            for r in rows:
+                fields += [k for k in r if k not in fields]
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, path)
+    except BaseException:
+        discard(tmp)
+        raise
     return path
 
 

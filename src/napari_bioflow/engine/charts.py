@@ -20,7 +20,14 @@ def plot_history(rows: list[dict], path: Path, keys: list[str], ylabel: str) -> 
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    from .storage import discard, writing
+
     tmp = Path(path).with_suffix(".part.png")
-    fig.savefig(tmp)
-    tmp.replace(path)
+    with writing(Path(path).parent, Path(path).name):
+        try:
+            fig.savefig(tmp)
+            tmp.replace(path)
+        except BaseException:
+            discard(tmp)
+            raise
     return Path(path)

@@ -9,18 +9,79 @@ from typing import Any, Optional
 from .errors import InputError
 
 FORMAT = "napari-bioflow/1"
+CHECKSUM = "weights_sha256"  # one SHA-256 per tensor of the state dict, in its order (absent in older checkpoints)
+
+
+def weights_digests(state_dict: dict) -> list[str]:
+    """SHA-256 of each tensor's bytes, in state-dict order. Cheap enough to check on every save and load: ~0.6 GB/s
+    on a loaded 2-core CPU, ~15-20 ms for the default 2D U-Net's 7.4 MB of weights (a save takes ~80 ms)."""
+    import hashlib
+
+    import torch
+
+    out = []
+    for value in state_dict.values():
+        if isinstance(value, torch.Tensor):
+            data = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+            out.append(hashlib.sha256(memoryview(data)).hexdigest())
+        else:
+            out.append(hashlib.sha256(repr(value).encode()).hexdigest())
+    return out
+
+
+def _tensor_bytes(value) -> int:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
-    """Write atomically: a crash or a cancel mid-write never leaves a broken best checkpoint."""
+    """Write atomically: a crash, a cancel or a full disk mid-write never leaves a broken best checkpoint nor a
+    `.part` file. The weights' checksums go with them (verified by read_checkpoint)."""
     import torch
 
+    from .storage import check_free, discard, writing
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    torch.save({"format": FORMAT, **payload}, tmp)
-    os.replace(tmp, path)
+    what = f"checkpoint {path.name}"
+    with writing(path.parent, what):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        check_free(path.parent, _tensor_bytes(payload), what)  # the tensors are most of the file
+        data = {"format": FORMAT, **payload}
+        if isinstance(payload.get("state_dict"), dict):
+            data[CHECKSUM] = weights_digests(payload["state_dict"])
+        tmp = path.with_name(path.name + ".part")
+        try:
+            with open(tmp, "wb") as f:  # a file object: torch.save then keeps the OSError (ENOSPC) as the cause
+                torch.save(data, f)
+            os.replace(tmp, path)
+        except BaseException:
+            discard(tmp)
+            raise
     return path
+
+
+def verify_weights(path: Path, ckpt: dict) -> None:
+    """Raise InputError when the weights differ from the checksums stored with them (a checkpoint saved by an
+    earlier version has none: nothing to check)."""
+    stored = ckpt.get(CHECKSUM)
+    weights = ckpt.get("state_dict")
+    if stored is None or not isinstance(weights, dict):
+        return
+    found = weights_digests(weights)
+    if found == list(stored):
+        return
+    names = list(weights)
+    bad = next((names[i] for i, (a, b) in enumerate(zip(found, stored)) if a != b), None)
+    which = f"tensor '{bad}' differs" if bad else f"{len(found)} tensors where {len(stored)} were saved"
+    raise InputError(f"Checkpoint {path} is damaged: its weights do not match the checksum stored when it was saved "
+                     f"({which}); use an intact copy or train again.")
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -35,6 +96,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise InputError(f"Checkpoint {path} cannot be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}.") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise InputError(f"{path} is not a napari-bioflow checkpoint.")
+    verify_weights(path, ckpt)
     return ckpt
 
 
@@ -58,6 +120,7 @@ def read_weights(path: Path) -> tuple[dict, str]:
     except Exception as e:
         raise InputError(f"Checkpoint {path} cannot be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}.") from None
     if isinstance(data, dict) and data.get("format") == FORMAT:
+        verify_weights(path, data)
         return data["state_dict"], (data.get("model") or {}).get("name", "unknown")
     for key in ("state_dict", "model"):
         if isinstance(data, dict) and isinstance(data.get(key), dict):

@@ -20,6 +20,7 @@ from typing import Any, Iterator, Optional
 from .batch import (Block, BatchRun, FileItem, FileStarted, TaskContext, clear_partial,
                     create_block_store, finish_blocks, predict_block, predict_item)
 from .errors import InputError
+from .storage import raise_if_disk_full
 
 log = logging.getLogger(__name__)
 CANCEL_POLL_S = 0.3  # a task asks the scheduler whether the batch was cancelled at most this often
@@ -189,6 +190,7 @@ class DaskExecutor:
                 try:
                     record = fut.result()
                 except Exception as e:  # the task itself died (a worker lost, a pickling error): that file fails
+                    raise_if_disk_full(e, batch.run_dir, f"the results of {by_index[index].raw}")
                     record = {"status": "failed", "name": by_index[index].name,
                               "reason": f"{by_index[index].raw} failed on the cluster: {type(e).__name__}: {e}"}
                 report = batch.report_record(by_index[index], record)

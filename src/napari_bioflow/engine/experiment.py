@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import InputError
 from .io import check_writable
 
 
@@ -58,7 +59,12 @@ def folders_to_create(output_dir: Path, name: str) -> list[Path]:
 
 def new_experiment(output_dir: Path, name: str) -> Experiment:
     """Create the next free run of experiment `name`: a run id is claimed by creating its results folder."""
+    from ..config import run_name_problem
+
     output_dir = Path(output_dir)
+    problem = run_name_problem(name)  # the config checks it too; callers that bypass it (model_copy) are caught here
+    if problem:
+        raise InputError(f"No run was created in {output_dir}: {problem}.")
     check_writable(output_dir)
     root = output_dir / name
     for d in EXPERIMENT_FOLDERS:

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from .errors import Cancelled, InputError
+from .storage import writing
 
 
 TILE_CAP = {2: 2048, 3: 128}  # per axis: a 2048x2048 image is one tile, so tiling costs nothing there
@@ -81,14 +82,20 @@ class ImagePrediction:
         self.out_channels = self.workflow.prediction_channels(cfg)
         # The blended result is written straight into its final array (by whole chunks, aligned with the tiles);
         # "accumulator" only holds overlaps spilled to disk while tiles are predicted.
-        self.accumulator = ZarrAccumulator.create(self.store / "accumulator", (self.out_channels, *spatial),
-                                                  self.plan.chunks, array_path=self.store / "prediction")
+        with writing(self.store.parent, f"the prediction of {name}"):
+            self.accumulator = ZarrAccumulator.create(self.store / "accumulator", (self.out_channels, *spatial),
+                                                      self.plan.chunks, array_path=self.store / "prediction")
 
     def lazy(self):
         """The prediction as a dask array, readable at any time while tiles are written."""
         return self.accumulator.lazy()
 
     def run(self, cancel: Optional[Callable[[], bool]] = None, progress: Optional[Callable[[int, int], None]] = None) -> ImageResult:
+        """Predict and write the outputs; a full disk is a DiskFull naming the folder (no `.part` file left)."""
+        with writing(self.out_dir, f"the prediction of {self.name}"):
+            return self._run(cancel, progress)
+
+    def _run(self, cancel, progress) -> ImageResult:
 
         from .predict import PredictionCancelled, sliding_window_predict
 
@@ -159,7 +166,7 @@ def predict_files(loaded, files: list[tuple[Path, Optional[Path]]], out_dir: Pat
             rows.append({"image": "ALL (pixels pooled)", **iou_from_counts(*totals)})
         else:
             rows.append({"image": "ALL (mean)", **{k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "image"}})
-        with open(out_dir / "metrics.csv", "w", newline="") as f:
+        with writing(out_dir, "metrics.csv"), open(out_dir / "metrics.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)

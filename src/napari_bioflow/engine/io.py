@@ -105,16 +105,23 @@ def write_tiff(path: Path, data, axes: str | None = None) -> Path:
     import tifffile
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     metadata = {"axes": axes} if axes else None
-    if isinstance(data, np.ndarray) or not hasattr(data, "shape") or len(data.shape) < 3:
-        data = np.asarray(data)
-        compression = "zlib" if data.dtype.kind in "biu" else None
-        tifffile.imwrite(str(tmp), data, imagej=False, metadata=metadata, compression=compression)
-    else:
-        _stream_tiff(tmp, data, metadata)
-    os.replace(tmp, path)
+    with writing(path.parent, path.name):  # a full disk: one sentence naming the folder, no .part left
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if isinstance(data, np.ndarray) or not hasattr(data, "shape") or len(data.shape) < 3:
+                data = np.asarray(data)
+                compression = "zlib" if data.dtype.kind in "biu" else None
+                if compression is None:  # uncompressed: its size is known
+                    check_free(path.parent, data.nbytes, path.name)
+                tifffile.imwrite(str(tmp), data, imagej=False, metadata=metadata, compression=compression)
+            else:
+                _stream_tiff(tmp, data, metadata)
+            os.replace(tmp, path)
+        except BaseException:
+            discard(tmp)
+            raise
     return path
 
 
@@ -124,14 +131,18 @@ class TiffMemmap:
     page cache). For outputs computed chunk by chunk that never exist whole in RAM."""
 
     def __init__(self, path: Path, shape, axes: str | None = None, dtype=np.float32):
-        import tifffile
+        from .storage import discard, writing
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(self.path.name + ".part")
         bigtiff = int(np.prod(shape)) * np.dtype(dtype).itemsize > 2**32 - 2**25
-        self.array = tifffile.memmap(str(self.tmp), shape=tuple(int(n) for n in shape), dtype=dtype, imagej=False,
-                                     metadata={"axes": axes} if axes else None, bigtiff=bigtiff)
+        with writing(self.path.parent, self.path.name):
+            try:
+                self.array = reserved_memmap(self.tmp, shape, dtype, {"axes": axes} if axes else None, bigtiff)
+            except BaseException:
+                discard(self.tmp)
+                raise
 
     def __setitem__(self, key, value) -> None:
         self.array[key] = value
@@ -146,6 +157,8 @@ class TiffMemmap:
         os.replace(self.tmp, self.path)
         return self.path
 
+    from .storage import check_free, discard, writing
+
 
 def _stream_tiff(tmp: Path, data, metadata) -> None:
     import tifffile
@@ -153,13 +166,36 @@ def _stream_tiff(tmp: Path, data, metadata) -> None:
     shape, dtype = tuple(int(n) for n in data.shape), np.dtype(data.dtype)
     bigtiff = int(np.prod(shape)) * dtype.itemsize > 2**32 - 2**25
     if dtype.kind not in "biu":  # floats: uncompressed, so every source chunk goes straight to its place in the file
-        out = tifffile.memmap(str(tmp), shape=shape, dtype=dtype, imagej=False, metadata=metadata, bigtiff=bigtiff)
+        out = reserved_memmap(tmp, shape, dtype, metadata, bigtiff)  # space first: no SIGBUS on a full disk
         try:
             written = 0
             for region in _source_blocks(data):
                 block = data[region]
                 out[region] = block.compute() if hasattr(block, "compute") else np.asarray(block)
                 written += out[region].nbytes
+def reserved_memmap(tmp: Path, shape, dtype, metadata=None, bigtiff: bool = False) -> np.memmap:
+    """tifffile.memmap's new uncompressed TIFF, with its data's blocks allocated on disk before it is mapped: written
+    through the mapping onto a full disk it would kill the process (SIGBUS); here the full disk is a DiskFull."""
+    import mmap
+
+    import tifffile
+
+    from .storage import check_free, reserve
+
+    tmp, dtype = Path(tmp), np.dtype(dtype)
+    shape = tuple(int(n) for n in shape)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    check_free(tmp.parent, nbytes, tmp.name.removesuffix(".part"))
+    offset = tifffile.imwrite(str(tmp), data=None, shape=shape, dtype=dtype, imagej=False, metadata=metadata,
+                              bigtiff=bigtiff, align=mmap.ALLOCATIONGRANULARITY, returnoffset=True)[0]
+    fd = os.open(tmp, os.O_RDWR)
+    try:
+        reserve(fd, offset + nbytes, tmp.parent, tmp.name.removesuffix(".part"))
+    finally:
+        os.close(fd)
+    return np.memmap(tmp, dtype, "r+", offset, shape, "C")
+
+
                 if written >= TIFF_SLAB_BYTES:  # the mapped pages stay in the page cache, not in this process
                     out.flush()
                     _drop_mapped_pages(out)

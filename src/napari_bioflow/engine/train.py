@@ -373,10 +373,12 @@ class _Log:
         self.path, self.fields = path, None
 
     def write(self, row: dict) -> None:
+        from .storage import writing
+
         new = self.fields is None
         if new:
             self.fields = list(row)
-        with open(self.path, "a", newline="") as f:
+        with writing(self.path.parent, self.path.name), open(self.path, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
             if new:
                 w.writeheader()
