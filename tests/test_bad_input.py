@@ -131,7 +131,7 @@ def test_missing_folder(tmp_path, capsys, folders):
 
 
 @pytest.mark.parametrize("suffix", [".tif", ".png"])
-def test_unreadable_file(tmp_path, capsys, suffix, folders):
+def test_unreadable_file(tmp_path, capsys, suffix):
     raw_dir, label_dir = crop_folders(tmp_path / "data", n=4, size=64, suffix=suffix)
     bad = sorted(raw_dir.iterdir())[1]
     bad.write_text("this is a text file, not an image\n")

@@ -112,7 +112,10 @@ def _check_tests(cfg, loaded=None, source: str = "") -> None:
     if cfg.workflow == "classification":
         from .engine.classification_data import class_subfolders, open_set, resolve_class_names
         from .engine.classification_results import class_test_items
+        from .engine.pairing import refuse_labels_for_classifier
+        from .engine.workflows import get_workflow
 
+        refuse_labels_for_classifier(get_workflow(cfg.workflow), cfg.data.test_label, "data.test_label")
         names = (loaded.config.class_names if loaded is not None else
                  resolve_class_names(list(class_subfolders(cfg.data.train_raw, "training")), cfg,
                                      f"training folder {cfg.data.train_raw}") if cfg.data.train_raw else [])
@@ -121,7 +124,7 @@ def _check_tests(cfg, loaded=None, source: str = "") -> None:
                  loaded.config if loaded is not None else cfg, "test", source)
         return
     from .engine.inference import check_inputs
-    from .engine.sources import folder_pairs
+    from .engine.pairing import folder_pairs
 
     for n in check_inputs(loaded.config if loaded is not None else cfg,
                           folder_pairs(cfg.data.test_raw, cfg.data.test_label, "test"), source):
@@ -130,7 +133,7 @@ def _check_tests(cfg, loaded=None, source: str = "") -> None:
 
 def _predict(cfg, loaded, experiment, raw_dir: Path, label_dir, finite_checked: bool = False):
     from .engine.inference import predict_files
-    from .engine.sources import folder_pairs
+    from .engine.pairing import folder_pairs
 
     if not loaded.workflow.dense:  # one class per image: predictions.csv, metrics when the folder has classes
         return _classify(cfg, loaded, experiment.results, raw_dir)
@@ -201,6 +204,10 @@ def cmd_predict(args) -> None:
     ssl = loaded.config.self_supervised.model_copy(update={"degrade_at_prediction": cfg.self_supervised.degrade_at_prediction})
     loaded.config = loaded.config.model_copy(update={"predict": cfg.predict, "self_supervised": ssl})
     # every image is checked before the experiment folder is created: a bad file writes nothing
+    if args.labels:  # as a batch does: a classifier's --labels is refused, not ignored
+        from .engine.pairing import refuse_labels_for_classifier
+
+        refuse_labels_for_classifier(loaded.workflow, cfg.data.test_label, "--labels")
     _check_tests(cfg, loaded, f"checkpoint {cfg.predict.checkpoint}")
     experiment = new_experiment(cfg.output_dir, cfg.name)
     try:

@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import queue
-import re
 import shutil
 import threading
 import time
@@ -46,6 +45,7 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from .errors import Cancelled, InputError
+from .pairing import assign_stems  # noqa: F401  (output names: one rule with predict, engine/pairing.py)
 from .storage import discard, raise_if_disk_full, remove_parts
 
 log = logging.getLogger(__name__)
@@ -533,28 +533,6 @@ def finish_blocks(ctx: TaskContext, item: FileItem, results: list[dict], loaded=
 # --------------------------------------------------------------------------------------------------
 
 
-def assign_stems(names: list[str], known: Optional[dict[str, str]] = None) -> dict[str, str]:
-    """Output stems by file name: the name up to its first dot, made unique (a.tif and a.png: a_tif, a_png);
-    names an earlier run of the folder already had keep their stem."""
-    known = dict(known or {})
-    taken = set(known.values())
-    base = {n: re.sub(r"[^A-Za-z0-9_.-]+", "_", n.split(".")[0]) or "image" for n in names}
-    count: dict[str, int] = {}
-    for n in names:
-        count[base[n]] = count.get(base[n], 0) + 1
-    out = {}
-    for n in names:
-        if n in known:
-            out[n] = known[n]
-            continue
-        stem = base[n] if count[base[n]] == 1 and base[n] not in taken else re.sub(r"[^A-Za-z0-9_-]+", "_", n)
-        while stem in taken:
-            stem += "_"
-        taken.add(stem)
-        out[n] = stem
-    return out
-
-
 def _same(a, b) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
@@ -568,7 +546,7 @@ class BatchRun:
         from .checkpoint import load_model
         from .experiment import new_experiment
         from .io import check_writable
-        from .sources import folder_pairs
+        from .pairing import folder_pairs, image_name, refuse_labels_for_classifier
         from .train import resolve_device
 
         self.request = req = replace(request)
@@ -608,9 +586,7 @@ class BatchRun:
         else:  # a flat folder, or class sub-folders (then the metrics and the confusion matrix)
             from .classification_results import class_test_items
 
-            if req.labels_dir:
-                raise InputError("A classification batch takes its classes from the input's class sub-folders, "
-                                 "not from a labels folder.")
+            refuse_labels_for_classifier(self.loaded.workflow, req.labels_dir, "the labels folder")
             found = class_test_items(Path(req.input_dir), self.loaded.config.class_names, "input")
             pairs = [(p, None) for p, _ in found]
             classes = {str(p): c for p, c in found if c is not None}
@@ -626,7 +602,7 @@ class BatchRun:
         self.loaded.config = self.loaded.config.model_copy(update={"predict": cfg.predict})
         self.cfg = cfg
         # class sub-folders may repeat file names: name the files by their path inside the input folder
-        names = [str(Path(p).relative_to(req.input_dir)) if classes else Path(p).name for p, _ in pairs]
+        names = [str(Path(p).relative_to(req.input_dir)) if classes else image_name(p) for p, _ in pairs]
         stems = assign_stems(names, manifest.get("stems") if manifest else None)
         self.items = [FileItem(i, str(Path(raw).absolute()), str(Path(label).absolute()) if label else None,
                                name, stems[name], true_class=classes.get(str(raw)))

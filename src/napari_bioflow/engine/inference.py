@@ -128,14 +128,19 @@ def check_inputs(cfg, files: list[tuple[Path, Optional[Path]]], source: str = ""
     from .sources import check_finite, lazy_array, to_channels_last
     from .workflows import get_workflow
 
+    from .input_notes import mixed_types_note
+
     notes: list[str] = []
     workflow = get_workflow(cfg)
+    types = []
     for raw_path, label_path in files:
         image = to_channels_last(open_image(raw_path), cfg.ndim, cfg.data.in_channels, str(raw_path), source)
+        types.append((str(raw_path), image.dtype))
         check_finite(image, str(raw_path))
         if label_path is not None:
             workflow.check_target(lazy_array(open_image(label_path)), str(label_path), tuple(image.shape[:-1]), cfg, notes)
-    return notes
+    mixed = mixed_types_note(types, "images to predict")
+    return notes + ([mixed] if mixed else [])
 
 
 def predict_files(loaded, files: list[tuple[Path, Optional[Path]]], out_dir: Path, device: str = "cpu",
@@ -143,13 +148,17 @@ def predict_files(loaded, files: list[tuple[Path, Optional[Path]]], out_dir: Pat
     """Predict each (raw, optional label) file into `out_dir`; writes metrics.csv when labels are given.
     `finite_checked`: check_inputs has just scanned these files for NaN/inf."""
     from .io import open_image
+    from .pairing import assign_stems, image_name
 
+    # output names as a batch gives them: img.tif and img.png of one folder become img_tif and img_png, decided
+    # before anything is written
+    stems = assign_stems([image_name(raw_path) for raw_path, _ in files])
     rows, totals = [], None
     for raw_path, label_path in files:
         if cancel is not None and cancel():
             raise Cancelled("prediction cancelled")
         target = open_image(label_path) if label_path is not None else None
-        job = ImagePrediction(loaded, open_image(raw_path), str(raw_path), out_dir, Path(raw_path).name.split(".")[0],
+        job = ImagePrediction(loaded, open_image(raw_path), str(raw_path), out_dir, stems[image_name(raw_path)],
                               device, target, str(label_path or ""), finite_checked)
         result = job.run(cancel)
         job.cleanup()
@@ -157,7 +166,7 @@ def predict_files(loaded, files: list[tuple[Path, Optional[Path]]], out_dir: Pat
         if counts is not None:
             totals = counts if totals is None else (totals[0] + counts[0], totals[1] + counts[1])
         if result.metrics:
-            rows.append({"image": Path(raw_path).name, **result.metrics})
+            rows.append({"image": image_name(raw_path), **result.metrics})
         yield result
     if rows:
         from .metrics import iou_from_counts

@@ -18,9 +18,25 @@ def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
+def given_image(path: Path) -> bool:
+    """Whether `path` is one image rather than a folder of them: an image file, a .zarr store or a path inside one."""
+    from .zarr_image import zarr_store_of
+
+    path = Path(path)
+    if path.is_file():
+        return is_image_path(path)
+    store = zarr_store_of(path)
+    return store is not None and store[0].exists()
+
+
 def list_images(folder: Path, role: str = "image") -> list[Path]:
-    """Image files (and .zarr stores) of a folder, sorted by name. Raises InputError on a missing or empty folder."""
+    """Image files (and .zarr stores) of a folder, sorted by name; a single image given instead of a folder is a
+    list of one. Raises InputError on a missing or empty folder."""
     folder = Path(folder)
+    if given_image(folder):  # one image where a folder is expected: a file, a zarr store or a path inside one
+        return [folder]
+    if folder.is_file():
+        raise InputError(f"The {role} folder {folder} is a file, and not a TIFF, PNG or zarr image.")
     if not folder.is_dir():
         raise InputError(f"The {role} folder {folder} does not exist.")
     files = sorted(p for p in folder.iterdir() if is_image_path(p))
@@ -32,33 +48,32 @@ def list_images(folder: Path, role: str = "image") -> list[Path]:
 
 
 def open_image(path: Path):
-    """Open an image without loading it when possible: a numpy memmap, a zarr array or (small files) a numpy array."""
+    """Open an image without loading it when possible: a numpy memmap, a zarr array or (small files) a numpy array.
+    A zarr path may point inside its store (`group.zarr/raw`); engine/zarr_image.py says which array a group means."""
+    from .zarr_image import open_zarr_image, zarr_store_of
+
     path = Path(path)
     suffix = path.suffix.lower()
     try:
-        if suffix == ".zarr":
-            import zarr
-
-            node = zarr.open(str(path), mode="r")
-            if not hasattr(node, "shape"):  # a group: take its first array (OME-Zarr keeps the full resolution at "0")
-                names = sorted(node.array_keys())
-                if not names:
-                    raise InputError(f"{path} is a zarr group with no array.")
-                node = node[names[0]]
-            return node
+        if suffix not in (".tif", ".tiff", ".png") and zarr_store_of(path) is not None:
+            return open_zarr_image(path)
         if suffix in (".tif", ".tiff"):
             import tifffile
 
             try:
-                return tifffile.memmap(str(path), mode="r")
+                image = tifffile.memmap(str(path), mode="r")
             except Exception:  # compressed: small files are decoded on demand, big ones through a zarr view
                 if path.stat().st_size < IN_MEMORY_BYTES:
-                    return LazyFile(path, tifffile.imread)
-                store = tifffile.imread(str(path), aszarr=True)
-                import zarr
+                    image = LazyFile(path, tifffile.imread)
+                else:
+                    store = tifffile.imread(str(path), aszarr=True)
+                    import zarr
 
-                arr = zarr.open(store, mode="r")
-                return arr if hasattr(arr, "shape") else arr[sorted(arr.array_keys())[0]]
+                    arr = zarr.open(store, mode="r")
+                    image = arr if hasattr(arr, "shape") else arr[sorted(arr.array_keys())[0]]
+            if 0 in tuple(image.shape):  # a TIFF header with no image behind it "opens" as shape (0,)
+                raise InputError(unreadable(path, None))
+            return image
         if suffix == ".png":
             from skimage.io import imread
 
@@ -66,8 +81,35 @@ def open_image(path: Path):
     except InputError:
         raise
     except Exception as e:
-        raise InputError(f"File {path} cannot be read as an image: {str(e).splitlines()[0] if str(e) else type(e).__name__}.") from None
+        raise InputError(unreadable(path, e)) from None
     raise InputError(f"File {path} is not a TIFF, PNG or zarr image.")
+
+
+MAGIC = {"TIFF": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"), "PNG": (b"\x89PNG\r\n\x1a\n",)}
+
+
+def unreadable(path: Path, error: Exception | None) -> str:
+    """Why a file cannot be read, in plain words: not that format at all, or a file of it that is truncated or
+    damaged (a TIFF names the reader's reason too; a PNG reader's reasons are backend jargon)."""
+    path = Path(path)
+    fmt = "PNG" if path.suffix.lower() == ".png" else "TIFF" if path.suffix.lower() in (".tif", ".tiff") else ""
+    if not fmt:
+        reason = str(error).splitlines()[0] if error is not None and str(error) else type(error).__name__
+        return f"File {path} cannot be read as an image: {reason}."
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        return f"File {path} cannot be read: {e.strerror or e}."
+    if not head:
+        return f"File {path} cannot be read as an image: the file is empty."
+    if not head.startswith(MAGIC[fmt]):
+        return f"File {path} cannot be read as an image: it is not a {fmt} file."
+    reason = ""
+    if fmt == "TIFF":
+        why = str(error).splitlines()[0].rstrip(".") if error is not None and str(error) else "it holds no image data"
+        reason = f" ({why})"
+    return f"File {path} cannot be read as an image: the {fmt} file is truncated or damaged{reason}."
 
 
 @functools.lru_cache(maxsize=8)
@@ -104,6 +146,8 @@ def write_tiff(path: Path, data, axes: str | None = None) -> Path:
     plane by plane), so memory stays a few chunks whatever the image size; BigTIFF beyond 4 GB."""
     import tifffile
 
+    from .storage import check_free, discard, writing
+
     path = Path(path)
     tmp = path.with_name(path.name + ".part")
     metadata = {"axes": axes} if axes else None
@@ -123,6 +167,29 @@ def write_tiff(path: Path, data, axes: str | None = None) -> Path:
             discard(tmp)
             raise
     return path
+
+
+def reserved_memmap(tmp: Path, shape, dtype, metadata=None, bigtiff: bool = False) -> np.memmap:
+    """tifffile.memmap's new uncompressed TIFF, with its data's blocks allocated on disk before it is mapped: written
+    through the mapping onto a full disk it would kill the process (SIGBUS); here the full disk is a DiskFull."""
+    import mmap
+
+    import tifffile
+
+    from .storage import check_free, reserve
+
+    tmp, dtype = Path(tmp), np.dtype(dtype)
+    shape = tuple(int(n) for n in shape)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    check_free(tmp.parent, nbytes, tmp.name.removesuffix(".part"))
+    offset = tifffile.imwrite(str(tmp), data=None, shape=shape, dtype=dtype, imagej=False, metadata=metadata,
+                              bigtiff=bigtiff, align=mmap.ALLOCATIONGRANULARITY, returnoffset=True)[0]
+    fd = os.open(tmp, os.O_RDWR)
+    try:
+        reserve(fd, offset + nbytes, tmp.parent, tmp.name.removesuffix(".part"))
+    finally:
+        os.close(fd)
+    return np.memmap(tmp, dtype, "r+", offset, shape, "C")
 
 
 class TiffMemmap:
@@ -157,8 +224,6 @@ class TiffMemmap:
         os.replace(self.tmp, self.path)
         return self.path
 
-    from .storage import check_free, discard, writing
-
 
 def _stream_tiff(tmp: Path, data, metadata) -> None:
     import tifffile
@@ -173,29 +238,6 @@ def _stream_tiff(tmp: Path, data, metadata) -> None:
                 block = data[region]
                 out[region] = block.compute() if hasattr(block, "compute") else np.asarray(block)
                 written += out[region].nbytes
-def reserved_memmap(tmp: Path, shape, dtype, metadata=None, bigtiff: bool = False) -> np.memmap:
-    """tifffile.memmap's new uncompressed TIFF, with its data's blocks allocated on disk before it is mapped: written
-    through the mapping onto a full disk it would kill the process (SIGBUS); here the full disk is a DiskFull."""
-    import mmap
-
-    import tifffile
-
-    from .storage import check_free, reserve
-
-    tmp, dtype = Path(tmp), np.dtype(dtype)
-    shape = tuple(int(n) for n in shape)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    check_free(tmp.parent, nbytes, tmp.name.removesuffix(".part"))
-    offset = tifffile.imwrite(str(tmp), data=None, shape=shape, dtype=dtype, imagej=False, metadata=metadata,
-                              bigtiff=bigtiff, align=mmap.ALLOCATIONGRANULARITY, returnoffset=True)[0]
-    fd = os.open(tmp, os.O_RDWR)
-    try:
-        reserve(fd, offset + nbytes, tmp.parent, tmp.name.removesuffix(".part"))
-    finally:
-        os.close(fd)
-    return np.memmap(tmp, dtype, "r+", offset, shape, "C")
-
-
                 if written >= TIFF_SLAB_BYTES:  # the mapped pages stay in the page cache, not in this process
                     out.flush()
                     _drop_mapped_pages(out)

@@ -13,7 +13,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .errors import InputError
-from .io import list_images, open_image
+from .io import open_image
+from .pairing import folder_pairs  # noqa: F401  (one pairing rule: engine/pairing.py)
 
 MAX_CHANNELS = 4  # a trailing/leading axis this short is read as channels, a longer one as space
 
@@ -117,17 +118,6 @@ def check_patch_fits(samples: Sequence[Sample], patch_size: Sequence[int]) -> No
                              f"({'x'.join(map(str, s.spatial_shape))}); lower data.patch_size.")
 
 
-def folder_pairs(raw_dir: Path, label_dir: Optional[Path], role: str) -> list[tuple[Path, Optional[Path]]]:
-    """Pair raw and label files by sorted name; the counts must match."""
-    raws = list_images(raw_dir, f"{role} raw")
-    if label_dir is None:
-        return [(r, None) for r in raws]
-    labels = list_images(label_dir, f"{role} label")
-    if len(raws) != len(labels):
-        raise InputError(f"The {role} raw folder {raw_dir} holds {len(raws)} image(s) but the label folder {label_dir} holds {len(labels)}.")
-    return list(zip(raws, labels))
-
-
 def samples_from_folders(raw_dir: Path, label_dir: Optional[Path], cfg, role: str, notes: list[str],
                          need_label: bool = True) -> list[Sample]:
     out = []
@@ -173,6 +163,7 @@ def build_dataset(cfg, train: Optional[list[Sample]] = None, val: Optional[list[
     notes: list[str] = []
     d = cfg.data
     needs_target = get_workflow(cfg.workflow).needs_target
+    train_from_folders = train is None
     if train is None:
         if d.train_raw is None or (needs_target and d.train_label is None):
             raise InputError("No training data: set data.train_raw" + (" and data.train_label" if needs_target else "")
@@ -186,6 +177,11 @@ def build_dataset(cfg, train: Optional[list[Sample]] = None, val: Optional[list[
             raise InputError("data.val_raw is set but data.val_label is not.")
         val = samples_from_folders(d.val_raw, d.val_label if needs_target else None, cfg, "validation", notes,
                                    need_label=needs_target)
+    from .input_notes import mixed_types_note, uniform_set_note
+
+    given = f"training image in {d.train_raw}" if train_from_folders else "training image"
+    notes += [n for n in (mixed_types_note([(s.name, s.raw.dtype) for s in train + (val or [])], "training and "
+                                           "validation images"), uniform_set_note(train, given)) if n]
     if val is None:
         train, val = split_validation(train, cfg, notes)
     check_patch_fits(train + val, d.patch_size)
