@@ -399,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "130 interrupted.")
     sp.add_argument("--checkpoint", type=Path, help="checkpoint file (.pth)")
     sp.add_argument("--input", type=Path, help="folder of images to predict")
-    sp.add_argument("--labels", type=Path, help="folder of ground-truth labels, paired by sorted name (metrics)")
+    sp.add_argument("--labels", type=Path, help="folder of ground-truth labels, paired with the images by file name (metrics)")
     sp.add_argument("--output", type=Path, default=Path("bioflow_runs"), help="output folder (default: bioflow_runs)")
     sp.add_argument("--name", default="batch", help="experiment name (default: batch)")
     sp.add_argument("--resume", type=Path, metavar="RUN_DIR",

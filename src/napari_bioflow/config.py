@@ -33,7 +33,7 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    train_raw: Optional[Path] = Field(None, description="Folder of training raw images (TIFF, PNG or zarr), paired with train_label by sorted file name. Classification: a folder with one sub-folder of images per class.")
+    train_raw: Optional[Path] = Field(None, description="Folder of training raw images (TIFF, PNG or zarr), paired with train_label by file name (img_1 pairs with img_01; a suffix every label has, such as _mask, is allowed); one image, or an array inside a zarr store (store.zarr/raw), may be given instead of a folder. Classification: a folder with one sub-folder of images per class.")
     train_label: Optional[Path] = Field(None, description="Folder of training labels (segmentation: one integer class per pixel/voxel, 0 = background) or target images (image-to-image). Not used by self-supervision.")
     val_raw: Optional[Path] = Field(None, description="Folder of validation raw images. When empty, val_split of the training data is held aside.")
     val_label: Optional[Path] = Field(None, description="Folder of validation label images, paired with val_raw.")

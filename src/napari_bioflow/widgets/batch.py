@@ -61,7 +61,7 @@ class BatchWidget(QWidget):
         self.input = compact(FileEdit(mode="d", label="input folder",
                                       tooltip="The folder of images to predict: TIFF, PNG, zarr and OME-Zarr"))
         self.labels = compact(FileEdit(mode="d", label="labels folder",
-                                       tooltip="Optional: ground truth paired with the images by sorted file name; "
+                                       tooltip="Optional: ground truth paired with the images by file name (img_1 with img_01 or img_1_mask); "
                                                "gives metrics.csv"))
         f = self.form = ConfigForm()
         f.add("name", label="experiment", value="batch")
