@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-
 from helpers import BBBC, headless_checkpoint, read_csv, tiny_config, tree, write_image
+
 from napari_bioflow.cli import main
 from napari_bioflow.engine.errors import InputError
 from napari_bioflow.engine.io import open_image
@@ -92,13 +92,13 @@ def test_pairing_is_by_name_in_predict_and_batch(tmp_path, capsys, numbered, che
     raw_dir, label_dir, _ = numbered
     before = tree(tmp_path / "data")
     out = tmp_path / "pred"
-    code, stdout, err = cli(capsys, ["predict", "--checkpoint", checkpoint, "--input", raw_dir, "--labels", label_dir,
-                                     "--output", out])
+    code, _, err = cli(capsys, ["predict", "--checkpoint", checkpoint, "--input", raw_dir, "--labels", label_dir,
+                                "--output", out])
     assert code == 0, err
     rows = read_csv(next(out.rglob("metrics.csv")))
     assert [r["image"] for r in rows] == ["img_1.tif", "img_10.tif", "img_2.tif", "ALL (pixels pooled)"]
-    code, stdout, err = cli(capsys, ["batch", "--checkpoint", checkpoint, "--input", raw_dir, "--labels", label_dir,
-                                     "--output", tmp_path / "batch", "--device", "cpu"])
+    code, _, err = cli(capsys, ["batch", "--checkpoint", checkpoint, "--input", raw_dir, "--labels", label_dir,
+                                "--output", tmp_path / "batch", "--device", "cpu"])
     assert code == 0, err
     run_dir = next((tmp_path / "batch").rglob("batch_summary.csv")).parent
     assert [r["status"] for r in read_csv(run_dir / "batch_summary.csv")] == ["done"] * 3
@@ -178,8 +178,9 @@ def test_batch_names_an_ambiguous_group_as_a_failed_file(tmp_path, capsys, check
     raw, mask = crop(0, 64)
     store = raw_and_mask_store(tmp_path / "in" / "sample.zarr", raw, mask)
     before = tree(tmp_path / "in")
-    code, out, err = cli(capsys, ["batch", "--checkpoint", checkpoint, "--input", tmp_path / "in",
-                                  "--output", tmp_path / "out", "--device", "cpu"])
+    code, out, _ = cli(capsys, ["batch", "--checkpoint", checkpoint, "--input", tmp_path / "in",
+                                "--output", tmp_path / "out", "--device", "cpu"])
+    assert code == 3 and f"FAILED sample.zarr: {store} is a zarr group with several arrays" in out  # finished, a file failed
     rows = read_csv(next((tmp_path / "out").rglob("batch_summary.csv")))
     assert rows[0]["status"] == "failed" and "several arrays (mask, raw)" in rows[0]["reason"]
     assert str(store) in rows[0]["reason"]
@@ -198,10 +199,10 @@ def test_a_path_inside_the_store_chooses_the_array(tmp_path, capsys, checkpoint)
     np.testing.assert_array_equal(sample.read_label((slice(None), slice(None))), mask)
     # prediction of the array named inside the store
     before = tree(store)
-    code, out, err = cli(capsys, ["predict", "--checkpoint", checkpoint, "--input", store / "raw",
+    code, _, err = cli(capsys, ["predict", "--checkpoint", checkpoint, "--input", store / "raw",
                                   "--labels", store / "mask", "--output", tmp_path / "pred"])
     assert code == 0, err
-    assert [r["image"] for r in read_csv(next((tmp_path / "pred").rglob("metrics.csv")))][0] == "sample.zarr/raw"
+    assert read_csv(next((tmp_path / "pred").rglob("metrics.csv")))[0]["image"] == "sample.zarr/raw"
     assert tree(store) == before
 
 
@@ -251,12 +252,12 @@ def test_two_inputs_with_one_stem_get_distinct_outputs_in_predict_as_in_batch(tm
     write_image(raw_dir / "img.tif", crop(0, 64)[0])
     write_image(raw_dir / "img.png", crop(1, 64)[0])
     before = tree(raw_dir)
-    code, out, err = cli(capsys, ["predict", "--checkpoint", checkpoint, "--input", raw_dir, "--output", tmp_path / "p"])
+    code, _, err = cli(capsys, ["predict", "--checkpoint", checkpoint, "--input", raw_dir, "--output", tmp_path / "p"])
     assert code == 0, err
     predicted = sorted(p.name for p in (tmp_path / "p").rglob("per_image/*.zarr"))
     assert predicted == ["img_png.zarr", "img_tif.zarr"]
-    code, out, err = cli(capsys, ["batch", "--checkpoint", checkpoint, "--input", raw_dir, "--output", tmp_path / "b",
-                                  "--device", "cpu"])
+    code, _, err = cli(capsys, ["batch", "--checkpoint", checkpoint, "--input", raw_dir, "--output", tmp_path / "b",
+                                "--device", "cpu"])
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "b").rglob("per_image/*.zarr")) == predicted  # one rule for both
     assert tree(raw_dir) == before
@@ -321,7 +322,9 @@ def test_a_corrupt_tiff_gives_the_readers_reason_in_batch_and_predict(tmp_path, 
     bad = write_image(raw_dir / "b.tif", crop(1, 64)[0])
     bad.write_bytes(bad.read_bytes()[:keep])
     before = tree(raw_dir)
-    cli(capsys, ["batch", "--checkpoint", checkpoint, "--input", raw_dir, "--output", tmp_path / "b", "--device", "cpu"])
+    code, out, _ = cli(capsys, ["batch", "--checkpoint", checkpoint, "--input", raw_dir, "--output", tmp_path / "b",
+                                "--device", "cpu"])
+    assert code == 3 and f"FAILED b.tif: File {bad} cannot be read as an image" in out  # finished, a file failed
     rows = {r["image"]: r for r in read_csv(next((tmp_path / "b").rglob("batch_summary.csv")))}
     assert rows["a.tif"]["status"] == "done" and rows["b.tif"]["status"] == "failed"
     reason = rows["b.tif"]["reason"]
