@@ -212,6 +212,7 @@ class Trainer:
     def run(self) -> Iterator[Report]:
         import torch
 
+        from .augment import Augmenter
         from .sampling import prefetch
 
         cfg, t = self.cfg, self.cfg.train
@@ -223,7 +224,8 @@ class Trainer:
         optimizer = _optimizer(cfg, model.parameters())
         scheduler, per_step = _scheduler(cfg, optimizer, steps)
         loss_fn = wf.loss(cfg)
-        gen = torch.Generator().manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)  # make_pair's (degradations, masks)
+        augment = Augmenter(wf, cfg)  # in the prefetch thread, with its own generator
         first_epoch, best_loss, best_epoch, since_best = 1, math.inf, 0, 0
         if resume is not None:
             optimizer.load_state_dict(resume["optimizer"])
@@ -245,14 +247,12 @@ class Trainer:
             start = time.perf_counter()
             model.train()
             losses = []
-            batches = prefetch(lambda: data.batch(t.batch_size), steps)
+            batches = prefetch(lambda: augment(data.batch(t.batch_size)), steps)
             for step, (xb, yb) in enumerate(batches, 1):
                 if self.dist.any(self.cancelled):  # every rank stops at the same batch
                     break
                 x = torch.from_numpy(xb).to(device, non_blocking=True)
                 y = torch.from_numpy(yb).to(device, non_blocking=True)
-                if cfg.augment.enable:
-                    x, y = wf.augment(x, y, cfg, gen)
                 x, y = wf.make_pair(x, y, gen, cfg)
                 x, y, share = self.dist.shard(x, y)  # under torchrun: this rank's part of the global batch
                 optimizer.zero_grad(set_to_none=True)

@@ -32,6 +32,16 @@ from .shared import last_trained, load_triton_safely
 
 log = logging.getLogger(__name__)
 
+# the Advanced section shows each augmentation's probability (augment.<name>_prob); the ranges stay in the YAML
+_AUGMENT_PROBABILITIES = (("random_rot", "rotation"), ("zoom", "zoom"), ("shear", "shear"), ("elastic", "elastic"),
+                          ("gamma_contrast", "gamma"), ("brightness", "brightness"), ("contrast", "contrast"),
+                          ("g_blur", "Gaussian blur"), ("median_blur", "median blur"),
+                          ("gaussian_noise", "Gaussian noise"), ("poisson_noise", "Poisson noise"),
+                          ("dropout", "dropout"), ("cutout", "cutout"), ("misalignment", "misaligned sections"),
+                          ("missing_sections", "damaged sections"))
+_AUGMENT_3D_ONLY = ("misalignment", "missing_sections")
+
+
 def workflow_choices() -> list[tuple[str, str]]:
     """(title, config name) of every registered workflow, in their order."""
     from ..engine.workflows.base import workflow_classes
@@ -169,7 +179,9 @@ class TrainWidget(QWidget):
             ("data.percentile_high", "high percentile", {"step": 0.1}),
             ("data.foreground_sampling", "foreground sampling", {"step": 0.1}),
             ("augment.enable", "augment", {}), ("augment.flips", "flips", {}), ("augment.rotate90", "90° rotations", {}),
-            ("augment.intensity", "intensity jitter", {"step": 0.05}), ("seed", "seed", {"min": -2**31, "max": 2**31 - 1}),
+            ("augment.intensity", "intensity jitter", {"step": 0.05}),
+            *((f"augment.{name}_prob", f"{words} p", {"step": 0.05}) for name, words in _AUGMENT_PROBABILITIES),
+            ("seed", "seed", {"min": -2**31, "max": 2**31 - 1}),
             ("device", "device", {}))]
         advanced[0:0] = [self.feature_maps, self.model_options]
         # --- run --------------------------------------------------------------------------------------
@@ -325,6 +337,10 @@ class TrainWidget(QWidget):
 
     def _on_ndim(self, ndim: int) -> None:
         self.patch_z.visible = ndim == 3
+        for name in _AUGMENT_3D_ONLY:  # sections along Z: none in 2D (the config refuses them there)
+            self.form[f"augment.{name}_prob"].visible = ndim == 3
+            if ndim == 2:
+                self.form[f"augment.{name}_prob"].value = 0.0
         self._update_models()
 
     def _adapt(self, *_) -> None:

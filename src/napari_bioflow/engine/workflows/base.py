@@ -203,11 +203,9 @@ class Workflow:
 
     def augment(self, x, y, cfg, generator):
         """Augment a training batch; the same spatial transform for an image-like target."""
-        from ..augment import augment_batch
+        from ..augment import augment
 
-        a = cfg.augment
-        return augment_batch(x, y, flips=a.flips, rotate90=a.rotate90, intensity=a.intensity, generator=generator,
-                             target_is_image=self.target_is_image)
+        return augment(x, y, cfg.augment, generator, target_is_image=self.target_is_image)
 
     # --- head and targets ---------------------------------------------------------------------------
     def out_channels(self, cfg) -> int:

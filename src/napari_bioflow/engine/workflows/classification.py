@@ -57,11 +57,9 @@ class Classification(Workflow):
         return ImageData(dataset, cfg, normalizer)
 
     def augment(self, x, y, cfg, generator):
-        from ..augment import augment_batch
+        from ..augment import augment
 
-        a = cfg.augment
-        x, _ = augment_batch(x, None, flips=a.flips, rotate90=a.rotate90, intensity=a.intensity, generator=generator)
-        return x, y
+        return augment(x, None, cfg.augment, generator)[0], y  # the class is not spatial
 
     def out_channels(self, cfg) -> int:
         return cfg.n_classes
