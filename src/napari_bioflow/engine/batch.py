@@ -45,8 +45,8 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from .errors import Cancelled, InputError
-from .pairing import assign_stems  # noqa: F401  (output names: one rule with predict, engine/pairing.py)
 from .storage import discard, raise_if_disk_full, remove_parts
+from .pairing import assign_stems  # noqa: F401  (output names: one rule with predict, engine/pairing.py)
 
 log = logging.getLogger(__name__)
 
@@ -581,7 +581,7 @@ class BatchRun:
         self.device = "cpu" if req.distributed else resolve_device(req.device)
         self.loaded = loaded if loaded is not None else load_model(Path(req.checkpoint), self.device)
         classes: dict[str, int] = {}  # classification: file name -> the class of its sub-folder
-        if self.loaded.config.workflow != "classification":
+        if self.loaded.workflow.dense:
             pairs = folder_pairs(Path(req.input_dir), Path(req.labels_dir) if req.labels_dir else None, "input")
         else:  # a flat folder, or class sub-folders (then the metrics and the confusion matrix)
             from .classification_results import class_test_items
@@ -876,13 +876,10 @@ class BatchRun:
             if rec is not None:
                 records.append((it, rec))
         metrics_csv = write_metrics_csv(self.run_dir, records)
-        # classification names its rows "file", as predict and the docks do
-        predictions_csv = write_predictions_csv(self.run_dir, records, "file" if self.loaded.config.workflow == "classification" else "image")
-        if self.loaded.config.workflow == "classification":  # over the set: metrics, confusion matrix
-            from .classification_results import write_batch_metrics
-
-            metrics_csv = write_batch_metrics(self.run_dir, [rec["prediction"] for _, rec in records if rec.get("prediction")],
-                                              self.loaded.config.class_names) or metrics_csv
+        wf = self.loaded.workflow  # e.g. classification: rows named "file", metrics and confusion matrix over the set
+        predictions_csv = write_predictions_csv(self.run_dir, records, wf.rows_column)
+        metrics_csv = wf.write_set_metrics(self.run_dir, [rec["prediction"] for _, rec in records if rec.get("prediction")],
+                                           self.loaded.config) or metrics_csv
         reasons = dict(self._failed)
         rows = []
         for it in self.items:

@@ -154,6 +154,13 @@ class Workflow:
         """Starting values of `napari-bioflow init` (beside the config's defaults)."""
         return {}
 
+    rows_column = "image"  # the first column of predictions.csv (one row per predicted image)
+
+    def write_set_metrics(self, run_dir: Path, rows: list[dict], cfg) -> Optional[Path]:
+        """Metrics over a whole set of per-image predictions (predictions.csv rows), written into `run_dir`; the
+        file written, or None (dense workflows pool their metrics image by image)."""
+        return None
+
     def check_model(self, cfg) -> None:
         """Refuse a model that does not fit this workflow (InputError naming model.name and the models that fit)."""
         from ..models import model_task

@@ -77,6 +77,14 @@ class Classification(Workflow):
 
         return torch.softmax(logits.float(), dim=1)
 
+    rows_column = "file"  # as predict and the docks name them
+
+    def write_set_metrics(self, run_dir, rows, cfg):
+        """Accuracy, precision, recall, F1 and the confusion matrix over the set (when the files have classes)."""
+        from ..classification_results import write_batch_metrics
+
+        return write_batch_metrics(run_dir, rows, cfg.class_names)
+
     def predict_file(self, loaded, image, name, run_dir, stem, device, target=None) -> dict:
         """Batch mode: one image's predictions.csv row (class, confidence, a probability per class, and the true
         class when the input sits in a class sub-folder; `target` is then its class index)."""
