@@ -278,8 +278,8 @@ def test_raw_and_target_counts_differ(tmp_path, bad_pairs):
     raw_dir, target_dir = bad_pairs
     (target_dir / "crop1.tif").unlink()
     cfg = i2i_config(tmp_path / "out", bad_pairs)
-    message = re.escape(f"The training raw folder {raw_dir} holds 2 image(s) but the label folder {target_dir} "
-                        f"holds 1.")
+    message = re.escape(f"The training raw folder {raw_dir} holds 2 image(s) and the training label folder "
+                        f"{target_dir} holds 1, which do not pair one to one by file name (no label for crop1.tif)")
     with pytest.raises(InputError, match=message):
         run_all(Trainer(cfg))
     assert not (tmp_path / "out").exists()
