@@ -109,7 +109,9 @@ def _classify(cfg, loaded, out: Path, test_dir: Path) -> None:
 
 def _check_tests(cfg, loaded=None, source: str = "") -> None:
     """Open and check every test image before anything is trained or written (a bad file stops the run here)."""
-    if cfg.workflow == "classification":
+    from .engine.workflows import get_workflow
+
+    if not get_workflow(cfg).dense:  # a class per image
         from .engine.classification_data import class_subfolders, open_set, resolve_class_names
         from .engine.classification_results import class_test_items
         from .engine.pairing import refuse_labels_for_classifier
@@ -250,7 +252,7 @@ def cmd_batch(args) -> int:
                 _print(f"[{finished}/{total}] FAILED {r.name}: {r.reason}")
             elif isinstance(r, BatchSummary):
                 _print(r.text())
-                if r.predictions_csv is not None and run.loaded.config.workflow == "classification":
+                if r.predictions_csv is not None and not run.loaded.workflow.dense:
                     from .engine.classification_results import predictions_text
 
                     text = predictions_text(r.predictions_csv, run.loaded.config.class_names)
@@ -275,58 +277,23 @@ def cmd_batch(args) -> int:
     return FAILED_FILES if failed else 0
 
 
-def init_values(workflow: str, ndim: int, pretext: str = "crappify") -> tuple[dict, tuple[str, ...]]:
-    """Starting values and header notes of `napari-bioflow init` per workflow (and self-supervised pretext)."""
-    if workflow == "image_to_image":
-        return ({"data": {"train_label": "path/to/train/target"}, "train": {"loss": "l1"}}, (
-            "Pairs: each raw image in data.train_raw has its target (same size) in data.train_label, paired by sorted",
-            "file name; set data.target_channels for multi-channel targets. Test targets (data.test_label) give PSNR/SSIM.",
-            "Models: unet, resunet, attention_unet (2D and 3D); edsr, rcan, dfcan (2D). Loss: l1 or mse.",
-            "Results: per_image/ (TIFF and zarr per test image) and metrics.csv."))
-    if workflow == "self_supervised" and pretext == "masking":
-        from .engine.models import model_info
-
-        options = {k: v for k, v in model_info("mae").items() if k not in ("img_size", "pos_embed", "mlp_ratio")}
-        return ({"name": f"my_self_supervised_masking_{ndim}d", "self_supervised": {"pretext": "masking"},
-                 "data": {"patch_size": [32, 64, 64] if ndim == 3 else [128, 128]},
-                 "model": {"name": "mae", "options": options}}, (
-            "Self-supervised pretraining, masking: a masked autoencoder learns to fill in hidden tokens of raw images",
-            "(data.train_raw only). model mae is sized for a CPU; mae_vit_base is BiaPy's ViT-B (111 M parameters, a GPU).",
-            "The token size model.options.patch_size must divide data.patch_size on every axis; mask_type: grid|random.",
-            "Results: MAE_checks/ (original, masked, reconstruction, reconstruction_and_visible), per_image/, metrics.csv.",
-            "The other pretext: napari-bioflow init self_supervised --pretext crappify"))
-    if workflow == "self_supervised":
-        return ({"name": f"my_self_supervised_crappify_{ndim}d", "train": {"loss": "l1"}}, (
-            "Self-supervised pretraining, crappify: the model learns to restore raw images (data.train_raw only) degraded",
-            "by Gaussian noise (self_supervised.noise x the image maximum) and down/up-sampling (downsample_area).",
-            "Results: degraded/ (the degraded test inputs), per_image/ (restorations), metrics.csv (PSNR of both).",
-            "Start a segmentation or image-to-image U-Net from its checkpoint with model.start_from.",
-            "The other pretext: napari-bioflow init self_supervised --pretext masking"))
-    if workflow == "classification":
-        return ({"name": f"my_classification_{ndim}d", "model": {"name": "vit"},
-                 "data": {"train_raw": "path/to/train", "patch_size": [16, 32, 32] if ndim == 3 else [64, 64],
-                          "val_split": 0.2}, "train": {"batch_size": 16}}, (
-            "Classification: data.train_raw holds one sub-folder per class (the sub-folder names are the class names);",
-            "data.val_raw (optional) and data.test_raw the same, or a flat test folder for predictions only.",
-            "Images are brought to data.patch_size by classification.fit: resize or pad (crop when larger).",
-            "Models: vit (default, 2D and 3D), simple_cnn (2D and 3D), efficientnet_b0 ... efficientnet_b7 (2D).",
-            "Results: predictions.csv; with test classes metrics.csv and confusion_matrix.csv/.png."))
-    return {}, ()
-
-
 def cmd_init(args) -> None:
     from .config import commented_config
     from .engine.errors import InputError
+    from .engine.workflows.base import variants, workflow_class, workflow_classes
 
-    if args.pretext and args.workflow != "self_supervised":
-        raise InputError(f"--pretext is an option of self_supervised, not {args.workflow}.")
-    pretext = args.pretext or "crappify"
-    stem = f"{args.workflow}_{pretext}" if args.workflow == "self_supervised" else args.workflow
+    field, values = variants(args.workflow)
+    if args.variant and field is None:
+        having = ", ".join(dict.fromkeys(c.name for c in workflow_classes() if c.variant))
+        raise InputError(f"--pretext is an option of {having}, not {args.workflow}.")
+    if args.variant and args.variant not in values:
+        raise InputError(f"--pretext {args.variant} is not a variant of {args.workflow}; use {', '.join(values)}.")
+    cls = workflow_class(args.workflow, args.variant)
+    stem = cls.key().replace("/", "_")
     out = Path(args.output or f"{stem}_{args.ndim}d.yaml")
     if out.exists() and not args.force:
         raise InputError(f"{out} exists already; choose another --output or add --force.")
-    values, notes = init_values(args.workflow, args.ndim, pretext)
-    out.write_text(commented_config(args.workflow, args.ndim, values, notes))
+    out.write_text(commented_config(args.workflow, args.ndim, cls.init_values(args.ndim), cls.init_notes))
     _print(f"wrote {out}")
 
 
@@ -339,11 +306,13 @@ def cmd_docs(args) -> None:
 
 
 def cmd_models(args) -> None:
-    from .engine.models import list_models, model_info
+    from .engine.models import model_info
 
-    for task in ("dense", "classification"):
-        _print(f"# {'segmentation, image to image, self-supervised' if task == 'dense' else 'classification'}")
-        for name in list_models(task=task):
+    from .engine.workflows.base import workflow_classes
+
+    for cls in workflow_classes():  # grouped by the workflows they serve (a model may serve several)
+        _print(f"# {cls.full_title()}")
+        for name in cls.models():
             _print(f"{name}: {model_info(name)}")
 
 
@@ -416,10 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a prediction setting, e.g. --set predict.tta=true (repeatable)")
     sp.set_defaults(func=cmd_batch)
     sp = sub.add_parser("init", help="write a commented starting config")
-    sp.add_argument("workflow", choices=["semantic_segmentation", "image_to_image", "self_supervised", "classification"])
+    from .engine.workflows.base import list_workflows, workflow_classes
+
+    sp.add_argument("workflow", choices=list_workflows())
     sp.add_argument("--ndim", type=int, choices=[2, 3], default=2)
-    sp.add_argument("--pretext", choices=["crappify", "masking"],
-                    help="self_supervised: restore degraded images (crappify, default) or a masked autoencoder (masking)")
+    sp.add_argument("--pretext", dest="variant", metavar="VARIANT",
+                    help="the variant of a workflow that has several: " + "; ".join(
+                        f"{c.variant[1]} ({c.variant_title})" for c in workflow_classes() if c.variant))
     sp.add_argument("-o", "--output", type=Path)
     sp.add_argument("--force", action="store_true", help="replace an existing file")
     sp.set_defaults(func=cmd_init)

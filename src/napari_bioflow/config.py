@@ -10,7 +10,6 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-WORKFLOWS = ("semantic_segmentation", "image_to_image", "self_supervised", "classification")
 
 
 NAME_RULE = "letters, digits, '-', '_' and '.', not only dots, at most 200 characters"
@@ -163,7 +162,7 @@ class PredictConfig(_Section):
 
 
 class SelfSupervisedConfig(_Section):
-    pretext: Literal["crappify", "masking"] = Field("crappify", description="Pretext task. crappify: learn to restore images degraded by noise and down/up-sampling; masking: a masked autoencoder (model mae) learns to fill in hidden patches.")
+    pretext: str = Field("crappify", description="Pretext task. crappify: learn to restore images degraded by noise and down/up-sampling; masking: a masked autoencoder (model mae) learns to fill in hidden patches.")
     noise: float = Field(0.2, ge=0, description="crappify: standard deviation of the added Gaussian noise, as a fraction of the image maximum (the result is clipped to [0, max]).")
     degrade_at_prediction: bool = Field(True, description="crappify: degrade images before predicting them and report the PSNR of the degraded input and of the restoration against the original (as BiaPy's test). Turn off to restore images as they are.")
     downsample_area: float = Field(4.0, ge=1, description="crappify: area factor of the bilinear down-sampling (4 = 2x per axis, Z included in 3D), followed by up-sampling back.")
@@ -174,7 +173,7 @@ class ClassificationConfig(_Section):
 
 
 class RunConfig(_Section):
-    workflow: Literal["semantic_segmentation", "image_to_image", "self_supervised", "classification"] = Field("semantic_segmentation", description="The workflow: semantic_segmentation, image_to_image, self_supervised or classification. Classification reads data.train_raw (and val_raw, test_raw) as folders with one sub-folder per class, named after the class.")
+    workflow: str = Field("semantic_segmentation", description="The workflow: semantic_segmentation, image_to_image, self_supervised or classification. Classification reads data.train_raw (and val_raw, test_raw) as folders with one sub-folder per class, named after the class.")
     name: str = Field("my_experiment", description=f"Experiment name: the folder under output_dir ({NAME_RULE}).")
     output_dir: Path = Field(Path("bioflow_runs"), description="Where experiment folders are created.")
     ndim: Literal[2, 3] = Field(2, description="2 for Y,X images, 3 for Z,Y,X volumes.")
@@ -215,9 +214,13 @@ class RunConfig(_Section):
             raise ValueError(f"predict.tile_size {self.predict.tile_size} has {len(self.predict.tile_size)} axes but ndim is {self.ndim}")
         if self.augment.problem(self.ndim):
             raise ValueError(self.augment.problem(self.ndim))
-        losses = {"semantic_segmentation": ("auto", "ce", "ce_dice"), "classification": ("auto", "ce")}.get(self.workflow, ("auto", "l1", "mse"))
-        if self.train.loss not in losses:
-            raise ValueError(f"train.loss '{self.train.loss}' does not fit {self.workflow}; use one of {', '.join(losses)}")
+        from .engine.workflows import get_workflow
+
+        try:
+            workflow = get_workflow(self)  # the registered workflows (and self-supervised pretexts)
+        except KeyError as e:
+            raise ValueError(str(e.args[0])) from None
+        workflow.check_config(self)
         if self.class_names and len(self.class_names) != self.n_classes:
             raise ValueError(f"{len(self.class_names)} class names given for {self.n_classes} classes")
         return self
@@ -331,10 +334,13 @@ def commented_config(workflow: str, ndim: int = 2, values: Optional[dict] = None
     sections) replace the starting values; `notes` are comment lines added below the header."""
     import textwrap
 
+    from .engine.workflows import get_workflow
+
+    needs_target = get_workflow(workflow).needs_target
     start = RunConfig(workflow=workflow, ndim=ndim, name=f"my_{workflow}_{ndim}d",
                       data=DataConfig(patch_size=[32, 128, 128] if ndim == 3 else [256, 256],
                                       train_raw=Path("path/to/train/raw"),
-                                      train_label=None if workflow == "self_supervised" else Path("path/to/train/label")))
+                                      train_label=Path("path/to/train/label") if needs_target else None))
     start = start.model_dump(mode="json")
     for section, fields in (values or {}).items():
         if isinstance(fields, dict) and isinstance(start.get(section), dict):

@@ -144,7 +144,7 @@ class LoadedModel:
         if self.workflow is None:
             from .workflows import get_workflow
 
-            self.workflow = get_workflow(self.config.workflow)
+            self.workflow = get_workflow(self.config)
 
 
 def load_model(path: Path, device: str = "cpu", expect_workflow: Optional[str] = None,

@@ -102,7 +102,7 @@ def make_sample(raw, name: str, cfg, label=None, label_name: str = "", notes: Op
     if label is not None:
         label = lazy_array(label) if not isinstance(label, np.ndarray) else label
         sample.label = label
-        flags = get_workflow(cfg.workflow).check_target(label, label_name or f"the labels of {name}",
+        flags = get_workflow(cfg).check_target(label, label_name or f"the labels of {name}",
                                                          sample.spatial_shape, cfg, notes)
         for k, v in flags.items():
             setattr(sample, k, v)
@@ -162,7 +162,7 @@ def build_dataset(cfg, train: Optional[list[Sample]] = None, val: Optional[list[
 
     notes: list[str] = []
     d = cfg.data
-    needs_target = get_workflow(cfg.workflow).needs_target
+    needs_target = get_workflow(cfg).needs_target
     train_from_folders = train is None
     if train is None:
         if d.train_raw is None or (needs_target and d.train_label is None):

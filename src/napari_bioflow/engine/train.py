@@ -163,7 +163,7 @@ class Trainer:
         from .workflows import get_workflow
 
         cfg = self.cfg
-        self.workflow = get_workflow(cfg.workflow)
+        self.workflow = get_workflow(cfg)
         self.device = resolve_device(cfg.device)
         self.dist = setup(self.device, cfg.train.batch_size)
         self.device = self.dist.device  # under torchrun on GPUs: this process's GPU
