@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
 NORMS = ("instance", "batch", "group", "none")
@@ -58,3 +59,46 @@ def dropout(ndim: int, p: float) -> nn.Module:
     if p == 0:
         return nn.Identity()
     return _pick(ndim, nn.Dropout2d, nn.Dropout3d)(p)
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018): each channel's mean over the image, a bottleneck of two bias-free
+    linear layers (ReLU, then sigmoid) and the maps rescaled per channel. The bottleneck is ``channels // reduction``
+    wide but at least min(channels, 8): after a norm the channel means start nearly equal, so each ReLU unit starts
+    on or off for all of them, and one or two units (16 maps at BiaPy's ratio 16) are often all off, for good."""
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        if isinstance(reduction, bool) or not isinstance(reduction, int) or reduction < 1:
+            raise ValueError(f"se_reduction must be a positive integer, got {reduction!r}")
+        hidden = max(channels // reduction, min(channels, 8))
+        self.fc1 = nn.Linear(channels, hidden, bias=False)
+        self.fc2 = nn.Linear(hidden, channels, bias=False)
+
+    def forward(self, x):
+        weights = torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean(dim=tuple(range(2, x.ndim)))))))
+        return x * weights.reshape(*weights.shape, *[1] * (x.ndim - 2))
+
+
+def level_scales(ndim: int, z_down, n: int) -> tuple[list[tuple[int, ...]], tuple[int, ...]]:
+    """The pooling factor of each of ``n`` 2x down-sampling steps and, per axis, their product (what input sizes
+    must be multiples of). ``z_down`` (true/false, or one per step): False keeps Z at full resolution for that
+    step (anisotropic stacks); 2D ignores it."""
+    values = list(z_down) if isinstance(z_down, (list, tuple)) else [z_down] * n
+    if len(values) != n:
+        raise ValueError(f"z_down needs one value per level ({n}), got {len(values)}")
+    if not all(isinstance(z, bool) for z in values):
+        raise ValueError(f"z_down must be true/false (per level), got {z_down!r}")
+    scales = [((2 if z else 1), 2, 2) if ndim == 3 else (2, 2) for z in values]
+    divisors = tuple(math.prod(axis) for axis in zip(*scales)) if scales else (1,) * ndim
+    return scales, divisors
+
+
+def check_input_size(x, ndim: int, divisors: tuple[int, ...]) -> None:
+    """Refuse an input of the wrong rank, or whose size is not a multiple of ``divisors`` (one per axis)."""
+    size = tuple(x.shape[2:])
+    if len(size) != ndim:
+        raise ValueError(f"expected input (N, C, {'Z, ' if ndim == 3 else ''}Y, X), got {tuple(x.shape)}")
+    if any(s % d for s, d in zip(size, divisors)):
+        divisor = divisors[0] if len(set(divisors)) == 1 else divisors
+        raise ValueError(f"input size {size} is not a multiple of {divisor}")

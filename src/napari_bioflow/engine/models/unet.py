@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import activation, conv, conv_transpose, dropout, max_pool, norm_layer
+from .blocks import SqueezeExcite, activation, conv, conv_transpose, dropout, max_pool, norm_layer
 from .registry import register_model
 
 FEATURE_MAPS = (16, 32, 64, 128, 256)
@@ -29,9 +29,11 @@ UPSAMPLE_MODES = ("transpose", "bilinear", "trilinear")
 
 class ConvBlock(nn.Module):
     """Two convs, each followed by norm and activation, dropout between them. With ``residual`` the
-    input is added (through a 1x1 projection when the channel count changes) before the last activation."""
+    input is added (through a 1x1 projection when the channel count changes) before the last activation.
+    With ``se`` (a reduction ratio; 0 = none) squeeze-and-excitation recalibrates the channels: after each
+    activation (``se1``, ``se2``), or, in a residual block, once on the residual branch before the sum (``se2``)."""
 
-    def __init__(self, ndim, in_ch, out_ch, *, kernel_size, norm, act, drop, residual):
+    def __init__(self, ndim, in_ch, out_ch, *, kernel_size, norm, act, drop, residual, se=0):
         super().__init__()
         Conv = conv(ndim)
         self.conv1 = Conv(in_ch, out_ch, kernel_size, padding=kernel_size // 2)
@@ -44,13 +46,20 @@ class ConvBlock(nn.Module):
         self.shortcut = None
         if residual:
             self.shortcut = Conv(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.se1 = SqueezeExcite(out_ch, se) if se and not residual else None
+        self.se2 = SqueezeExcite(out_ch, se) if se else None
 
     def forward(self, x):
-        y = self.drop(self.act1(self.norm1(self.conv1(x))))
-        y = self.norm2(self.conv2(y))
+        y = self.act1(self.norm1(self.conv1(x)))
+        if self.se1 is not None:
+            y = self.se1(y)
+        y = self.norm2(self.conv2(self.drop(y)))
         if self.shortcut is not None:
-            y = y + self.shortcut(x)
-        return self.act2(y)
+            if self.se2 is not None:
+                y = self.se2(y)
+            return self.act2(y + self.shortcut(x))
+        y = self.act2(y)
+        return y if self.se2 is None else self.se2(y)
 
 
 class AttentionGate(nn.Module):
@@ -76,9 +85,10 @@ class AttentionGate(nn.Module):
 class UpBlock(ConvBlock):
     """Upsample the deeper features, (gate and) concatenate the skip, then this level's ConvBlock."""
 
-    def __init__(self, ndim, in_ch, out_ch, *, scale, upsample, attention, kernel_size, norm, act, drop, residual):
+    def __init__(self, ndim, in_ch, out_ch, *, scale, upsample, attention, kernel_size, norm, act, drop, residual,
+                 se=0):
         super().__init__(ndim, 2 * out_ch, out_ch, kernel_size=kernel_size, norm=norm, act=act, drop=drop,
-                         residual=residual)
+                         residual=residual, se=se)
         self.scale = scale
         if upsample == "transpose":
             self.up = conv_transpose(ndim)(in_ch, out_ch, scale, stride=scale)
@@ -109,10 +119,11 @@ def _per_level(value, n: int, name: str) -> list:
 
 
 class UNet(nn.Module):
-    """U-Net with optional residual levels (``residual``) and attention-gated skips (``attention``)."""
+    """U-Net with optional residual levels (``residual``), attention-gated skips (``attention``) and
+    squeeze-and-excitation in every level (``se``, a reduction ratio; 0 = none)."""
 
     def __init__(self, ndim, in_channels, out_channels, *, feature_maps, norm, act, drop, kernel_size, upsample,
-                 z_down, residual=False, attention=False):
+                 z_down, residual=False, attention=False, se=0):
         super().__init__()
         if not feature_maps or any(isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in feature_maps):
             raise ValueError(f"feature_maps must be a non-empty list of positive integers, got {feature_maps!r}")
@@ -132,7 +143,7 @@ class UNet(nn.Module):
         self.divisors = tuple(math.prod(axis) for axis in zip(*scales)) if scales else (1,) * ndim
         self.size_divisor = max(self.divisors)
 
-        block = dict(kernel_size=kernel_size, norm=norm, act=act, residual=residual)
+        block = dict(kernel_size=kernel_size, norm=norm, act=act, residual=residual, se=se)
         self.encoder = nn.ModuleList()
         channels = in_channels
         for fm, p in zip(feature_maps, drops):

@@ -1,5 +1,12 @@
 """UNETR (Hatamizadeh et al. 2022): a ViT encoder with a convolutional U-Net decoder, 2D and 3D:
-``unetr`` (encoder as ``mae``'s default) and ``unetr_vit_base`` (encoder as ``mae_vit_base``, BiaPy's UNETR-Base).
+``unetr`` (encoder as ``mae``'s default) and the presets of BiaPy's model menu on 16-pixel tokens, named after
+the standard ViT sizes (embedding width / blocks / heads):
+    unetr_mini    ViT-Ti/16   192 / 12 / 3     UNETR-Mini
+    unetr_small   ViT-S/16    384 / 12 / 6     UNETR-Small
+    unetr_base    ViT-B/16    768 / 12 / 12    UNETR-Base (BiaPy's VIT_* defaults)
+``unetr_vit_base`` is the same network as ``unetr_base`` (same defaults, same parameter names, so checkpoints of
+either load into the other), registered earlier under the name of its encoder (``mae_vit_base``'s); both stay.
+Every preset keeps all options: a preset is only a different set of defaults.
 
 The encoder is ``vit.ViTEncoder``, the very class the masked autoencoder uses, under the same name
 ``encoder``: for the same encoder options (patch_size, embed_dim, depth, num_heads, mlp_ratio, img_size,
@@ -104,6 +111,27 @@ def unetr_vit_base(*, ndim, in_channels, out_channels, patch_size=16, embed_dim=
                    mlp_ratio=4.0, img_size=256, pos_embed="sincos", feature_size=16, norm="instance",
                    activation="relu"):
     """UNETR on a ViT-B/16 encoder (BiaPy's UNETR-Base), matching ``mae_vit_base``'s encoder."""
+    return _build(ndim, in_channels, out_channels, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+                  num_heads=num_heads, mlp_ratio=mlp_ratio, img_size=img_size, pos_embed=pos_embed,
+                  feature_size=feature_size, norm=norm, activation=activation)
+
+
+register_model("unetr_base", ndims=(2, 3))(unetr_vit_base)  # BiaPy's name for the same network
+
+
+@register_model("unetr_mini", ndims=(2, 3))
+def unetr_mini(*, ndim, in_channels, out_channels, patch_size=16, embed_dim=192, depth=12, num_heads=3,
+               mlp_ratio=4.0, img_size=256, pos_embed="sincos", feature_size=16, norm="instance", activation="relu"):
+    """UNETR-Mini: UNETR on a ViT-Ti/16 encoder."""
+    return _build(ndim, in_channels, out_channels, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+                  num_heads=num_heads, mlp_ratio=mlp_ratio, img_size=img_size, pos_embed=pos_embed,
+                  feature_size=feature_size, norm=norm, activation=activation)
+
+
+@register_model("unetr_small", ndims=(2, 3))
+def unetr_small(*, ndim, in_channels, out_channels, patch_size=16, embed_dim=384, depth=12, num_heads=6,
+                mlp_ratio=4.0, img_size=256, pos_embed="sincos", feature_size=16, norm="instance", activation="relu"):
+    """UNETR-Small: UNETR on a ViT-S/16 encoder."""
     return _build(ndim, in_channels, out_channels, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
                   num_heads=num_heads, mlp_ratio=mlp_ratio, img_size=img_size, pos_embed=pos_embed,
                   feature_size=feature_size, norm=norm, activation=activation)
