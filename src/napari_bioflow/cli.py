@@ -93,66 +93,51 @@ def _report_training(trainer) -> None:
             _print(f"training {r.reason} after {r.epochs_run} epoch(s); best epoch {r.best_epoch}; checkpoint {r.checkpoint}")
 
 
-def _classify(cfg, loaded, out: Path, test_dir: Path) -> None:
-    from .engine.classification_results import run_class_prediction, class_test_items
-
-    items = class_test_items(test_dir, loaded.config.class_names)
-    res = run_class_prediction(loaded, items, out, _device(cfg),
-                               report=lambda i, n, r: _print(f"predicted {r.name}: {r.label(loaded.config.class_names)} "
-                                                              f"({r.probabilities[r.predicted]:.2f})"))
-    if res["metrics"]:
-        _print(res["text"])
-        _print(f"metrics: {res['files']['metrics']}; confusion matrix: {res['files']['confusion_png']}")
-    _print(f"predictions: {res['predictions']}")
-    _print(f"results: {out}")
-
-
-def _check_tests(cfg, loaded=None, source: str = "") -> None:
-    """Open and check every test image before anything is trained or written (a bad file stops the run here)."""
+def _check_tests(cfg) -> None:
+    """Open and check every test image before anything is trained (a bad file stops the run here, not after it)."""
     from .engine.workflows import get_workflow
 
-    if not get_workflow(cfg).dense:  # a class per image
+    if not get_workflow(cfg).dense:  # a class per image: the classes come from the training folder
         from .engine.classification_data import class_subfolders, open_set, resolve_class_names
         from .engine.classification_results import class_test_items
         from .engine.pairing import refuse_labels_for_classifier
-        from .engine.workflows import get_workflow
 
-        refuse_labels_for_classifier(get_workflow(cfg.workflow), cfg.data.test_label, "data.test_label")
-        names = (loaded.config.class_names if loaded is not None else
-                 resolve_class_names(list(class_subfolders(cfg.data.train_raw, "training")), cfg,
+        refuse_labels_for_classifier(get_workflow(cfg), cfg.data.test_label, "data.test_label")
+        names = (resolve_class_names(list(class_subfolders(cfg.data.train_raw, "training")), cfg,
                                      f"training folder {cfg.data.train_raw}") if cfg.data.train_raw else [])
         # the set as a whole (2D or 3D across it), then each file
-        open_set([path for path, _ in class_test_items(cfg.data.test_raw, names)],
-                 loaded.config if loaded is not None else cfg, "test", source)
+        open_set([path for path, _ in class_test_items(cfg.data.test_raw, names)], cfg, "test", "")
         return
     from .engine.inference import check_inputs
     from .engine.pairing import folder_pairs
 
-    for n in check_inputs(loaded.config if loaded is not None else cfg,
-                          folder_pairs(cfg.data.test_raw, cfg.data.test_label, "test"), source):
+    for n in check_inputs(cfg, folder_pairs(cfg.data.test_raw, cfg.data.test_label, "test"), ""):
         _print(f"note: {n}")
 
 
-def _predict(cfg, loaded, experiment, raw_dir: Path, label_dir, finite_checked: bool = False):
-    from .engine.inference import predict_files
-    from .engine.pairing import folder_pairs
+def _predict_folder(predictor, experiment, items=None, finite_checked: bool = False) -> None:
+    """Predict the config's test folder (its checked `items`, when given) into the experiment, with a line per
+    image and where the results went."""
+    cfg = predictor.config
+    if items is None:
+        items = predictor.folder_items(cfg.data.test_raw, cfg.data.test_label)
+    out, names = experiment.results, cfg.class_names
 
-    if not loaded.workflow.dense:  # one class per image: predictions.csv, metrics when the folder has classes
-        return _classify(cfg, loaded, experiment.results, raw_dir)
-    pairs = folder_pairs(raw_dir, label_dir, "test")
-    out = experiment.results
-    for res in predict_files(loaded, pairs, out, device=_device(cfg), finite_checked=finite_checked):
+    def report(i, n, r):
+        _print(f"predicted {r.name}: {r.label(names)} ({r.probabilities[r.predicted]:.2f})")
+
+    for res in predictor.files(items, out, finite_checked=finite_checked, report=report):
+        if isinstance(res, dict):  # one class per image: the set's predictions, and metrics when it has classes
+            if res["metrics"]:
+                _print(res["text"])
+                _print(f"metrics: {res['files']['metrics']}; confusion matrix: {res['files']['confusion_png']}")
+            _print(f"predictions: {res['predictions']}")
+            continue
         m = " ".join(f"{k}={v:.4f}" for k, v in res.metrics.items() if not k.startswith("iou_class"))
         _print(f"predicted {res.name} in {res.seconds:.1f}s {m}")
-    if (out / "metrics.csv").exists():
+    if predictor.dense and (out / "metrics.csv").exists():
         _print(f"metrics: {out / 'metrics.csv'}")
     _print(f"results: {out}")
-
-
-def _device(cfg) -> str:
-    from .engine.train import resolve_device
-
-    return resolve_device(cfg.device)
 
 
 def cmd_train(args) -> None:
@@ -166,55 +151,48 @@ def cmd_train(args) -> None:
     if not trainer.dist.is_main:  # distributed: rank 0 alone predicts the test images
         return
     if cfg.data.test_raw is not None and trainer.best_checkpoint is not None:
-        from .engine.checkpoint import load_model
+        from .engine.predictor import Predictor
 
-        loaded = load_model(trainer.best_checkpoint, _device(cfg))
-        _predict(cfg, loaded, trainer.experiment, cfg.data.test_raw, cfg.data.test_label)
+        predictor = Predictor(trainer.best_checkpoint, cfg.device, cfg.model_dump(mode="json"), source=str(args.config))
+        _predict_folder(predictor, trainer.experiment)
 
 
 def cmd_predict(args) -> None:
-    from .engine.checkpoint import load_model
+    """Predict a folder (or one image) with a checkpoint: its own config with this command's prediction settings
+    (its YAML's or --set's); every image is checked before the experiment folder is created."""
+    from .config import RunConfig, apply_override
     from .engine.errors import InputError
-    from .engine.experiment import new_experiment
+    from .engine.predictor import Predictor
     from .engine.storage import remove_run_parts
 
-    if args.checkpoint:
-        args.set = [f"predict.checkpoint={args.checkpoint}", *args.set]
-    if args.input:
-        args.set = [f"data.test_raw={args.input}", *args.set]
-    if args.labels:
-        args.set = [f"data.test_label={args.labels}", *args.set]
-    if args.output:
-        args.set = [f"output_dir={args.output}", *args.set]
-    cfg = _load_config(args)
-    if cfg.predict.checkpoint is None:
-        raise InputError("No checkpoint: give --checkpoint or set predict.checkpoint.")
-    if cfg.data.test_raw is None:
-        raise InputError("No images to predict: give --input or set data.test_raw.")
-    loaded = load_model(cfg.predict.checkpoint, _device(cfg))
+    given = [f"{key}={value}" for key, value in (("predict.checkpoint", args.checkpoint), ("data.test_raw", args.input),
+                                                 ("data.test_label", args.labels), ("output_dir", args.output)) if value]
+    overrides = [*given, *args.set]
     if args.config is None:  # the checkpoint's own settings, with this command's paths and overrides
-        from .config import RunConfig
-
-        base = loaded.config.model_dump(mode="json")
-        base["predict"]["checkpoint"] = str(cfg.predict.checkpoint)
-        base["data"]["test_label"] = None  # the training run's test labels do not belong to these images
-        cfg = RunConfig.from_dict(base, args.set, source="command line")
-    elif cfg.workflow != loaded.config.workflow:
-        raise InputError(f"Checkpoint {cfg.predict.checkpoint} was trained for {loaded.config.workflow.replace('_', ' ')}, "
-                         f"not {cfg.workflow.replace('_', ' ')}.")
-    # prediction-time settings come from this command (its YAML or --set); the rest is the checkpoint's
-    ssl = loaded.config.self_supervised.model_copy(update={"degrade_at_prediction": cfg.self_supervised.degrade_at_prediction})
-    loaded.config = loaded.config.model_copy(update={"predict": cfg.predict, "self_supervised": ssl})
-    # every image is checked before the experiment folder is created: a bad file writes nothing
-    if args.labels:  # as a batch does: a classifier's --labels is refused, not ignored
-        from .engine.pairing import refuse_labels_for_classifier
-
-        refuse_labels_for_classifier(loaded.workflow, cfg.data.test_label, "--labels")
-    _check_tests(cfg, loaded, f"checkpoint {cfg.predict.checkpoint}")
-    experiment = new_experiment(cfg.output_dir, cfg.name)
+        settings: dict = {}
+        for item in overrides:
+            apply_override(settings, item)
+        source = "command line"
+    else:
+        settings, overrides, source = RunConfig.load(args.config, overrides).model_dump(mode="json"), [], str(args.config)
+    checkpoint = (settings.get("predict") or {}).get("checkpoint")
+    if not checkpoint:
+        raise InputError("No checkpoint: give --checkpoint or set predict.checkpoint.")
+    if not (settings.get("data") or {}).get("test_raw"):
+        raise InputError("No images to predict: give --input or set data.test_raw.")
+    predictor = Predictor(checkpoint, settings.get("device", "auto"), settings if args.config else None, overrides,
+                          source=source)
+    if args.config is not None and settings["workflow"] != predictor.config.workflow:
+        raise InputError(f"Checkpoint {checkpoint} was trained for {predictor.workflow.full_title()}, not "
+                         f"{settings['workflow'].replace('_', ' ')} ({args.config}).")
+    cfg = predictor.config
+    items = predictor.folder_items(cfg.data.test_raw, cfg.data.test_label,
+                                   "--labels" if args.labels else "data.test_label")
+    for note in predictor.check_files(items):
+        _print(f"note: {note}")
+    experiment = predictor.create_experiment()
     try:
-        cfg.save(experiment.config_path)
-        _predict(cfg, loaded, experiment, cfg.data.test_raw, cfg.data.test_label, finite_checked=True)  # just checked
+        _predict_folder(predictor, experiment, items, finite_checked=True)  # just checked
     except BaseException:
         remove_run_parts(experiment)  # a full disk, Ctrl-C: no .part file stays behind
         raise
@@ -335,10 +313,10 @@ def cmd_sample(args) -> None:
     trainer = _train(cfg, args.argv)
     if not trainer.dist.is_main:
         return
-    from .engine.checkpoint import load_model
+    from .engine.predictor import Predictor
 
-    loaded = load_model(trainer.best_checkpoint, _device(cfg))
-    _predict(cfg, loaded, trainer.experiment, cfg.data.test_raw, cfg.data.test_label)
+    predictor = Predictor(trainer.best_checkpoint, cfg.device, cfg.model_dump(mode="json"), source="sample job")
+    _predict_folder(predictor, trainer.experiment)
 
 
 def build_parser() -> argparse.ArgumentParser:

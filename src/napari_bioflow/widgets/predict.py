@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -57,12 +56,11 @@ def is_in_memory(data) -> bool:
 @dataclass
 class PendingJob:
     """A prediction checked as far as it can be without reading pixels: what `_create_job` needs."""
-    loaded: Any
+    predictor: Any
     data: Any  # the layer's array, as given to the engine
     image: Any  # channel-last view of it, for the NaN/inf scan
     name: str
     stem: str
-    device: str
     target: Any
     target_name: str
     layer: Any
@@ -215,82 +213,72 @@ class PredictWidget(QWidget):
             raise InputError("Choose a checkpoint file (.pth) to predict with.")
         return Path(text)
 
+    def _settings(self, workflow, ndim: int) -> dict:
+        """This dock's prediction settings as config sections: the options the checkpoint's workflow hides (3D label
+        filters, TTA of a masked autoencoder) at their defaults; the workflow's own settings (crappify's degrade)."""
+        from ..config import PredictConfig
+
+        values = self.form.values()
+        predict, defaults = values.pop("predict"), PredictConfig()
+        for option in ("z_filter", "yz_filter", "tta"):
+            if option not in workflow.options_for(ndim):
+                predict[option] = getattr(defaults, option)
+        predict["tile_size"] = [self.tile.value] * ndim if self.tile.value else None
+        return {**values, "predict": predict}
+
+    def _predictor(self, expect_workflow: Optional[str] = None):
+        """The engine's Predictor over the chosen checkpoint with this dock's settings (validated by the config)."""
+        from ..engine.predictor import Predictor
+
+        path = self._checkpoint()
+        info = self.kind if self.kind is not None else checkpoint_info(path)
+        workflow, ndim = (info.workflow, info.ndim) if info is not None else (None, 2)
+        device = self.form["device"].value
+        if workflow is None:  # unreadable: the predictor says why, in full
+            return Predictor(path, device, source="Predict", expect_workflow=expect_workflow)
+        return Predictor(path, device, self._settings(workflow, ndim), source="Predict", expect_workflow=expect_workflow)
+
     def _make_job(self) -> "PendingJob":
         """Every check that reads no pixels (the layer, checkpoint, 2D/3D, channels, the target), before any write."""
-        from ..config import PredictConfig, RunConfig
-        from ..engine.checkpoint import load_model
-        from ..engine.sources import lazy_array, to_channels_last
-        from ..engine.train import resolve_device
-
         layer = self.image.value
         if layer is None:
             raise InputError("Choose an Image layer to predict (or load one into the viewer).")
-        values = self.form.values()
-        path, device = self._checkpoint(), resolve_device(values["device"])
-        loaded = load_model(path, device)
-        cfg, workflow = loaded.config, loaded.workflow
+        predictor = self._predictor()
+        cfg, workflow = predictor.config, predictor.workflow
         channels = layer_channels(layer, cfg.ndim)
         if channels is not None and channels != cfg.data.in_channels:
-            raise InputError(f"Checkpoint {path} expects {cfg.data.in_channels} input channel(s), but image layer "
-                             f"'{layer.name}' has {channels}.")
+            raise InputError(f"Checkpoint {predictor.checkpoint} expects {cfg.data.in_channels} input channel(s), but "
+                             f"image layer '{layer.name}' has {channels}.")
         name = f"image layer '{layer.name}'"
         data = layer_array(layer)
-        image = to_channels_last(data, cfg.ndim, cfg.data.in_channels, name)  # 2D/3D and channel checks, before any write
         target_layer = self.target.value if not self.target.native.isHidden() else None
         target, target_name = None, ""
-        if target_layer is not None:  # checked as ImagePrediction will, but before the experiment folder exists
+        if target_layer is not None:  # checked as the prediction will, but before the experiment folder exists
             target_name = f"{'labels' if isinstance(target_layer, Labels) else 'target'} layer '{target_layer.name}'"
             outputs = workflow.out_channels(cfg)
             got = layer_channels(target_layer, cfg.ndim) if isinstance(target_layer, Image) else None
             if workflow.target_is_image and got is not None and got != outputs:
-                raise InputError(f"Target layer '{target_layer.name}' has {got} channel(s) but checkpoint {path} "
+                raise InputError(f"Target layer '{target_layer.name}' has {got} channel(s) but {predictor.source} "
                                  f"predicts {outputs}.")
             target = layer_array(target_layer)
-            workflow.check_target(lazy_array(target), target_name, tuple(image.shape[:-1]), cfg, [])
-        # the checkpoint's own config, with this dock's prediction settings, output and device; the settings this
-        # checkpoint hides (3D label filters, TTA of a masked autoencoder) are off
-        predict = values.pop("predict")
-        defaults = PredictConfig()
-        for option in ("z_filter", "yz_filter", "tta"):
-            if option not in workflow.options_for(cfg.ndim):
-                predict[option] = getattr(defaults, option)
-        raw = cfg.model_dump(mode="json")
-        raw["predict"].update(predict, checkpoint=str(path),
-                              tile_size=[self.tile.value] * cfg.ndim if self.tile.value else None)
-        for p in self.section_options:  # this dock's value of the workflow's own settings; the checkpoint's others
-            section, field = p.split(".")
-            if p in workflow.predict_section_options:
-                raw[section][field] = values[section][field]
-        for section in {p.split(".")[0] for p in self.section_options}:
-            values.pop(section, None)
-        loaded.config = RunConfig.from_dict({**raw, **values}, source="Predict")
-        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer.name) or "image"
-        return PendingJob(loaded, data, image, name, stem, device, target, target_name, layer)
+        image = predictor.check_image(data, name, target, target_name)  # 2D/3D, channels, target: before any write
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer.name).strip(".") or "image"
+        return PendingJob(predictor, data, image, name, stem, target, target_name, layer)
 
     @staticmethod
     def _create_job(pending: "PendingJob"):
         """The NaN/inf scan of the image (off the GUI thread for lazy layers), then the experiment folder and the
         job. A refused image leaves nothing behind: the folders made for it go again."""
-        from ..engine.experiment import folders_to_create, new_experiment
-        from ..engine.inference import ImagePrediction
         from ..engine.sources import check_finite
 
         check_finite(pending.image, pending.name)  # before any folder is created
-        cfg = pending.loaded.config
-        made = folders_to_create(cfg.output_dir, cfg.name)
-        experiment = new_experiment(cfg.output_dir, cfg.name)
+        predictor = pending.predictor
+        experiment = predictor.create_experiment()
         try:
-            cfg.save(experiment.config_path)
-            job = ImagePrediction(pending.loaded, pending.data, pending.name, experiment.results, pending.stem,
-                                  pending.device, pending.target, pending.target_name, finite_checked=True)
+            job = predictor.image(pending.data, pending.name, experiment.results, pending.stem, pending.target,
+                                  pending.target_name, finite_checked=True)
         except BaseException:
-            shutil.rmtree(experiment.results, ignore_errors=True)
-            experiment.config_path.unlink(missing_ok=True)
-            for folder in reversed(made):
-                try:
-                    folder.rmdir()
-                except OSError:
-                    pass
+            predictor.discard(experiment)
             raise
         return job, experiment
 
@@ -353,27 +341,13 @@ class PredictWidget(QWidget):
         worker.start()
 
     def _start_classification(self) -> None:
-        from ..config import run_name_problem
-        from ..engine.checkpoint import load_model
-        from ..engine.experiment import new_experiment
-        from ..engine.train import resolve_device
-
-        values = self.form.values()
-
         def make_experiment():
-            cfg = self.classify.loaded.config.model_copy(update={"name": values["name"], "output_dir": Path(values["output_dir"])})
-            experiment = new_experiment(cfg.output_dir, cfg.name)
-            cfg.save(experiment.config_path)
-            self.experiment = experiment
-            return experiment
+            self.experiment = predictor.create_experiment()
+            return self.experiment
 
         try:
-            if run_name_problem(values["name"]):  # the rule of the config's name, as the dense path validates it
-                raise InputError(f"Predict: field 'name': {run_name_problem(values['name'])}.")
-            path, device = self._checkpoint(), resolve_device(values["device"])
-            loaded = load_model(path, device, expect_workflow=self.kind.workflow.name if self.kind else None)
-            loaded.config.predict.tta = values["predict"]["tta"]
-            self.classify.start(loaded, make_experiment, device, self._on_classified)
+            predictor = self._predictor(expect_workflow=self.kind.workflow.name if self.kind else None)
+            self.classify.start(predictor.loaded, make_experiment, predictor.device, self._on_classified)
         except InputError as e:
             show_error(str(e))
             return
