@@ -361,10 +361,10 @@ def predict_item(ctx: TaskContext, item: FileItem, loaded=None, cancel: Optional
             out = wf.predict_file(loaded, image, item.raw, run_dir, item.stem, device, target) or {}
             return _finish_record(run_dir, item, {}, out.get("metrics", {}), None, out.get("prediction"),
                                   time.perf_counter() - start, pixels)
-        from .inference import ImagePrediction
+        from .predictor import Predictor
 
         clear_partial(run_dir, item.stem)
-        job = ImagePrediction(loaded, image, item.raw, run_dir, item.stem, device, target, item.label or "")
+        job = Predictor.of(loaded, ctx.checkpoint).image(image, item.raw, run_dir, item.stem, target, item.label or "")
         if on_start is not None:
             on_start(job)
         result = job.run(cancel=cancel, progress=progress)
@@ -542,11 +542,10 @@ class BatchRun:
     folder is claimed, or the resumed one read) and run by `run()`, a generator of reports."""
 
     def __init__(self, request: BatchRequest, loaded=None):
-        from ..config import RunConfig
-        from .checkpoint import load_model
         from .experiment import new_experiment
         from .io import check_writable
-        from .pairing import folder_pairs, image_name, refuse_labels_for_classifier
+        from .pairing import image_name
+        from .predictor import Predictor
         from .train import resolve_device
 
         self.request = req = replace(request)
@@ -579,28 +578,23 @@ class BatchRun:
         # on dask the workers resolve the device (a GPU node's "cuda" need not exist where the batch is started);
         # here the model is only read for its settings
         self.device = "cpu" if req.distributed else resolve_device(req.device)
-        self.loaded = loaded if loaded is not None else load_model(Path(req.checkpoint), self.device)
-        classes: dict[str, int] = {}  # classification: file name -> the class of its sub-folder
-        if self.loaded.workflow.dense:
-            pairs = folder_pairs(Path(req.input_dir), Path(req.labels_dir) if req.labels_dir else None, "input")
-        else:  # a flat folder, or class sub-folders (then the metrics and the confusion matrix)
-            from .classification_results import class_test_items
-
-            refuse_labels_for_classifier(self.loaded.workflow, req.labels_dir, "the labels folder")
-            found = class_test_items(Path(req.input_dir), self.loaded.config.class_names, "input")
-            pairs = [(p, None) for p, _ in found]
-            classes = {str(p): c for p, c in found if c is not None}
-        base = self.loaded.config.model_dump(mode="json")
-        base["predict"]["checkpoint"] = str(Path(req.checkpoint).absolute())
-        base["data"]["test_raw"] = str(Path(req.input_dir).absolute())
-        base["data"]["test_label"] = str(Path(req.labels_dir).absolute()) if req.labels_dir else None
-        base.update(name=req.name, output_dir=str(req.output_dir))
         bad = [o for o in req.overrides if not o.startswith("predict.")]
         if bad:
             raise InputError(f"Only prediction settings (predict.FIELD=VALUE) can be changed for a batch, not {bad[0]}.")
-        cfg = RunConfig.from_dict(base, req.overrides, source="batch settings")
-        self.loaded.config = self.loaded.config.model_copy(update={"predict": cfg.predict})
-        self.cfg = cfg
+        settings = {"name": req.name, "output_dir": str(req.output_dir),
+                    "data": {"test_raw": str(Path(req.input_dir).absolute()),
+                             "test_label": str(Path(req.labels_dir).absolute()) if req.labels_dir else None},
+                    "predict": {"checkpoint": str(Path(req.checkpoint).absolute())}}
+        predictor = Predictor(req.checkpoint, self.device, settings, req.overrides, source="batch settings",
+                              loaded=loaded)
+        self.loaded, self.cfg = predictor.loaded, predictor.config
+        # dense: raw images paired with label files by name; one class per file: a flat folder or class sub-folders
+        # (then the metrics and the confusion matrix), and no labels folder
+        found = predictor.folder_items(Path(req.input_dir), Path(req.labels_dir) if req.labels_dir else None,
+                                       "the labels folder", "input")
+        pairs = found if self.loaded.workflow.dense else [(p, None) for p, _ in found]
+        classes = {} if self.loaded.workflow.dense else {str(p): c for p, c in found if c is not None}
+        cfg = self.cfg
         # class sub-folders may repeat file names: name the files by their path inside the input folder
         names = [str(Path(p).relative_to(req.input_dir)) if classes else image_name(p) for p, _ in pairs]
         stems = assign_stems(names, manifest.get("stems") if manifest else None)
