@@ -177,6 +177,28 @@ def test_a_batch_split_unevenly_matches_one_process_tensor_by_tensor(worker, con
         torch.testing.assert_close(b[name], ta, rtol=0, atol=TOL, msg=name)
 
 
+JOIN_AND_EXIT = """
+import atexit, os, torch, torch.distributed as dist
+# registered first, so it runs last at exit: after what setup() registered
+atexit.register(lambda: print(f"[rank {os.environ['RANK']}] at exit the group is left: {not dist.is_initialized()}",
+                              flush=True))
+from napari_bioflow.engine.distributed import setup
+ctx = setup("cpu", 2)
+net = ctx.wrap(torch.nn.Linear(2, 2))  # DistributedDataParallel: torch keeps the group's threads alive from here
+net(torch.ones(1, 2)).sum().backward()
+print(f"[rank {ctx.rank}] loss {ctx.global_loss(torch.tensor(0.5), 0.5)}", flush=True)
+# ends without leaving the group, as a script driving the trainer does
+"""
+
+
+def test_a_process_that_joined_the_group_leaves_it_at_exit(tmp_path):
+    script = tmp_path / "join_and_exit.py"
+    script.write_text(JOIN_AND_EXIT)
+    (out,) = launch([*TORCHRUN, str(script)], cwd=tmp_path)  # exit code 0 on both ranks (checked by launch)
+    assert sorted(ln for ln in out.splitlines() if " at exit " in ln) == [
+        f"[rank {r}] at exit the group is left: True" for r in (0, 1)]
+
+
 def test_without_torchrun_the_context_changes_nothing(monkeypatch):
     from napari_bioflow.engine.distributed import Distributed, setup
 

@@ -264,3 +264,8 @@ class ImageData(TrainingData):
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return max(1, -(-len(self.train) // batch_size))
+
+    def example(self):
+        s = self.train[0]  # fitted as `item` does, but neither cached nor drawn from the random stream
+        x = fit_to_patch(self.normalize(read_image(s.raw)), self.patch, self.mode)
+        return x[None], np.array([s.class_index], dtype=np.int64)

@@ -19,6 +19,7 @@ How one run is split so that its result matches the single-process run of the sa
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import sys
@@ -195,11 +196,54 @@ def setup(device: str, batch_size: int) -> Distributed:
     backend = "nccl" if cuda else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)  # env://: MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE
+        atexit.register(shutdown)  # whoever drives the trainer (the CLI, a script, a test), the group is left
     return Distributed(rank, world, local, device, dist.get_backend())
 
 
 def shutdown() -> None:
-    """Leave the process group (the CLI's last step)."""
+    """Leave the process group: the CLI's last step, and at exit in any process that joined one (`setup`, whoever
+    drives the trainer), before the interpreter shuts down. Does nothing a second time.
+
+    gloo's worker threads outlive the group once DistributedDataParallel has used it (torch keeps it alive), and
+    each drops the tensors of the last collective it ran a moment after the collective returns. A tensor made in
+    Python needs the interpreter to be let go; during the interpreter's shutdown the thread is stopped instead,
+    inside a C++ destructor, and the process aborts ("terminate called without an active exception", exit -6).
+    So the group is left, and the threads are waited for, while the interpreter still runs."""
     dist = sys.modules.get("torch.distributed")  # never imports torch (the CLI calls this after every command)
     if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        _wait_for_idle_threads("pt_gloo_runloop")
+
+
+def _thread_states(name: str) -> Optional[list[str]]:
+    """The scheduler states (R, S, D, ...) of this process's threads called `name`; None where /proc cannot tell."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    states = []
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:  # the thread has just ended
+            continue
+        comm, _, rest = stat.partition("(")[2].rpartition(")")
+        if comm == name:
+            states.append(rest.split()[0])
+    return states
+
+
+def _wait_for_idle_threads(name: str, calm: int = 3, timeout: float = 10.0) -> None:
+    """Sleep (the interpreter free for other threads) until every thread called `name` has been asleep `calm`
+    looks in a row, 10 ms apart: gloo's threads are then waiting for work, done with the tensors of the last one."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    quiet = 0
+    while quiet < calm and time.monotonic() < deadline:
+        time.sleep(0.01)
+        states = _thread_states(name)
+        if states is None:
+            return
+        quiet = quiet + 1 if all(s == "S" for s in states) else 0

@@ -111,6 +111,14 @@ class ImagePrediction:
                                    out=self.accumulator, cancel=cancel, progress=progress)
         except PredictionCancelled:
             raise Cancelled(f"prediction of {self.name} cancelled") from None
+        except Exception as e:  # noqa: BLE001  (a failed allocation becomes one sentence; anything else is re-raised)
+            from .memory import is_out_of_memory, prediction_failure
+
+            if not is_out_of_memory(e):
+                raise
+            e.__traceback__ = None  # let the tiles held by its frames go
+            raise InputError(prediction_failure(self.name, self.plan.tile_shape, tile_batch(self.cfg, self.tile),
+                                                self.device)) from None
         prob = self.accumulator.finalize(self.store / "prediction")  # the array itself: nothing to copy
         outputs = wf.write_outputs(prob, self.store, self.out_dir, self.stem, self.cfg, self.target, inputs)
         return ImageResult(self.name, outputs, outputs.pop("metrics", {}), time.perf_counter() - start)

@@ -136,7 +136,9 @@ def validation_patches(samples: Sequence[Sample], patch_size: Sequence[int], max
 
 
 def prefetch(make: Callable[[], tuple], count: int, depth: int = 2) -> Iterator[tuple]:
-    """Yield `count` results of `make()` computed ahead on a daemon thread. Stops cleanly when abandoned."""
+    """Yield `count` results of `make()` computed ahead on a daemon thread. Closing the generator (or abandoning
+    it) stops the thread and waits for it: no thread of an epoch outlives it (nor runs on while the interpreter
+    exits, where a thread stopped inside a library call aborts the process)."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -152,8 +154,13 @@ def prefetch(make: Callable[[], tuple], count: int, depth: int = 2) -> Iterator[
                         continue
                 if stop.is_set():
                     return
-        except BaseException as e:  # hand the error to the consumer, which re-raises it
-            q.put(("error", e))
+        except BaseException as e:  # hand the error to the consumer, which re-raises it (unless it has stopped)
+            while not stop.is_set():
+                try:
+                    q.put(("error", e), timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
 
     t = threading.Thread(target=work, daemon=True, name="bioflow-prefetch")
     t.start()
@@ -165,3 +172,4 @@ def prefetch(make: Callable[[], tuple], count: int, depth: int = 2) -> Iterator[
             yield item
     finally:
         stop.set()
+        t.join()  # at most the batch being made: the thread checks `stop` between batches

@@ -23,6 +23,11 @@ class TrainingData:
     def steps_per_epoch(self, batch_size: int) -> int:
         raise NotImplementedError
 
+    def example(self):
+        """A batch of one (x, y) shaped and typed as `batch` returns them, read without drawing from the random
+        stream (the memory check runs the training step on its shapes); None when there is none."""
+        return None
+
 
 class PatchData(TrainingData):
     """Random patches of the training images; validation patches tile the validation images."""
@@ -44,6 +49,10 @@ class PatchData(TrainingData):
         for k in range(0, len(self.positions), batch_size):
             pairs = [self.val_sampler.read(i, start) for i, start in self.positions[k:k + batch_size]]
             yield np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+    def example(self):
+        x, y = self.sampler.read(0, (0,) * len(self.patch))
+        return x[None], y[None]
 
     def steps_per_epoch(self, batch_size: int) -> int:
         """Enough steps to see the training data's area once."""

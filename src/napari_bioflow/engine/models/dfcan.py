@@ -35,7 +35,7 @@ class FourierChannelAttention(nn.Module):
 
     def forward(self, x):
         dims = (-2, -1)
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with torch.autocast(device_type="cuda" if x.is_cuda else "cpu", enabled=False):  # also on "meta" (memory.py)
             spectrum = torch.fft.fftshift(torch.fft.fft2(x.float(), dim=dims), dim=dims)
             spectrum = (spectrum.abs() + 1e-8).pow(GAMMA)
         weights = torch.relu(self.spectrum_conv(spectrum.to(x.dtype)))

@@ -196,10 +196,11 @@ class MaskedAutoencoder(nn.Module):
         grid = tuple(s // self.patch_size for s in spatial)
         if mask is None:
             mask = self.make_mask(b, grid, x.device)
+            n_keep = math.prod(grid) - n_masked(math.prod(grid), self.mask_ratio)  # known without reading the mask
         else:
             mask = self._token_mask(mask, b, grid, spatial).to(x.device)
+            n_keep = int((~mask[0]).sum())
         order = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)  # visible tokens first, in token order
-        n_keep = int((~mask[0]).sum())
         ids_restore = torch.argsort(order, dim=1)
         latent, _, grid = self.encoder(x, ids_keep=order[:, :n_keep])
         pred = self.unpatchify(self.decoder(latent, ids_restore, grid), grid)

@@ -1,0 +1,407 @@
+"""Memory: what a training step needs, checked against what the machine has before a run starts; and a failed
+allocation (in training or prediction) turned into one sentence.
+
+The estimate runs one training step (forward, loss, backward) of the model on PyTorch's "meta" device: tensors with
+a shape and no data, so nothing is allocated whatever the batch and patch size, and the cost is that of the step's
+Python dispatch (~0.1-0.5 s of CPU for a U-Net; benchmarks/bench_memory_estimate.py). A dispatch mode follows every
+tensor the step creates and frees, so its peak is the step's peak of live tensors (activations kept for the backward
+pass, gradients, the backward's temporaries), as the allocator sees them. Added to it: the optimizer's state (Adam
+keeps two tensors per weight) and the prefetched batches. The weights themselves and the data already loaded are
+left out: they are allocated before the check, so they are no longer in what is free.
+
+Against measured peaks (CPU: peak RSS of a fresh process; CUDA: torch.cuda.max_memory_reserved) the estimate is
+1.0-1.5 x the real need (benchmarks/README.md), so a run that passes is not killed for memory and a refused one
+would not have fitted.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import weakref
+from pathlib import Path
+from typing import Callable, Optional
+
+from .errors import InputError
+
+# What a step takes beyond its live tensors, measured on 14 models (benchmarks/bench_memory_estimate.py, README):
+# on the CPU 1.13-1.67 x the live tensors, or the live tensors + 16-570 MB (glibc's free lists, oneDNN's reordered
+# weights and scratch buffers); 1.15 x + 256 MB covers every case measured. On CUDA (not measured yet: the caching
+# allocator's block rounding and fragmentation, cuDNN's workspaces) a wider margin.
+OVERHEAD = {"cpu": 1.15, "cuda": 1.25}
+RESERVE = {"cpu": 256 * 2**20, "cuda": 512 * 2**20}
+REAL_RUN_VOXELS = 2**18  # a model that cannot run on the meta device is measured for real up to this patch (512^2)
+PREFETCHED = 4  # training batches alive beside the step's own: the prefetch queue (2), the one being read, a copy
+
+
+# --- what the machine has ------------------------------------------------------------------------------------
+def _meminfo(key: str) -> Optional[int]:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _read_int(path: Path) -> Optional[int]:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # "max": no limit
+
+
+def _inactive_file(stat: Path, key: str) -> int:
+    try:
+        for line in stat.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _cgroup_folders(root: Path) -> list[tuple[Path, str]]:
+    """(folder, version) of this process's memory cgroup and of its parents, as /proc/self/cgroup names them."""
+    out: list[tuple[Path, str]] = []
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            mount, version = root, "v2"
+        elif "memory" in controllers.split(","):
+            mount, version = root / "memory", "v1"
+        else:
+            continue
+        own = mount / path.strip().lstrip("/")
+        out += [(f, version) for f in (own, *own.parents) if f == mount or mount in f.parents]
+    return out
+
+
+def _cgroup_room(root: Path = Path("/sys/fs/cgroup")) -> Optional[int]:
+    """Bytes this process's memory cgroups still allow (the closest limit minus what is used, reclaimable page
+    cache counted as free); None without a limit. cgroup v2 and v1."""
+    rooms = []
+    for folder, version in _cgroup_folders(root):
+        if version == "v2":
+            limit, used = _read_int(folder / "memory.max"), _read_int(folder / "memory.current")
+            cache = "inactive_file"
+        else:
+            limit, used = _read_int(folder / "memory.limit_in_bytes"), _read_int(folder / "memory.usage_in_bytes")
+            cache = "total_inactive_file"
+        if limit is not None and used is not None and limit < 2**60:  # v1 writes "no limit" as a huge number
+            rooms.append(limit - used + _inactive_file(folder / "memory.stat", cache))
+    return max(0, min(rooms)) if rooms else None
+
+
+def ram_available() -> Optional[int]:
+    """Bytes of RAM a process can still take: MemAvailable, or less when a cgroup limit is closer."""
+    free = _meminfo("MemAvailable")
+    room = _cgroup_room()
+    if free is None:
+        return room
+    return free if room is None else min(free, room)
+
+
+def available(device: str) -> tuple[Optional[int], str]:
+    """(free bytes, where in words) of a device: 'of RAM' or 'on GPU cuda:0'."""
+    if device.startswith("cuda"):
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # reusable by this process
+        return free + cached, f"on GPU {_gpu(device)}"
+    return ram_available(), "of RAM"
+
+
+# --- what a training step needs -------------------------------------------------------------------------------
+def _tracker_class():
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class Tracker(TorchDispatchMode):
+        """Follows the storage of every tensor an operation returns until it is freed: `peak` is the most bytes
+        alive at once. Views share their base's storage and are counted once."""
+
+        @classmethod
+        def _should_skip_dynamo(cls) -> bool:  # torch would import torch._dynamo (1-2 s) on the first call
+            return False
+
+        def __init__(self):
+            super().__init__()
+            self.live = self.peak = self.total = 0
+            self.sizes: dict[int, int] = {}
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor):
+                    storage = t.untyped_storage()
+                    key = storage._cdata
+                    if key not in self.sizes:
+                        size = storage.nbytes()
+                        self.sizes[key] = size
+                        self.live += size
+                        self.total += size
+                        self.peak = max(self.peak, self.live)
+                        weakref.finalize(storage, self._free, key)
+            return out
+
+        def _free(self, key: int) -> None:
+            self.live -= self.sizes.pop(key, 0)
+
+    return Tracker
+
+
+def meta_copy(model):
+    """The model with its weights and buffers on the meta device (nothing copied but the module objects)."""
+    import torch
+
+    memo = {}
+    for p in model.parameters():
+        memo[id(p)] = torch.nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = torch.empty_like(b, device="meta")
+    return copy.deepcopy(model, memo)
+
+
+def step_peak(model, loss: Callable, x_shape, x_dtype, y_shape, y_dtype, device: str = "meta") -> Optional[int]:
+    """Peak bytes of the tensors one training step creates, the batch itself included: `loss(model, x, y)` and its
+    backward pass, on the meta device (nothing allocated) or, for models that cannot run there, really on the
+    model's own device (zeros in). None when the step cannot run."""
+    import torch
+
+    tracker = _tracker_class()()
+    make = torch.empty if device == "meta" else torch.zeros
+    gpus = [torch.device(device).index or 0] if device.startswith("cuda") else []
+    try:
+        with torch.random.fork_rng(devices=gpus), tracker:
+            x = make(x_shape, dtype=x_dtype, device=device)
+            y = None if y_shape is None else make(y_shape, dtype=y_dtype, device=device)
+            value = loss(model, x, y)
+            value.backward()
+            del value
+            alive = tracker.live
+            kept = x.untyped_storage().nbytes()
+    except Exception:  # noqa: BLE001  (an operation without a meta kernel, a data-dependent one: no estimate here)
+        return None
+    finally:
+        for p in model.parameters():
+            p.grad = None
+    if alive < kept:  # freed tensors were not followed (an older torch): every tensor created counts
+        return tracker.total
+    return tracker.peak
+
+
+def optimizer_bytes(cfg, weights: int) -> int:
+    """The optimizer's state beside `weights` bytes of trainable weights: Adam(W) two tensors each, SGD momentum one."""
+    t = cfg.train
+    if t.optimizer == "SGD":
+        return weights if t.momentum else 0
+    return 2 * weights
+
+
+class StepMemory:
+    """The estimate of one process's training step at any batch size (and patch size, for the models that take
+    any), from meta runs of the step."""
+
+    def __init__(self, model, workflow, cfg, example, loss_fn, distributed: bool = False):
+        import torch
+
+        self.patch = tuple(cfg.data.patch_size)
+        self.divisor = int(getattr(model, "size_divisor", 1) or 1)
+        self.meta = meta_copy(model).train()
+        x, y = (torch.from_numpy(a) if a is not None else None for a in example)
+        x, y = workflow.make_pair(x, y, torch.Generator().manual_seed(0), cfg)  # the tensors the model gets
+        self.x = (tuple(x.shape[1:]), x.dtype)
+        self.y = None if y is None else (tuple(y.shape[1:]), y.dtype)
+        self.batch_bytes = sum(int(a.nbytes) for a in example if a is not None)  # a prefetched batch of 1
+        self.loss = lambda model, xb, yb: workflow.training_loss(model, xb, yb, loss_fn)
+        weights = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+        self.fixed = optimizer_bytes(cfg, weights) + (weights if distributed else 0)  # DDP's gradient buckets
+        self._peaks: dict[tuple, Optional[int]] = {}
+        self._model, self._real = model, None
+
+    def _shape(self, shape: tuple, patch: tuple) -> tuple:
+        """A tensor's shape (batch left out) for another patch: its trailing axes are the patch's."""
+        n = len(self.patch)
+        return (*shape[:-n], *patch) if shape[-n:] == self.patch else shape
+
+    def _run(self, batch: int, patch: tuple, device: str = "meta") -> Optional[int]:
+        model = self.meta if device == "meta" else self._model
+        y_shape = None if self.y is None else (batch, *self._shape(self.y[0], patch))
+        return step_peak(model, self.loss, (batch, *self._shape(self.x[0], patch)), self.x[1], y_shape,
+                         None if self.y is None else self.y[1], device)
+
+    def peak(self, batch: int, patch: Optional[tuple] = None) -> Optional[int]:
+        patch = tuple(patch or self.patch)
+        key = (batch, patch)
+        if key in self._peaks:
+            return self._peaks[key]
+        peak = None if self._real is not None else self._run(batch, patch)
+        if peak is None and patch == self.patch and math.prod(patch) <= REAL_RUN_VOXELS:
+            # a model the meta device cannot run (a step that depends on values): the steps of 1 and 2 patches run
+            # for real (small enough to afford) and the line through them; the model's buffers are put back, its
+            # gradients cleared, the random streams left as they were
+            if self._real is None:
+                device = str(next(self._model.parameters()).device)
+                buffers = [(b, b.detach().clone()) for b in self._model.buffers()]
+                was_training = self._model.training
+                self._model.train()
+                try:
+                    self._real = (self._run(1, patch, device), self._run(2, patch, device))
+                finally:
+                    self._model.train(was_training)
+                    for b, saved in buffers:
+                        b.data.copy_(saved)
+            one, two = self._real
+            peak = None if one is None or two is None else one + (batch - 1) * max(0, two - one)
+        self._peaks[key] = peak
+        return peak
+
+    def need(self, batch: int, device: str, patch: Optional[tuple] = None) -> Optional[int]:
+        """Bytes the step needs at this batch (and patch) size; None when it cannot be estimated."""
+        peak = self.peak(batch, patch)
+        if peak is None:
+            return None
+        kind = "cuda" if device.startswith("cuda") else "cpu"
+        scale = math.prod(patch) / math.prod(self.patch) if patch else 1.0
+        data = int(PREFETCHED * batch * self.batch_bytes * scale)  # numpy batches in RAM (beside a CPU step)
+        return int(OVERHEAD[kind] * (peak + self.fixed) + RESERVE[kind] + (data if kind == "cpu" else 0))
+
+    def largest_batch(self, room: int, device: str, below: int) -> int:
+        """The largest batch under `below` whose step fits in `room` bytes (0: not even one): from the step's
+        linear growth with the batch, checked by a meta run at the answer."""
+        one = self.need(1, device)
+        if one is None or one > room:
+            return 0
+        two = self.need(2, device)
+        per = max(1, (two or one) - one)
+        batch = max(1, min(below - 1, 1 + (room - one) // per))
+        while batch > 1 and (self.need(batch, device) or room + 1) > room:
+            batch = max(1, batch * 3 // 4)
+        return batch
+
+    def smaller_patch(self, room: int, device: str, batch: int) -> Optional[tuple]:
+        """A patch of the same proportions (multiples of the model's size divisor), close to the largest whose step
+        fits in `room` bytes at `batch` (memory grows about with the voxels); None when none does or the model
+        takes only its own patch size."""
+        def scaled(f: float) -> tuple:
+            return tuple(max(self.divisor, int(p * f) // self.divisor * self.divisor) for p in self.patch)
+
+        full = self.need(batch, device)
+        if full is None:
+            return None
+        f, tried = 0.95 * min(0.9, (room / full) ** (1 / len(self.patch))), None
+        for _ in range(12):
+            patch = scaled(f)
+            if patch == tried:
+                return None  # at the smallest patch already
+            tried = patch
+            need = self.need(batch, device, patch)
+            if need is None:
+                return None
+            if need <= room:
+                return patch
+            f *= max(0.3, min(0.9, (room / need) ** (1 / len(patch))))  # memory grows about with the voxels
+        return None
+
+
+def _size(n: int) -> str:
+    if n >= 10 * 10**9:
+        return f"{n / 10**9:.0f} GB"
+    if n >= 10**9:
+        return f"{n / 10**9:.1f} GB"
+    return f"{max(1, round(n / 10**6))} MB"
+
+
+def _dims(values) -> str:
+    return "x".join(str(int(v)) for v in values)
+
+
+def check_training(model, workflow, cfg, data, loss_fn, device: str, world: int = 1, local_world: int = 1) -> None:
+    """Refuse (InputError, one sentence saying what would fit) a training step that cannot fit in the memory the
+    device has free; `world` processes share the batch, `local_world` of them share this machine's RAM."""
+    example = data.example() if hasattr(data, "example") else None
+    if example is None:
+        return
+    free, where = available(device)
+    if free is None:
+        return
+    batch = cfg.train.batch_size
+    per_process = -(-batch // world)
+    sharing = 1 if device.startswith("cuda") else max(1, local_world)  # CPU processes of one machine share its RAM
+    estimate = StepMemory(model, workflow, cfg, example, loss_fn, distributed=world > 1)
+    need = estimate.need(per_process, device)
+    if need is None or need * sharing <= free:
+        return
+    room = free // sharing
+    fits = estimate.largest_batch(room, device, per_process) * world
+    said = f"train.batch_size {batch}" + (f" ({per_process} per process, {world} processes)" if world > 1 else "")
+    free_words = f"{_size(free)} of RAM are free" if where == "of RAM" else f"{_size(free)} are free {where}"
+    head = (f"A training step with {said} and data.patch_size {_dims(cfg.data.patch_size)} needs about "
+            f"{_size(need * sharing)} but {free_words}")
+    if fits >= world:
+        raise InputError(f"{head}; train.batch_size {fits} (or a smaller data.patch_size) would fit.")
+    patch = estimate.smaller_patch(room, device, 1)
+    if patch is not None:
+        raise InputError(f"{head}; even train.batch_size {world} is too much: data.patch_size {_dims(patch)} with "
+                         f"train.batch_size {world} would fit.")
+    raise InputError(f"{head}; even train.batch_size {world} with a small data.patch_size is too much: use a "
+                     f"smaller model (model.options).")
+
+
+# --- allocation failures --------------------------------------------------------------------------------------
+_OOM_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory", "bad_alloc", "failed to allocate")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether an exception is a failed allocation (torch's OutOfMemoryError, its CPU allocator's RuntimeError,
+    Python's MemoryError)."""
+    if isinstance(error, MemoryError):
+        return True
+    if isinstance(error, RuntimeError):
+        text = str(error).lower()
+        return type(error).__name__ == "OutOfMemoryError" or any(w in text for w in _OOM_WORDS)
+    return False
+
+
+def _gpu(device: str) -> str:
+    """'cuda:0' for 'cuda' (the current GPU), as the user would name it."""
+    import torch
+
+    d = torch.device(device)
+    return f"cuda:{torch.cuda.current_device() if d.index is None else d.index}"
+
+
+def _where(device: str) -> str:
+    return f"GPU {_gpu(device)}" if str(device).startswith("cuda") else "RAM"
+
+
+def training_failure(cfg, device: str) -> str:
+    return (f"Training ran out of memory ({_where(device)}) with train.batch_size {cfg.train.batch_size} and "
+            f"data.patch_size {_dims(cfg.data.patch_size)}: lower train.batch_size or data.patch_size.")
+
+
+def prediction_failure(name: str, tile, per_pass: int, device: str) -> str:
+    return (f"Prediction of {name} ran out of memory ({_where(device)}) with tiles of {_dims(tile)}, {per_pass} per "
+            f"pass: lower predict.tile_size or predict.batch_size.")
+
+
+def local_world_size() -> int:
+    """Processes of this run on this machine (torchrun's LOCAL_WORLD_SIZE; 1 in a plain process)."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    except ValueError:
+        return 1
+
+
+__all__ = ["StepMemory", "available", "check_training", "is_out_of_memory", "local_world_size", "meta_copy",
+           "optimizer_bytes", "prediction_failure", "ram_available", "step_peak", "training_failure"]
