@@ -1,4 +1,4 @@
-"""Batch-folder prediction (engine/batch.py, engine/dask_executor.py) and the `napari-bioflow batch` command, on real
+"""Batch-folder prediction (engine/batch/) and the `napari-bioflow batch` command, on real
 crops of the shipped BBBC007 sample in every input format (TIFF, PNG, zarr, OME-Zarr) with a tiny trained model."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from helpers import BBBC, crop_folders, read_csv, tiny_config, tree, write_image
 from napari_bioflow.cli import main
 from napari_bioflow.engine.batch import (BatchRequest, BatchRun, BatchStarted, BatchSummary, FileDone, FileFailed,
                                          FileProgress, FileStarted, marker_path, run_batch)
-from napari_bioflow.engine.batch_results import lazy_results, stacked_results
+from napari_bioflow.engine.batch.results import lazy_results, stacked_results
 from napari_bioflow.engine.checkpoint import load_model
 from napari_bioflow.engine.errors import InputError
 from napari_bioflow.engine.inference import predict_files

@@ -1,5 +1,5 @@
 """The Batch dock: a checkpoint (or the model just trained), an input folder (TIFF, PNG, zarr, OME-Zarr), optional
-labels and an output folder in; every file predicted by the engine's BatchRun (engine/batch.py) into a new run of
+labels and an output folder in; every file predicted by the engine's BatchRun (engine/batch/) into a new run of
 the experiment layout, or into an earlier run it continues (resume), here or on dask.distributed.
 
 The dock only turns fields into a BatchRequest, runs the BatchRun generator in a napari thread worker and turns its
@@ -346,7 +346,7 @@ class BatchWidget(QWidget):
         spatial axes, and the class or channel axis in front of it, so that all layers share the file slider."""
         import dask.array as da
 
-        from ..engine.batch_results import lazy_inputs, lazy_results
+        from ..engine.batch.results import lazy_inputs, lazy_results
 
         if self.run is None:
             return []

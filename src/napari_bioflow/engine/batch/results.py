@@ -2,29 +2,23 @@
 (one per file, or stacked along a file axis) and over its input files. Nothing is loaded."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .batch import BATCH_DIR, DONE_DIR, open_channels_last
-from .errors import InputError
+from ..errors import InputError
+from .records import BATCH_DIR, DONE_DIR, FileRecord, read_record
+from .task import open_channels_last
 
 
-def finished_records(run_dir: Path) -> list[dict]:
+def finished_records(run_dir: Path) -> list[FileRecord]:
     """The completion markers of a batch run folder, in the order of the input folder's files."""
-    run_dir = Path(run_dir)
-    folder = run_dir / BATCH_DIR / DONE_DIR
+    folder = Path(run_dir) / BATCH_DIR / DONE_DIR
     if not folder.is_dir():
         return []
-    records = []
-    for p in folder.glob("*.json"):
-        try:
-            records.append(json.loads(p.read_text()))
-        except (OSError, ValueError):
-            continue
-    return sorted(records, key=lambda r: r.get("name", ""))
+    records = [read_record(p) for p in folder.glob("*.json")]
+    return sorted((r for r in records if r is not None), key=lambda r: r.name)
 
 
 def lazy_results(run_dir: Path) -> dict[str, dict[str, Any]]:
@@ -34,11 +28,11 @@ def lazy_results(run_dir: Path) -> dict[str, dict[str, Any]]:
     out = {}
     for rec in finished_records(run_dir):
         arrays = {}
-        for key, rel in rec.get("outputs", {}).items():
+        for key, rel in rec.outputs.items():
             path = Path(run_dir) / rel
             if path.exists():
                 arrays[key] = da.from_zarr(str(path))
-        out[rec["name"]] = arrays
+        out[rec.name] = arrays
     return out
 
 
@@ -63,9 +57,9 @@ def lazy_inputs(run_dir: Path, cfg) -> dict[str, Any]:
     out = {}
     for rec in finished_records(run_dir):
         try:
-            image = open_channels_last(rec["raw"], cfg, rec["raw"])
+            image = open_channels_last(rec.raw, cfg, rec.raw)
         except (InputError, OSError):
             continue  # moved or deleted since
-        out[rec["name"]] = np.moveaxis(lazy_array(image), -1, 0)
+        out[rec.name] = np.moveaxis(lazy_array(image), -1, 0)
     return out
 

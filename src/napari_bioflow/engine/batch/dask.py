@@ -1,6 +1,6 @@
 """Batch prediction on dask.distributed: one task per file, or one task per block of an image bigger than the
 block size (the chunks of one huge volume), on a LocalCluster of worker processes or on the cluster behind a
-scheduler address. The tasks are the same functions the in-process batch runs (engine/batch.py), so the outputs
+scheduler address. The tasks are the same functions the in-process batch runs (task.py), so the outputs
 are the same; every worker loads the checkpoint once and reads and writes the files itself (on a cluster the
 input, checkpoint and output paths must be the same on every machine: a shared file system).
 
@@ -15,12 +15,15 @@ import queue
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
-from .batch import (Block, BatchRun, FileItem, FileStarted, TaskContext, clear_partial,
-                    create_block_store, finish_blocks, predict_block, predict_item)
-from .errors import InputError
-from .storage import raise_if_disk_full
+from ..errors import InputError
+from ..storage import raise_if_disk_full
+from .events import ExecutorEvent, FileFinished, FileStarted, TilesDone
+from .executors import RunView
+from .plan import WorkUnit
+from .records import Block, BlockResult, FileItem, TaskContext, TaskResult, Unfinished
+from .task import clear_partial, create_block_store, finish_blocks, predict_block, predict_item
 
 log = logging.getLogger(__name__)
 CANCEL_POLL_S = 0.3  # a task asks the scheduler whether the batch was cancelled at most this often
@@ -73,10 +76,10 @@ def _publish(topic: str, msg: dict) -> None:
         pass
 
 
-def file_task(ctx: TaskContext, item: FileItem) -> dict:
+def file_task(ctx: TaskContext, item: FileItem) -> TaskResult:
     cancel = _cancel_check(ctx.cancel_event)
     if cancel():
-        return {"status": "cancelled", "name": item.name}
+        return Unfinished.cancelled(item.name)
     last = {"at": 0.0}
 
     def started(job) -> None:
@@ -93,14 +96,14 @@ def file_task(ctx: TaskContext, item: FileItem) -> dict:
     return predict_item(ctx, item, None, cancel, progress, started)
 
 
-def block_task(ctx: TaskContext, item: FileItem, block: Block) -> dict:
+def block_task(ctx: TaskContext, item: FileItem, block: Block) -> BlockResult:
     cancel = _cancel_check(ctx.cancel_event)
     if cancel():
-        return {"status": "cancelled", "name": item.name}
+        return Unfinished.cancelled(item.name)
     return predict_block(ctx, item, block, None, cancel)
 
 
-def finish_task(ctx: TaskContext, item: FileItem, results: list[dict]) -> dict:
+def finish_task(ctx: TaskContext, item: FileItem, results: list[BlockResult]) -> TaskResult:
     return finish_blocks(ctx, item, results)
 
 
@@ -110,10 +113,11 @@ def finish_task(ctx: TaskContext, item: FileItem, results: list[dict]) -> dict:
 
 
 class DaskExecutor:
-    def __init__(self, batch: BatchRun):
-        req = batch.request
-        self.batch = batch
-        self.client, self.cluster = connect(req.scheduler, req.workers)
+    """The Executor on dask.distributed: one task per file, or per block and then one to finish the image."""
+
+    def __init__(self, scheduler: Optional[str] = None, workers: int = 0):
+        self.scheduler = scheduler
+        self.client, self.cluster = connect(scheduler, workers)
         self.uid = uuid.uuid4().hex[:10]
         self.topic = f"bioflow-batch-{self.uid}"
         self.events: queue.Queue = queue.Queue()
@@ -125,12 +129,12 @@ class DaskExecutor:
         self.n_workers = n
         self.unfinished = False
         # local workers share this machine's cores: each takes its share for torch (dask sets 1 thread otherwise)
-        self.torch_threads = max(1, (os.cpu_count() or 1) // max(1, req.workers)) if self.cluster is not None else 0
+        self.torch_threads = max(1, (os.cpu_count() or 1) // max(1, workers)) if self.cluster is not None else 0
 
     def describe(self) -> str:
         if self.cluster is not None:
             return f"dask LocalCluster of {self.n_workers} worker process(es)"
-        return f"dask scheduler {self.batch.request.scheduler} ({self.n_workers} worker(s))"
+        return f"dask scheduler {self.scheduler} ({self.n_workers} worker(s))"
 
     def close(self) -> None:
         """Leave the cluster; tasks still running (the batch interrupted, e.g. by Ctrl-C) stop after their tile."""
@@ -144,39 +148,39 @@ class DaskExecutor:
         if self.cluster is not None:
             self.cluster.close()
 
-    def run(self, items: list[FileItem]) -> Iterator[Any]:
+    def _submit(self, run: RunView, ctx: TaskContext, unit: WorkUnit):
+        """Submit a unit's tasks: the future of its result, and the FileStarted of a split image (None otherwise)."""
         import dask.array as da
 
-        batch = self.batch
-        ctx = batch.context(self.torch_threads, self.topic, self.cancel_event.name)
-        by_index = {it.index: it for it in items}
+        item = unit.item
+        if unit.blocks is None:
+            return self.client.submit(file_task, ctx, item, key=f"bioflow-file-{item.index}-{self.uid}", pure=False), None
+        clear_partial(run.run_dir, item.stem)
+        arr = create_block_store(run.run_dir, item, run.loaded, unit.block_shape)
+        parts = []
+        for blk in unit.blocks:
+            part = self.client.submit(block_task, ctx, item, blk, pure=False,
+                                      key=f"bioflow-block-{item.index}-{blk.index}-{self.uid}")
+            part.add_done_callback(lambda f, i=item.index: self.events.put(("block", i)))
+            parts.append(part)
+        fut = self.client.submit(finish_task, ctx, item, parts, key=f"bioflow-finish-{item.index}-{self.uid}", pure=False)
+        return fut, FileStarted(item.index, item.name, item.stem, len(unit.blocks), lambda: da.from_zarr(arr))
+
+    def run(self, run: RunView, units: list[WorkUnit]) -> Iterator[ExecutorEvent]:
+        ctx = run.context(self.torch_threads, self.topic, self.cancel_event.name)
+        by_index = {u.item.index: u for u in units}
         blocks_done: dict[int, int] = {}
-        n_blocks: dict[int, int] = {}
         finished: set[int] = set()
-        futures = []
-        for item in items:
-            blocks = batch.blocks_of(item)
-            if blocks is None:
-                fut = self.client.submit(file_task, ctx, item, key=f"bioflow-file-{item.index}-{self.uid}", pure=False)
-            else:
-                clear_partial(batch.run_dir, item.stem)
-                arr = create_block_store(batch.run_dir, item, batch.loaded, batch.block)
-                n_blocks[item.index], blocks_done[item.index] = len(blocks), 0
-                yield FileStarted(item.index, item.name, item.stem, len(blocks), lambda a=arr: da.from_zarr(a))
-                parts = []
-                for blk in blocks:
-                    part = self.client.submit(block_task, ctx, item, blk, pure=False,
-                                              key=f"bioflow-block-{item.index}-{blk.index}-{self.uid}")
-                    part.add_done_callback(lambda f, i=item.index: self.events.put(("block", i)))
-                    parts.append(part)
-                fut = self.client.submit(finish_task, ctx, item, parts, key=f"bioflow-finish-{item.index}-{self.uid}",
-                                         pure=False)
-            fut.add_done_callback(lambda f, i=item.index: self.events.put(("done", i, f)))
-            futures.append(fut)
+        for unit in units:
+            fut, started = self._submit(run, ctx, unit)
+            if started is not None:
+                blocks_done[unit.item.index] = 0
+                yield started
+            fut.add_done_callback(lambda f, i=unit.item.index: self.events.put(("done", i, f)))
         cancelling = False
-        self.unfinished = bool(items)
-        while len(finished) < len(items):
-            if batch.cancelled and not cancelling:
+        self.unfinished = bool(units)
+        while len(finished) < len(units):
+            if run.cancelled and not cancelling:
                 cancelling = True
                 self.cancel_event.set()  # running tasks stop after their tile batch, waiting ones at once
             try:
@@ -187,33 +191,31 @@ class DaskExecutor:
             if kind == "done":
                 _, index, fut = event
                 finished.add(index)
+                item = by_index[index].item
                 try:
-                    record = fut.result()
+                    result = fut.result()
                 except Exception as e:  # the task itself died (a worker lost, a pickling error): that file fails
-                    raise_if_disk_full(e, batch.run_dir, f"the results of {by_index[index].raw}")
-                    record = {"status": "failed", "name": by_index[index].name,
-                              "reason": f"{by_index[index].raw} failed on the cluster: {type(e).__name__}: {e}"}
-                report = batch.report_record(by_index[index], record)
-                if report is not None:
-                    yield report
+                    raise_if_disk_full(e, run.run_dir, f"the results of {item.raw}")
+                    result = Unfinished.failed(item.name, f"{item.raw} failed on the cluster: {type(e).__name__}: {e}")
+                yield FileFinished(item, result)
             elif kind == "block":
                 index = event[1]
                 if index in finished:
                     continue
                 blocks_done[index] += 1
-                item = by_index[index]
-                yield batch.report_progress(item, blocks_done[index], n_blocks[index])
+                unit = by_index[index]
+                yield TilesDone(unit.item, blocks_done[index], len(unit.blocks))
             else:
                 msg = event[1]
                 index = msg.get("index")
                 if index in finished or index not in by_index:
                     continue
-                item = by_index[index]
+                item = by_index[index].item
                 if msg.get("kind") == "start":
                     path = msg.get("accumulator")
                     yield FileStarted(index, item.name, item.stem, int(msg.get("tiles", 0)), lambda p=path: _live(p))
                 elif msg.get("kind") == "progress":
-                    yield batch.report_progress(item, int(msg["done"]), int(msg["total"]))
+                    yield TilesDone(item, int(msg["done"]), int(msg["total"]))
         self.unfinished = False
 
 
@@ -222,7 +224,7 @@ def _live(accumulator: Optional[str]):
     if not accumulator or not Path(accumulator).exists():
         return None
     try:
-        from .accumulator import ZarrAccumulator
+        from ..accumulator import ZarrAccumulator
 
         return ZarrAccumulator.open(accumulator).lazy()
     except Exception:
