@@ -85,3 +85,43 @@ def test_source_files_stay_small():
     big = [f"{p.relative_to(SRC)}: {n}" for p in sorted(SRC.rglob("*.py"))
            if (n := len(p.read_text().splitlines())) > 560]
     assert not big, "files over 560 lines:\n" + "\n".join(big)
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    """The modules on import cycles of `graph` (module -> modules it imports): what is left once every module that
+    imports none of the remaining ones is taken away, again and again."""
+    left = {m: set(deps) & set(graph) for m, deps in graph.items()}
+    while True:
+        free = [m for m, deps in left.items() if not deps & set(left)]
+        if not free:
+            return sorted(left)
+        for m in free:
+            del left[m]
+
+
+def test_the_batch_package_imports_module_by_module_without_cycles_and_stays_small():
+    """engine/batch: the imports between its modules, lazy ones inside functions included, form no cycle (the old
+    batch <-> dask_executor one is gone); every module imports alone in a fresh interpreter; none is over 400 lines."""
+    import ast
+    import subprocess
+    import sys
+
+    assert _cycle({"run": {"dask"}, "dask": {"run"}, "events": set()}) == ["dask", "run"]  # the check can fail
+    package = SRC / "engine" / "batch"
+    modules = sorted(p.stem for p in package.glob("*.py") if p.stem != "__init__")
+    assert {"events", "task", "plan", "executors", "dask", "run", "results"} <= set(modules)
+    graph = {}
+    for name in modules:
+        deps = set()
+        for node in ast.walk(ast.parse((package / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+        graph[name] = deps
+    assert not _cycle(graph), f"import cycle in engine/batch: {_cycle(graph)}"
+    assert not any({"run", "dask"} & graph[m] for m in ("executors", "task", "plan", "events", "records"))
+    for name in ["", *modules]:
+        module = "napari_bioflow.engine.batch" + (f".{name}" if name else "")
+        proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{module} does not import alone:\n{proc.stderr[-2000:]}"
+    big = [f"{p.name}: {n}" for p in sorted(package.glob("*.py")) if (n := len(p.read_text().splitlines())) > 400]
+    assert not big, "engine/batch modules over 400 lines:\n" + "\n".join(big)

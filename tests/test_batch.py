@@ -290,6 +290,66 @@ def test_a_per_image_workflow_plugs_in(folder, checkpoint, tmp_path):
     assert not (summary.run_dir / "per_image").exists()
 
 
+# a completion marker exactly as the runs before engine/batch became a package wrote it (json.dumps(indent=1))
+OLD_MARKER = """{
+ "status": "done",
+ "name": "a_tiff.tif",
+ "raw": "/data/raw/a_tiff.tif",
+ "label": "/data/labels/a_tiff.tif",
+ "stem": "a_tiff",
+ "outputs": {
+  "probabilities": "per_image/a_tiff.zarr/probabilities",
+  "labels": "per_image/a_tiff.zarr/labels"
+ },
+ "files": [
+  "per_image/a_tiff.tif",
+  "per_image_binarized/a_tiff.tif"
+ ],
+ "metrics": {
+  "iou_class_1": 0.8125,
+  "mean_iou": 0.875
+ },
+ "counts": [
+  [
+   900,
+   130
+  ],
+  [
+   1000,
+   160
+  ]
+ ],
+ "prediction": null,
+ "seconds": 1.25,
+ "pixels": 25600
+}"""
+
+
+def test_an_earlier_runs_marker_reads_as_a_record_and_counts_while_its_outputs_are_there(tmp_path):
+    """The typed FileRecord keeps the marker format: an earlier run's marker reads into it and writes back the
+    same text, and the planner counts its file finished (skipped on resume) only while every output it lists is
+    still there."""
+    import json
+
+    from napari_bioflow.engine.batch import FileItem, FileRecord
+    from napari_bioflow.engine.batch.plan import is_finished
+
+    record = FileRecord.from_json(json.loads(OLD_MARKER))
+    assert record.metrics == {"iou_class_1": 0.8125, "mean_iou": 0.875} and record.counts == [[900, 130], [1000, 160]]
+    assert json.dumps(record.to_json(), indent=1) == OLD_MARKER
+    item = FileItem(0, record.raw, record.label, record.name, record.stem)
+    marker_path(tmp_path, "a_tiff").parent.mkdir(parents=True)
+    marker_path(tmp_path, "a_tiff").write_text(OLD_MARKER)
+    for rel in ["per_image/a_tiff.zarr/probabilities", "per_image/a_tiff.zarr/labels"]:
+        (tmp_path / rel).mkdir(parents=True)
+    for rel in record.files:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    assert is_finished(tmp_path, item)
+    (tmp_path / "per_image_binarized" / "a_tiff.tif").unlink()
+    assert not is_finished(tmp_path, item)  # redone by a resumed run
+
+
 # --------------------------------------------------------------------------------------------------
 # dask.distributed
 
