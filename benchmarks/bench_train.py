@@ -25,6 +25,7 @@ Target: trainer step >= 0.95 x bare step for semantic segmentation (issue 2), >=
 pair by pair, then the median of the ratios.
 
     .venv/bin/python benchmarks/bench_train.py [--workflow W] [--model M] [--repeats 4] [--epochs 3] [--steps 10]
+                                               [--set augment.elastic_prob=0.5 ...]
 """
 from __future__ import annotations
 
@@ -62,15 +63,23 @@ def run_trainer(make_cfg, epochs: int, steps: int, skip_epochs: int = 1) -> dict
                 last = None
         total = time.perf_counter() - t_total
         # what the prefetch thread does per step (read, normalize, stack a batch), timed here on its own: it is
-        # hidden behind the step as long as it is well below it
+        # hidden behind the step as long as it is well below it; and the augmentation, which the loop does
+        import torch
+
         data = trainer.workflow.training_data(trainer.dataset, trainer.cfg, trainer.normalizer)
-        batch_s = []
+        gen = torch.Generator().manual_seed(0)
+        batch_s, augment_s = [], []
         for _ in range(8):
             t = clock()
-            data.batch(BATCH)
+            xb, yb = data.batch(BATCH)
             batch_s.append(clock() - t)
+            t = clock()
+            if trainer.cfg.augment.enable:
+                trainer.workflow.augment(torch.from_numpy(xb), torch.from_numpy(yb), trainer.cfg, gen)
+            augment_s.append(clock() - t)
     return {
         "batch_production_seconds_median": median(batch_s),
+        "augmentation_seconds_median": median(augment_s),
         "step_seconds": step_dt,
         "step_patches_per_s_median": BATCH / median(step_dt),
         "step_patches_per_s_mean": BATCH * len(step_dt) / sum(step_dt),
@@ -135,6 +144,8 @@ def main(argv=None):
     ap.add_argument("--bare-steps", type=int, default=20)
     ap.add_argument("--bare-warmup", type=int, default=2, help="untimed bare steps first")
     ap.add_argument("--tag", default="", help="suffix of the result file name (e.g. before/after a change)")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="config override of the trainer's runs, e.g. augment.elastic_prob=0.5 (repeatable)")
     add_clock_options(ap, "thread")
     args = ap.parse_args(argv)
     global clock
@@ -146,9 +157,15 @@ def main(argv=None):
 
     import torch
 
+    from napari_bioflow.config import apply_override
+
+    overrides: dict = {}
+    for item in args.set:
+        apply_override(overrides, item)
     data_root = Path(tempfile.mkdtemp(prefix="bench_train_data_"))
     make_cfg = lambda out, epochs, steps: run_config(args.workflow, model, out, data_root, "bench_train",  # noqa: E731
-                                                     train={"epochs": epochs, "steps_per_epoch": steps})
+                                                     **{**overrides, "train": {**overrides.get("train", {}),
+                                                                               "epochs": epochs, "steps_per_epoch": steps}})
     cfg = make_cfg(data_root / "unused", args.epochs, args.steps)
     print(f"{args.workflow}, model {model}"
           + (f", pretext {cfg.self_supervised.pretext}" if args.workflow == "self_supervised" else "")
@@ -183,6 +200,7 @@ def main(argv=None):
         "trainer_epoch_patches_per_s": med("trainer", "epoch_patches_per_s"),
         "bare_step_patches_per_s": med("bare", "step_patches_per_s_median"),
         "batch_production_ms": 1e3 * med("trainer", "batch_production_seconds_median"),
+        "augmentation_ms": 1e3 * med("trainer", "augmentation_seconds_median"),
         "ratio_step_median_of_pairs": med("ratio_step"),
         "ratio_epoch_median_of_pairs": med("ratio_epoch"),
         "target": f">= {target} (trainer step / bare step)",
@@ -196,13 +214,14 @@ def main(argv=None):
     print(table(rows, ["patches/s", "median", "repeats", "ratio to bare", "target", ""]))
     print(f"batch production (prefetch thread) {summary['batch_production_ms']:.1f} ms per batch vs a bare step of "
           f"{1e3 * BATCH / summary['bare_step_patches_per_s']:.0f} ms; {clock_name} clock")
+    print(f"augmentation (in the training loop) {summary['augmentation_ms']:.1f} ms per batch")
     print(f"load average before {load_before}, after {loadavg()}; torch threads {torch.get_num_threads()}")
     name = result_name("train", args.workflow, model)
     path = write_result(name + (f"_{args.tag}" if args.tag else ""), {
         "config": {"workflow": args.workflow, "model": model, "model_options": cfg.model.options,
                    "pretext": cfg.self_supervised.pretext if args.workflow == "self_supervised" else None,
                    "loss": cfg.train.loss, "patch": [PATCH, PATCH], "batch": BATCH, "channels": 1, "device": "cpu",
-                   "epochs": args.epochs, "steps_per_epoch": args.steps, "skip_epochs": args.skip_epochs,
+                   "epochs": args.epochs, "steps_per_epoch": args.steps, "skip_epochs": args.skip_epochs, "set": args.set,
                    "bare_steps": args.bare_steps, "bare_warmup": args.bare_warmup, "clock": clock_name, "torch_threads": torch.get_num_threads(),
                    "data": "shipped bbbc007 sample: 8 train TIFFs, 2 validation TIFFs"
                            + (" (raw degraded: blur 1 + noise 0.16 x max; target the real image)" if args.workflow == "image_to_image" else "")},

@@ -2,7 +2,7 @@
 (or image target) together, labels by nearest neighbour; intensity transforms touch the raw only; probability 0
 changes nothing and draws nothing (the old defaults give the old batches); a fixed generator repeats itself; the
 3D-only transforms are refused for 2D in one sentence; a real training with every transform on has a finite loss,
-its augmentation done in the prefetch thread."""
+augmenting every batch in the training loop, on the training device."""
 from __future__ import annotations
 
 import math
@@ -13,8 +13,8 @@ import pytest
 import tifffile
 import torch
 import torch.nn.functional as F
-
 from helpers import NUCLEI, crop_folders, reports_of, run_all, tiny_config, tree, write_image
+
 from napari_bioflow.cli import main
 from napari_bioflow.config import AugmentConfig, RunConfig
 from napari_bioflow.engine.augment import augment
@@ -55,7 +55,8 @@ def cfg_with(name: str, **fields) -> AugmentConfig:
 
 
 def run(x, y, cfg, seed=0, target_is_image=False):
-    return augment(x.clone(), None if y is None else y.clone(), cfg, torch.Generator().manual_seed(seed), target_is_image)
+    y = None if y is None else y.clone()
+    return augment(x.clone(), y, cfg, torch.Generator().manual_seed(seed), target_is_image)
 
 
 @pytest.mark.parametrize("shape", [(4, 1, 64, 64), (2, 1, 16, 64, 64)], ids=["2d", "3d"])
@@ -231,15 +232,15 @@ def test_ranges_load_from_yaml_and_save_back(tmp_path):
 ALL_2D = {f"{n}_prob": 0.5 for n in [*GEOMETRIC, *INTENSITY, "cutout"]}
 
 
-def test_training_with_every_2d_transform_has_a_finite_loss_and_augments_in_the_prefetch_thread(tmp_path, monkeypatch):
+def test_training_with_every_2d_transform_has_a_finite_loss_and_augments_every_batch_in_the_loop(tmp_path, monkeypatch):
     from napari_bioflow.engine.train import EpochReport, StepReport, Trainer
     from napari_bioflow.engine.workflows.base import Workflow
 
-    threads = []
+    calls = []
     original = Workflow.augment
 
-    def recorded(self, x, y, cfg, generator):  # the real augmentation, noting the thread it runs in
-        threads.append(threading.current_thread().name)
+    def recorded(self, x, y, cfg, generator):  # the real augmentation, noting where it runs
+        calls.append((threading.current_thread().name, x.device.type, tuple(x.shape)))
         return original(self, x, y, cfg, generator)
 
     monkeypatch.setattr(Workflow, "augment", recorded)
@@ -249,7 +250,9 @@ def test_training_with_every_2d_transform_has_a_finite_loss_and_augments_in_the_
     reports = run_all(Trainer(cfg))
     losses = [r.loss for r in reports_of(reports, StepReport)] + [r.train_loss for r in reports_of(reports, EpochReport)]
     assert len(losses) == 8 and all(math.isfinite(v) for v in losses)
-    assert threads and set(threads) == {"bioflow-prefetch"}
+    # every training batch (2 epochs x 3 steps), in the thread that runs the trainer (not the prefetch thread),
+    # on the training device, batched
+    assert calls == [(threading.current_thread().name, "cpu", (2, 1, 64, 64))] * 6
 
 
 def test_training_3d_with_every_transform_has_a_finite_loss(tmp_path):

@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .augment_geometry import chosen, uniform
+from .augment_geometry import chosen, device_generator, uniform
 
 MEDIAN_CHUNK = 1 << 25  # elements of the unfolded neighbourhoods per median pass (128 MB of float32)
 
@@ -97,7 +97,7 @@ def _contrast(x, cfg, g):
 
 
 def _gaussian_noise(x, cfg, g):
-    noise = torch.randn(x.shape, generator=g).to(x.device, x.dtype)
+    noise = torch.randn(x.shape, generator=device_generator(g, x.device), device=x.device, dtype=x.dtype)
     return x + cfg.gaussian_noise_mean + math.sqrt(cfg.gaussian_noise_var) * noise
 
 
@@ -106,13 +106,14 @@ def _poisson_noise(x, cfg, g):
     span = (hi - lo).clamp_min(1e-12)
     peak = _column(uniform(*cfg.poisson_noise_peak, x.shape[0], g), x)
     counts = ((x - lo) / span).clamp(0, 1) * peak
-    noisy = torch.poisson(counts.cpu(), generator=g).to(x.device) / peak
+    noisy = torch.poisson(counts, generator=device_generator(g, x.device)) / peak
     return torch.where(hi > lo, lo + span * noisy, x)
 
 
 def _dropout(x, cfg, g):
     rate = _column(uniform(*cfg.drop_range, x.shape[0], g), x)
-    keep = torch.rand((x.shape[0], 1, *x.shape[2:]), generator=g).to(x.device) >= rate  # all channels of a pixel
+    keep = torch.rand((x.shape[0], 1, *x.shape[2:]), generator=device_generator(g, x.device), device=x.device) >= rate
+    # (one draw per pixel: all its channels are dropped together)
     return x * keep
 
 
@@ -121,18 +122,21 @@ def _missing_sections(x, cfg, g):
     widened to a half-width drawn in missp_iterations, is filled with the section's mean (BiaPy's MISSING_SECTIONS,
     after PyTorch Connectomics' missing parts)."""
     n, C, Z, H, W = x.shape
-    width = torch.randint(cfg.missp_iterations[0], cfg.missp_iterations[1] + 1, (n, 1), generator=g).float()
-    hit = torch.rand(n, Z, generator=g) < cfg.missp_section_prob
-    vertical = torch.rand(n, Z, generator=g) < 0.5  # from the top row to the bottom row, else left to right
-    u = torch.rand(4, n, Z, generator=g)
+    dev = x.device
+    width = torch.randint(cfg.missp_iterations[0], cfg.missp_iterations[1] + 1, (n, 1), generator=g).float().to(dev)
+    hit = (torch.rand(n, Z, generator=g) < cfg.missp_section_prob).to(dev)
+    vertical = (torch.rand(n, Z, generator=g) < 0.5).to(dev)  # from the top row to the bottom row, else left to right
+    u = torch.rand(4, n, Z, generator=g).to(dev)
     col, row = 1 + u[:2] * max(W - 2, 0), 1 + u[2:] * max(H - 2, 0)  # where the line meets its two sides
     x0, y0 = torch.where(vertical, col[0], 0.0), torch.where(vertical, 0.0, row[0])
     x1, y1 = torch.where(vertical, col[1], float(W - 1)), torch.where(vertical, float(H - 1), row[1])
     dx, dy = (x1 - x0)[..., None, None], (y1 - y0)[..., None, None]
-    yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
-    dist = (dx * (yy - y0[..., None, None]) - dy * (xx - x0[..., None, None])).abs() / torch.hypot(dx, dy).clamp_min(1e-6)
+    yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float32, device=dev),
+                            torch.arange(W, dtype=torch.float32, device=dev), indexing="ij")
+    cross = dx * (yy - y0[..., None, None]) - dy * (xx - x0[..., None, None])
+    dist = cross.abs() / torch.hypot(dx, dy).clamp_min(1e-6)  # from the line
     mask = (dist <= width[..., None, None]) & hit[..., None, None]  # (n, Z, H, W)
-    mask = mask[:, None].to(x.device)
+    mask = mask[:, None]
     mean = x.mean(dim=(-2, -1), keepdim=True)  # per sample, channel and section
     return torch.where(mask, mean, x)
 
@@ -146,18 +150,17 @@ def cutout(x: torch.Tensor, y, cfg, g: torch.Generator, target_is_image: bool):
         return x, y
     lo, hi = cfg.cout_nb_iterations
     count = torch.randint(lo, hi + 1, (batch,), generator=g)
-    boxes = torch.zeros((batch, *spatial), dtype=torch.bool)
+    dev, view = x.device, (batch, *([1] * len(spatial)))
+    boxes = torch.zeros((batch, *spatial), dtype=torch.bool, device=dev)
     for i in range(hi):
         frac = uniform(*cfg.cout_size, batch, g)
-        inside = (on & (count > i)).view(batch, *([1] * len(spatial)))
+        inside = (on & (count > i)).view(view).to(dev)
         for ax, n in enumerate(spatial):
             size = (frac * n).round().clamp(1, n).long()
             start = (torch.rand(batch, generator=g) * (n - size + 1)).long()
-            coord = torch.arange(n).view(*([1] * (ax + 1)), n, *([1] * (len(spatial) - ax - 1)))
-            view = (batch, *([1] * len(spatial)))
-            inside = inside & (coord >= start.view(view)) & (coord < (start + size).view(view))
+            coord = torch.arange(n, device=dev).view(*([1] * (ax + 1)), n, *([1] * (len(spatial) - ax - 1)))
+            inside = inside & (coord >= start.view(view).to(dev)) & (coord < (start + size).view(view).to(dev))
         boxes |= inside
-    boxes = boxes.to(x.device)
     x = x.masked_fill(boxes[:, None], cfg.cout_cval)
     if cfg.cout_apply_to_mask and y is not None:
         y = y.masked_fill(boxes[:, None] if target_is_image else boxes, cfg.cout_cval if target_is_image else 0)
