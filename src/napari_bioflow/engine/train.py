@@ -205,11 +205,29 @@ class Trainer:
                                       f"{len(skipped)} initialised{_names(skipped)}; {len(unused)} of the "
                                       f"checkpoint's tensors skipped{_names(unused)}.")
         self.model.to(self.device)
-        self.experiment = self.dist.from_main(lambda: _claim_run(cfg))  # rank 0 claims the run id, tells the others
         return resume
 
     # --- the loop -------------------------------------------------------------------------------------
     def run(self) -> Iterator[Report]:
+        """The run's reports. A failed allocation (a batch or patch too big for the memory) ends it with one
+        sentence (InputError) instead of torch's traceback; the run's folder goes too when no epoch was saved."""
+        from .memory import is_out_of_memory, training_failure
+
+        self._batches, self._created = None, []
+        try:
+            yield from self._run()
+            return
+        except Exception as e:  # noqa: BLE001  (re-raised below unless it is a failed allocation)
+            if not is_out_of_memory(e):
+                raise
+        finally:
+            if self._batches is not None:
+                self._batches.close()  # stops and joins the prefetch thread
+        if self.experiment is not None and self.dist.is_main:
+            _discard_unsaved_run(self.experiment, self._created)
+        raise InputError(training_failure(self.cfg, getattr(self, "device", self.cfg.device)))
+
+    def _run(self) -> Iterator[Report]:
         import torch
 
         from .sampling import prefetch
@@ -223,6 +241,8 @@ class Trainer:
         optimizer = _optimizer(cfg, model.parameters())
         scheduler, per_step = _scheduler(cfg, optimizer, steps)
         loss_fn = wf.loss(cfg)
+        self.dist.from_main(lambda: _check_memory(self, data, loss_fn))  # refused before the run's folder exists
+        self.experiment = self.dist.from_main(lambda: _claim_run(cfg, self._created))  # rank 0 claims the run id
         gen = torch.Generator().manual_seed(cfg.seed)
         first_epoch, best_loss, best_epoch, since_best = 1, math.inf, 0, 0
         if resume is not None:
@@ -245,7 +265,7 @@ class Trainer:
             start = time.perf_counter()
             model.train()
             losses = []
-            batches = prefetch(lambda: data.batch(t.batch_size), steps)
+            batches = self._batches = prefetch(lambda: data.batch(t.batch_size), steps)
             for step, (xb, yb) in enumerate(batches, 1):
                 if self.dist.any(self.cancelled):  # every rank stops at the same batch
                     break
@@ -351,12 +371,38 @@ class Trainer:
         return LoadedModel(self.model, self.cfg, self.normalizer, self.best_checkpoint, workflow=self.workflow)
 
 
-def _claim_run(cfg):
-    from .experiment import new_experiment
+def _check_memory(trainer, data, loss_fn) -> None:
+    from .memory import check_training, local_world_size
 
+    dist = trainer.dist
+    check_training(trainer.model, trainer.workflow, trainer.cfg, data, loss_fn, trainer.device, dist.world_size,
+                   local_world_size() if dist.enabled else 1)
+
+
+def _claim_run(cfg, created: Optional[list] = None):
+    from .experiment import folders_to_create, new_experiment
+
+    if created is not None:
+        created.extend(folders_to_create(cfg.output_dir, cfg.name))
     exp = new_experiment(cfg.output_dir, cfg.name)
     cfg.save(exp.config_path)
     return exp
+
+
+def _discard_unsaved_run(exp, created: list) -> None:
+    """Take away a run that ended before any checkpoint was written (its config, its results folder and the
+    folders its claim created, when empty): nothing of it would be worth keeping."""
+    import shutil
+
+    if exp.best_checkpoint.exists() or exp.last_checkpoint.exists():
+        return
+    exp.config_path.unlink(missing_ok=True)
+    shutil.rmtree(exp.results, ignore_errors=True)
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another run), or gone already
+            pass
 
 
 class _Nothing:
