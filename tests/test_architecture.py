@@ -110,13 +110,18 @@ def test_the_batch_package_imports_module_by_module_without_cycles_and_stays_sma
     package = SRC / "engine" / "batch"
     modules = sorted(p.stem for p in package.glob("*.py") if p.stem != "__init__")
     assert {"events", "task", "plan", "executors", "dask", "run", "results"} <= set(modules)
-    graph = {}
+    graph, unresolved = {}, []
     for name in modules:
         deps = set()
         for node in ast.walk(ast.parse((package / f"{name}.py").read_text())):
             if isinstance(node, ast.ImportFrom) and node.level == 1:
                 deps |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+            if isinstance(node, ast.ImportFrom) and node.level and node.module:  # lazy ones run only when called
+                target = [package, *package.parents][node.level - 1].joinpath(*node.module.split("."))
+                if not (target.with_suffix(".py").is_file() or (target / "__init__.py").is_file()):
+                    unresolved.append(f"{name}.py:{node.lineno}: {'.' * node.level}{node.module}")
         graph[name] = deps
+    assert not unresolved, "relative imports to no module:\n" + "\n".join(unresolved)
     assert not _cycle(graph), f"import cycle in engine/batch: {_cycle(graph)}"
     assert not any({"run", "dask"} & graph[m] for m in ("executors", "task", "plan", "events", "records"))
     for name in ["", *modules]:
