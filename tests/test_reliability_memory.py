@@ -91,8 +91,8 @@ def test_a_step_that_cannot_fit_is_refused_before_the_run_folder_exists(tmp_path
 
 
 def test_the_suggested_batch_fits_and_the_next_ones_do_not(tmp_path):
-    # the sentence's batch size is the largest that the estimate fits in the memory named (here half a GB, pretended
-    # free through the estimator's own arithmetic: nothing is allocated)
+    # the sentence's batch size is the largest whose estimate fits the memory named (here: pretended free between
+    # the estimates of 8 and 9 patches, through the estimator's own arithmetic: nothing is allocated)
     raw, label = write_pairs(tmp_path / "data", (256, 256))
     cfg = RunConfig.load(config_file(tmp_path, raw, label, 2, (256, 256), 64))
     trainer = Trainer(cfg)
@@ -100,23 +100,31 @@ def test_the_suggested_batch_fits_and_the_next_ones_do_not(tmp_path):
     wf = trainer.workflow
     data = wf.training_data(trainer.dataset, cfg, trainer.normalizer)
     estimate = StepMemory(trainer.model, wf, cfg, data.example(), wf.loss(cfg))
-    room = 500 * 2**20
-    fits = estimate.largest_batch(room, "cpu", 64)
-    assert 1 <= fits < 64
-    assert estimate.need(fits, "cpu") <= room < estimate.need(fits + 2, "cpu")
+    needs = [estimate.need(b, "cpu") for b in (1, 2, 8, 9, 64)]
+    assert needs == sorted(needs) and needs[-1] > 8 * needs[0]  # grows with the batch, about in proportion
+    room = (needs[2] + needs[3]) // 2
+    assert estimate.largest_batch(room, "cpu", 64) == 8
+    assert estimate.largest_batch(needs[0] - 1, "cpu", 64) == 0  # not even one patch
     assert not (tmp_path / "runs").exists()  # set up only: no run claimed
 
 
-def test_the_default_sample_config_and_the_tests_batches_pass_the_check(tmp_path):
-    # the shipped sample job (2D: patch 128, batch 4, feature maps 16..64) and a tiny config as the tests use: they
-    # train as before (the check says nothing), with a StartReport first
-    from napari_bioflow.cli import main as cli
+def test_the_sample_job_and_the_tests_batches_pass_the_check(tmp_path):
+    # the shipped sample job's training (2D BBBC007: patch 128, batch 4, feature maps 16..64, as `napari-bioflow
+    # sample` sets it) and a tiny config as the tests use: they train as before, the check says nothing
+    from napari_bioflow.sample_data import sample_root
 
-    assert cli(["sample", "--epochs", "1", "--output", str(tmp_path / "sample"), "--set", "train.steps_per_epoch=1"]) == 0
+    root = sample_root() / "bbbc007_2d"
+    sample = RunConfig.from_dict({
+        "name": "sample_2d", "output_dir": str(tmp_path / "sample"), "ndim": 2,
+        "data": {"train_raw": str(root / "train/raw"), "train_label": str(root / "train/label"),
+                 "patch_size": [128, 128], "val_split": 0.25},
+        "model": {"options": {"feature_maps": [16, 32, 64]}},
+        "train": {"epochs": 1, "steps_per_epoch": 1, "batch_size": 4}})
     raw, label = write_pairs(tmp_path / "data", (128, 128))
-    cfg = RunConfig.load(config_file(tmp_path, raw, label, 2, (64, 64), 2, TINY_MODEL))
-    reports = list(Trainer(cfg).run())
-    assert any(isinstance(r, StepReport) for r in reports)
+    tiny = RunConfig.load(config_file(tmp_path, raw, label, 2, (64, 64), 2, TINY_MODEL))
+    for cfg in (sample, tiny):
+        reports = list(Trainer(cfg).run())
+        assert any(isinstance(r, StepReport) for r in reports)
 
 
 # --- the estimate against a real peak ----------------------------------------------------------------------------
