@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import tifffile
 import yaml
+from helpers import TINY_MODEL, bbbc_pairs, headless_checkpoint, read_pair, tree
 
 import napari_bioflow
-from helpers import TINY_MODEL, bbbc_pairs, headless_checkpoint, read_pair, tree
 from napari_bioflow.cli import main
 from napari_bioflow.config import RunConfig
 from napari_bioflow.engine.memory import StepMemory, _cgroup_folders, _cgroup_room, is_out_of_memory, ram_available

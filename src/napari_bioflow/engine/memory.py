@@ -9,9 +9,9 @@ pass, gradients, the backward's temporaries), as the allocator sees them. Added 
 keeps two tensors per weight) and the prefetched batches. The weights themselves and the data already loaded are
 left out: they are allocated before the check, so they are no longer in what is free.
 
-Against measured peaks (CPU: peak RSS of a fresh process; CUDA: torch.cuda.max_memory_reserved) the estimate is
-1.0-1.5 x the real need (benchmarks/README.md), so a run that passes is not killed for memory and a refused one
-would not have fitted.
+Against the peak RSS of real steps in a fresh process, the CPU estimate is 1.1-1.6 x the real need for steps of
+0.5-5 GB (more for smaller ones, where the fixed reserve dominates; benchmarks/README.md, issue 9), so a run that
+passes is not killed for memory, and the batch the refusal suggests is within about a third of the largest that fits.
 """
 from __future__ import annotations
 
@@ -19,51 +19,43 @@ import copy
 import math
 import os
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 from .errors import InputError
 
 # What a step takes beyond its live tensors, measured on 14 models (benchmarks/bench_memory_estimate.py, README):
-# on the CPU 1.07-1.67 x the live tensors, or the live tensors + 16-1050 MB (glibc keeps freed blocks under its
+# on the CPU 1.07-1.67 x the live tensors, or the live tensors + 16-1220 MB (glibc keeps freed blocks under its
 # mmap threshold, up to 32 MiB, on its free lists; oneDNN's reordered weights and scratch buffers), the most for
-# many mid-sized tensors (DFCAN). 1.35 x + 384 MiB covers every case measured: a run that passes is not killed by
-# the kernel. On CUDA (not measured here: the caching allocator's rounding and fragmentation, cuDNN's workspaces)
-# a failed allocation is an exception that becomes one sentence anyway (train.py), so the margin is narrower.
-OVERHEAD = {"cpu": 1.35, "cuda": 1.2}
+# many mid-sized tensors (DFCAN: 1.39-1.46 x in two runs). 1.45 x + 384 MiB covers every case measured: a run that
+# passes is not killed by the kernel. On CUDA (not measured here: the caching allocator's rounding and
+# fragmentation, cuDNN's workspaces) a failed allocation is an exception that becomes one sentence anyway
+# (train.py), so the margin is narrower.
+OVERHEAD = {"cpu": 1.45, "cuda": 1.2}
 RESERVE = {"cpu": 384 * 2**20, "cuda": 512 * 2**20}
 REAL_RUN_VOXELS = 2**18  # a model that cannot run on the meta device is measured for real up to this patch (512^2)
 PREFETCHED = 4  # training batches alive beside the step's own: the prefetch queue (2), the one being read, a copy
 
 
 # --- what the machine has ------------------------------------------------------------------------------------
-def _meminfo(key: str) -> Optional[int]:
+def _stat(path: Path, key: str) -> int | None:
+    """The number after `key` in a '/proc/meminfo' or 'memory.stat' style file; None when absent."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
+        for line in path.read_text().splitlines():
+            name, *values = line.split()
+            if name.rstrip(":") == key and values:
+                return int(values[0])
+    except (OSError, ValueError):
         pass
     return None
 
 
-def _read_int(path: Path) -> Optional[int]:
+def _read_int(path: Path) -> int | None:
     try:
         text = path.read_text().strip()
     except OSError:
         return None
     return int(text) if text.isdigit() else None  # "max": no limit
-
-
-def _inactive_file(stat: Path, key: str) -> int:
-    try:
-        for line in stat.read_text().splitlines():
-            name, _, value = line.partition(" ")
-            if name == key:
-                return int(value)
-    except (OSError, ValueError):
-        pass
-    return 0
 
 
 def _cgroup_folders(root: Path) -> list[tuple[Path, str]]:
@@ -86,7 +78,7 @@ def _cgroup_folders(root: Path) -> list[tuple[Path, str]]:
     return out
 
 
-def _cgroup_room(root: Path = Path("/sys/fs/cgroup")) -> Optional[int]:
+def _cgroup_room(root: Path = Path("/sys/fs/cgroup")) -> int | None:
     """Bytes this process's memory cgroups still allow (the closest limit minus what is used, reclaimable page
     cache counted as free); None without a limit. cgroup v2 and v1."""
     rooms = []
@@ -98,20 +90,21 @@ def _cgroup_room(root: Path = Path("/sys/fs/cgroup")) -> Optional[int]:
             limit, used = _read_int(folder / "memory.limit_in_bytes"), _read_int(folder / "memory.usage_in_bytes")
             cache = "total_inactive_file"
         if limit is not None and used is not None and limit < 2**60:  # v1 writes "no limit" as a huge number
-            rooms.append(limit - used + _inactive_file(folder / "memory.stat", cache))
+            rooms.append(limit - used + (_stat(folder / "memory.stat", cache) or 0))
     return max(0, min(rooms)) if rooms else None
 
 
-def ram_available() -> Optional[int]:
+def ram_available() -> int | None:
     """Bytes of RAM a process can still take: MemAvailable, or less when a cgroup limit is closer."""
-    free = _meminfo("MemAvailable")
+    free = _stat(Path("/proc/meminfo"), "MemAvailable")  # kB
+    free = None if free is None else free * 1024
     room = _cgroup_room()
     if free is None:
         return room
     return free if room is None else min(free, room)
 
 
-def available(device: str) -> tuple[Optional[int], str]:
+def available(device: str) -> tuple[int | None, str]:
     """(free bytes, where in words) of a device: 'of RAM' or 'on GPU cuda:0'."""
     if device.startswith("cuda"):
         import torch
@@ -174,7 +167,7 @@ def meta_copy(model):
     return copy.deepcopy(model, memo)
 
 
-def step_peak(model, loss: Callable, x_shape, x_dtype, y_shape, y_dtype, device: str = "meta") -> Optional[int]:
+def step_peak(model, loss: Callable, x_shape, x_dtype, y_shape, y_dtype, device: str = "meta") -> int | None:
     """Peak bytes of the tensors one training step creates, the batch itself included: `loss(model, x, y)` and its
     backward pass, on the meta device (nothing allocated) or, for models that cannot run there, really on the
     model's own device (zeros in). None when the step cannot run."""
@@ -228,7 +221,7 @@ class StepMemory:
         self.loss = lambda model, xb, yb: workflow.training_loss(model, xb, yb, loss_fn)
         weights = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
         self.fixed = optimizer_bytes(cfg, weights) + (weights if distributed else 0)  # DDP's gradient buckets
-        self._peaks: dict[tuple, Optional[int]] = {}
+        self._peaks: dict[tuple, int | None] = {}
         self._model, self._real = model, None
 
     def _shape(self, shape: tuple, patch: tuple) -> tuple:
@@ -236,13 +229,13 @@ class StepMemory:
         n = len(self.patch)
         return (*shape[:-n], *patch) if shape[-n:] == self.patch else shape
 
-    def _run(self, batch: int, patch: tuple, device: str = "meta") -> Optional[int]:
+    def _run(self, batch: int, patch: tuple, device: str = "meta") -> int | None:
         model = self.meta if device == "meta" else self._model
         y_shape = None if self.y is None else (batch, *self._shape(self.y[0], patch))
         return step_peak(model, self.loss, (batch, *self._shape(self.x[0], patch)), self.x[1], y_shape,
                          None if self.y is None else self.y[1], device)
 
-    def peak(self, batch: int, patch: Optional[tuple] = None) -> Optional[int]:
+    def peak(self, batch: int, patch: tuple | None = None) -> int | None:
         patch = tuple(patch or self.patch)
         key = (batch, patch)
         if key in self._peaks:
@@ -268,7 +261,7 @@ class StepMemory:
         self._peaks[key] = peak
         return peak
 
-    def need(self, batch: int, device: str, patch: Optional[tuple] = None) -> Optional[int]:
+    def need(self, batch: int, device: str, patch: tuple | None = None) -> int | None:
         """Bytes the step needs at this batch (and patch) size; None when it cannot be estimated."""
         peak = self.peak(batch, patch)
         if peak is None:
@@ -291,7 +284,7 @@ class StepMemory:
             batch = max(1, batch * 3 // 4)
         return batch
 
-    def smaller_patch(self, room: int, device: str, batch: int) -> Optional[tuple]:
+    def smaller_patch(self, room: int, device: str, batch: int) -> tuple | None:
         """A patch of the same proportions (multiples of the model's size divisor), close to the largest whose step
         fits in `room` bytes at `batch` (memory grows about with the voxels); None when none does or the model
         takes only its own patch size."""
