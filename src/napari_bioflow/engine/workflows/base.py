@@ -29,8 +29,21 @@ def unregister_workflow(cls: type["Workflow"]) -> None:
     _WORKFLOWS.pop((cls.name, cls.variant[1] if cls.variant else ""), None)
 
 
+_builtin_loaded = False
+
+
 def _builtin() -> None:
-    from . import classification, crappify, image_to_image, masking, semantic  # noqa: F401  (registers them)
+    """Import every module of this package once: each registers its workflows (a new workflow is a new file here)."""
+    global _builtin_loaded
+    if _builtin_loaded:
+        return
+    _builtin_loaded = True  # first: the modules import this one
+    import importlib
+    import pkgutil
+
+    package = __name__.rsplit(".", 1)[0]
+    for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
+        importlib.import_module(f"{package}.{info.name}")
 
 
 def _config_value(cfg, path: str):
