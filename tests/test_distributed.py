@@ -179,14 +179,14 @@ def test_a_batch_split_unevenly_matches_one_process_tensor_by_tensor(worker, con
 
 JOIN_AND_EXIT = """
 import atexit, os, torch, torch.distributed as dist
+say = lambda line: os.write(1, (line + "\\n").encode())  # one write: the two ranks share the pipe
 # registered first, so it runs last at exit: after what setup() registered
-atexit.register(lambda: print(f"[rank {os.environ['RANK']}] at exit the group is left: {not dist.is_initialized()}",
-                              flush=True))
+atexit.register(lambda: say(f"[rank {os.environ['RANK']}] at exit the group is left: {not dist.is_initialized()}"))
 from napari_bioflow.engine.distributed import setup
 ctx = setup("cpu", 2)
 net = ctx.wrap(torch.nn.Linear(2, 2))  # DistributedDataParallel: torch keeps the group's threads alive from here
 net(torch.ones(1, 2)).sum().backward()
-print(f"[rank {ctx.rank}] loss {ctx.global_loss(torch.tensor(0.5), 0.5)}", flush=True)
+say(f"[rank {ctx.rank}] loss {ctx.global_loss(torch.tensor(0.5), 0.5)}")
 # ends without leaving the group, as a script driving the trainer does
 """
 
