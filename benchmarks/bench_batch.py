@@ -81,10 +81,10 @@ def main(argv=None):
     from distributed import LocalCluster
 
     from napari_bioflow.engine.batch import BatchRequest, BatchSummary, run_batch
-    from napari_bioflow.engine.checkpoint import load_model
+    from napari_bioflow.engine.train.checkpoint import load_model
     from napari_bioflow.engine.experiment import new_experiment
-    from napari_bioflow.engine.inference import ImagePrediction
-    from napari_bioflow.engine.io import open_image
+    from napari_bioflow.engine.predict.inference import ImagePrediction
+    from napari_bioflow.engine.data.io import open_image
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_batch_"))
     clusters = {}

@@ -61,8 +61,8 @@ def run_trainer(epochs: int) -> dict:
 
 
 def run_predict(ckpt: Path) -> dict:
-    from napari_bioflow.engine.checkpoint import load_model
-    from napari_bioflow.engine.classification_results import class_test_items, run_class_prediction
+    from napari_bioflow.engine.train.checkpoint import load_model
+    from napari_bioflow.engine.predict.classification_results import class_test_items, run_class_prediction
 
     loaded = load_model(ckpt)
     items = class_test_items(DATA / "test", loaded.config.class_names)

@@ -121,10 +121,10 @@ def child(volume: str, ckpt: str, out: str, save_tiff: bool, batch_voxels: int =
 
     threading.Thread(target=sample_rss, daemon=True).start()
 
-    import napari_bioflow.engine.io as io_mod
-    import napari_bioflow.engine.predict as pred
-    from napari_bioflow.engine.checkpoint import load_model
-    from napari_bioflow.engine.inference import ImagePrediction
+    import napari_bioflow.engine.data.io as io_mod
+    import napari_bioflow.engine.predict.sliding_window as pred
+    from napari_bioflow.engine.train.checkpoint import load_model
+    from napari_bioflow.engine.predict.inference import ImagePrediction
 
     def wrapped(mod, name, before: str, after: str):
         fn = getattr(mod, name)
@@ -142,7 +142,7 @@ def child(volume: str, ckpt: str, out: str, save_tiff: bool, batch_voxels: int =
     wrapped(io_mod, "write_tiff", "tiff", "after tiff")
 
     if batch_voxels:  # for before/after comparisons of the engine's bound on voxels per forward pass
-        from napari_bioflow.engine import inference
+        from napari_bioflow.engine.predict import inference
 
         bound = inference.BATCH_VOXELS
         inference.BATCH_VOXELS = {k: batch_voxels for k in bound} if isinstance(bound, dict) else batch_voxels
@@ -173,7 +173,7 @@ def child(volume: str, ckpt: str, out: str, save_tiff: bool, batch_voxels: int =
         t += ph["seconds"]
     voxels = int(np.prod(image.shape))
     engine = {k: getattr(pred, k) for k in ("CACHE_BYTES", "BAND_BYTES", "WRITE_QUEUE") if hasattr(pred, k)}
-    from napari_bioflow.engine import inference
+    from napari_bioflow.engine.predict import inference
 
     engine.update(BATCH_VOXELS=inference.BATCH_VOXELS, TILE_CAP=inference.TILE_CAP)
     print(json.dumps({"phases": phases, "overall_peak_rss_mb": max(p["peak_rss_mb"] for p in phases.values()),

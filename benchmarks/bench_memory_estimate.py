@@ -1,4 +1,4 @@
-"""Issue 9: the memory check before training (engine/memory.py) against the real peak of training steps.
+"""Issue 9: the memory check before training (engine/train/memory.py) against the real peak of training steps.
 
 Each case runs in a fresh subprocess: the trainer is set up as for a run (data, normalizer, model on the device), the
 estimate is computed (its CPU and wall time: the cost the check adds to a training start), then real training
@@ -107,8 +107,8 @@ def child(cfg_dict: dict) -> dict:
     import torch
 
     from napari_bioflow.config import RunConfig
-    from napari_bioflow.engine.memory import StepMemory, available, check_training
-    from napari_bioflow.engine.train import Trainer, _optimizer
+    from napari_bioflow.engine.train.memory import StepMemory, available, check_training
+    from napari_bioflow.engine.train.trainer import Trainer, _optimizer
 
     torch.manual_seed(0)
     cfg = RunConfig.from_dict(cfg_dict)

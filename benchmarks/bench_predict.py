@@ -70,10 +70,10 @@ def main(argv=None):
 
     import torch
 
-    from napari_bioflow.engine.checkpoint import load_model
-    from napari_bioflow.engine import inference
-    from napari_bioflow.engine.inference import ImagePrediction, predict_array
-    from napari_bioflow.engine.predict import _read_tile, plan_tiles, prediction_plan
+    from napari_bioflow.engine.train.checkpoint import load_model
+    from napari_bioflow.engine.predict import inference
+    from napari_bioflow.engine.predict.inference import ImagePrediction, predict_array
+    from napari_bioflow.engine.predict.sliding_window import _read_tile, plan_tiles, prediction_plan
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_predict_"))
     try:

@@ -117,7 +117,7 @@ def headless_checkpoint(out_dir: Path, raw, label, steps: int = 1) -> Path:
     """A tiny 2D, 1-channel segmentation model trained headless on one (raw, label) pair of arrays: a checkpoint
     for the docks' tests (which train through the dock themselves elsewhere)."""
     from napari_bioflow.config import RunConfig
-    from napari_bioflow.engine.sources import make_sample
+    from napari_bioflow.engine.data.sources import make_sample
     from napari_bioflow.engine.train import Trainer
 
     cfg = RunConfig.from_dict({"name": "ckpt", "output_dir": str(out_dir), "device": "cpu",

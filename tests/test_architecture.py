@@ -130,3 +130,38 @@ def test_the_batch_package_imports_module_by_module_without_cycles_and_stays_sma
         assert proc.returncode == 0, f"{module} does not import alone:\n{proc.stderr[-2000:]}"
     big = [f"{p.name}: {n}" for p in sorted(package.glob("*.py")) if (n := len(p.read_text().splitlines())) > 400]
     assert not big, "engine/batch modules over 400 lines:\n" + "\n".join(big)
+
+
+ENGINE_ROOT_FILES = {"__init__.py", "errors.py", "experiment.py", "storage.py"}
+ENGINE_PACKAGES = {"data", "train", "predict", "batch", "workflows", "models"}
+
+
+def test_engine_layout_shows_the_flow():
+    """engine/ holds the shared infrastructure and one package per stage (data -> train / predict -> batch), and
+    each package imports alone in a fresh interpreter: no import cycle between them."""
+    import subprocess
+    import sys
+
+    engine = SRC / "engine"
+    files = {p.name for p in engine.glob("*.py")}
+    packages = {p.name for p in engine.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert files == ENGINE_ROOT_FILES, f"engine/ root holds {sorted(files - ENGINE_ROOT_FILES)} beyond its infrastructure"
+    assert packages == ENGINE_PACKAGES, f"engine/ packages are {sorted(packages)}"
+    for name in sorted(ENGINE_PACKAGES):
+        module = f"napari_bioflow.engine.{name}"
+        proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{module} does not import alone:\n{proc.stderr[-2000:]}"
+
+
+def test_data_package_imports_no_later_stage():
+    """data/ comes first: importing every data module loads neither train/ nor predict/."""
+    import subprocess
+    import sys
+
+    names = sorted(p.stem for p in (SRC / "engine" / "data").glob("*.py"))
+    code = ("import sys\n" + "".join(f"import napari_bioflow.engine.data.{n}\n" for n in names)
+            + "print([m for m in sys.modules if m.startswith(('napari_bioflow.engine.train', "
+              "'napari_bioflow.engine.predict'))])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]", f"engine/data imports a later stage: {proc.stdout.strip()}"

@@ -17,7 +17,7 @@ from helpers import NUCLEI, crop_folders, reports_of, run_all, tiny_config, tree
 
 from napari_bioflow.cli import main
 from napari_bioflow.config import AugmentConfig, RunConfig
-from napari_bioflow.engine.augment import augment
+from napari_bioflow.engine.data.augment import augment
 from napari_bioflow.engine.errors import InputError
 
 OFF = {"flips": False, "rotate90": False, "intensity": 0.0}  # the default transforms, off: one transform at a time

@@ -10,10 +10,10 @@ from skimage.io import imread
 
 from helpers import NUCLEI, crop_folders, tiny_config, tree, write_image
 from napari_bioflow.cli import main
-from napari_bioflow.engine.checkpoint import load_model, read_checkpoint
+from napari_bioflow.engine.train.checkpoint import load_model, read_checkpoint
 from napari_bioflow.engine.errors import InputError
-from napari_bioflow.engine.inference import predict_files
-from napari_bioflow.engine.sources import folder_pairs
+from napari_bioflow.engine.predict.inference import predict_files
+from napari_bioflow.engine.data.sources import folder_pairs
 from napari_bioflow.engine.train import StepReport, Trainer
 
 

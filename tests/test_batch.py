@@ -17,9 +17,9 @@ from napari_bioflow.cli import main
 from napari_bioflow.engine.batch import (BatchRequest, BatchRun, BatchStarted, BatchSummary, FileDone, FileFailed,
                                          FileProgress, FileStarted, marker_path, run_batch)
 from napari_bioflow.engine.batch.results import lazy_results, stacked_results
-from napari_bioflow.engine.checkpoint import load_model
+from napari_bioflow.engine.train.checkpoint import load_model
 from napari_bioflow.engine.errors import InputError
-from napari_bioflow.engine.inference import predict_files
+from napari_bioflow.engine.predict.inference import predict_files
 
 STEMS = ["a_tiff", "b_png", "c_zarr", "d_ome"]
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 import zarr
 
-from napari_bioflow.engine import accumulator as A
-from napari_bioflow.engine import predict as P
+from napari_bioflow.engine.predict import accumulator as A
+from napari_bioflow.engine.predict import sliding_window as P
 from napari_bioflow.engine.predict import ZarrAccumulator, plan_tiles, sliding_window_predict
 
 
@@ -306,8 +306,8 @@ def test_memory_does_not_grow_with_the_volume(tmp_path, monkeypatch):
 
 def pointwise_checkpoint():
     from napari_bioflow.config import RunConfig
-    from napari_bioflow.engine.checkpoint import LoadedModel
-    from napari_bioflow.engine.normalize import Normalizer
+    from napari_bioflow.engine.train.checkpoint import LoadedModel
+    from napari_bioflow.engine.data.normalize import Normalizer
 
     class Pointwise(torch.nn.Module):
         size_divisor = 1
@@ -321,8 +321,8 @@ def pointwise_checkpoint():
 
 
 def test_image_prediction_of_a_zarr_volume(tmp_path):
-    from napari_bioflow.engine.inference import ImagePrediction
-    from napari_bioflow.engine.io import open_image
+    from napari_bioflow.engine.predict.inference import ImagePrediction
+    from napari_bioflow.engine.data.io import open_image
 
     data = (rand_image((40, 130, 150)) * 1000).astype(np.uint16)
     make_zarr(tmp_path / "vol.zarr", data, (16, 64, 64))
@@ -362,8 +362,8 @@ def test_patch_sampling_reads_only_the_chunks_under_patches(tmp_path, monkeypatc
     from zarr.storage import LocalStore
 
     from napari_bioflow.config import RunConfig
-    from napari_bioflow.engine.sampling import PatchSampler
-    from napari_bioflow.engine.sources import samples_from_folders
+    from napari_bioflow.engine.data.sampling import PatchSampler
+    from napari_bioflow.engine.data.sources import samples_from_folders
 
     shape, chunks = write_volume_folders(tmp_path, shape=(32, 512, 512))
     cfg = RunConfig.model_validate({"ndim": 3, "data": {"patch_size": [8, 32, 32]}})
@@ -387,9 +387,9 @@ def test_patch_sampling_reads_only_the_chunks_under_patches(tmp_path, monkeypatc
 
 def test_foreground_sampling_of_a_zarr_label_is_chunkwise(tmp_path):
     from napari_bioflow.config import RunConfig
-    from napari_bioflow.engine import sampling
-    from napari_bioflow.engine.sampling import PatchSampler
-    from napari_bioflow.engine.sources import samples_from_folders
+    from napari_bioflow.engine.data import sampling
+    from napari_bioflow.engine.data.sampling import PatchSampler
+    from napari_bioflow.engine.data.sources import samples_from_folders
 
     shape, _ = write_volume_folders(tmp_path, shape=(32, 512, 512), chunks=(8, 128, 128))
     cfg = RunConfig.model_validate({"ndim": 3, "data": {"patch_size": [8, 32, 32]}})
@@ -406,7 +406,7 @@ def test_foreground_sampling_of_a_zarr_label_is_chunkwise(tmp_path):
 
 
 def test_foreground_subset_is_uniform_over_chunks():
-    from napari_bioflow.engine import sampling
+    from napari_bioflow.engine.data import sampling
 
     label = np.zeros((4, 400, 400), np.uint8)
     label[:2] = 1  # 320k foreground voxels in the first two planes, none elsewhere
@@ -426,7 +426,7 @@ def test_foreground_subset_is_uniform_over_chunks():
 def test_write_tiff_streams_zarr_and_dask(tmp_path):
     import tifffile
 
-    from napari_bioflow.engine.io import write_tiff
+    from napari_bioflow.engine.data.io import write_tiff
 
     prob = rand_image((2, 24, 256, 256))  # 12.6 MB
     z = make_zarr(tmp_path / "p.zarr", prob, (2, 8, 64, 64))
@@ -462,8 +462,8 @@ def mapped_rss_kb(path) -> int:
 def test_memory_mapped_tiff_input_does_not_stay_resident(tmp_path):
     import tifffile
 
-    from napari_bioflow.engine.io import open_image
-    from napari_bioflow.engine.sources import to_channels_last
+    from napari_bioflow.engine.data.io import open_image
+    from napari_bioflow.engine.data.sources import to_channels_last
 
     path = tmp_path / "vol.tif"
     data = (rand_image((128, 512, 512)) * 1000).astype(np.uint16)  # 64 MB
@@ -510,8 +510,8 @@ def test_image_prediction_with_tiffs_and_iou_stays_within_chunks(tmp_path):
     traces a fraction of the probabilities' size: the TIFFs are streamed from the zarr arrays, not loaded."""
     import tifffile
 
-    from napari_bioflow.engine.inference import ImagePrediction
-    from napari_bioflow.engine.io import open_image
+    from napari_bioflow.engine.predict.inference import ImagePrediction
+    from napari_bioflow.engine.data.io import open_image
 
     data = (rand_image((32, 256, 256)) * 1000).astype(np.uint16)
     make_zarr(tmp_path / "vol.zarr", data, (16, 64, 64))
@@ -538,8 +538,8 @@ def test_3d_median_filters_are_exact_across_chunks(tmp_path, z_filter, yz_filter
     overlap equals the filter of the whole label volume, and the filtered labels are the output."""
     import tifffile
 
-    from napari_bioflow.engine.inference import ImagePrediction
-    from napari_bioflow.engine.io import open_image
+    from napari_bioflow.engine.predict.inference import ImagePrediction
+    from napari_bioflow.engine.data.io import open_image
     from napari_bioflow.engine.workflows.semantic import median_filter_labels
 
     data = (rand_image((40, 130, 150)) * 1000).astype(np.uint16)
@@ -568,11 +568,11 @@ def test_mae_prediction_streams_its_checks(tmp_path):
     import tifffile
 
     from napari_bioflow.config import RunConfig
-    from napari_bioflow.engine.checkpoint import LoadedModel
-    from napari_bioflow.engine.inference import ImagePrediction
-    from napari_bioflow.engine.io import open_image
+    from napari_bioflow.engine.train.checkpoint import LoadedModel
+    from napari_bioflow.engine.predict.inference import ImagePrediction
+    from napari_bioflow.engine.data.io import open_image
     from napari_bioflow.engine.models import create_model
-    from napari_bioflow.engine.normalize import Normalizer
+    from napari_bioflow.engine.data.normalize import Normalizer
 
     torch.manual_seed(0)
     options = {"img_size": [32, 32], "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2,

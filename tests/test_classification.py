@@ -13,9 +13,9 @@ from skimage.io import imread, imsave
 from helpers import read_csv, tree
 from napari_bioflow.cli import main
 from napari_bioflow.config import RunConfig
-from napari_bioflow.engine.checkpoint import load_model, save_checkpoint
-from napari_bioflow.engine.classification_data import fit_to_patch, natural_key
-from napari_bioflow.engine.classification_results import (ClassificationMetrics, check_test_items, class_test_items,
+from napari_bioflow.engine.train.checkpoint import load_model, save_checkpoint
+from napari_bioflow.engine.data.classification_data import fit_to_patch, natural_key
+from napari_bioflow.engine.predict.classification_results import (ClassificationMetrics, check_test_items, class_test_items,
                                                              classify_array, run_class_prediction)
 from napari_bioflow.engine.errors import InputError
 from napari_bioflow.engine.models import create_model, list_models

@@ -17,7 +17,7 @@ import napari_bioflow
 from ddp_worker import UNEVEN
 from helpers import crop_folders, read_csv, run_all, tree
 from napari_bioflow.config import RunConfig
-from napari_bioflow.engine.checkpoint import read_checkpoint
+from napari_bioflow.engine.train.checkpoint import read_checkpoint
 from napari_bioflow.engine.train import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -182,7 +182,7 @@ import atexit, os, torch, torch.distributed as dist
 say = lambda line: os.write(1, (line + "\\n").encode())  # one write: the two ranks share the pipe
 # registered first, so it runs last at exit: after what setup() registered
 atexit.register(lambda: say(f"[rank {os.environ['RANK']}] at exit the group is left: {not dist.is_initialized()}"))
-from napari_bioflow.engine.distributed import setup
+from napari_bioflow.engine.train.distributed import setup
 ctx = setup("cpu", 2)
 net = ctx.wrap(torch.nn.Linear(2, 2))  # DistributedDataParallel: torch keeps the group's threads alive from here
 net(torch.ones(1, 2)).sum().backward()
@@ -200,7 +200,7 @@ def test_a_process_that_joined_the_group_leaves_it_at_exit(tmp_path):
 
 
 def test_without_torchrun_the_context_changes_nothing(monkeypatch):
-    from napari_bioflow.engine.distributed import Distributed, setup
+    from napari_bioflow.engine.train.distributed import Distributed, setup
 
     for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
@@ -215,7 +215,7 @@ def test_without_torchrun_the_context_changes_nothing(monkeypatch):
 
 
 def test_a_batch_smaller_than_the_process_count_is_refused(monkeypatch):
-    from napari_bioflow.engine.distributed import setup
+    from napari_bioflow.engine.train.distributed import setup
     from napari_bioflow.engine.errors import InputError
 
     monkeypatch.setenv("WORLD_SIZE", "4")

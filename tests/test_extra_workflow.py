@@ -31,7 +31,7 @@ class IdentityThreshold(ImageToImage):
         return {"name": "my_identity", "train": {"loss": "mse"}}
 
     def write_outputs(self, prediction, store, out_dir, stem, cfg, target=None, inputs=None):
-        from napari_bioflow.engine.io import write_tiff
+        from napari_bioflow.engine.data.io import write_tiff
 
         out = super().write_outputs(prediction, store, out_dir, stem, cfg, target, inputs)
         image = np.asarray(out["image"])[0]

@@ -14,10 +14,10 @@ from scipy.ndimage import gaussian_filter
 
 from helpers import NUCLEI, read_csv, reports_of, run_all, tiny_config, tree
 from napari_bioflow.config import RunConfig
-from napari_bioflow.engine.checkpoint import load_model, read_checkpoint
+from napari_bioflow.engine.train.checkpoint import load_model, read_checkpoint
 from napari_bioflow.engine.errors import InputError
-from napari_bioflow.engine.inference import predict_array, predict_files
-from napari_bioflow.engine.sources import folder_pairs, make_sample
+from napari_bioflow.engine.predict.inference import predict_array, predict_files
+from napari_bioflow.engine.data.sources import folder_pairs, make_sample
 from napari_bioflow.engine.train import DoneReport, EpochReport, StartReport, Trainer
 
 DATA = Path(__file__).parent / "data"

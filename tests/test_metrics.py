@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from napari_bioflow.engine.metrics import IoUAccumulator, iou, iou_from_counts
+from napari_bioflow.engine.train.metrics import IoUAccumulator, iou, iou_from_counts
 from napari_bioflow.engine.workflows.semantic import SegmentationMetrics
 
 

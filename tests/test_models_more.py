@@ -13,8 +13,8 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from helpers import crop_folders, reports_of, run_all, tiny_config
-from napari_bioflow.engine.checkpoint import load_model
-from napari_bioflow.engine.inference import predict_array
+from napari_bioflow.engine.train.checkpoint import load_model
+from napari_bioflow.engine.predict.inference import predict_array
 from napari_bioflow.engine.models import create_model, list_models, model_info, model_tags
 from napari_bioflow.engine.predict import sliding_window_predict
 from napari_bioflow.engine.train import EpochReport, Trainer

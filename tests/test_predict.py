@@ -1,4 +1,4 @@
-"""Tests of the sliding-window predictor (engine/predict.py)."""
+"""Tests of the sliding-window predictor (engine/predict/sliding_window.py)."""
 
 import dask.array as da
 import numpy as np

@@ -15,9 +15,9 @@ from helpers import BBBC, headless_checkpoint, read_csv, tiny_config, tree, writ
 
 from napari_bioflow.cli import main
 from napari_bioflow.engine.errors import InputError
-from napari_bioflow.engine.io import open_image
-from napari_bioflow.engine.pairing import folder_pairs
-from napari_bioflow.engine.sources import build_dataset
+from napari_bioflow.engine.data.io import open_image
+from napari_bioflow.engine.data.pairing import folder_pairs
+from napari_bioflow.engine.data.sources import build_dataset
 
 DATA = Path(__file__).parent / "data"
 

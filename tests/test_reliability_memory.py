@@ -1,5 +1,5 @@
 """Issue 9 (reliability): memory. A training step that cannot fit is refused before the run's folder exists, with one
-sentence saying what would fit (engine/memory.py); a failed allocation in training or prediction becomes one
+sentence saying what would fit (engine/train/memory.py); a failed allocation in training or prediction becomes one
 sentence naming what to lower; the estimate is checked against a real peak; the patch-prefetch thread is joined."""
 import json
 import os
@@ -19,8 +19,8 @@ from helpers import TINY_MODEL, bbbc_pairs, headless_checkpoint, read_pair, tree
 import napari_bioflow
 from napari_bioflow.cli import main
 from napari_bioflow.config import RunConfig
-from napari_bioflow.engine.memory import StepMemory, _cgroup_folders, _cgroup_room, is_out_of_memory, ram_available
-from napari_bioflow.engine.sampling import prefetch
+from napari_bioflow.engine.train.memory import StepMemory, _cgroup_folders, _cgroup_room, is_out_of_memory, ram_available
+from napari_bioflow.engine.data.sampling import prefetch
 from napari_bioflow.engine.train import StepReport, Trainer
 
 SRC = Path(napari_bioflow.__file__).resolve().parents[1]
@@ -133,8 +133,8 @@ MEASURE = textwrap.dedent("""
     from pathlib import Path
     import torch
     from napari_bioflow.config import RunConfig
-    from napari_bioflow.engine.memory import StepMemory
-    from napari_bioflow.engine.train import Trainer, _optimizer
+    from napari_bioflow.engine.train.memory import StepMemory
+    from napari_bioflow.engine.train.trainer import Trainer, _optimizer
 
     def status(key):
         line = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith(key + ":"))
@@ -221,7 +221,9 @@ LIMITED = textwrap.dedent("""
     from pathlib import Path
     import numpy, tifffile, torch, zarr  # what the command needs, mapped before the limit
     from napari_bioflow import cli
-    from napari_bioflow.engine import checkpoint, inference, io, memory, predict, sampling, sources, train  # noqa
+    from napari_bioflow.engine.data import io, sampling, sources  # noqa
+    from napari_bioflow.engine.predict import inference, sliding_window  # noqa
+    from napari_bioflow.engine.train import checkpoint, memory, trainer  # noqa
     from napari_bioflow.engine.models import create_model  # noqa
     from napari_bioflow.engine.workflows import get_workflow
     get_workflow("semantic_segmentation")

@@ -20,7 +20,7 @@ import torch
 from helpers import BBBC, crop_folders, read_csv, tiny_config, tree
 from napari_bioflow.cli import main
 from napari_bioflow.config import RunConfig
-from napari_bioflow.engine.checkpoint import CHECKSUM, read_checkpoint, read_weights, save_checkpoint
+from napari_bioflow.engine.train.checkpoint import CHECKSUM, read_checkpoint, read_weights, save_checkpoint
 from napari_bioflow.engine.errors import InputError
 from napari_bioflow.engine.experiment import new_experiment
 from napari_bioflow.engine.storage import DiskFull, reserve

@@ -18,11 +18,11 @@ import torch
 
 from helpers import NUCLEI, read_csv, reports_of, run_all, tiny_config, tree
 from napari_bioflow.config import RunConfig, SelfSupervisedConfig
-from napari_bioflow.engine.checkpoint import load_model
+from napari_bioflow.engine.train.checkpoint import load_model
 from napari_bioflow.engine.errors import InputError
-from napari_bioflow.engine.inference import predict_files
-from napari_bioflow.engine.sampling import PatchSampler
-from napari_bioflow.engine.sources import folder_pairs
+from napari_bioflow.engine.predict.inference import predict_files
+from napari_bioflow.engine.data.sampling import PatchSampler
+from napari_bioflow.engine.data.sources import folder_pairs
 from napari_bioflow.engine.train import DoneReport, EpochReport, StartReport, Trainer
 from napari_bioflow.engine.workflows.self_supervised import crappify
 

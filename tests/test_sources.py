@@ -8,12 +8,12 @@ import torch
 import zarr
 
 from helpers import NUCLEI, bbbc_pairs, crop_folders, read_pair, tiny_config, write_image
-from napari_bioflow.engine.augment import augment_batch
+from napari_bioflow.engine.data.augment import augment_batch
 from napari_bioflow.engine.errors import InputError
-from napari_bioflow.engine.io import list_images, open_image
-from napari_bioflow.engine.normalize import Normalizer, fit_normalizer
-from napari_bioflow.engine.sampling import PatchSampler, grid_starts, prefetch, validation_patches
-from napari_bioflow.engine.sources import (
+from napari_bioflow.engine.data.io import list_images, open_image
+from napari_bioflow.engine.data.normalize import Normalizer, fit_normalizer
+from napari_bioflow.engine.data.sampling import PatchSampler, grid_starts, prefetch, validation_patches
+from napari_bioflow.engine.data.sources import (
     build_dataset,
     folder_pairs,
     make_sample,
@@ -43,7 +43,7 @@ def nuclei_crop(z=8, y=40, x=48):
 
 def test_tiff_png_zarr_folders_pair_by_name(tmp_path):
     crops = real_crops(3)
-    # each label has its raw image's name in another format (engine/pairing.py; mismatched names are refused in
+    # each label has its raw image's name in another format (engine/data/pairing.py; mismatched names are refused in
     # test_reliability_inputs.py)
     raw_names = ["b_img.zarr", "c_img.tif", "a_img.png"]
     label_names = ["b_img.png", "c_img.zarr", "a_img.tif"]

@@ -10,11 +10,11 @@ from skimage.io import imread
 
 from helpers import BBBC, NUCLEI, TINY_MODEL, crop_folders, read_csv, reports_of, run_all, tiny_config, tree, write_image
 from napari_bioflow.config import RunConfig
-from napari_bioflow.engine.checkpoint import load_model, read_checkpoint
+from napari_bioflow.engine.train.checkpoint import load_model, read_checkpoint
 from napari_bioflow.engine.errors import InputError
-from napari_bioflow.engine.inference import predict_array, predict_files
-from napari_bioflow.engine.metrics import IoUAccumulator
-from napari_bioflow.engine.sources import folder_pairs
+from napari_bioflow.engine.predict.inference import predict_array, predict_files
+from napari_bioflow.engine.train.metrics import IoUAccumulator
+from napari_bioflow.engine.data.sources import folder_pairs
 from napari_bioflow.engine.train import DoneReport, EpochReport, StartReport, StepReport, Trainer
 
 

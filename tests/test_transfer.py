@@ -15,7 +15,7 @@ import tifffile
 import torch
 
 from helpers import TINY_MODEL, crop_folders, reports_of, run_all, tiny_config
-from napari_bioflow.engine.checkpoint import read_checkpoint
+from napari_bioflow.engine.train.checkpoint import read_checkpoint
 from napari_bioflow.engine.errors import InputError
 from napari_bioflow.engine.train import DoneReport, EpochReport, StartReport, Trainer
 

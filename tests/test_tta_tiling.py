@@ -1,4 +1,4 @@
-"""One TTA for every workflow (engine/tta.py) and one tile plan per image (issue 10, point 3): the tiles ImagePrediction
+"""One TTA for every workflow (engine/predict/tta.py) and one tile plan per image (issue 10, point 3): the tiles ImagePrediction
 sizes its zarr chunks for are the tiles sliding_window_predict runs, TTA averages exactly the views it names (the Z
 flip included in 3D, for dense and per-image outputs), and a real checkpoint predicts with predict.tta=true."""
 from __future__ import annotations
@@ -14,10 +14,10 @@ import zarr
 from helpers import bbbc_pairs, headless_checkpoint, read_pair, write_image
 from napari_bioflow.cli import main
 from napari_bioflow.config import RunConfig
-from napari_bioflow.engine.checkpoint import LoadedModel
-from napari_bioflow.engine.classification_results import classify_batch
-from napari_bioflow.engine.inference import ImagePrediction
-from napari_bioflow.engine.normalize import Normalizer
+from napari_bioflow.engine.train.checkpoint import LoadedModel
+from napari_bioflow.engine.predict.classification_results import classify_batch
+from napari_bioflow.engine.predict.inference import ImagePrediction
+from napari_bioflow.engine.data.normalize import Normalizer
 from napari_bioflow.engine.predict import sliding_window_predict
 
 
@@ -80,7 +80,7 @@ def test_accumulator_chunks_follow_the_tiles_run_with_tta(tmp_path):
 
 def test_given_plan_is_the_one_run():
     """sliding_window_predict runs the plan it is handed, tiles and all, and refuses one made for another image."""
-    from napari_bioflow.engine.tiling import plan_tiles
+    from napari_bioflow.engine.predict.tiling import plan_tiles
 
     image = np.random.default_rng(1).random((100, 130, 1), dtype=np.float32)
     plan = plan_tiles((100, 130), (40, 72), 0.1, 8)
@@ -101,7 +101,7 @@ def test_given_plan_is_the_one_run():
 
 
 def by_hand_views(nd: int, square: bool):
-    """Every view as numpy functions (do, undo), written out independently of engine/tta.py: the 8 symmetries of a
+    """Every view as numpy functions (do, undo), written out independently of engine/predict/tta.py: the 8 symmetries of a
     square Y-X plane (4 flips when it is not square), times a Z flip in 3D. Arrays are (C, *spatial)."""
     yx = []
     if square:

@@ -11,7 +11,7 @@ import tifffile
 from helpers import BBBC, NUCLEI, TINY_MODEL, dock, headless_checkpoint
 from napari.layers import Image, Labels
 
-from napari_bioflow.engine.checkpoint import load_model
+from napari_bioflow.engine.train.checkpoint import load_model
 from napari_bioflow.widgets import predict as predict_module
 from napari_bioflow.widgets import train as train_module
 from napari_bioflow.widgets.predict import JUST_TRAINED, PredictWidget

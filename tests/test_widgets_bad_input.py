@@ -17,7 +17,7 @@ import torch
 import yaml
 from helpers import BBBC, NUCLEI, TINY_MODEL, crop_folders, dock, headless_checkpoint, read_csv, shown, tree
 
-from napari_bioflow.engine.checkpoint import read_checkpoint
+from napari_bioflow.engine.train.checkpoint import read_checkpoint
 from napari_bioflow.widgets.predict import PredictWidget
 from napari_bioflow.widgets.train import TrainWidget
 

@@ -12,7 +12,7 @@ import pytest
 from skimage.io import imread
 
 from helpers import read_csv
-from napari_bioflow.engine.classification_data import fit_to_patch
+from napari_bioflow.engine.data.classification_data import fit_to_patch
 from napari_bioflow.engine.errors import InputError
 from napari_bioflow.widgets import classify as classify_module
 from napari_bioflow.widgets import predict as predict_module
@@ -137,7 +137,7 @@ def test_train_on_layers_then_classify_slices_and_a_folder(make_napari_viewer, w
     assert [r[0] for r in predict.classify.table.rows()][:1] == [f"{CLASSES[0]}/{sorted((folder / CLASSES[0]).iterdir())[0].name}"]
     assert (predict.experiment.results / "confusion_matrix.png").exists()
     # a mistake met while the worker runs (here a file that became unreadable) reaches the user as a notification
-    import napari_bioflow.engine.classification_results as results_module
+    import napari_bioflow.engine.predict.classification_results as results_module
 
     def unreadable(*_):
         raise InputError(f"{folder / CLASSES[0]} holds a file that cannot be read.")

@@ -256,7 +256,7 @@ def test_masking_train_and_predict(make_napari_viewer, wait_idle, tmp_path, nucl
 def i2i_checkpoint(tmp_path_factory, frames):
     """A tiny image-to-image model trained headless (one target channel)."""
     from napari_bioflow.config import RunConfig
-    from napari_bioflow.engine.sources import make_sample
+    from napari_bioflow.engine.data.sources import make_sample
     from napari_bioflow.engine.train import Trainer
 
     cfg = RunConfig.from_dict({"workflow": "image_to_image", "name": "ckpt", "output_dir": str(tmp_path_factory.mktemp("i2i")),

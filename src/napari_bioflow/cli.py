@@ -23,7 +23,7 @@ FAILED_FILES = 3  # exit status of a batch that finished but could not predict s
 
 
 def _print(msg: str) -> None:
-    from .engine.distributed import is_main_process
+    from .engine.train.distributed import is_main_process
 
     if is_main_process():  # under torchrun only rank 0 prints
         print(msg, flush=True)
@@ -40,7 +40,7 @@ def _load_config(args):
 def _train(cfg, argv=None):
     """Train with progress lines; return the trainer. Ctrl-C names the checkpoints and the command that resumes."""
     from .engine.storage import remove_run_parts
-    from .engine.train import Trainer
+    from .engine.train.trainer import Trainer
 
     trainer = Trainer(cfg)
     try:
@@ -77,7 +77,7 @@ def _interrupted(trainer, argv) -> str:
 
 
 def _report_training(trainer) -> None:
-    from .engine.train import DoneReport, EpochReport, StartReport
+    from .engine.train.trainer import DoneReport, EpochReport, StartReport
 
     for r in trainer.run():
         if isinstance(r, StartReport):
@@ -98,9 +98,9 @@ def _check_tests(cfg) -> None:
     from .engine.workflows import get_workflow
 
     if not get_workflow(cfg).dense:  # a class per image: the classes come from the training folder
-        from .engine.classification_data import class_subfolders, open_set, resolve_class_names
-        from .engine.classification_results import class_test_items
-        from .engine.pairing import refuse_labels_for_classifier
+        from .engine.data.classification_data import class_subfolders, open_set, resolve_class_names
+        from .engine.predict.classification_results import class_test_items
+        from .engine.data.pairing import refuse_labels_for_classifier
 
         refuse_labels_for_classifier(get_workflow(cfg), cfg.data.test_label, "data.test_label")
         names = (resolve_class_names(list(class_subfolders(cfg.data.train_raw, "training")), cfg,
@@ -108,8 +108,8 @@ def _check_tests(cfg) -> None:
         # the set as a whole (2D or 3D across it), then each file
         open_set([path for path, _ in class_test_items(cfg.data.test_raw, names)], cfg, "test", "")
         return
-    from .engine.inference import check_inputs
-    from .engine.pairing import folder_pairs
+    from .engine.predict.inference import check_inputs
+    from .engine.data.pairing import folder_pairs
 
     for n in check_inputs(cfg, folder_pairs(cfg.data.test_raw, cfg.data.test_label, "test"), ""):
         _print(f"note: {n}")
@@ -151,7 +151,7 @@ def cmd_train(args) -> None:
     if not trainer.dist.is_main:  # distributed: rank 0 alone predicts the test images
         return
     if cfg.data.test_raw is not None and trainer.best_checkpoint is not None:
-        from .engine.predictor import Predictor
+        from .engine.predict.predictor import Predictor
 
         predictor = Predictor(trainer.best_checkpoint, cfg.device, cfg.model_dump(mode="json"), source=str(args.config))
         _predict_folder(predictor, trainer.experiment)
@@ -162,7 +162,7 @@ def cmd_predict(args) -> None:
     (its YAML's or --set's); every image is checked before the experiment folder is created."""
     from .config import RunConfig, apply_override
     from .engine.errors import InputError
-    from .engine.predictor import Predictor
+    from .engine.predict.predictor import Predictor
     from .engine.storage import remove_run_parts
 
     given = [f"{key}={value}" for key, value in (("predict.checkpoint", args.checkpoint), ("data.test_raw", args.input),
@@ -231,7 +231,7 @@ def cmd_batch(args) -> int:
             elif isinstance(r, BatchSummary):
                 _print(r.text())
                 if r.predictions_csv is not None and not run.loaded.workflow.dense:
-                    from .engine.classification_results import predictions_text
+                    from .engine.predict.classification_results import predictions_text
 
                     text = predictions_text(r.predictions_csv, run.loaded.config.class_names)
                     if text:  # class sub-folders: the confusion matrix and per-class values
@@ -313,7 +313,7 @@ def cmd_sample(args) -> None:
     trainer = _train(cfg, args.argv)
     if not trainer.dist.is_main:
         return
-    from .engine.predictor import Predictor
+    from .engine.predict.predictor import Predictor
 
     predictor = Predictor(trainer.best_checkpoint, cfg.device, cfg.model_dump(mode="json"), source="sample job")
     _predict_folder(predictor, trainer.experiment)
@@ -411,7 +411,7 @@ def main(argv=None) -> int:
         print(f"napari-bioflow: error: {full}", file=sys.stderr)
         return 2
     finally:
-        from .engine.distributed import shutdown
+        from .engine.train.distributed import shutdown
 
         shutdown()  # leaves the process group of a torchrun run (no-op otherwise)
     return code or 0

@@ -71,7 +71,7 @@ class TrainConfig(_Section):
 
 
 class AugmentConfig(_Section):
-    """Training augmentation (engine/augment.py), named after BiaPy's AUGMENTOR options: each transform has a
+    """Training augmentation (engine/data/augment.py), named after BiaPy's AUGMENTOR options: each transform has a
     probability per patch (`..._prob`, BiaPy's flag with DA_PROB) and its range fields. Geometric transforms move raw
     and label/target together (labels by nearest neighbour); intensity transforms change the raw only."""
     enable: bool = Field(True, description="Augment training patches (applied identically to raw and label).")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
-from .io import check_writable
+from .data.io import check_writable
 
 
 @dataclass

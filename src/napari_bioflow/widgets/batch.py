@@ -176,7 +176,7 @@ class BatchWidget(QWidget):
 
     def _make_run(self):
         from ..engine.batch import BatchRun
-        from ..engine.checkpoint import read_checkpoint
+        from ..engine.train.checkpoint import read_checkpoint
 
         request = self.request()
         if self.tile.value and request.resume is None:  # the tile has as many axes as the checkpoint's images
@@ -301,7 +301,7 @@ class BatchWidget(QWidget):
         the running probabilities), else the first channels of the prediction."""
         from napari.layers import Image, Labels
 
-        from ..engine.predict import argmax_labels
+        from ..engine.predict.sliding_window import argmax_labels
 
         segmentation = self._labels_output()
         if segmentation and not final:

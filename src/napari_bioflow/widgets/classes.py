@@ -59,7 +59,7 @@ class ClassRow(Container):
 
 def image_geometry(shape: tuple, rgb: bool = False) -> tuple[int, int, tuple]:
     """(ndim, channels, spatial shape) of one image's shape, read as the engine reads layers (short axis = channels)."""
-    from ..engine.sources import MAX_CHANNELS
+    from ..engine.data.sources import MAX_CHANNELS
 
     shape = tuple(shape)
     if rgb:
@@ -115,8 +115,8 @@ class ClassLayerList(Container):
 
     def samples(self, cfg) -> tuple[list, list[str]]:
         """Checked ClassSamples and the class names (natural order) of every row."""
-        from ..engine.classification_data import ClassSample, natural_key
-        from ..engine.sources import check_finite, to_channels_last
+        from ..engine.data.classification_data import ClassSample, natural_key
+        from ..engine.data.sources import check_finite, to_channels_last
 
         images = [im for row in self.rows for im in row.images()]
         names = sorted({c for _, _, c in images}, key=natural_key)

@@ -23,7 +23,7 @@ CHOSEN, ALL, FOLDER = "chosen layer", "all Image layers", "test folder"
 
 def classify_job(loaded, images, device: str, cancel: threading.Event):
     """Worker: yield (layer, slice index or None, name, probabilities) per image; stop between images on cancel."""
-    from ..engine.classification_results import classify_array
+    from ..engine.predict.classification_results import classify_array
 
     try:
         for layer, index, name, data in images:
@@ -35,7 +35,7 @@ def classify_job(loaded, images, device: str, cancel: threading.Event):
 
 
 def folder_job(loaded, items, out_dir: Path, device: str, cancel: threading.Event):
-    from ..engine.classification_results import run_class_prediction
+    from ..engine.predict.classification_results import run_class_prediction
 
     try:
         return run_class_prediction(loaded, items, out_dir, device, cancel.is_set)
@@ -85,7 +85,7 @@ class ClassifyPanel(QWidget):
 
     def _images(self, cfg) -> list:
         """(layer, slice index or None, name, data) to classify, checked up front by the engine's own checks."""
-        from ..engine.sources import check_finite, to_channels_last
+        from ..engine.data.sources import check_finite, to_channels_last
 
         layers = [self.image_combo.value] if self.scope.value == CHOSEN else [
             layer for layer in self.viewer.layers if isinstance(layer, Image)]
@@ -106,7 +106,7 @@ class ClassifyPanel(QWidget):
         folder that receives predictions.csv (and, for a folder with classes, the metrics)."""
         from napari.qt.threading import create_worker
 
-        from ..engine.classification_results import check_test_items, class_test_items
+        from ..engine.predict.classification_results import check_test_items, class_test_items
 
         cfg = loaded.config
         self.loaded, self.predictions = loaded, []
@@ -143,7 +143,7 @@ class ClassifyPanel(QWidget):
         self._cancel.set()
 
     def _on_image(self, item) -> None:
-        from ..engine.classification_results import ClassPrediction
+        from ..engine.predict.classification_results import ClassPrediction
 
         if isinstance(item, (InputError, Cancelled)):
             (show_info if isinstance(item, Cancelled) else show_error)(str(item))
@@ -159,7 +159,7 @@ class ClassifyPanel(QWidget):
         update_overlay(self.viewer)
 
     def _write_layer_predictions(self) -> None:
-        from ..engine.classification_results import write_predictions
+        from ..engine.predict.classification_results import write_predictions
 
         if self.predictions:
             out = write_predictions(self.predictions, self.loaded.config.class_names, self.experiment.results)

@@ -29,7 +29,7 @@ def save_inputs(trainer, inputs: dict) -> Optional[str]:
     """Write the layer arrays a run trains on into its results folder, <results>/data/<field>/<stem>.tif (field:
     train_raw, train_label, val_raw, val_label), and rewrite the run's config file to read them, so that
     `napari-bioflow train <config>` repeats the run. Returns a warning when they could not be written."""
-    from ..engine.io import write_tiff
+    from ..engine.data.io import write_tiff
 
     exp = trainer.experiment
     if not inputs or exp is None:
@@ -55,7 +55,7 @@ def save_inputs(trainer, inputs: dict) -> Optional[str]:
 def training_job(trainer, preview: Optional[Preview], inputs: Optional[dict] = None):
     """Runs in the worker thread: relay the trainer's reports; between epochs (trainer paused) maybe preview.
     `inputs`: layer arrays by config data field, written with the run once it has its folder (see save_inputs)."""
-    from ..engine.train import EpochReport, StartReport
+    from ..engine.train.trainer import EpochReport, StartReport
 
     reports = trainer.run()
     training_seconds = 0.0

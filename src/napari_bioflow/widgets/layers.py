@@ -7,7 +7,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, PushButton
 from napari.layers import Image, Labels
 
-from ..engine.sources import MAX_CHANNELS
+from ..engine.data.sources import MAX_CHANNELS
 
 
 def layer_combo(viewer, kind, **kwargs) -> ComboBox:

@@ -32,7 +32,7 @@ from .fields import ConfigForm, status_label, compact, config_field, form, group
 from .jobs import ProgressRelay, Stopped, prediction_job, setup_job
 from .layers import connect_while_alive, follow_layers, layer_array, layer_channels, layer_combo, placement, spatial_axes
 from .preview import intensity_mapping, to_intensity
-from ..engine.checkpoint_info import checkpoint_info
+from ..engine.train.checkpoint_info import checkpoint_info
 from ..engine.workflows.base import workflow_classes
 from .shared import last_trained, load_triton_safely
 
@@ -228,7 +228,7 @@ class PredictWidget(QWidget):
 
     def _predictor(self, expect_workflow: Optional[str] = None):
         """The engine's Predictor over the chosen checkpoint with this dock's settings (validated by the config)."""
-        from ..engine.predictor import Predictor
+        from ..engine.predict.predictor import Predictor
 
         path = self._checkpoint()
         info = self.kind if self.kind is not None else checkpoint_info(path)
@@ -269,7 +269,7 @@ class PredictWidget(QWidget):
     def _create_job(pending: "PendingJob"):
         """The NaN/inf scan of the image (off the GUI thread for lazy layers), then the experiment folder and the
         job. A refused image leaves nothing behind: the folders made for it go again."""
-        from ..engine.sources import check_finite
+        from ..engine.data.sources import check_finite
 
         check_finite(pending.image, pending.name)  # before any folder is created
         predictor = pending.predictor
@@ -402,7 +402,7 @@ class PredictWidget(QWidget):
     def _add_live_layers(self, job, layer) -> None:
         """The layers shown while tiles are computed: dask arrays over the engine's running sums (the workflow's
         outputs declared `live`)."""
-        from ..engine.predict import argmax_labels
+        from ..engine.predict.sliding_window import argmax_labels
 
         cfg, wf = job.cfg, job.workflow
         lazy = job.lazy()

@@ -125,7 +125,7 @@ class PreviewBudget:
 def intensity_mapping(workflow) -> Optional[tuple[np.ndarray, np.ndarray]]:
     """(scale, offset) per output channel that map a workflow's normalized output back to intensities: the
     target's normalization (image to image) or the raw images' (self-supervision); None for label outputs."""
-    from ..engine.normalize import Normalizer
+    from ..engine.data.normalize import Normalizer
 
     state = getattr(workflow, "state", {}) or {}
     fitted = state.get("target_normalization") or state.get("normalization")
@@ -145,8 +145,8 @@ def to_intensity(prediction, mapping, ndim: int):
 
 def preview_output(loaded, crop: np.ndarray, device: str = "cpu") -> tuple[np.ndarray, str]:
     """(data, kind) the preview shows for a channel-last crop: argmax labels, or the predicted image (C, ...)."""
-    from ..engine.inference import predict_array
-    from ..engine.predict import argmax_labels
+    from ..engine.predict.inference import predict_array
+    from ..engine.predict.sliding_window import argmax_labels
 
     cfg, wf = loaded.config, loaded.workflow
     if not wf.target_is_image:

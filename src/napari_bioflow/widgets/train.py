@@ -401,7 +401,7 @@ class TrainWidget(QWidget):
         return RunConfig.from_dict(data, source="Train")
 
     def _samples(self, cfg, pairs: list[LayerPair], notes: list[str]):
-        from ..engine.sources import make_sample
+        from ..engine.data.sources import make_sample
 
         out = []
         for pair in pairs:
@@ -422,7 +422,7 @@ class TrainWidget(QWidget):
 
     def _class_samples(self, cfg):
         """Classification from layers: the rows' images with their classes, which become the config's classes."""
-        from ..engine.classification_data import set_classes
+        from ..engine.data.classification_data import set_classes
 
         if self.source.value != "layers":
             return None
@@ -459,7 +459,7 @@ class TrainWidget(QWidget):
         """Preview the first training image (layers) or the selected Image layer (folders), if it fits the config."""
         from napari.layers import Image
 
-        from ..engine.sources import to_channels_last
+        from ..engine.data.sources import to_channels_last
 
         if not get_workflow(cfg).dense:  # a class per image: there is no map to preview
             return None
@@ -479,7 +479,7 @@ class TrainWidget(QWidget):
     def start(self, *_) -> None:
         from napari.qt.threading import create_worker
 
-        from ..engine.train import Trainer
+        from ..engine.train.trainer import Trainer
 
         if self.running:
             return
@@ -532,7 +532,7 @@ class TrainWidget(QWidget):
             log.exception("could not read the field of view")
 
     def _on_report(self, r) -> None:
-        from ..engine.train import DoneReport, EpochReport, StartReport, StepReport
+        from ..engine.train.trainer import DoneReport, EpochReport, StartReport, StepReport
 
         if isinstance(r, StepReport):
             self.progress.value = (r.epoch - 1) * r.steps + r.step

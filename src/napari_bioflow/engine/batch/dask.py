@@ -224,7 +224,7 @@ def _live(accumulator: Optional[str]):
     if not accumulator or not Path(accumulator).exists():
         return None
     try:
-        from ..accumulator import ZarrAccumulator
+        from ..predict.accumulator import ZarrAccumulator
 
         return ZarrAccumulator.open(accumulator).lazy()
     except Exception:

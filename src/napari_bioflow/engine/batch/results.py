@@ -52,7 +52,7 @@ def stacked_results(run_dir: Path) -> tuple[list[str], dict[str, Any]]:
 
 def lazy_inputs(run_dir: Path, cfg) -> dict[str, Any]:
     """{file name: dask array (C, (Z,)Y,X)} over the input files of a batch run's finished results, unloaded."""
-    from ..sources import lazy_array
+    from ..data.sources import lazy_array
 
     out = {}
     for rec in finished_records(run_dir):

@@ -32,10 +32,10 @@ class BatchRun:
 
     def __init__(self, request: BatchRequest, loaded=None):
         from ..experiment import new_experiment
-        from ..io import check_writable
-        from ..pairing import assign_stems, image_name
-        from ..predictor import Predictor
-        from ..train import resolve_device
+        from ..data.io import check_writable
+        from ..data.pairing import assign_stems, image_name
+        from ..predict.predictor import Predictor
+        from ..train.trainer import resolve_device
 
         self.request = req = replace(request)
         self._cancel = threading.Event()

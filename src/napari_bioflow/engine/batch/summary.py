@@ -41,7 +41,7 @@ def write_metrics_csv(run_dir: Path, records: list[tuple[FileItem, FileRecord]])
         return None
     counts = [rec.counts for it, rec in records if rec.metrics]
     if all(c is not None for c in counts):
-        from ..metrics import iou_from_counts
+        from ..train.metrics import iou_from_counts
 
         inter = sum(np.asarray(c[0], np.int64) for c in counts)
         union = sum(np.asarray(c[1], np.int64) for c in counts)

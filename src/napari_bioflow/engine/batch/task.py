@@ -30,8 +30,8 @@ def load_for_task(ctx: TaskContext, loaded=None):
 
     if loaded is not None:
         return loaded
-    from ..checkpoint import load_model
-    from ..train import resolve_device
+    from ..train.checkpoint import load_model
+    from ..train.trainer import resolve_device
 
     key = (ctx.checkpoint, os.stat(ctx.checkpoint).st_mtime_ns, ctx.device, json.dumps(ctx.config, sort_keys=True))
     if key not in _MODELS:
@@ -47,7 +47,7 @@ def load_for_task(ctx: TaskContext, loaded=None):
 
 
 def loaded_device(loaded, requested: str) -> str:
-    from ..train import resolve_device
+    from ..train.trainer import resolve_device
 
     try:
         return str(next(loaded.model.parameters()).device)
@@ -57,8 +57,8 @@ def loaded_device(loaded, requested: str) -> str:
 
 def open_channels_last(path: str, cfg, name: str, checkpoint: str = ""):
     """Open an image file as (Z,)Y,X,C without loading it; leading axes of length 1 (OME-Zarr's T, C) dropped."""
-    from ..io import open_image
-    from ..sources import lazy_array, to_channels_last
+    from ..data.io import open_image
+    from ..data.sources import lazy_array, to_channels_last
 
     arr = open_image(Path(path))
     if len(arr.shape) < 2 or 0 in tuple(arr.shape):
@@ -154,7 +154,7 @@ def predict_item(ctx: TaskContext, item: FileItem, loaded=None, cancel: Optional
         if item.true_class is not None:
             target = item.true_class
         elif item.label:
-            from ..io import open_image
+            from ..data.io import open_image
 
             target = open_image(Path(item.label))
         pixels = int(np.prod(image.shape[:-1]))
@@ -165,7 +165,7 @@ def predict_item(ctx: TaskContext, item: FileItem, loaded=None, cancel: Optional
             out = wf.predict_file(loaded, image, item.raw, run_dir, item.stem, device, target) or {}
             return finish_record(run_dir, item, {}, out.get("metrics", {}), None, out.get("prediction"),
                                  time.perf_counter() - start, pixels)
-        from ..predictor import Predictor
+        from ..predict.predictor import Predictor
 
         clear_partial(run_dir, item.stem)
         job = Predictor.of(loaded, ctx.checkpoint).image(image, item.raw, run_dir, item.stem, target, item.label or "")
@@ -205,7 +205,7 @@ def predict_block(ctx: TaskContext, item: FileItem, blk: Block, loaded=None,
     """Predict one block (with its halo) through ImagePrediction and copy its core into the image's zarr."""
     import zarr
 
-    from ..inference import ImagePrediction
+    from ..predict.inference import ImagePrediction
 
     start = time.perf_counter()
     try:
@@ -249,8 +249,8 @@ def finish_blocks(ctx: TaskContext, item: FileItem, results: list[BlockResult], 
         prediction = zarr.open_array(store=str(store / "prediction"), mode="r")
         target = None
         if item.label:  # as ImagePrediction reads a target
-            from ..io import open_image
-            from ..sources import lazy_array
+            from ..data.io import open_image
+            from ..data.sources import lazy_array
 
             raw_target = lazy_array(open_image(Path(item.label)))
             flags = wf.check_target(raw_target, item.label, tuple(item.shape), cfg, [])

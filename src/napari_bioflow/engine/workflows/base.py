@@ -210,20 +210,20 @@ class Workflow:
     # --- data ---------------------------------------------------------------------------------------
     def build_dataset(self, cfg, train=None, val=None):
         """Checked training and validation samples from the given samples (layers) or the config's folders."""
-        from ..sources import build_dataset
+        from ..data.sources import build_dataset
 
         self.check_model(cfg)
         return build_dataset(cfg, train, val)
 
     def training_data(self, dataset, cfg, normalizer):
         """The TrainingData the trainer draws batches from (random patches for the dense workflows)."""
-        from ..training_data import PatchData
+        from ..data.training_data import PatchData
 
         return PatchData(dataset, cfg, normalizer, self.read_target)
 
     def augment(self, x, y, cfg, generator):
         """Augment a training batch; the same spatial transform for an image-like target."""
-        from ..augment import augment
+        from ..data.augment import augment
 
         return augment(x, y, cfg.augment, generator, target_is_image=self.target_is_image)
 
@@ -275,7 +275,7 @@ class Workflow:
     # --- prediction ---------------------------------------------------------------------------------
     def tiling(self, cfg, spatial: tuple[int, ...], divisor: int) -> tuple[list[int], float]:
         """(tile size, overlap) for predicting an image of this spatial shape."""
-        from ..inference import default_tile
+        from ..predict.inference import default_tile
 
         return default_tile(cfg, spatial, divisor), cfg.predict.overlap
 

@@ -1,7 +1,7 @@
 """Classification: one class per image (2D or 3D) from folders of class sub-folders or layers given a class.
 
 Plugs into the shared trainer through the data hooks (whole images brought to the patch size, not patches);
-prediction is one probability vector per image (engine/classification_results.py), not a sliding window."""
+prediction is one probability vector per image (engine/predict/classification_results.py), not a sliding window."""
 from __future__ import annotations
 
 from typing import Any
@@ -39,7 +39,7 @@ class Classification(Workflow):
                          "val_split": 0.2}, "train": {"batch_size": 16}}
 
     def build_dataset(self, cfg, train=None, val=None):
-        from ..classification_data import build_class_dataset
+        from ..data.classification_data import build_class_dataset
         from ..models import model_task
 
         try:
@@ -52,12 +52,12 @@ class Classification(Workflow):
         return build_class_dataset(cfg, train, val)
 
     def training_data(self, dataset, cfg, normalizer):
-        from ..classification_data import ImageData
+        from ..data.classification_data import ImageData
 
         return ImageData(dataset, cfg, normalizer)
 
     def augment(self, x, y, cfg, generator):
-        from ..augment import augment
+        from ..data.augment import augment
 
         return augment(x, None, cfg.augment, generator)[0], y  # the class is not spatial
 
@@ -81,19 +81,19 @@ class Classification(Workflow):
 
     def write_set_metrics(self, run_dir, rows, cfg):
         """Accuracy, precision, recall, F1 and the confusion matrix over the set (when the files have classes)."""
-        from ..classification_results import write_batch_metrics
+        from ..predict.classification_results import write_batch_metrics
 
         return write_batch_metrics(run_dir, rows, cfg.class_names)
 
     def predict_file(self, loaded, image, name, run_dir, stem, device, target=None) -> dict:
         """Batch mode: one image's predictions.csv row (class, confidence, a probability per class, and the true
         class when the input sits in a class sub-folder; `target` is then its class index)."""
-        from ..classification_results import classify_batch, prediction_row
+        from ..predict.classification_results import classify_batch, prediction_row
 
         probs = classify_batch(loaded, [image], device)[0]
         return {"prediction": prediction_row(probs, loaded.config.class_names, target), "metrics": {}}
 
     def metrics(self, cfg):
-        from ..classification_results import ClassificationMetrics
+        from ..predict.classification_results import ClassificationMetrics
 
         return ClassificationMetrics(cfg.n_classes)

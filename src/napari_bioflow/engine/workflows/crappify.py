@@ -58,7 +58,7 @@ class Crappify(SelfSupervised):
         first: what prediction scores the restoration against, and what the Train dock's preview shows."""
         import torch
 
-        from ..normalize import Normalizer
+        from ..data.normalize import Normalizer
 
         norm = norm or Normalizer.from_dict(self.state["normalization"])
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -75,7 +75,7 @@ class Crappify(SelfSupervised):
         the image in RAM (the others do not)."""
         if not cfg.self_supervised.degrade_at_prediction:
             return image, {"clean": image, "degraded": None}
-        from ..io import write_tiff
+        from ..data.io import write_tiff
 
         clean = np.asarray(image.compute() if hasattr(image, "compute") else image, np.float32)
         degraded = self.degrade(clean, cfg)  # channel first
@@ -87,7 +87,7 @@ class Crappify(SelfSupervised):
         """The restoration in intensities (zarr, TIFF) and PSNR/SSIM against the clean image, by chunks."""
         import dask.array as da
 
-        from ..normalize import Normalizer
+        from ..data.normalize import Normalizer
         from .image_to_image import write_image_outputs
 
         norm = Normalizer.from_dict(self.state["normalization"])

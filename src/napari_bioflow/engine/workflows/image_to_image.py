@@ -101,7 +101,7 @@ class ImageToImage(Workflow):
         return restoration_defaults(cfg)
 
     def check_target(self, target, name, spatial_shape, cfg, notes) -> dict[str, Any]:
-        from ..sources import check_finite, to_channels_last
+        from ..data.sources import check_finite, to_channels_last
 
         target = to_channels_last(target, cfg.ndim, cfg.data.target_channels, name, source="data.target_channels")
         if tuple(target.shape[:-1]) != tuple(spatial_shape):
@@ -111,14 +111,14 @@ class ImageToImage(Workflow):
         return {"label": target}
 
     def prepare(self, dataset, cfg, normalizer) -> None:
-        from ..normalize import fit_normalizer
+        from ..data.normalize import fit_normalizer
 
         norm = fit_normalizer([s.label for s in dataset.train], cfg.data.normalization,
                               cfg.data.percentile_low, cfg.data.percentile_high)
         self.state = {"target_normalization": norm.to_dict()}
 
     def _target_normalizer(self):
-        from ..normalize import Normalizer
+        from ..data.normalize import Normalizer
 
         return Normalizer.from_dict(self.state["target_normalization"])
 
@@ -150,8 +150,8 @@ def write_image_outputs(prediction, normalizer, store: Path, out_dir: Path, stem
     fits, and PSNR/SSIM against `target(region)` (channel first) when given."""
     import zarr
 
-    from ..io import write_tiff
-    from ..accumulator import chunk_regions
+    from ..data.io import write_tiff
+    from ..predict.accumulator import chunk_regions
     from .semantic import TIFF_MAX_BYTES
 
     scale = np.asarray(normalizer.scale, np.float32).reshape(-1, *([1] * cfg.ndim))
@@ -174,7 +174,7 @@ def chunked_image_metrics(image, target, ndim: int) -> dict[str, float]:
     SSIM weighted by its size (exact for an image of one chunk, as a 2D image up to 2048 px is)."""
     from skimage.metrics import structural_similarity
 
-    from ..accumulator import chunk_regions
+    from ..predict.accumulator import chunk_regions
 
     regions = list(chunk_regions(image.shape[1:], image.chunks[1:]))
     lo, hi = np.inf, -np.inf

@@ -95,7 +95,7 @@ class Masking(SelfSupervised):
         # finalize) costs about the same as per patch, and the CPU-sized MAE is fast enough for that cost to show
         # (64 zarr tiles of 256x256 on a 2048x2048 image took longer than the model; 4 patches per axis beat 8 by
         # ~9% there, the arrays staying smaller; benchmarks/bench_predict.py).
-        from ..inference import TILE_CAP
+        from ..predict.inference import TILE_CAP
 
         patch = [int(p) for p in cfg.data.patch_size]
         caps = [max(p, min(TILE_CAP[cfg.ndim], MAE_TILE_PATCHES * p) // p * p) for p in patch]
@@ -107,7 +107,7 @@ class Masking(SelfSupervised):
 
         if cfg is None:
             return lambda x: torch.cat(model.forward_mae(x), dim=1)
-        from ..inference import tile_batch
+        from ..predict.inference import tile_batch
 
         patch = tuple(int(p) for p in cfg.data.patch_size)
         batch = tile_batch(cfg, list(patch))
@@ -119,7 +119,7 @@ class Masking(SelfSupervised):
 
     def write_outputs(self, prediction, store: Path, out_dir: Path, stem: str, cfg, target=None,
                       inputs=None) -> dict[str, Any]:
-        from ..normalize import Normalizer
+        from ..data.normalize import Normalizer
 
         norm = Normalizer.from_dict(self.state["normalization"])
         axes = "C" + ("ZYX" if cfg.ndim == 3 else "YX")
@@ -142,8 +142,8 @@ def _mae_outputs(prediction, clean, norm, c: int, folder: Path, stem: str, axes:
 
     import tifffile
 
-    from ..io import TIFF_SLAB_BYTES, TiffMemmap
-    from ..accumulator import chunk_regions
+    from ..data.io import TIFF_SLAB_BYTES, TiffMemmap
+    from ..predict.accumulator import chunk_regions
 
     shape = (c, *prediction.shape[1:])
     scale, offset = _column(norm.scale, len(shape) - 1), _column(norm.offset, len(shape) - 1)

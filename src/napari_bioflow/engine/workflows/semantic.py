@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..metrics import IoUAccumulator
+from ..train.metrics import IoUAccumulator
 from .base import Workflow, register_workflow
 from .spec import Output
 
@@ -123,9 +123,9 @@ class SemanticSegmentation(Workflow):
                       inputs=None) -> dict[str, Any]:
         """prediction: (C, (Z,)Y,X) probabilities (zarr). Writes labels into the store chunk by chunk, TIFFs when
         they fit, and IoU against `target` read chunk by chunk too, so huge volumes never load whole."""
-        from ..io import write_tiff
-        from ..accumulator import chunk_regions
-        from ..predict import write_labels_zarr
+        from ..data.io import write_tiff
+        from ..predict.accumulator import chunk_regions
+        from ..predict.sliding_window import write_labels_zarr
 
         labels = write_labels_zarr(prediction, store / "labels")
         if cfg.ndim == 3 and (cfg.predict.z_filter > 1 or cfg.predict.yz_filter > 1):

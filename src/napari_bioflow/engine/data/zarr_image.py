@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from .errors import InputError
+from ..errors import InputError
 
 SHOWN = 6  # array names listed in a message
 

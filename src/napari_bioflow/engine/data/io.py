@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".zarr")
 IN_MEMORY_BYTES = 256 * 2**20
@@ -49,7 +49,7 @@ def list_images(folder: Path, role: str = "image") -> list[Path]:
 
 def open_image(path: Path):
     """Open an image without loading it when possible: a numpy memmap, a zarr array or (small files) a numpy array.
-    A zarr path may point inside its store (`group.zarr/raw`); engine/zarr_image.py says which array a group means."""
+    A zarr path may point inside its store (`group.zarr/raw`); engine/data/zarr_image.py says which array a group means."""
     from .zarr_image import open_zarr_image, zarr_store_of
 
     path = Path(path)
@@ -146,7 +146,7 @@ def write_tiff(path: Path, data, axes: str | None = None) -> Path:
     plane by plane), so memory stays a few chunks whatever the image size; BigTIFF beyond 4 GB."""
     import tifffile
 
-    from .storage import check_free, discard, writing
+    from ..storage import check_free, discard, writing
 
     path = Path(path)
     tmp = path.with_name(path.name + ".part")
@@ -176,7 +176,7 @@ def reserved_memmap(tmp: Path, shape, dtype, metadata=None, bigtiff: bool = Fals
 
     import tifffile
 
-    from .storage import check_free, reserve
+    from ..storage import check_free, reserve
 
     tmp, dtype = Path(tmp), np.dtype(dtype)
     shape = tuple(int(n) for n in shape)
@@ -198,7 +198,7 @@ class TiffMemmap:
     page cache). For outputs computed chunk by chunk that never exist whole in RAM."""
 
     def __init__(self, path: Path, shape, axes: str | None = None, dtype=np.float32):
-        from .storage import discard, writing
+        from ..storage import discard, writing
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import InputError
+from ..errors import InputError
 
 FORMAT = "napari-bioflow/1"
 CHECKSUM = "weights_sha256"  # one SHA-256 per tensor of the state dict, in its order (absent in older checkpoints)
@@ -46,7 +46,7 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
     `.part` file. The weights' checksums go with them (verified by read_checkpoint)."""
     import torch
 
-    from .storage import check_free, discard, writing
+    from ..storage import check_free, discard, writing
 
     path = Path(path)
     what = f"checkpoint {path.name}"
@@ -142,7 +142,7 @@ class LoadedModel:
 
     def __post_init__(self):
         if self.workflow is None:
-            from .workflows import get_workflow
+            from ..workflows import get_workflow
 
             self.workflow = get_workflow(self.config)
 
@@ -151,10 +151,10 @@ def load_model(path: Path, device: str = "cpu", expect_workflow: Optional[str] =
                expect_channels: Optional[int] = None) -> LoadedModel:
     from pydantic import ValidationError
 
-    from ..config import RunConfig
-    from .models import create_model
-    from .normalize import Normalizer
-    from .workflows import list_workflows
+    from ...config import RunConfig
+    from ..models import create_model
+    from ..data.normalize import Normalizer
+    from ..workflows import list_workflows
 
     ckpt = read_checkpoint(path)
     workflow = str(ckpt.get("config", {}).get("workflow", ""))

@@ -22,7 +22,7 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 # What a step takes beyond its live tensors, measured on 14 models (benchmarks/bench_memory_estimate.py, README):
 # on the CPU 1.07-1.67 x the live tensors, or the live tensors + 16-1220 MB (glibc keeps freed blocks under its

@@ -20,7 +20,7 @@ def plot_history(rows: list[dict], path: Path, keys: list[str], ylabel: str) -> 
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    from .storage import discard, writing
+    from ..storage import discard, writing
 
     tmp = Path(path).with_suffix(".part.png")
     with writing(Path(path).parent, Path(path).name):

@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def env_world() -> tuple[int, int, int]:

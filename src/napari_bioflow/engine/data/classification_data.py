@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 from .io import is_image_path, open_image
 from .sources import MAX_CHANNELS, Dataset, Sample, check_finite, to_channels_last
 from .training_data import TrainingData

@@ -1,7 +1,7 @@
 """Where a sliding window's blended tiles go: numpy for small images, or a zarr array on disk written by whole
 chunks on a writer thread, with the overlaps that later tiles still add to held in RAM (spilled to disk beyond
 CACHE_BYTES), a live dask view of it, and glibc's freed pages returned as the prediction goes (see
-engine/predict.py for the whole flow). No torch, Qt or napari here."""
+engine/predict/sliding_window.py for the whole flow). No torch, Qt or napari here."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from .errors import Cancelled, InputError
+from ..errors import Cancelled, InputError
 
 
 class ClassificationMetrics:
@@ -128,7 +128,7 @@ def classify_batch(loaded, images: Sequence[np.ndarray], device: str = "cpu") ->
     """Channel-last images ((Z,)Y,X,C, checked) -> class probabilities (N, n_classes), TTA as the config says."""
     import torch
 
-    from .classification_data import fit_to_patch, read_image
+    from ..data.classification_data import fit_to_patch, read_image
     from .tta import tta_predict
 
     cfg, model = loaded.config, loaded.model
@@ -152,7 +152,7 @@ def classify_batch(loaded, images: Sequence[np.ndarray], device: str = "cpu") ->
 
 def classify_array(loaded, image, device: str = "cpu", name: str = "image") -> np.ndarray:
     """Probabilities of one image in any layout `to_channels_last` accepts (a layer's data)."""
-    from .sources import check_finite, to_channels_last
+    from ..data.sources import check_finite, to_channels_last
 
     cfg = loaded.config
     arr = to_channels_last(image, cfg.ndim, cfg.data.in_channels, name, f"the model ({loaded.path or 'just trained'})")
@@ -162,8 +162,8 @@ def classify_array(loaded, image, device: str = "cpu", name: str = "image") -> n
 
 def class_test_items(folder: Path, class_names: Sequence[str], role: str = "test") -> list[tuple[Path, Optional[int]]]:
     """(file, true class index or None) of a test folder: class sub-folders (known classes) or flat."""
-    from .classification_data import class_subfolders
-    from .io import is_image_path, list_images
+    from ..data.classification_data import class_subfolders
+    from ..data.io import is_image_path, list_images
 
     folder = Path(folder)
     if folder.is_dir() and any(p.is_dir() and not p.name.startswith(".") and p.suffix.lower() != ".zarr"
@@ -184,7 +184,7 @@ def class_test_items(folder: Path, class_names: Sequence[str], role: str = "test
 
 def check_test_items(loaded, items, source: str = "") -> None:
     """Open and check every test image (the set's 2D/3D as a whole, then each file) before anything is written."""
-    from .classification_data import open_set
+    from ..data.classification_data import open_set
 
     open_set([path for path, _ in items], loaded.config, "test", source or f"the model ({loaded.path or 'just trained'})")
 
@@ -200,7 +200,7 @@ def predict_class_files(loaded, items: list[tuple[Path, Optional[int]]], out_dir
                         names: Optional[Sequence[str]] = None) -> Iterator[ClassPrediction]:
     """Predict (file, true class or None) items, yielding each; then write predictions.csv in `out_dir` and, when
     every true class is known, metrics.csv and the confusion matrix. Use `finish_predictions` for the summary."""
-    from .classification_data import open_checked
+    from ..data.classification_data import open_checked
 
     bs = batch_size or loaded.config.predict.batch_size
     for k in range(0, len(items), bs):

@@ -26,7 +26,7 @@ def checkpoint_info(path) -> Optional[CheckpointInfo]:
     try:
         import torch
 
-        from .workflows.base import get_workflow
+        from ..workflows.base import get_workflow
 
         ckpt = torch.load(Path(path), map_location="cpu", mmap=True, weights_only=False)
         cfg = ckpt["config"]

@@ -78,7 +78,7 @@ def _geometry(x, y, cfg, generator, target_is_image):
 def augment_batch(x: torch.Tensor, y, cfg=None, *, generator: torch.Generator, target_is_image: bool = False,
                   **fields):
     """`augment` with an AugmentConfig, or its defaults changed by `fields` (e.g. flips=False, intensity=0.2)."""
-    from ..config import AugmentConfig
+    from ...config import AugmentConfig
 
     cfg = cfg if cfg is not None else AugmentConfig()
     if fields:

@@ -2,7 +2,7 @@
 
 `ImagePrediction` is set up first (checks, tile plan, the prediction zarr) and run second, so a viewer can add a
 dask-backed layer over the prediction (`lazy()`) and watch tiles land while a worker runs it. Memory is bounded by the
-tiles, not the image (see engine/predict.py and benchmarks/README.md section c).
+tiles, not the image (see engine/predict/sliding_window.py and benchmarks/README.md section c).
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-from .errors import Cancelled, InputError
-from .storage import writing
+from ..errors import Cancelled, InputError
+from ..storage import writing
 
 
 TILE_CAP = {2: 2048, 3: 128}  # per axis: a 2048x2048 image is one tile, so tiling costs nothing there
@@ -53,7 +53,7 @@ class ImagePrediction:
         second full read of the pixels is skipped."""
         from .accumulator import ZarrAccumulator
         from .tiling import prediction_plan
-        from .sources import check_finite, lazy_array, to_channels_last
+        from ..data.sources import check_finite, lazy_array, to_channels_last
 
         cfg = loaded.config
         self.loaded, self.name, self.out_dir, self.stem, self.device = loaded, name, Path(out_dir), stem, device
@@ -97,7 +97,7 @@ class ImagePrediction:
 
     def _run(self, cancel, progress) -> ImageResult:
 
-        from .predict import PredictionCancelled, sliding_window_predict
+        from .sliding_window import PredictionCancelled, sliding_window_predict
 
         start = time.perf_counter()
         model, wf = self.loaded.model, self.workflow
@@ -112,7 +112,7 @@ class ImagePrediction:
         except PredictionCancelled:
             raise Cancelled(f"prediction of {self.name} cancelled") from None
         except Exception as e:  # noqa: BLE001  (a failed allocation becomes one sentence; anything else is re-raised)
-            from .memory import is_out_of_memory, prediction_failure
+            from ..train.memory import is_out_of_memory, prediction_failure
 
             if not is_out_of_memory(e):
                 raise
@@ -132,11 +132,11 @@ def check_inputs(cfg, files: list[tuple[Path, Optional[Path]]], source: str = ""
     """Open and check every (raw, optional label) file as ImagePrediction will, so a bad file stops a run before
     anything is written or trained. `cfg` gives ndim, channels and classes; `source` names what fixed them
     (e.g. "checkpoint PATH"). Returns notes for the user (0/255 masks)."""
-    from .io import open_image
-    from .sources import check_finite, lazy_array, to_channels_last
-    from .workflows import get_workflow
+    from ..data.io import open_image
+    from ..data.sources import check_finite, lazy_array, to_channels_last
+    from ..workflows import get_workflow
 
-    from .input_notes import mixed_types_note
+    from ..data.input_notes import mixed_types_note
 
     notes: list[str] = []
     workflow = get_workflow(cfg)
@@ -155,8 +155,8 @@ def predict_files(loaded, files: list[tuple[Path, Optional[Path]]], out_dir: Pat
                   cancel: Optional[Callable[[], bool]] = None, finite_checked: bool = False) -> Iterator[ImageResult]:
     """Predict each (raw, optional label) file into `out_dir`; writes metrics.csv when labels are given.
     `finite_checked`: check_inputs has just scanned these files for NaN/inf."""
-    from .io import open_image
-    from .pairing import assign_stems, image_name
+    from ..data.io import open_image
+    from ..data.pairing import assign_stems, image_name
 
     # output names as a batch gives them: img.tif and img.png of one folder become img_tif and img_png, decided
     # before anything is written
@@ -177,7 +177,7 @@ def predict_files(loaded, files: list[tuple[Path, Optional[Path]]], out_dir: Pat
             rows.append({"image": image_name(raw_path), **result.metrics})
         yield result
     if rows:
-        from .metrics import iou_from_counts
+        from ..train.metrics import iou_from_counts
 
         if totals is not None:  # IoU over the set pools the pixels rather than averaging per-image IoUs
             rows.append({"image": "ALL (pixels pooled)", **iou_from_counts(*totals)})
@@ -193,8 +193,8 @@ def predict_array(loaded, image, device: str = "cpu", tile_size: Optional[list[i
     """Predict a small in-memory image ((Z,)Y,X[,C], any layout `to_channels_last` accepts) to a numpy array
     (C, (Z,)Y,X): the training preview and quick checks. Big images go through ImagePrediction instead."""
 
-    from .predict import sliding_window_predict
-    from .sources import to_channels_last
+    from .sliding_window import sliding_window_predict
+    from ..data.sources import to_channels_last
 
     cfg, wf, model = loaded.config, loaded.workflow, loaded.model
     image = to_channels_last(image, cfg.ndim, cfg.data.in_channels, "image")

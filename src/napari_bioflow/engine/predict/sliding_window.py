@@ -13,8 +13,8 @@ across the last axis, chunk by chunk, on a reader thread), and the zarr output i
 chunks (aligned with the tiles) on a writer thread; chunks that some later tile still overlaps wait in
 RAM, only over their overlap, up to ``CACHE_BYTES`` beyond which they are spilled to disk.
 
-The pieces: engine/tiling.py (the tile plan and the weights), engine/accumulator.py (numpy and zarr results,
-the writer thread, spills, the live view), engine/tta.py (test-time augmentation), this module (reading tiles,
+The pieces: engine/predict/tiling.py (the tile plan and the weights), engine/predict/accumulator.py (numpy and zarr results,
+the writer thread, spills, the live view), engine/predict/tta.py (test-time augmentation), this module (reading tiles,
 the loop, argmax labels).
 
 Axes conventions: input images are ``(Z,)Y,X,C`` (channel last, as napari shows them); outputs are

@@ -17,7 +17,7 @@ from typing import Iterator, Optional, Union
 import numpy as np
 
 from .distributed import Distributed
-from .errors import InputError
+from ..errors import InputError
 
 
 @dataclass
@@ -143,7 +143,7 @@ class Trainer:
         self.model = None
         self.normalizer = None
         self.experiment = None
-        self.dist = Distributed()  # under torchrun: this process's rank (engine/distributed.py)
+        self.dist = Distributed()  # under torchrun: this process's rank (engine/train/distributed.py)
         self.best_checkpoint: Optional[Path] = None
 
     def cancel(self) -> None:
@@ -158,9 +158,9 @@ class Trainer:
         import torch
 
         from .distributed import setup
-        from .models import create_model
-        from .normalize import fit_normalizer
-        from .workflows import get_workflow
+        from ..models import create_model
+        from ..data.normalize import fit_normalizer
+        from ..workflows import get_workflow
 
         cfg = self.cfg
         self.workflow = get_workflow(cfg)
@@ -230,7 +230,7 @@ class Trainer:
     def _run(self) -> Iterator[Report]:
         import torch
 
-        from .sampling import prefetch
+        from ..data.sampling import prefetch
 
         cfg, t = self.cfg, self.cfg.train
         resume = self._prepare()
@@ -271,7 +271,7 @@ class Trainer:
                     break
                 x = torch.from_numpy(xb).to(device, non_blocking=True)
                 y = torch.from_numpy(yb).to(device, non_blocking=True)
-                if cfg.augment.enable:  # on the training device, batched (engine/augment.py)
+                if cfg.augment.enable:  # on the training device, batched (engine/data/augment.py)
                     x, y = wf.augment(x, y, cfg, gen)
                 x, y = wf.make_pair(x, y, gen, cfg)
                 x, y, share = self.dist.shard(x, y)  # under torchrun: this rank's part of the global batch
@@ -380,7 +380,7 @@ def _check_memory(trainer, data, loss_fn) -> None:
 
 
 def _claim_run(cfg, created: Optional[list] = None):
-    from .experiment import folders_to_create, new_experiment
+    from ..experiment import folders_to_create, new_experiment
 
     if created is not None:
         created.extend(folders_to_create(cfg.output_dir, cfg.name))
@@ -419,7 +419,7 @@ class _Log:
         self.path, self.fields = path, None
 
     def write(self, row: dict) -> None:
-        from .storage import writing
+        from ..storage import writing
 
         new = self.fields is None
         if new:

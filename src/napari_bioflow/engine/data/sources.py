@@ -12,9 +12,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 from .io import open_image
-from .pairing import folder_pairs  # noqa: F401  (one pairing rule: engine/pairing.py)
+from .pairing import folder_pairs  # noqa: F401  (one pairing rule: engine/data/pairing.py)
 
 MAX_CHANNELS = 4  # a trailing/leading axis this short is read as channels, a longer one as space
 
@@ -93,7 +93,7 @@ def check_finite(arr, name: str) -> None:
 def make_sample(raw, name: str, cfg, label=None, label_name: str = "", notes: Optional[list[str]] = None,
                 need_label: bool = True) -> Sample:
     """Build and check one sample from array-likes (layer data or opened files); the workflow checks the target."""
-    from .workflows import get_workflow
+    from ..workflows import get_workflow
 
     notes = notes if notes is not None else []
     raw = to_channels_last(raw, cfg.ndim, cfg.data.in_channels, name)
@@ -158,7 +158,7 @@ def split_validation(samples: list[Sample], cfg, notes: list[str]) -> tuple[list
 
 def build_dataset(cfg, train: Optional[list[Sample]] = None, val: Optional[list[Sample]] = None) -> Dataset:
     """Training and validation samples from given samples (layers) or the config's folders, all checked."""
-    from .workflows import get_workflow
+    from ..workflows import get_workflow
 
     notes: list[str] = []
     d = cfg.data

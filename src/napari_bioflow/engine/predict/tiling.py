@@ -148,7 +148,7 @@ def plan_tiles(
 def prediction_plan(
     shape: Sequence[int], tile_size: int | Sequence[int], overlap: float = 0.0625, divisor: int = 1, tta: bool = False
 ) -> TilePlan:
-    """The tile plan of one prediction: with TTA (engine/tta.py turns square Y-X tiles) the Y-X tiles are made square
+    """The tile plan of one prediction: with TTA (engine/predict/tta.py turns square Y-X tiles) the Y-X tiles are made square
     when the requested tile is square in Y-X. Made once per image, for the tiles run and the result's chunks alike."""
     tile_yx = (tile_size, tile_size) if isinstance(tile_size, int) else tuple(tile_size)[-2:]
     return plan_tiles(shape, tile_size, overlap, divisor, square_yx=tta and tile_yx[0] == tile_yx[1])

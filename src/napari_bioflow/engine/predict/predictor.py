@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-from .errors import InputError
+from ..errors import InputError
 
 RUN_FIELDS = ("name", "output_dir", "device")  # what a prediction may set beside its predict section
 DATA_FIELDS = ("test_raw", "test_label")
@@ -32,7 +32,7 @@ def prediction_config(loaded, settings: Optional[dict] = None, overrides: Sequen
     """The checkpoint's config with this run's prediction `settings` (nested, as a config: fields that are not
     prediction settings are ignored, so a full run config can be given) and `overrides` ('section.field=value',
     refused unless they are prediction settings). Validated: a setting the workflow cannot honour is refused."""
-    from ..config import RunConfig
+    from ...config import RunConfig
 
     workflow = loaded.workflow
     base = loaded.config.model_dump(mode="json")
@@ -60,8 +60,8 @@ class Predictor:
 
     def __init__(self, checkpoint, device: str = "auto", settings: Optional[dict] = None, overrides: Sequence[str] = (),
                  source: str = "prediction settings", loaded=None, expect_workflow: Optional[str] = None):
-        from .checkpoint import load_model
-        from .train import resolve_device
+        from ..train.checkpoint import load_model
+        from ..train.trainer import resolve_device
 
         self.checkpoint = Path(checkpoint)
         if loaded is None:
@@ -81,7 +81,7 @@ class Predictor:
         return self
 
     def _device(self, requested: str) -> str:
-        from .train import resolve_device
+        from ..train.trainer import resolve_device
 
         try:
             return str(next(self.loaded.model.parameters()).device)
@@ -101,7 +101,7 @@ class Predictor:
                      role: str = "test") -> list[tuple[Path, Any]]:
         """The (image, label file or class index) pairs of a folder. Dense workflows pair images with label files by
         name; one-class-per-image workflows read class sub-folders (or a flat folder) and refuse a labels folder."""
-        from .pairing import folder_pairs, refuse_labels_for_classifier
+        from ..data.pairing import folder_pairs, refuse_labels_for_classifier
 
         if self.dense:
             return folder_pairs(Path(raw_dir), Path(label_dir) if label_dir else None, role)
@@ -114,7 +114,7 @@ class Predictor:
         """Open and check every file as prediction will (2D/3D, channels, NaN/inf, labels): a bad file stops the run
         here. Returns notes for the user (e.g. 0/255 masks)."""
         if not self.dense:
-            from .classification_data import open_set
+            from ..data.classification_data import open_set
 
             open_set([p for p, _ in items], self.config, "test", self.source)
             return []
@@ -125,7 +125,7 @@ class Predictor:
     def check_image(self, data, name: str, target=None, target_name: str = ""):
         """A layer's (or array's) image as the model takes it (channel last, lazy), with its target checked as the
         prediction will: 2D/3D, channels and the target's shape and values, reading no pixels but the target's."""
-        from .sources import lazy_array, to_channels_last
+        from ..data.sources import lazy_array, to_channels_last
 
         image = to_channels_last(data, self.config.ndim, self.config.data.in_channels, name, self.source)
         if target is not None:
@@ -135,7 +135,7 @@ class Predictor:
     # --- the run ---------------------------------------------------------------------------------------------
     def create_experiment(self):
         """The experiment folder of this prediction, with its config saved; nothing is left if saving fails."""
-        from .experiment import folders_to_create, new_experiment
+        from ..experiment import folders_to_create, new_experiment
 
         made = folders_to_create(self.config.output_dir, self.config.name)
         experiment = new_experiment(self.config.output_dir, self.config.name)

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from .errors import InputError
+from ..errors import InputError
 from .io import given_image, list_images
 
 SHOWN = 4  # file names listed per problem in a message
