@@ -3,6 +3,7 @@
 Benchmarks are never run by the test suite (timings do not belong in tests); each script runs alone:
     .venv/bin/python benchmarks/bench_train.py
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,11 @@ def machine() -> dict:
     try:
         import torch
 
-        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
-                    torch_interop_threads=torch.get_num_interop_threads())
+        info.update(
+            torch=torch.__version__,
+            torch_threads=torch.get_num_threads(),
+            torch_interop_threads=torch.get_num_interop_threads(),
+        )
     except ImportError:
         pass
     return info
@@ -96,8 +100,13 @@ def data_section(workflow: str, root: Path) -> dict:
 
     data = {"patch_size": [PATCH, PATCH]}
     if workflow == "semantic_segmentation":
-        return {**data, "train_raw": str(SAMPLE_2D / "train" / "raw"), "train_label": str(SAMPLE_2D / "train" / "label"),
-                "val_raw": str(SAMPLE_2D / "test" / "raw"), "val_label": str(SAMPLE_2D / "test" / "label")}
+        return {
+            **data,
+            "train_raw": str(SAMPLE_2D / "train" / "raw"),
+            "train_label": str(SAMPLE_2D / "train" / "label"),
+            "val_raw": str(SAMPLE_2D / "test" / "raw"),
+            "val_label": str(SAMPLE_2D / "test" / "label"),
+        }
     if workflow == "self_supervised":
         return {**data, "train_raw": str(SAMPLE_2D / "train" / "raw"), "val_raw": str(SAMPLE_2D / "test" / "raw")}
     for split, role in (("train", "train"), ("test", "val")):
@@ -119,8 +128,16 @@ def run_config(workflow: str, model: str, out_dir: Path, data_root: Path, name: 
     from napari_bioflow.config import RunConfig
 
     train = {"batch_size": BATCH, "patience": 0, **sections.pop("train", {})}
-    spec = {"workflow": workflow, "name": name, "output_dir": str(out_dir), "device": "cpu",
-            "data": data_section(workflow, data_root), "model": {"name": model}, "train": train, **sections}
+    spec = {
+        "workflow": workflow,
+        "name": name,
+        "output_dir": str(out_dir),
+        "device": "cpu",
+        "data": data_section(workflow, data_root),
+        "model": {"name": model},
+        "train": train,
+        **sections,
+    }
     if workflow == "self_supervised":
         spec["self_supervised"] = {"pretext": "masking" if model.startswith("mae") else "crappify"}
     return RunConfig.model_validate(spec)
@@ -139,9 +156,13 @@ CLOCKS = {
 
 
 def add_clock_options(ap, default_cpu: str) -> None:
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                    help=f"wall: wall-clock seconds (default); cpu: CPU seconds ({default_cpu} time), for a machine "
-                         f"too loaded for wall-clock ratios (use with --threads 1)")
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help=f"wall: wall-clock seconds (default); cpu: CPU seconds ({default_cpu} time), for a machine "
+        f"too loaded for wall-clock ratios (use with --threads 1)",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
 
 

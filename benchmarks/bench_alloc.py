@@ -11,6 +11,7 @@ a 2048x2048 image, with the system time and the minor page faults of each. Infor
 
     .venv/bin/python benchmarks/bench_alloc.py [--repeats 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,11 @@ def child() -> dict:
         for _ in range(n):
             fn()
         r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        return {"seconds": (t1 - t0) / n, "sys_seconds": (r1.ru_stime - r0.ru_stime) / n, "minor_faults": (r1.ru_minflt - r0.ru_minflt) / n}
+        return {
+            "seconds": (t1 - t0) / n,
+            "sys_seconds": (r1.ru_stime - r0.ru_stime) / n,
+            "minor_faults": (r1.ru_minflt - r0.ru_minflt) / n,
+        }
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -71,29 +76,52 @@ def main(argv=None):
     load_before, runs = loadavg(), {"default": [], "no-mmap": []}
     for r in range(args.repeats):
         for mode, extra in (("default", {}), ("no-mmap", ENV_NO_MMAP)):
-            out = subprocess.run([sys.executable, __file__, "--child"], capture_output=True, text=True, check=True,
-                                 env={**os.environ, **extra}).stdout
+            out = subprocess.run(
+                [sys.executable, __file__, "--child"],
+                capture_output=True,
+                text=True,
+                check=True,
+                env={**os.environ, **extra},
+            ).stdout
             runs[mode].append(json.loads(out.strip().splitlines()[-1]))
         d, n = runs["default"][-1], runs["no-mmap"][-1]
-        print(f"round {r + 1}: step {d['train_step']['seconds']:.2f} s vs {n['train_step']['seconds']:.2f} s; "
-              f"forward 2048^2 {d['forward_2048']['seconds']:.2f} s vs {n['forward_2048']['seconds']:.2f} s; load {loadavg()}", flush=True)
+        print(
+            f"round {r + 1}: step {d['train_step']['seconds']:.2f} s vs {n['train_step']['seconds']:.2f} s; "
+            f"forward 2048^2 {d['forward_2048']['seconds']:.2f} s vs {n['forward_2048']['seconds']:.2f} s; load {loadavg()}",
+            flush=True,
+        )
     rows, summary = [], {}
     for what, unit in (("train_step", "patches/s"), ("forward_2048", "MP/s")):
         scale = 4 if what == "train_step" else 2048 * 2048 / 1e6
         d = [scale / r[what]["seconds"] for r in runs["default"]]
         n = [scale / r[what]["seconds"] for r in runs["no-mmap"]]
         ratio = median([b / a for a, b in zip(d, n)])
-        summary[what] = {"default": median(d), "no_mmap": median(n), "ratio_no_mmap_over_default": ratio,
-                         "sys_seconds_default": median([r[what]["sys_seconds"] for r in runs["default"]]),
-                         "sys_seconds_no_mmap": median([r[what]["sys_seconds"] for r in runs["no-mmap"]]),
-                         "faults_default": median([r[what]["minor_faults"] for r in runs["default"]]),
-                         "faults_no_mmap": median([r[what]["minor_faults"] for r in runs["no-mmap"]])}
+        summary[what] = {
+            "default": median(d),
+            "no_mmap": median(n),
+            "ratio_no_mmap_over_default": ratio,
+            "sys_seconds_default": median([r[what]["sys_seconds"] for r in runs["default"]]),
+            "sys_seconds_no_mmap": median([r[what]["sys_seconds"] for r in runs["no-mmap"]]),
+            "faults_default": median([r[what]["minor_faults"] for r in runs["default"]]),
+            "faults_no_mmap": median([r[what]["minor_faults"] for r in runs["no-mmap"]]),
+        }
         s = summary[what]
-        rows.append([f"{what} ({unit})", s["default"], s["no_mmap"], ratio, args.repeats,
-                     f"{s['sys_seconds_default']:.2f} / {s['sys_seconds_no_mmap']:.2f}", f"{s['faults_default']:.0f} / {s['faults_no_mmap']:.0f}"])
+        rows.append(
+            [
+                f"{what} ({unit})",
+                s["default"],
+                s["no_mmap"],
+                ratio,
+                args.repeats,
+                f"{s['sys_seconds_default']:.2f} / {s['sys_seconds_no_mmap']:.2f}",
+                f"{s['faults_default']:.0f} / {s['faults_no_mmap']:.0f}",
+            ]
+        )
     print(table(rows, ["", "default", "no-mmap", "ratio", "repeats", "sys s (default / no-mmap)", "minor faults"]))
     print(f"load average before {load_before}, after {loadavg()}")
-    print(f"wrote {write_result('alloc', {'loadavg_before': load_before, 'loadavg_after': loadavg(), 'env_no_mmap': ENV_NO_MMAP, 'summary': summary, 'runs': runs})}")
+    print(
+        f"wrote {write_result('alloc', {'loadavg_before': load_before, 'loadavg_after': loadavg(), 'env_no_mmap': ENV_NO_MMAP, 'summary': summary, 'runs': runs})}"
+    )
 
 
 if __name__ == "__main__":

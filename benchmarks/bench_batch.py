@@ -30,6 +30,7 @@ apart), and each is warmed up by one unmeasured batch so that every worker has l
 
     .venv/bin/python benchmarks/bench_batch.py [--repeats 3] [--files 50] [--size 256] [--big 2048]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,7 +61,7 @@ def make_folder(folder: Path, files: int, size: int) -> list[Path]:
         image = raws[i % len(raws)]
         y, x = (int(rng.integers(0, s - size + 1)) for s in image.shape)
         path = folder / f"img_{i:03d}.tif"
-        tifffile.imwrite(path, np.ascontiguousarray(image[y:y + size, x:x + size]))
+        tifffile.imwrite(path, np.ascontiguousarray(image[y : y + size, x : x + size]))
         paths.append(path)
     return paths
 
@@ -71,8 +72,11 @@ def main(argv=None):
     ap.add_argument("--files", type=int, default=50)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--big", type=int, default=2048)
-    ap.add_argument("--parts", default="loop,dask,big",
-                    help="what to measure: loop (A, B, B_main, C), dask (D1, D2), big (E0, E1, E2); comma-separated")
+    ap.add_argument(
+        "--parts",
+        default="loop,dask,big",
+        help="what to measure: loop (A, B, B_main, C), dask (D1, D2), big (E0, E1, E2); comma-separated",
+    )
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
     parts = set(args.parts.split(","))
@@ -81,10 +85,10 @@ def main(argv=None):
     from distributed import LocalCluster
 
     from napari_bioflow.engine.batch import BatchRequest, BatchSummary, run_batch
-    from napari_bioflow.engine.train.checkpoint import load_model
+    from napari_bioflow.engine.data.io import open_image
     from napari_bioflow.engine.experiment import new_experiment
     from napari_bioflow.engine.predict.inference import ImagePrediction
-    from napari_bioflow.engine.data.io import open_image
+    from napari_bioflow.engine.train.checkpoint import load_model
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_batch_"))
     clusters = {}
@@ -98,8 +102,12 @@ def main(argv=None):
         def batch(scheduler=None, folder=tmp / "images", **kw) -> float:
             t = time.perf_counter()
             summary = None
-            for r in run_batch(BatchRequest(checkpoint=checkpoint, input_dir=folder, output_dir=out, device="cpu",
-                                            scheduler=scheduler, **kw), loaded if scheduler is None else None):
+            for r in run_batch(
+                BatchRequest(
+                    checkpoint=checkpoint, input_dir=folder, output_dir=out, device="cpu", scheduler=scheduler, **kw
+                ),
+                loaded if scheduler is None else None,
+            ):
                 summary = r
             seconds = time.perf_counter() - t
             assert isinstance(summary, BatchSummary) and not summary.failed, summary
@@ -127,25 +135,37 @@ def main(argv=None):
             return seconds
 
         starts = {}
-        for n in ((1, 2) if parts & {"dask", "big"} else ()):
+        for n in (1, 2) if parts & {"dask", "big"} else ():
             t = time.perf_counter()
-            clusters[n] = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                                       silence_logs=logging.CRITICAL)
+            clusters[n] = LocalCluster(
+                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.CRITICAL
+            )
             starts[f"cluster_{n}_start_s"] = time.perf_counter() - t
             t = time.perf_counter()
             batch(clusters[n].scheduler_address)  # warm-up: every worker loads torch and the checkpoint
             starts[f"cluster_{n}_warmup_batch_s"] = time.perf_counter() - t
-        print(f"{args.files} files of {args.size}x{args.size} ({mp:.2f} MP); torch threads here "
-              f"{torch.get_num_threads()}; clusters: {starts}", flush=True)
+        print(
+            f"{args.files} files of {args.size}x{args.size} ({mp:.2f} MP); torch threads here "
+            f"{torch.get_num_threads()}; clusters: {starts}",
+            flush=True,
+        )
         batch()  # warm-up in this process
         runs = {"A_batch": lambda: batch()}  # always: the reference of the ratios
         if "loop" in parts:
-            runs.update({"B_loop_model_loaded": lambda: loop(False),
-                         "B_main_loop_in_main_thread": lambda: loop(False, thread=False),
-                         "C_loop_model_per_file": lambda: loop(True)})
+            runs.update(
+                {
+                    "B_loop_model_loaded": lambda: loop(False),
+                    "B_main_loop_in_main_thread": lambda: loop(False, thread=False),
+                    "C_loop_model_per_file": lambda: loop(True),
+                }
+            )
         if "dask" in parts:
-            runs.update({"D1_dask_1_worker": lambda: batch(clusters[1].scheduler_address),
-                         "D2_dask_2_workers": lambda: batch(clusters[2].scheduler_address)})
+            runs.update(
+                {
+                    "D1_dask_1_worker": lambda: batch(clusters[1].scheduler_address),
+                    "D2_dask_2_workers": lambda: batch(clusters[2].scheduler_address),
+                }
+            )
         big = None
         if args.big and "big" in parts:
             big_dir = tmp / "big"
@@ -155,31 +175,50 @@ def main(argv=None):
             tifffile.imwrite(big_dir / "mosaic.tif", mosaic(args.big))
             big = args.big * args.big / 1e6
             half = args.big // 2
-            runs.update({
-                "E0_big_whole_here": lambda: batch(folder=big_dir),
-                "E1_big_blocks_1_worker": lambda: batch(clusters[1].scheduler_address, big_dir, block_size=half),
-                "E2_big_blocks_2_workers": lambda: batch(clusters[2].scheduler_address, big_dir, block_size=half)})
+            runs.update(
+                {
+                    "E0_big_whole_here": lambda: batch(folder=big_dir),
+                    "E1_big_blocks_1_worker": lambda: batch(clusters[1].scheduler_address, big_dir, block_size=half),
+                    "E2_big_blocks_2_workers": lambda: batch(clusters[2].scheduler_address, big_dir, block_size=half),
+                }
+            )
         load_before = loadavg()
         seconds = {k: [] for k in runs}
         for r in range(args.repeats):
             for k, fn in runs.items():
                 seconds[k].append(fn())
-            print(f"round {r + 1}: " + ", ".join(f"{k} {seconds[k][-1]:.1f} s" for k in runs) + f"; load {loadavg()}",
-                  flush=True)
+            print(
+                f"round {r + 1}: " + ", ".join(f"{k} {seconds[k][-1]:.1f} s" for k in runs) + f"; load {loadavg()}",
+                flush=True,
+            )
 
         files_s = {k: [args.files / s for s in v] for k, v in seconds.items() if not k.startswith("E")}
         mps = {k: [(big if k.startswith("E") else mp) / s for s in v] for k, v in seconds.items()}
         ratio = lambda a, b: [x / y for x, y in zip(mps[a], mps[b])]  # noqa: E731
         ratios = {}
         if "loop" in parts:
-            ratios.update({"A/B": ratio("A_batch", "B_loop_model_loaded"), "A/C": ratio("A_batch", "C_loop_model_per_file"),
-                           "B_main/B": ratio("B_main_loop_in_main_thread", "B_loop_model_loaded")})
+            ratios.update(
+                {
+                    "A/B": ratio("A_batch", "B_loop_model_loaded"),
+                    "A/C": ratio("A_batch", "C_loop_model_per_file"),
+                    "B_main/B": ratio("B_main_loop_in_main_thread", "B_loop_model_loaded"),
+                }
+            )
         if "dask" in parts:
-            ratios.update({"D2/D1": ratio("D2_dask_2_workers", "D1_dask_1_worker"),
-                           "D2/A": ratio("D2_dask_2_workers", "A_batch"), "D1/A": ratio("D1_dask_1_worker", "A_batch")})
+            ratios.update(
+                {
+                    "D2/D1": ratio("D2_dask_2_workers", "D1_dask_1_worker"),
+                    "D2/A": ratio("D2_dask_2_workers", "A_batch"),
+                    "D1/A": ratio("D1_dask_1_worker", "A_batch"),
+                }
+            )
         if big:
-            ratios.update({"E2/E1": ratio("E2_big_blocks_2_workers", "E1_big_blocks_1_worker"),
-                           "E2/E0": ratio("E2_big_blocks_2_workers", "E0_big_whole_here")})
+            ratios.update(
+                {
+                    "E2/E1": ratio("E2_big_blocks_2_workers", "E1_big_blocks_1_worker"),
+                    "E2/E0": ratio("E2_big_blocks_2_workers", "E0_big_whole_here"),
+                }
+            )
         summary = {f"{k}_files_per_s": median(v) for k, v in files_s.items()}
         summary.update({f"{k}_mp_per_s": median(v) for k, v in mps.items()})
         summary.update({f"ratio_{k}": median(v) for k, v in ratios.items()})
@@ -189,16 +228,46 @@ def main(argv=None):
         for k in runs:
             rows.append([k, median(files_s[k]) if k in files_s else "", median(mps[k]), args.repeats])
         print(table(rows, ["run", "files/s", "MP/s", "repeats"]))
-        print(table([[k, median(v), ">= 0.95" if k == "A/B" else "(info)", verdict(bool(summary["pass"])) if k == "A/B" else ""]
-                     for k, v in ratios.items()], ["ratio (pair by pair)", "median", "target", ""]))
+        print(
+            table(
+                [
+                    [
+                        k,
+                        median(v),
+                        ">= 0.95" if k == "A/B" else "(info)",
+                        verdict(bool(summary["pass"])) if k == "A/B" else "",
+                    ]
+                    for k, v in ratios.items()
+                ],
+                ["ratio (pair by pair)", "median", "target", ""],
+            )
+        )
         print(f"load average before {load_before}, after {loadavg()}")
-        path = write_result("batch" + (f"_{args.tag}" if args.tag else ""), {
-            "config": {"model": "unet (default)", "files": args.files, "size": [args.size, args.size], "dtype": "uint8",
-                       "megapixels": mp, "big": args.big, "parts": sorted(parts), "device": "cpu", "threads_per_worker": 1,
-                       "torch_threads_here": torch.get_num_threads(), **starts},
-            "loadavg_before": load_before, "loadavg_after": loadavg(), "summary": summary,
-            "seconds": seconds, "files_per_s": files_s, "megapixels_per_s": mps, "ratios": ratios,
-        })
+        path = write_result(
+            "batch" + (f"_{args.tag}" if args.tag else ""),
+            {
+                "config": {
+                    "model": "unet (default)",
+                    "files": args.files,
+                    "size": [args.size, args.size],
+                    "dtype": "uint8",
+                    "megapixels": mp,
+                    "big": args.big,
+                    "parts": sorted(parts),
+                    "device": "cpu",
+                    "threads_per_worker": 1,
+                    "torch_threads_here": torch.get_num_threads(),
+                    **starts,
+                },
+                "loadavg_before": load_before,
+                "loadavg_after": loadavg(),
+                "summary": summary,
+                "seconds": seconds,
+                "files_per_s": files_s,
+                "megapixels_per_s": mps,
+                "ratios": ratios,
+            },
+        )
         print(f"wrote {path}")
     finally:
         for c in clusters.values():

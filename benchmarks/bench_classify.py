@@ -14,6 +14,7 @@ Target: trainer step >= 0.9 x bare step.
 
     .venv/bin/python benchmarks/bench_classify.py [--repeats 3] [--epochs 3] [--tag X]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, loadavg, median, table, verdict, write_result  # noqa: E402
@@ -34,10 +34,17 @@ CLOCK = time.perf_counter  # --clock cpu: time.thread_time (CPU seconds of the t
 def make_config(out: Path, epochs: int):
     from napari_bioflow.config import RunConfig
 
-    return RunConfig.model_validate({
-        "workflow": "classification", "name": "bench_cls", "output_dir": str(out), "device": "cpu",
-        "model": {"name": "vit"}, "data": {"train_raw": str(DATA / "train"), "patch_size": PATCH, "val_split": 0.2},
-        "train": {"epochs": epochs, "batch_size": BATCH, "patience": 0}})
+    return RunConfig.model_validate(
+        {
+            "workflow": "classification",
+            "name": "bench_cls",
+            "output_dir": str(out),
+            "device": "cpu",
+            "model": {"name": "vit"},
+            "data": {"train_raw": str(DATA / "train"), "patch_size": PATCH, "val_split": 0.2},
+            "train": {"epochs": epochs, "batch_size": BATCH, "patience": 0},
+        }
+    )
 
 
 def run_trainer(epochs: int) -> dict:
@@ -61,8 +68,8 @@ def run_trainer(epochs: int) -> dict:
 
 
 def run_predict(ckpt: Path) -> dict:
-    from napari_bioflow.engine.train.checkpoint import load_model
     from napari_bioflow.engine.predict.classification_results import class_test_items, run_class_prediction
+    from napari_bioflow.engine.train.checkpoint import load_model
 
     loaded = load_model(ckpt)
     items = class_test_items(DATA / "test", loaded.config.class_names)
@@ -70,7 +77,11 @@ def run_predict(ckpt: Path) -> dict:
         t = time.perf_counter()
         out = run_class_prediction(loaded, items, Path(tmp))
         seconds = time.perf_counter() - t
-    return {"predict_seconds": seconds, "predict_images_per_s": len(items) / seconds, "test_accuracy": out["metrics"]["accuracy"]}
+    return {
+        "predict_seconds": seconds,
+        "predict_images_per_s": len(items) / seconds,
+        "test_accuracy": out["metrics"]["accuracy"],
+    }
 
 
 def run_bare(steps: int) -> dict:
@@ -96,7 +107,7 @@ def run_bare(steps: int) -> dict:
         model(xs[:4])
         t = time.perf_counter()
         for k in range(0, 40, 4):  # the prediction's batch (predict.batch_size 4)
-            torch.softmax(model(xs[k:k + 4]), 1)
+            torch.softmax(model(xs[k : k + 4]), 1)
         fwd = time.perf_counter() - t
     return {"step_seconds": dts, "images_per_s": BATCH / median(dts), "forward_images_per_s": 40 / fwd}
 
@@ -106,9 +117,13 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--tag", default="")
-    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                    help="cpu: time steps in CPU seconds of the training thread (time.thread_time), which other jobs on "
-                         "a shared machine barely change; the prefetch thread's work is then timed apart")
+    ap.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: time steps in CPU seconds of the training thread (time.thread_time), which other jobs on "
+        "a shared machine barely change; the prefetch thread's work is then timed apart",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(argv)
     global CLOCK
@@ -123,28 +138,74 @@ def main(argv=None):
     for r in range(args.repeats):
         tr = run_trainer(args.epochs)
         bare = run_bare((args.epochs - 1) * (steps_per_epoch - 1))
-        pairs.append({"trainer": tr, "bare": bare, "ratio_step": tr["images_per_s"] / bare["images_per_s"],
-                      "ratio_predict": tr["predict_images_per_s"] / bare["forward_images_per_s"], "loadavg": loadavg()})
-        print(f"repeat {r + 1}: trainer {tr['images_per_s']:.1f} img/s, bare {bare['images_per_s']:.1f} img/s "
-              f"(ratio {pairs[-1]['ratio_step']:.3f}); predict {tr['predict_images_per_s']:.1f} img/s, bare forward "
-              f"{bare['forward_images_per_s']:.1f} img/s; load {loadavg()}", flush=True)
-    s = {"trainer_images_per_s": median([p["trainer"]["images_per_s"] for p in pairs]),
-         "bare_images_per_s": median([p["bare"]["images_per_s"] for p in pairs]),
-         "ratio_step_median_of_pairs": median([p["ratio_step"] for p in pairs]),
-         "predict_images_per_s": median([p["trainer"]["predict_images_per_s"] for p in pairs]),
-         "bare_forward_images_per_s": median([p["bare"]["forward_images_per_s"] for p in pairs]),
-         "ratio_predict_median_of_pairs": median([p["ratio_predict"] for p in pairs]),
-         "target": ">= 0.9 (trainer step / bare step)"}
+        pairs.append(
+            {
+                "trainer": tr,
+                "bare": bare,
+                "ratio_step": tr["images_per_s"] / bare["images_per_s"],
+                "ratio_predict": tr["predict_images_per_s"] / bare["forward_images_per_s"],
+                "loadavg": loadavg(),
+            }
+        )
+        print(
+            f"repeat {r + 1}: trainer {tr['images_per_s']:.1f} img/s, bare {bare['images_per_s']:.1f} img/s "
+            f"(ratio {pairs[-1]['ratio_step']:.3f}); predict {tr['predict_images_per_s']:.1f} img/s, bare forward "
+            f"{bare['forward_images_per_s']:.1f} img/s; load {loadavg()}",
+            flush=True,
+        )
+    s = {
+        "trainer_images_per_s": median([p["trainer"]["images_per_s"] for p in pairs]),
+        "bare_images_per_s": median([p["bare"]["images_per_s"] for p in pairs]),
+        "ratio_step_median_of_pairs": median([p["ratio_step"] for p in pairs]),
+        "predict_images_per_s": median([p["trainer"]["predict_images_per_s"] for p in pairs]),
+        "bare_forward_images_per_s": median([p["bare"]["forward_images_per_s"] for p in pairs]),
+        "ratio_predict_median_of_pairs": median([p["ratio_predict"] for p in pairs]),
+        "target": ">= 0.9 (trainer step / bare step)",
+    }
     s["pass"] = s["ratio_step_median_of_pairs"] >= 0.9
-    print(table([["trainer step vs bare step (img/s)", s["trainer_images_per_s"], s["bare_images_per_s"],
-                  s["ratio_step_median_of_pairs"], ">= 0.9", verdict(s["pass"])],
-                 ["prediction vs bare forward (img/s)", s["predict_images_per_s"], s["bare_forward_images_per_s"],
-                  s["ratio_predict_median_of_pairs"], "(info)", ""]],
-                ["", "pipeline", "bare", "ratio", "target", ""]))
-    path = write_result("classify" + (f"_{args.tag}" if args.tag else ""), {
-        "config": {"clock": args.clock, "threads": args.threads or "default", "model": "vit (default options)", "patch": PATCH, "batch": BATCH, "classes": 4, "device": "cpu",
-                   "epochs": args.epochs, "data": "tests/data/classification_2d (120 train, 40 test)"},
-        "loadavg_before": load_before, "loadavg_after": loadavg(), "summary": s, "pairs": pairs})
+    print(
+        table(
+            [
+                [
+                    "trainer step vs bare step (img/s)",
+                    s["trainer_images_per_s"],
+                    s["bare_images_per_s"],
+                    s["ratio_step_median_of_pairs"],
+                    ">= 0.9",
+                    verdict(s["pass"]),
+                ],
+                [
+                    "prediction vs bare forward (img/s)",
+                    s["predict_images_per_s"],
+                    s["bare_forward_images_per_s"],
+                    s["ratio_predict_median_of_pairs"],
+                    "(info)",
+                    "",
+                ],
+            ],
+            ["", "pipeline", "bare", "ratio", "target", ""],
+        )
+    )
+    path = write_result(
+        "classify" + (f"_{args.tag}" if args.tag else ""),
+        {
+            "config": {
+                "clock": args.clock,
+                "threads": args.threads or "default",
+                "model": "vit (default options)",
+                "patch": PATCH,
+                "batch": BATCH,
+                "classes": 4,
+                "device": "cpu",
+                "epochs": args.epochs,
+                "data": "tests/data/classification_2d (120 train, 40 test)",
+            },
+            "loadavg_before": load_before,
+            "loadavg_after": loadavg(),
+            "summary": s,
+            "pairs": pairs,
+        },
+    )
     print(f"wrote {path}")
 
 

@@ -6,6 +6,7 @@ quoted. Also reported: a bare `python -c pass` (interpreter start-up alone) and 
 
     .venv/bin/python benchmarks/bench_import.py [--repeats 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,13 @@ CLI = shutil.which("napari-bioflow", path=str(Path(PY).parent)) or "napari-biofl
 
 def wall(cmd: list[str]) -> float:
     t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    subprocess.run(
+        cmd,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
     return time.perf_counter() - t
 
 
@@ -48,24 +54,49 @@ def main(argv=None):
     info = ("python -c pass", "import torch", "torch + engine.models")
     for cmd in cases.values():  # warm the OS file cache and the bytecode caches once
         wall(cmd)
-    heavy = subprocess.run([PY, "-c", "import sys, napari_bioflow; print(','.join(m for m in ('torch', 'napari', 'qtpy', "
-                            "'dask', 'zarr', 'tifffile', 'matplotlib', 'pydantic', 'yaml', 'numpy') if m in sys.modules))"],
-                           capture_output=True, text=True, check=True).stdout.strip()
+    heavy = subprocess.run(
+        [
+            PY,
+            "-c",
+            (
+                "import sys, napari_bioflow; print(','.join(m for m in ('torch', 'napari', 'qtpy', "
+                "'dask', 'zarr', 'tifffile', 'matplotlib', 'pydantic', 'yaml', 'numpy') if m in sys.modules))"
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     load_before = loadavg()
     seconds = {k: [] for k in cases}
     for _ in range(args.repeats):
         for k, cmd in cases.items():
             seconds[k].append(wall(cmd))
     summary = {k: median(v) for k, v in seconds.items()}
-    rows = [[k, summary[k], args.repeats, "< 2 s" if k not in info else "(info)",
-             verdict(summary[k] < 2) if k not in info else ""] for k in cases]
+    rows = [
+        [
+            k,
+            summary[k],
+            args.repeats,
+            "< 2 s" if k not in info else "(info)",
+            verdict(summary[k] < 2) if k not in info else "",
+        ]
+        for k in cases
+    ]
     print(table(rows, ["wall time (s)", "median", "repeats", "target", ""]))
     print(f"modules loaded by `import napari_bioflow`: {heavy or '(none of the heavy ones)'}")
     print(f"load average before {load_before}, after {loadavg()}")
-    path = write_result("import", {"loadavg_before": load_before, "loadavg_after": loadavg(),
-                                   "summary_median_seconds": summary, "seconds": seconds,
-                                   "heavy_modules_after_import": heavy.split(",") if heavy else [],
-                                   "pass": all(summary[k] < 2 for k in cases if k not in info)})
+    path = write_result(
+        "import",
+        {
+            "loadavg_before": load_before,
+            "loadavg_after": loadavg(),
+            "summary_median_seconds": summary,
+            "seconds": seconds,
+            "heavy_modules_after_import": heavy.split(",") if heavy else [],
+            "pass": all(summary[k] < 2 for k in cases if k not in info),
+        },
+    )
     print(f"wrote {path}")
 
 

@@ -15,6 +15,7 @@ Target: < 1.5 GB for a volume of more than 4 GB on disk.
 
     .venv/bin/python benchmarks/bench_memory.py --sizes-gb 0.5 1 2 4.3 8.2 [--features 2] [--kernel 1] [--trivial] [--no-tiff]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,14 +61,14 @@ def make_volume(path: Path, z: int) -> Path:
     src = tifffile.imread(SAMPLE_3D / "train" / "raw" / "nuclei_train.tif")  # (32, 128, 256) uint16
     arr = zarr.create_array(store=str(path), shape=(z, YX, YX), chunks=CHUNK, dtype="uint16", compressors=None)
     reps = [-(-c // s) for c, s in zip(CHUNK, src.shape)]
-    block = np.tile(src, reps)[:CHUNK[0], :CHUNK[1], :CHUNK[2]]
+    block = np.tile(src, reps)[: CHUNK[0], : CHUNK[1], : CHUNK[2]]
     rng = np.random.default_rng(0)
     for z0 in range(0, z, CHUNK[0]):
         for y0 in range(0, YX, CHUNK[1]):
             for x0 in range(0, YX, CHUNK[2]):
                 dz = min(CHUNK[0], z - z0)
                 noise = rng.integers(0, 64, size=(dz, *CHUNK[1:]), dtype=np.uint16)
-                arr[z0:z0 + dz, y0:y0 + CHUNK[1], x0:x0 + CHUNK[2]] = block[:dz] + noise
+                arr[z0 : z0 + dz, y0 : y0 + CHUNK[1], x0 : x0 + CHUNK[2]] = block[:dz] + noise
     return path
 
 
@@ -75,14 +76,23 @@ def make_checkpoint(out_dir: Path, kernel: int, features: list[int]) -> Path:
     from napari_bioflow.config import RunConfig
     from napari_bioflow.engine.train import DoneReport, Trainer
 
-    cfg = RunConfig.model_validate({
-        "name": "bench_mem", "output_dir": str(out_dir), "device": "cpu", "ndim": 3,
-        "model": {"name": "unet", "options": {"feature_maps": features, "kernel_size": kernel}},
-        "data": {"train_raw": str(SAMPLE_3D / "train" / "raw"), "train_label": str(SAMPLE_3D / "train" / "label"),
-                 "val_raw": str(SAMPLE_3D / "test" / "raw"), "val_label": str(SAMPLE_3D / "test" / "label"),
-                 "patch_size": [32, 128, 128]},
-        "train": {"epochs": 1, "steps_per_epoch": 1, "batch_size": 2},
-    })
+    cfg = RunConfig.model_validate(
+        {
+            "name": "bench_mem",
+            "output_dir": str(out_dir),
+            "device": "cpu",
+            "ndim": 3,
+            "model": {"name": "unet", "options": {"feature_maps": features, "kernel_size": kernel}},
+            "data": {
+                "train_raw": str(SAMPLE_3D / "train" / "raw"),
+                "train_label": str(SAMPLE_3D / "train" / "label"),
+                "val_raw": str(SAMPLE_3D / "test" / "raw"),
+                "val_label": str(SAMPLE_3D / "test" / "label"),
+                "patch_size": [32, 128, 128],
+            },
+            "train": {"epochs": 1, "steps_per_epoch": 1, "batch_size": 2},
+        }
+    )
     for rep in Trainer(cfg).run():
         if isinstance(rep, DoneReport):
             return rep.checkpoint
@@ -102,8 +112,12 @@ def child(volume: str, ckpt: str, out: str, save_tiff: bool, batch_voxels: int =
 
     def mark(next_name: str) -> None:
         now, cpu = time.perf_counter(), time.process_time()
-        phases[state["name"]] = {"peak_rss_mb": status_kb("VmHWM") / 1024, "seconds": now - state["t"],
-                                 "cpu_seconds": cpu - state["cpu"], "rss_mb_at_end": status_kb("VmRSS") / 1024}
+        phases[state["name"]] = {
+            "peak_rss_mb": status_kb("VmHWM") / 1024,
+            "seconds": now - state["t"],
+            "cpu_seconds": cpu - state["cpu"],
+            "rss_mb_at_end": status_kb("VmRSS") / 1024,
+        }
         state.update(name=next_name, t=now, cpu=cpu)
         reset_peak()
 
@@ -123,8 +137,8 @@ def child(volume: str, ckpt: str, out: str, save_tiff: bool, batch_voxels: int =
 
     import napari_bioflow.engine.data.io as io_mod
     import napari_bioflow.engine.predict.sliding_window as pred
-    from napari_bioflow.engine.train.checkpoint import load_model
     from napari_bioflow.engine.predict.inference import ImagePrediction
+    from napari_bioflow.engine.train.checkpoint import load_model
 
     def wrapped(mod, name, before: str, after: str):
         fn = getattr(mod, name)
@@ -145,10 +159,11 @@ def child(volume: str, ckpt: str, out: str, save_tiff: bool, batch_voxels: int =
         from napari_bioflow.engine.predict import inference
 
         bound = inference.BATCH_VOXELS
-        inference.BATCH_VOXELS = {k: batch_voxels for k in bound} if isinstance(bound, dict) else batch_voxels
+        inference.BATCH_VOXELS = dict.fromkeys(bound, batch_voxels) if isinstance(bound, dict) else batch_voxels
     loaded = load_model(Path(ckpt))
     loaded.config.predict.save_tiff = save_tiff
     if trivial:  # the pipeline alone: two pointwise "logits" per voxel instead of a network
+
         class Pointwise(torch.nn.Module):
             size_divisor = 1
 
@@ -176,19 +191,38 @@ def child(volume: str, ckpt: str, out: str, save_tiff: bool, batch_voxels: int =
     from napari_bioflow.engine.predict import inference
 
     engine.update(BATCH_VOXELS=inference.BATCH_VOXELS, TILE_CAP=inference.TILE_CAP)
-    print(json.dumps({"phases": phases, "overall_peak_rss_mb": max(p["peak_rss_mb"] for p in phases.values()),
-                      "seconds": time.perf_counter() - t0, "tiles": len(job.plan.tiles),
-                      "tile": list(job.plan.tile_shape), "chunks": list(job.plan.chunks), "outputs": written,
-                      "sliding_window_mvoxel_per_s": voxels / sw["seconds"] / 1e6,
-                      "sliding_window_mvoxel_per_cpu_s": voxels / max(sw["cpu_seconds"], 1e-9) / 1e6,
-                      "whole_run_mvoxel_per_s": voxels / (time.perf_counter() - t0) / 1e6,
-                      "engine": engine, "torch_threads": torch.get_num_threads(),
-                      "phase_starts_s": starts, "rss_mb_every_0.5_s": samples,
-                      "tiff_written": (Path(out) / "per_image" / "volume.tif").exists()}))
+    print(
+        json.dumps(
+            {
+                "phases": phases,
+                "overall_peak_rss_mb": max(p["peak_rss_mb"] for p in phases.values()),
+                "seconds": time.perf_counter() - t0,
+                "tiles": len(job.plan.tiles),
+                "tile": list(job.plan.tile_shape),
+                "chunks": list(job.plan.chunks),
+                "outputs": written,
+                "sliding_window_mvoxel_per_s": voxels / sw["seconds"] / 1e6,
+                "sliding_window_mvoxel_per_cpu_s": voxels / max(sw["cpu_seconds"], 1e-9) / 1e6,
+                "whole_run_mvoxel_per_s": voxels / (time.perf_counter() - t0) / 1e6,
+                "engine": engine,
+                "torch_threads": torch.get_num_threads(),
+                "phase_starts_s": starts,
+                "rss_mb_every_0.5_s": samples,
+                "tiff_written": (Path(out) / "per_image" / "volume.tif").exists(),
+            }
+        )
+    )
 
 
-def run_size(tmp: Path, ckpt: Path, gb: float, save_tiff: bool, batch_voxels: int = 0, trivial: bool = False,
-             src: str | None = None) -> dict:
+def run_size(
+    tmp: Path,
+    ckpt: Path,
+    gb: float,
+    save_tiff: bool,
+    batch_voxels: int = 0,
+    trivial: bool = False,
+    src: str | None = None,
+) -> dict:
     z = max(1, round(gb * 1e9 / (YX * YX * 2) / CHUNK[0])) * CHUNK[0]  # whole chunks: on-disk size = bytes
     vol = tmp / f"volume_{gb}.zarr"
     out = tmp / f"out_{gb}"
@@ -201,18 +235,29 @@ def run_size(tmp: Path, ckpt: Path, gb: float, save_tiff: bool, batch_voxels: in
         env = dict(os.environ)
         if src:  # another source tree (before/after comparisons)
             env["PYTHONPATH"] = os.pathsep.join([str(Path(src).resolve()), env.get("PYTHONPATH", "")])
-        proc = subprocess.run([sys.executable, __file__, "--child", str(vol), str(ckpt), str(out)]
-                              + ([] if save_tiff else ["--no-tiff"]) + ["--batch-voxels", str(batch_voxels)]
-                              + (["--trivial"] if trivial else []),
-                              capture_output=True, text=True, env=env)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", str(vol), str(ckpt), str(out)]
+            + ([] if save_tiff else ["--no-tiff"])
+            + ["--batch-voxels", str(batch_voxels)]
+            + (["--trivial"] if trivial else []),
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         wall = time.perf_counter() - t
         if proc.returncode:
             raise RuntimeError(proc.stderr[-3000:])
         rep = json.loads(proc.stdout.strip().splitlines()[-1])
         after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        rep.update(volume_shape=[z, YX, YX], volume_gb_on_disk=du(vol) / 1e9, outputs_gb_on_disk=du(out) / 1e9,
-                   make_volume_seconds=make_s, wall_seconds=wall,
-                   rusage_children_max_rss_mb=after / 1024 if after > before else None, loadavg=loadavg())
+        rep.update(
+            volume_shape=[z, YX, YX],
+            volume_gb_on_disk=du(vol) / 1e9,
+            outputs_gb_on_disk=du(out) / 1e9,
+            make_volume_seconds=make_s,
+            wall_seconds=wall,
+            rusage_children_max_rss_mb=after / 1024 if after > before else None,
+            loadavg=loadavg(),
+        )
         return rep
     finally:
         shutil.rmtree(vol, ignore_errors=True)
@@ -224,16 +269,31 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes-gb", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.3])
     ap.add_argument("--features", type=int, nargs="+", default=[2], help="feature maps of the tiny U-Net per level")
-    ap.add_argument("--kernel", type=int, default=1, help="conv kernel of the tiny U-Net (1 = pipeline only, 3 = real convs)")
+    ap.add_argument(
+        "--kernel", type=int, default=1, help="conv kernel of the tiny U-Net (1 = pipeline only, 3 = real convs)"
+    )
     ap.add_argument("--trivial", action="store_true", help="replace the network by a pointwise op: the pipeline alone")
-    ap.add_argument("--no-tiff", action="store_true", help="predict.save_tiff false (default: the engine's default, "
-                    "TIFFs written when the probabilities are <= 2 GiB)")
+    ap.add_argument(
+        "--no-tiff",
+        action="store_true",
+        help="predict.save_tiff false (default: the engine's default, "
+        "TIFFs written when the probabilities are <= 2 GiB)",
+    )
     ap.add_argument("--tmp", default=None, help="scratch folder (needs ~6x the largest size free)")
-    ap.add_argument("--batch-voxels", type=int, default=0, help="override the engine's voxels per forward pass "
-                    "(inference.BATCH_VOXELS; 0 = the engine's own), for before/after comparisons")
+    ap.add_argument(
+        "--batch-voxels",
+        type=int,
+        default=0,
+        help="override the engine's voxels per forward pass "
+        "(inference.BATCH_VOXELS; 0 = the engine's own), for before/after comparisons",
+    )
     ap.add_argument("--yx", type=int, default=YX, help="Y and X of the volumes (Z follows from the size)")
-    ap.add_argument("--src", default=None, help="run the prediction with this source tree (a 'src' folder) first on "
-                    "PYTHONPATH, e.g. an older commit from `git archive`, for before/after comparisons")
+    ap.add_argument(
+        "--src",
+        default=None,
+        help="run the prediction with this source tree (a 'src' folder) first on "
+        "PYTHONPATH, e.g. an older commit from `git archive`, for before/after comparisons",
+    )
     ap.add_argument("--tag", default="")
     ap.add_argument("--child", nargs=3, metavar=("VOLUME", "CKPT", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -250,26 +310,52 @@ def main(argv=None):
             runs.append(rep)
             ph = rep["phases"]
             top = max(ph, key=lambda k: ph[k]["peak_rss_mb"])
-            print(f"{rep['volume_gb_on_disk']:.2f} GB volume {rep['volume_shape']}: peak RSS {rep['overall_peak_rss_mb']:.0f} MB "
-                  f"(in {top}), {rep['seconds']:.0f} s, sliding window {rep['sliding_window_mvoxel_per_s']:.1f} Mvoxel/s "
-                  f"({rep['sliding_window_mvoxel_per_cpu_s']:.1f} per CPU s), outputs {rep['outputs_gb_on_disk']:.1f} GB; "
-                  + ", ".join(f"{k} {v['peak_rss_mb']:.0f} MB/{v['seconds']:.0f} s" for k, v in ph.items()), flush=True)
-            rows.append([f"{rep['volume_gb_on_disk']:.2f}", rep["overall_peak_rss_mb"], top, round(rep["seconds"]),
-                         round(rep["sliding_window_mvoxel_per_s"], 1),
-                         "< 1500 MB" if rep["volume_gb_on_disk"] > 4 else "(scaling)",
-                         verdict(rep["overall_peak_rss_mb"] < 1500) if rep["volume_gb_on_disk"] > 4 else ""])
+            print(
+                f"{rep['volume_gb_on_disk']:.2f} GB volume {rep['volume_shape']}: peak RSS {rep['overall_peak_rss_mb']:.0f} MB "
+                f"(in {top}), {rep['seconds']:.0f} s, sliding window {rep['sliding_window_mvoxel_per_s']:.1f} Mvoxel/s "
+                f"({rep['sliding_window_mvoxel_per_cpu_s']:.1f} per CPU s), outputs {rep['outputs_gb_on_disk']:.1f} GB; "
+                + ", ".join(f"{k} {v['peak_rss_mb']:.0f} MB/{v['seconds']:.0f} s" for k, v in ph.items()),
+                flush=True,
+            )
+            rows.append(
+                [
+                    f"{rep['volume_gb_on_disk']:.2f}",
+                    rep["overall_peak_rss_mb"],
+                    top,
+                    round(rep["seconds"]),
+                    round(rep["sliding_window_mvoxel_per_s"], 1),
+                    "< 1500 MB" if rep["volume_gb_on_disk"] > 4 else "(scaling)",
+                    verdict(rep["overall_peak_rss_mb"] < 1500) if rep["volume_gb_on_disk"] > 4 else "",
+                ]
+            )
         print(table(rows, ["volume GB", "peak RSS MB", "peak phase", "seconds", "Mvoxel/s", "target", ""]))
         print(f"load average before {load_before}, after {loadavg()}")
         big = [r for r in runs if r["volume_gb_on_disk"] > 4]
-        net = ("pointwise op (no network)" if args.trivial
-               else f"unet feature_maps {args.features}, 3D, kernel {args.kernel}")
-        path = write_result("memory" + (f"_{args.tag}" if args.tag else ""), {
-            "config": {"model": net, "dtype": "uint16", "yx": YX, "input_chunks": CHUNK, "save_tiff": not args.no_tiff,
-                       "device": "cpu", "batch_voxels_override": args.batch_voxels or None, "src": args.src,
-                       "command": " ".join([Path(sys.executable).name, *sys.argv])},
-            "loadavg_before": load_before, "loadavg_after": loadavg(), "runs": runs,
-            "pass": (all(r["overall_peak_rss_mb"] < 1500 for r in big) if big else None),
-        })
+        net = (
+            "pointwise op (no network)"
+            if args.trivial
+            else f"unet feature_maps {args.features}, 3D, kernel {args.kernel}"
+        )
+        path = write_result(
+            "memory" + (f"_{args.tag}" if args.tag else ""),
+            {
+                "config": {
+                    "model": net,
+                    "dtype": "uint16",
+                    "yx": YX,
+                    "input_chunks": CHUNK,
+                    "save_tiff": not args.no_tiff,
+                    "device": "cpu",
+                    "batch_voxels_override": args.batch_voxels or None,
+                    "src": args.src,
+                    "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                },
+                "loadavg_before": load_before,
+                "loadavg_after": loadavg(),
+                "runs": runs,
+                "pass": (all(r["overall_peak_rss_mb"] < 1500 for r in big) if big else None),
+            },
+        )
         print(f"wrote {path}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

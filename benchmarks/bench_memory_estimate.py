@@ -11,6 +11,7 @@ steps run at the same batch and patch size:
 
     .venv/bin/python benchmarks/bench_memory_estimate.py [--device cpu|cuda] [--cases NAME,...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,10 +81,16 @@ def make_data(root: Path, kind: str, ndim: int, patch: list[int]) -> dict:
 
 def case_config(name: str, root: Path, device: str) -> dict:
     kind, model, options, ndim, patch, batch = CASES[name]
-    cfg = {"name": name, "output_dir": str(root / "runs"), "device": device, "ndim": ndim, "seed": 0,
-           "data": {"patch_size": patch, **make_data(root, kind, ndim, patch)},
-           "model": {"name": model, "options": options},
-           "train": {"batch_size": batch, "epochs": 1}}
+    cfg = {
+        "name": name,
+        "output_dir": str(root / "runs"),
+        "device": device,
+        "ndim": ndim,
+        "seed": 0,
+        "data": {"patch_size": patch, **make_data(root, kind, ndim, patch)},
+        "model": {"name": model, "options": options},
+        "train": {"batch_size": batch, "epochs": 1},
+    }
     if kind in ("masking", "crappify"):
         cfg["workflow"] = "self_supervised"
         cfg["self_supervised"] = {"pretext": kind}
@@ -163,10 +170,17 @@ def child(cfg_dict: dict) -> dict:
     else:
         measured, allocated = _status("VmHWM") - base, None
     free, _ = available(device)
-    return {"need": need, "step_peak": peak, "fixed": estimate.fixed, "measured": measured,
-            "max_allocated": allocated, "ratio": need / measured if measured > 0 else None,
-            "check_ms_wall": round(check_wall * 1000, 1), "check_ms_cpu": round(check_cpu * 1000, 1),
-            "free": free}
+    return {
+        "need": need,
+        "step_peak": peak,
+        "fixed": estimate.fixed,
+        "measured": measured,
+        "max_allocated": allocated,
+        "ratio": need / measured if measured > 0 else None,
+        "check_ms_wall": round(check_wall * 1000, 1),
+        "check_ms_cpu": round(check_cpu * 1000, 1),
+        "free": free,
+    }
 
 
 def main() -> None:
@@ -183,8 +197,13 @@ def main() -> None:
         for name in names:
             cfg = case_config(name, Path(tmp) / name, args.device)
             env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-            proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg)], capture_output=True, text=True,
-                                  env=env, timeout=1200)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", json.dumps(cfg)],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=1200,
+            )
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:
                 print(f"{name}: failed\n{proc.stderr[-2000:]}", flush=True)
@@ -193,10 +212,24 @@ def main() -> None:
             r = json.loads(line[7:])
             results[name] = r
             mb = lambda v: round(v / 2**20) if v is not None else None  # noqa: E731
-            rows.append([name, mb(r["step_peak"]), mb(r["need"]), mb(r["measured"]), r["ratio"],
-                         r["check_ms_cpu"], r["check_ms_wall"]])
-            print(table(rows[-1:], ["case", "step MiB", "estimate MiB", "measured MiB", "ratio", "check ms cpu",
-                                    "check ms wall"]), flush=True)
+            rows.append(
+                [
+                    name,
+                    mb(r["step_peak"]),
+                    mb(r["need"]),
+                    mb(r["measured"]),
+                    r["ratio"],
+                    r["check_ms_cpu"],
+                    r["check_ms_wall"],
+                ]
+            )
+            print(
+                table(
+                    rows[-1:],
+                    ["case", "step MiB", "estimate MiB", "measured MiB", "ratio", "check ms cpu", "check ms wall"],
+                ),
+                flush=True,
+            )
     print(table(rows, ["case", "step MiB", "estimate MiB", "measured MiB", "ratio", "check ms cpu", "check ms wall"]))
     path = write_result(f"memory_estimate_{args.device}", {"cases": results, "loadavg": loadavg()})
     print(f"results: {path}")

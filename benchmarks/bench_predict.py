@@ -22,6 +22,7 @@ costs); for the MAE, A >= 0.85 x D. Pair by pair, median of the ratios.
 
     .venv/bin/python benchmarks/bench_predict.py [--workflow W] [--model M] [--repeats 3] [--size 2048]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,21 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (DEFAULT_MODEL, SAMPLE_2D, WORKFLOWS, add_clock_options, apply_clock_options, degrade,  # noqa: E402
-                     loadavg, median, result_name, run_config, table, verdict, write_result)
+from _common import (  # noqa: E402
+    DEFAULT_MODEL,
+    SAMPLE_2D,
+    WORKFLOWS,
+    add_clock_options,
+    apply_clock_options,
+    degrade,
+    loadavg,
+    median,
+    result_name,
+    run_config,
+    table,
+    verdict,
+    write_result,
+)
 
 
 def make_checkpoint(workflow: str, model: str, out_dir: Path, data_root: Path) -> Path:
@@ -70,10 +84,10 @@ def main(argv=None):
 
     import torch
 
-    from napari_bioflow.engine.train.checkpoint import load_model
     from napari_bioflow.engine.predict import inference
     from napari_bioflow.engine.predict.inference import ImagePrediction, predict_array
     from napari_bioflow.engine.predict.sliding_window import _read_tile, plan_tiles, prediction_plan
+    from napari_bioflow.engine.train.checkpoint import load_model
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_predict_"))
     try:
@@ -93,15 +107,31 @@ def main(argv=None):
             bs = inference.tile_batch(cfg, list(cfg.data.patch_size))
         else:
             # the batch the engine uses for this tile (lowered for big tiles where the engine does so)
-            bare_plan, bs = plan, (inference.tile_batch(cfg, tile) if hasattr(inference, "tile_batch") else cfg.predict.batch_size)
+            bare_plan, bs = (
+                plan,
+                (inference.tile_batch(cfg, tile) if hasattr(inference, "tile_batch") else cfg.predict.batch_size),
+            )
         img_cl = image[..., None]
-        tiles = [torch.from_numpy(np.moveaxis(np.stack([_read_tile(img_cl, t, image.shape, loaded.normalizer) for t in bare_plan.tiles[k:k + bs]]), -1, 1).copy())
-                 for k in range(0, len(bare_plan.tiles), bs)]
+        tiles = [
+            torch.from_numpy(
+                np.moveaxis(
+                    np.stack(
+                        [_read_tile(img_cl, t, image.shape, loaded.normalizer) for t in bare_plan.tiles[k : k + bs]]
+                    ),
+                    -1,
+                    1,
+                ).copy()
+            )
+            for k in range(0, len(bare_plan.tiles), bs)
+        ]
         whole = torch.from_numpy(np.asarray(loaded.normalizer(img_cl), np.float32)[None, None, ..., 0].copy())
         tile_px = len(bare_plan.tiles) * int(np.prod(bare_plan.tile_shape))
-        print(f"{args.workflow}, model {model_name}; image {image.shape}, tile {tile}, overlap {overlap} -> plan "
-              f"{len(plan.tiles)} tiles of {plan.tile_shape}; bare tiles: {len(bare_plan.tiles)} of {bare_plan.tile_shape} "
-              f"(computed pixels {tile_px / image.size:.3f}x the image), batch {bs}; load {loadavg()}", flush=True)
+        print(
+            f"{args.workflow}, model {model_name}; image {image.shape}, tile {tile}, overlap {overlap} -> plan "
+            f"{len(plan.tiles)} tiles of {plan.tile_shape}; bare tiles: {len(bare_plan.tiles)} of {bare_plan.tile_shape} "
+            f"(computed pixels {tile_px / image.size:.3f}x the image), batch {bs}; load {loadavg()}",
+            flush=True,
+        )
 
         def run_pipeline(i):
             job = ImagePrediction(loaded, image, "mosaic", tmp / f"out{i}", "mosaic", "cpu")
@@ -129,8 +159,12 @@ def main(argv=None):
             return clock() - t
 
         model.eval()
-        runs = {"A_image_prediction": run_pipeline, "B_predict_array": run_array,
-                "C_bare_whole": run_whole, "D_bare_tiles": run_tiles}
+        runs = {
+            "A_image_prediction": run_pipeline,
+            "B_predict_array": run_array,
+            "C_bare_whole": run_whole,
+            "D_bare_tiles": run_tiles,
+        }
         if masking:
             del runs["C_bare_whole"]
         else:
@@ -142,41 +176,90 @@ def main(argv=None):
             for k, fn in runs.items():
                 seconds[k].append(fn(r))
                 shutil.rmtree(tmp / f"out{r}", ignore_errors=True)
-            print(f"round {r + 1}: " + ", ".join(f"{k} {mp / seconds[k][-1]:.3f} MP/s" for k in runs) + f"; load {loadavg()}", flush=True)
+            print(
+                f"round {r + 1}: "
+                + ", ".join(f"{k} {mp / seconds[k][-1]:.3f} MP/s" for k in runs)
+                + f"; load {loadavg()}",
+                flush=True,
+            )
 
         mps = {k: [mp / s for s in v] for k, v in seconds.items()}
         ratio = lambda a, b: [x / y for x, y in zip(mps[a], mps[b])]  # noqa: E731
         ratios = {"A/D": ratio("A_image_prediction", "D_bare_tiles"), "B/D": ratio("B_predict_array", "D_bare_tiles")}
         if not masking:
-            ratios.update({"A/C": ratio("A_image_prediction", "C_bare_whole"), "B/C": ratio("B_predict_array", "C_bare_whole"),
-                           "D/C": ratio("D_bare_tiles", "C_bare_whole")})
+            ratios.update(
+                {
+                    "A/C": ratio("A_image_prediction", "C_bare_whole"),
+                    "B/C": ratio("B_predict_array", "C_bare_whole"),
+                    "D/C": ratio("D_bare_tiles", "C_bare_whole"),
+                }
+            )
         summary = {k: median(v) for k, v in mps.items()}
         summary.update({f"ratio_{k}": median(v) for k, v in ratios.items()})
         key, bare = ("A/D", "D") if masking else ("A/C", "C")
         summary["pass"] = summary[f"ratio_{key}"] >= 0.85
-        summary["target"] = (f">= 0.85 (ImagePrediction / bare forward on {'the same tiles' if masking else 'the whole image'})")
+        summary["target"] = (
+            f">= 0.85 (ImagePrediction / bare forward on {'the same tiles' if masking else 'the whole image'})"
+        )
         ref = lambda k: summary[f"ratio_{k}/{bare}"] if k != bare else 1.0  # noqa: E731
         rows = [
-            ["A ImagePrediction (zarr, finalize, outputs, TIFF)", summary["A_image_prediction"], args.repeats, ref("A"), ">= 0.85", verdict(summary["pass"])],
+            [
+                "A ImagePrediction (zarr, finalize, outputs, TIFF)",
+                summary["A_image_prediction"],
+                args.repeats,
+                ref("A"),
+                ">= 0.85",
+                verdict(summary["pass"]),
+            ],
             ["B predict_array (numpy)", summary["B_predict_array"], args.repeats, ref("B"), "(info)", ""],
         ]
         if not masking:
             rows.append(["C bare forward, whole image", summary["C_bare_whole"], args.repeats, 1.0, "", ""])
-        rows.append(["D bare forward, same tiles", summary["D_bare_tiles"], args.repeats, ref("D"), "" if masking else "(info)", ""])
+        rows.append(
+            [
+                "D bare forward, same tiles",
+                summary["D_bare_tiles"],
+                args.repeats,
+                ref("D"),
+                "" if masking else "(info)",
+                "",
+            ]
+        )
         print(table(rows, ["MP/s", "median", "repeats", f"ratio to {bare}", "target", ""]))
-        print(f"pipeline vs bare tiles: A/D {summary['ratio_A/D']:.3f}, B/D {summary['ratio_B/D']:.3f}; "
-              f"load average before {load_before}, after {loadavg()}")
+        print(
+            f"pipeline vs bare tiles: A/D {summary['ratio_A/D']:.3f}, B/D {summary['ratio_B/D']:.3f}; "
+            f"load average before {load_before}, after {loadavg()}"
+        )
         name = result_name("predict", args.workflow, model_name)
-        path = write_result(name + (f"_{args.tag}" if args.tag else ""), {
-            "config": {"workflow": args.workflow, "model": model_name, "image": list(image.shape), "dtype": str(image.dtype),
-                       "tile_default": tile, "tile_plan": list(plan.tile_shape), "n_tiles": len(plan.tiles),
-                       "bare_tile": list(bare_plan.tile_shape), "bare_n_tiles": len(bare_plan.tiles),
-                       "computed_pixels_over_image": tile_px / image.size, "batch": bs,
-                       "overlap": overlap, "device": "cpu", "save_tiff": cfg.predict.save_tiff,
-                       "clock": clock_name, "torch_threads": torch.get_num_threads()},
-            "loadavg_before": load_before, "loadavg_after": loadavg(), "summary": summary,
-            "seconds": seconds, "megapixels_per_s": mps, "ratios": ratios,
-        })
+        path = write_result(
+            name + (f"_{args.tag}" if args.tag else ""),
+            {
+                "config": {
+                    "workflow": args.workflow,
+                    "model": model_name,
+                    "image": list(image.shape),
+                    "dtype": str(image.dtype),
+                    "tile_default": tile,
+                    "tile_plan": list(plan.tile_shape),
+                    "n_tiles": len(plan.tiles),
+                    "bare_tile": list(bare_plan.tile_shape),
+                    "bare_n_tiles": len(bare_plan.tiles),
+                    "computed_pixels_over_image": tile_px / image.size,
+                    "batch": bs,
+                    "overlap": overlap,
+                    "device": "cpu",
+                    "save_tiff": cfg.predict.save_tiff,
+                    "clock": clock_name,
+                    "torch_threads": torch.get_num_threads(),
+                },
+                "loadavg_before": load_before,
+                "loadavg_after": loadavg(),
+                "summary": summary,
+                "seconds": seconds,
+                "megapixels_per_s": mps,
+                "ratios": ratios,
+            },
+        )
         print(f"wrote {path}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

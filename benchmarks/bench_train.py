@@ -27,6 +27,7 @@ pair by pair, then the median of the ratios.
     .venv/bin/python benchmarks/bench_train.py [--workflow W] [--model M] [--repeats 4] [--epochs 3] [--steps 10]
                                                [--set augment.elastic_prob=0.5 ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,21 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (BATCH, DEFAULT_MODEL, PATCH, WORKFLOWS, add_clock_options, apply_clock_options,  # noqa: E402
-                     loadavg, median, result_name, run_config, table, verdict, write_result)
+from _common import (  # noqa: E402
+    BATCH,
+    DEFAULT_MODEL,
+    PATCH,
+    WORKFLOWS,
+    add_clock_options,
+    apply_clock_options,
+    loadavg,
+    median,
+    result_name,
+    run_config,
+    table,
+    verdict,
+    write_result,
+)
 
 TARGET = {"semantic_segmentation": 0.95, "image_to_image": 0.9, "self_supervised": 0.9}
 clock = time.perf_counter  # --clock cpu: time.thread_time (the training loop's own CPU seconds)
@@ -99,8 +113,13 @@ def run_bare(cfg, steps: int, seed: int = 0, warmup: int = 2) -> dict:
 
     torch.manual_seed(seed)
     wf = get_workflow(cfg)
-    model = create_model(cfg.model.name, ndim=cfg.ndim, in_channels=cfg.data.in_channels,
-                         out_channels=wf.out_channels(cfg), **{**wf.model_defaults(cfg), **cfg.model.options})
+    model = create_model(
+        cfg.model.name,
+        ndim=cfg.ndim,
+        in_channels=cfg.data.in_channels,
+        out_channels=wf.out_channels(cfg),
+        **{**wf.model_defaults(cfg), **cfg.model.options},
+    )
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
     loss_fn = wf.loss(cfg)
@@ -128,15 +147,21 @@ def run_bare(cfg, steps: int, seed: int = 0, warmup: int = 2) -> dict:
         t = clock()
         step()
         dts.append(clock() - t)
-    return {"step_seconds": dts, "step_patches_per_s_median": BATCH / median(dts),
-            "step_patches_per_s_mean": BATCH * len(dts) / sum(dts)}
+    return {
+        "step_seconds": dts,
+        "step_patches_per_s_median": BATCH / median(dts),
+        "step_patches_per_s_mean": BATCH * len(dts) / sum(dts),
+    }
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workflow", choices=WORKFLOWS, default="semantic_segmentation")
-    ap.add_argument("--model", default=None, help="model name (default: unet; mae for self_supervised; "
-                    "mae_vit_base is BiaPy's ViT-B MAE)")
+    ap.add_argument(
+        "--model",
+        default=None,
+        help="model name (default: unet; mae for self_supervised; mae_vit_base is BiaPy's ViT-B MAE)",
+    )
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10, help="train.steps_per_epoch")
@@ -144,8 +169,13 @@ def main(argv=None):
     ap.add_argument("--bare-steps", type=int, default=20)
     ap.add_argument("--bare-warmup", type=int, default=2, help="untimed bare steps first")
     ap.add_argument("--tag", default="", help="suffix of the result file name (e.g. before/after a change)")
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                    help="config override of the trainer's runs, e.g. augment.elastic_prob=0.5 (repeatable)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="config override of the trainer's runs, e.g. augment.elastic_prob=0.5 (repeatable)",
+    )
     add_clock_options(ap, "thread")
     args = ap.parse_args(argv)
     global clock
@@ -153,7 +183,9 @@ def main(argv=None):
     model = args.model or DEFAULT_MODEL[args.workflow]
     target = TARGET[args.workflow]
     if args.epochs <= args.skip_epochs or args.steps < 2:
-        ap.error("--epochs must exceed --skip-epochs, and --steps be at least 2 (the first step of an epoch is left out)")
+        ap.error(
+            "--epochs must exceed --skip-epochs, and --steps be at least 2 (the first step of an epoch is left out)"
+        )
 
     import torch
 
@@ -163,13 +195,24 @@ def main(argv=None):
     for item in args.set:
         apply_override(overrides, item)
     data_root = Path(tempfile.mkdtemp(prefix="bench_train_data_"))
-    make_cfg = lambda out, epochs, steps: run_config(args.workflow, model, out, data_root, "bench_train",  # noqa: E731
-                                                     **{**overrides, "train": {**overrides.get("train", {}),
-                                                                               "epochs": epochs, "steps_per_epoch": steps}})
+
+    def make_cfg(out, epochs, steps):
+        return run_config(
+            args.workflow,
+            model,
+            out,
+            data_root,
+            "bench_train",  # noqa: E731
+            **{**overrides, "train": {**overrides.get("train", {}), "epochs": epochs, "steps_per_epoch": steps}},
+        )
+
     cfg = make_cfg(data_root / "unused", args.epochs, args.steps)
-    print(f"{args.workflow}, model {model}"
-          + (f", pretext {cfg.self_supervised.pretext}" if args.workflow == "self_supervised" else "")
-          + f"; load {loadavg()}", flush=True)
+    print(
+        f"{args.workflow}, model {model}"
+        + (f", pretext {cfg.self_supervised.pretext}" if args.workflow == "self_supervised" else "")
+        + f"; load {loadavg()}",
+        flush=True,
+    )
     load_before = loadavg()
     pairs = []
     try:
@@ -182,12 +225,22 @@ def main(argv=None):
                 bare = run_bare(cfg, args.bare_steps, warmup=args.bare_warmup)
                 tr = run_trainer(make_cfg, args.epochs, args.steps, args.skip_epochs)
             ratio = tr["step_patches_per_s_median"] / bare["step_patches_per_s_median"]
-            pairs.append({"order": "trainer, bare" if r % 2 == 0 else "bare, trainer", "trainer": tr, "bare": bare,
-                          "ratio_step": ratio, "ratio_epoch": tr["epoch_patches_per_s"] / bare["step_patches_per_s_median"],
-                          "loadavg": loadavg()})
-            print(f"pair {r + 1}: trainer step {tr['step_patches_per_s_median']:.3f} p/s (mean {tr['step_patches_per_s_mean']:.3f}), "
-                  f"epoch {tr['epoch_patches_per_s']:.3f} p/s; bare {bare['step_patches_per_s_median']:.3f} p/s; "
-                  f"ratio {ratio:.3f}; load {loadavg()}", flush=True)
+            pairs.append(
+                {
+                    "order": "trainer, bare" if r % 2 == 0 else "bare, trainer",
+                    "trainer": tr,
+                    "bare": bare,
+                    "ratio_step": ratio,
+                    "ratio_epoch": tr["epoch_patches_per_s"] / bare["step_patches_per_s_median"],
+                    "loadavg": loadavg(),
+                }
+            )
+            print(
+                f"pair {r + 1}: trainer step {tr['step_patches_per_s_median']:.3f} p/s (mean {tr['step_patches_per_s_mean']:.3f}), "
+                f"epoch {tr['epoch_patches_per_s']:.3f} p/s; bare {bare['step_patches_per_s_median']:.3f} p/s; "
+                f"ratio {ratio:.3f}; load {loadavg()}",
+                flush=True,
+            )
     finally:
         import shutil
 
@@ -207,26 +260,66 @@ def main(argv=None):
     }
     summary["pass"] = summary["ratio_step_median_of_pairs"] >= target
     rows = [
-        ["trainer, steady step (median)", summary["trainer_step_patches_per_s"], args.repeats, summary["ratio_step_median_of_pairs"], f">= {target}", verdict(summary["pass"])],
-        ["trainer, whole epoch (val+ckpt" + (", wall clock)" if clock_name != "wall" else ")"), summary["trainer_epoch_patches_per_s"], args.repeats, summary["ratio_epoch_median_of_pairs"], "(info)", ""],
+        [
+            "trainer, steady step (median)",
+            summary["trainer_step_patches_per_s"],
+            args.repeats,
+            summary["ratio_step_median_of_pairs"],
+            f">= {target}",
+            verdict(summary["pass"]),
+        ],
+        [
+            "trainer, whole epoch (val+ckpt" + (", wall clock)" if clock_name != "wall" else ")"),
+            summary["trainer_epoch_patches_per_s"],
+            args.repeats,
+            summary["ratio_epoch_median_of_pairs"],
+            "(info)",
+            "",
+        ],
         ["bare step (model + workflow loss + AdamW)", summary["bare_step_patches_per_s"], args.repeats, 1.0, "", ""],
     ]
     print(table(rows, ["patches/s", "median", "repeats", "ratio to bare", "target", ""]))
-    print(f"batch production (prefetch thread) {summary['batch_production_ms']:.1f} ms per batch vs a bare step of "
-          f"{1e3 * BATCH / summary['bare_step_patches_per_s']:.0f} ms; {clock_name} clock")
+    print(
+        f"batch production (prefetch thread) {summary['batch_production_ms']:.1f} ms per batch vs a bare step of "
+        f"{1e3 * BATCH / summary['bare_step_patches_per_s']:.0f} ms; {clock_name} clock"
+    )
     print(f"augmentation (in the training loop) {summary['augmentation_ms']:.1f} ms per batch")
     print(f"load average before {load_before}, after {loadavg()}; torch threads {torch.get_num_threads()}")
     name = result_name("train", args.workflow, model)
-    path = write_result(name + (f"_{args.tag}" if args.tag else ""), {
-        "config": {"workflow": args.workflow, "model": model, "model_options": cfg.model.options,
-                   "pretext": cfg.self_supervised.pretext if args.workflow == "self_supervised" else None,
-                   "loss": cfg.train.loss, "patch": [PATCH, PATCH], "batch": BATCH, "channels": 1, "device": "cpu",
-                   "epochs": args.epochs, "steps_per_epoch": args.steps, "skip_epochs": args.skip_epochs, "set": args.set,
-                   "bare_steps": args.bare_steps, "bare_warmup": args.bare_warmup, "clock": clock_name, "torch_threads": torch.get_num_threads(),
-                   "data": "shipped bbbc007 sample: 8 train TIFFs, 2 validation TIFFs"
-                           + (" (raw degraded: blur 1 + noise 0.16 x max; target the real image)" if args.workflow == "image_to_image" else "")},
-        "loadavg_before": load_before, "loadavg_after": loadavg(), "summary": summary, "pairs": pairs,
-    })
+    path = write_result(
+        name + (f"_{args.tag}" if args.tag else ""),
+        {
+            "config": {
+                "workflow": args.workflow,
+                "model": model,
+                "model_options": cfg.model.options,
+                "pretext": cfg.self_supervised.pretext if args.workflow == "self_supervised" else None,
+                "loss": cfg.train.loss,
+                "patch": [PATCH, PATCH],
+                "batch": BATCH,
+                "channels": 1,
+                "device": "cpu",
+                "epochs": args.epochs,
+                "steps_per_epoch": args.steps,
+                "skip_epochs": args.skip_epochs,
+                "set": args.set,
+                "bare_steps": args.bare_steps,
+                "bare_warmup": args.bare_warmup,
+                "clock": clock_name,
+                "torch_threads": torch.get_num_threads(),
+                "data": "shipped bbbc007 sample: 8 train TIFFs, 2 validation TIFFs"
+                + (
+                    " (raw degraded: blur 1 + noise 0.16 x max; target the real image)"
+                    if args.workflow == "image_to_image"
+                    else ""
+                ),
+            },
+            "loadavg_before": load_before,
+            "loadavg_after": loadavg(),
+            "summary": summary,
+            "pairs": pairs,
+        },
+    )
     print(f"wrote {path}")
 
 

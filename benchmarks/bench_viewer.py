@@ -15,6 +15,7 @@ Targets: viewer step throughput >= 0.95 x headless (median of per-pair ratios); 
 
     .venv/bin/python benchmarks/bench_viewer.py [--repeats 3] [--epochs 3] [--steps 10] [--no-preview]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,9 +48,13 @@ def summarize_steps(events: list[tuple[str, int, int, float, float]], steps: int
             if epoch >= 2:
                 epoch_s.append(seconds)
             last = None
-    return {"step_seconds": dts, "step_patches_per_s_median": BATCH / median(dts),
-            "step_patches_per_s_mean": BATCH * len(dts) / sum(dts),
-            "epoch_seconds": epoch_s, "epoch_patches_per_s": BATCH * steps * len(epoch_s) / sum(epoch_s)}
+    return {
+        "step_seconds": dts,
+        "step_patches_per_s_median": BATCH / median(dts),
+        "step_patches_per_s_mean": BATCH * len(dts) / sum(dts),
+        "epoch_seconds": epoch_s,
+        "epoch_patches_per_s": BATCH * steps * len(epoch_s) / sum(epoch_s),
+    }
 
 
 # --- children -----------------------------------------------------------------------------------------
@@ -57,8 +62,14 @@ def child_headless(out: Path, epochs: int, steps: int) -> dict:
     from napari_bioflow.engine.train import EpochReport, StepReport, Trainer
 
     events = []
-    cfg = run_config("semantic_segmentation", "unet", out, out / "data", "bench_train",
-                     train={"epochs": epochs, "steps_per_epoch": steps})
+    cfg = run_config(
+        "semantic_segmentation",
+        "unet",
+        out,
+        out / "data",
+        "bench_train",
+        train={"epochs": epochs, "steps_per_epoch": steps},
+    )
     for rep in Trainer(cfg).run():
         if isinstance(rep, StepReport):
             events.append(("step", rep.epoch, rep.step, time.perf_counter(), 0.0))
@@ -92,7 +103,9 @@ def child_viewer(out: Path, epochs: int, steps: int, preview: bool, timer_on: bo
     previews: list = []
     original_job = train_module.training_job
 
-    def timed_job(trainer, preview_obj, inputs=None):  # the dock's own job, with a timestamp per report taken in the worker
+    def timed_job(
+        trainer, preview_obj, inputs=None
+    ):  # the dock's own job, with a timestamp per report taken in the worker
         for rep in original_job(trainer, preview_obj, inputs):
             now = time.perf_counter()
             if isinstance(rep, StepReport):
@@ -112,9 +125,15 @@ def child_viewer(out: Path, epochs: int, steps: int, preview: bool, timer_on: bo
     viewer.window.add_dock_widget(widget, name="Train")
     f = widget.form
     widget.source.value = "folders"
-    f["data.train_raw"].value, f["data.train_label"].value = str(SAMPLE_2D / "train" / "raw"), str(SAMPLE_2D / "train" / "label")
+    f["data.train_raw"].value, f["data.train_label"].value = (
+        str(SAMPLE_2D / "train" / "raw"),
+        str(SAMPLE_2D / "train" / "label"),
+    )
     widget.validation.value = "folders"
-    f["data.val_raw"].value, f["data.val_label"].value = str(SAMPLE_2D / "test" / "raw"), str(SAMPLE_2D / "test" / "label")
+    f["data.val_raw"].value, f["data.val_label"].value = (
+        str(SAMPLE_2D / "test" / "raw"),
+        str(SAMPLE_2D / "test" / "label"),
+    )
     widget.patch_yx.value = PATCH
     f["train.epochs"].value, f["train.steps_per_epoch"].value, f["train.batch_size"].value = epochs, steps, BATCH
     f["train.patience"].value = 0
@@ -152,16 +171,31 @@ def child_viewer(out: Path, epochs: int, steps: int, preview: bool, timer_on: bo
     worst = np.argsort(late)[::-1][:5] if len(ticks) > 1 else []
     res["worst_stalls"] = [{"at_s": round(ticks[i] - t0, 2), "late_ms": round(float(late[i]), 1)} for i in worst]
     res["worker_events"] = [(k, e, st, round(t - t0, 2)) for k, e, st, t, _ in events if k != "step" or st <= 2]
-    res.update(timer_ticks=len(ticks), lateness_ms_p50=float(np.percentile(late, 50)),
-               lateness_ms_p99=float(np.percentile(late, 99)), lateness_ms_max=float(late.max()),
-               preview_seconds=previews, status=status)
+    res.update(
+        timer_ticks=len(ticks),
+        lateness_ms_p50=float(np.percentile(late, 50)),
+        lateness_ms_p99=float(np.percentile(late, 99)),
+        lateness_ms_max=float(late.max()),
+        preview_seconds=previews,
+        status=status,
+    )
     return res
 
 
 def run_child(mode: str, args) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f"bench_viewer_{mode}_"))
     try:
-        cmd = [sys.executable, __file__, "--child", mode, str(tmp), "--epochs", str(args.epochs), "--steps", str(args.steps)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            mode,
+            str(tmp),
+            "--epochs",
+            str(args.epochs),
+            "--steps",
+            str(args.steps),
+        ]
         if args.no_preview:
             cmd.append("--no-preview")
         if mode == "viewer-no-timer" or args.no_timer:
@@ -181,8 +215,11 @@ def ensure_display() -> subprocess.Popen | None:
         return None
     for n in range(90, 110):
         if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists():
-            proc = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                ["Xvfb", f":{n}", "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             for _ in range(50):
                 if Path(f"/tmp/.X11-unix/X{n}").exists():
                     break
@@ -198,9 +235,14 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--no-preview", action="store_true", help="preview budget 0 (no preview between epochs)")
-    ap.add_argument("--no-timer", action="store_true", help="no 10 ms timer in the viewer (does the probe itself cost?)")
-    ap.add_argument("--diagnose", action="store_true", help="per round also run: trainer in a plain thread (no Qt), "
-                    "and the viewer without the 10 ms timer")
+    ap.add_argument(
+        "--no-timer", action="store_true", help="no 10 ms timer in the viewer (does the probe itself cost?)"
+    )
+    ap.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="per round also run: trainer in a plain thread (no Qt), and the viewer without the 10 ms timer",
+    )
     ap.add_argument("--tag", default="")
     ap.add_argument("--child", nargs=2, metavar=("MODE", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -222,18 +264,31 @@ def main(argv=None):
             v = run_child("viewer", args)
             h = run_child("headless", args)
             ratio = v["step_patches_per_s_median"] / h["step_patches_per_s_median"]
-            pairs.append({"viewer": v, "headless": h, "ratio_step": ratio,
-                          "ratio_epoch": v["epoch_patches_per_s"] / h["epoch_patches_per_s"], "loadavg": loadavg()})
+            pairs.append(
+                {
+                    "viewer": v,
+                    "headless": h,
+                    "ratio_step": ratio,
+                    "ratio_epoch": v["epoch_patches_per_s"] / h["epoch_patches_per_s"],
+                    "loadavg": loadavg(),
+                }
+            )
             if args.diagnose:
                 for extra in ("thread", "viewer-no-timer"):
                     e = run_child(extra, args)
                     pairs[-1][extra] = e
-                    print(f"  {extra}: {e['step_patches_per_s_median']:.3f} p/s, ratio to headless "
-                          f"{e['step_patches_per_s_median'] / h['step_patches_per_s_median']:.3f}", flush=True)
-            print(f"pair {r + 1}: viewer {v['step_patches_per_s_median']:.3f} p/s (epoch {v['epoch_patches_per_s']:.3f}), "
-                  f"headless {h['step_patches_per_s_median']:.3f} p/s (epoch {h['epoch_patches_per_s']:.3f}); ratio {ratio:.3f}; "
-                  f"timer lateness p99 {v['lateness_ms_p99']:.1f} ms (max {v['lateness_ms_max']:.0f}); "
-                  f"previews {[round(s, 2) for s in v['preview_seconds']]} s; load {loadavg()}", flush=True)
+                    print(
+                        f"  {extra}: {e['step_patches_per_s_median']:.3f} p/s, ratio to headless "
+                        f"{e['step_patches_per_s_median'] / h['step_patches_per_s_median']:.3f}",
+                        flush=True,
+                    )
+            print(
+                f"pair {r + 1}: viewer {v['step_patches_per_s_median']:.3f} p/s (epoch {v['epoch_patches_per_s']:.3f}), "
+                f"headless {h['step_patches_per_s_median']:.3f} p/s (epoch {h['epoch_patches_per_s']:.3f}); ratio {ratio:.3f}; "
+                f"timer lateness p99 {v['lateness_ms_p99']:.1f} ms (max {v['lateness_ms_max']:.0f}); "
+                f"previews {[round(s, 2) for s in v['preview_seconds']]} s; load {loadavg()}",
+                flush=True,
+            )
         med = lambda f: median([f(p) for p in pairs])  # noqa: E731
         summary = {
             "viewer_step_patches_per_s": med(lambda p: p["viewer"]["step_patches_per_s_median"]),
@@ -248,20 +303,54 @@ def main(argv=None):
         summary["pass_throughput"] = summary["ratio_step_median_of_pairs"] >= 0.95
         summary["pass_latency"] = summary["lateness_ms_p99_median"] < 100
         rows = [
-            ["viewer worker, steady step", summary["viewer_step_patches_per_s"], args.repeats, summary["ratio_step_median_of_pairs"], ">= 0.95", verdict(summary["pass_throughput"])],
-            ["viewer worker, whole epoch", summary["viewer_epoch_patches_per_s"], args.repeats, summary["ratio_epoch_median_of_pairs"], "(info)", ""],
+            [
+                "viewer worker, steady step",
+                summary["viewer_step_patches_per_s"],
+                args.repeats,
+                summary["ratio_step_median_of_pairs"],
+                ">= 0.95",
+                verdict(summary["pass_throughput"]),
+            ],
+            [
+                "viewer worker, whole epoch",
+                summary["viewer_epoch_patches_per_s"],
+                args.repeats,
+                summary["ratio_epoch_median_of_pairs"],
+                "(info)",
+                "",
+            ],
             ["headless, steady step", summary["headless_step_patches_per_s"], args.repeats, 1.0, "", ""],
             ["headless, whole epoch", summary["headless_epoch_patches_per_s"], args.repeats, 1.0, "", ""],
-            ["10 ms timer lateness p99 (ms)", summary["lateness_ms_p99_median"], args.repeats, "", "< 100 ms", verdict(summary["pass_latency"])],
+            [
+                "10 ms timer lateness p99 (ms)",
+                summary["lateness_ms_p99_median"],
+                args.repeats,
+                "",
+                "< 100 ms",
+                verdict(summary["pass_latency"]),
+            ],
         ]
         print(table(rows, ["", "median", "repeats", "ratio to headless", "target", ""]))
         print(f"load average before {load_before}, after {loadavg()}")
-        path = write_result("viewer" + (f"_{args.tag}" if args.tag else ""), {
-            "config": {"model": "unet (default)", "patch": [PATCH, PATCH], "batch": BATCH, "epochs": args.epochs,
-                       "steps_per_epoch": args.steps, "preview": not args.no_preview, "display": os.environ.get("DISPLAY"),
-                       "xvfb_started_by_script": xvfb is not None},
-            "loadavg_before": load_before, "loadavg_after": loadavg(), "summary": summary, "pairs": pairs,
-        })
+        path = write_result(
+            "viewer" + (f"_{args.tag}" if args.tag else ""),
+            {
+                "config": {
+                    "model": "unet (default)",
+                    "patch": [PATCH, PATCH],
+                    "batch": BATCH,
+                    "epochs": args.epochs,
+                    "steps_per_epoch": args.steps,
+                    "preview": not args.no_preview,
+                    "display": os.environ.get("DISPLAY"),
+                    "xvfb_started_by_script": xvfb is not None,
+                },
+                "loadavg_before": load_before,
+                "loadavg_after": loadavg(),
+                "summary": summary,
+                "pairs": pairs,
+            },
+        )
         print(f"wrote {path}")
     finally:
         if xvfb is not None:

@@ -6,6 +6,7 @@ Labels are the imaging modality of each source, which is true by construction:
   3D (16x32x32) uint8 TIFF, 2 classes: fluorescence_nuclei (cells3d nuclei), cryo_et (tomogram)
 Training and test crops come from disjoint parts of every source (other images, frames, slices or columns).
 """
+
 from __future__ import annotations
 
 import sys
@@ -34,7 +35,7 @@ def crops2d(planes, n):
         img = planes[rng.integers(len(planes))]
         h = w = int(rng.integers(36, 65))
         y, x = rng.integers(0, img.shape[0] - h + 1), rng.integers(0, img.shape[1] - w + 1)
-        out.append(img[y:y + h, x:x + w])
+        out.append(img[y : y + h, x : x + w])
     return out
 
 
@@ -49,7 +50,10 @@ def sources_2d():
     return {  # (training planes, test planes): disjoint parts
         "fluorescence_nuclei": (nuclei[:10], nuclei[10:]),
         "he_histology": ([gray[:, :800]], [gray[:, 880:]]),
-        "cryo_et": ([to_uint8(tomo[z], lo, hi) for z in range(10, 65)], [to_uint8(tomo[z], lo, hi) for z in range(75, 95)]),
+        "cryo_et": (
+            [to_uint8(tomo[z], lo, hi) for z in range(10, 65)],
+            [to_uint8(tomo[z], lo, hi) for z in range(75, 95)],
+        ),
         "timelapse": (list(tl[:20]), list(tl[22:])),
     }
 
@@ -65,7 +69,7 @@ def crops3d(vol, n, size=(16, 32, 32)):
     out = []
     for _ in range(n):
         s = [int(rng.integers(0, d - p + 1)) for d, p in zip(vol.shape, size)]
-        out.append(vol[s[0]:s[0] + size[0], s[1]:s[1] + size[1], s[2]:s[2] + size[2]])
+        out.append(vol[s[0] : s[0] + size[0], s[1] : s[1] + size[1], s[2] : s[2] + size[2]])
     return out
 
 

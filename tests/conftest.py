@@ -1,4 +1,5 @@
 """Shared by the widget tests (the engine and CLI tests use helpers.py)."""
+
 import pytest
 
 from napari_bioflow.widgets.shared import load_triton_safely

@@ -8,11 +8,11 @@ uneven:      a batch of 3 split 2 + 1 (losses weighted by share), SGD: compared 
 early_stop:  SGD with a learning rate too small to change a float32 weight, patience 1: the validation loss
              cannot improve after epoch 1, so both ranks must stop early after epoch 2, together.
 """
+
 import sys
 
 from napari_bioflow.config import RunConfig
 from napari_bioflow.engine.train import DoneReport, StepReport, Trainer
-
 
 UNEVEN = ["name=uneven", "train.batch_size=3", "train.optimizer=SGD"]
 
@@ -27,8 +27,11 @@ def run(name: str, cfg, cancel_on_rank=None) -> None:
                 trainer.cancel()
         elif isinstance(r, DoneReport):
             done = r
-    print(f"[rank {trainer.dist.rank}] {name} reason={done.reason} epochs_run={done.epochs_run} steps={steps} "
-          f"run={trainer.experiment.run_name} world={trainer.dist.world_size}", flush=True)
+    print(
+        f"[rank {trainer.dist.rank}] {name} reason={done.reason} epochs_run={done.epochs_run} steps={steps} "
+        f"run={trainer.experiment.run_name} world={trainer.dist.world_size}",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -36,9 +39,21 @@ def main() -> None:
     base = [f"output_dir={out}", "data.test_raw=null", "data.test_label=null"]
     run("cancel", RunConfig.load(path, base + ["name=cancel", "train.epochs=3"]), cancel_on_rank=1)
     run("uneven", RunConfig.load(path, base + UNEVEN))
-    run("early_stop", RunConfig.load(path, base + ["name=early", "train.epochs=4", "train.patience=1",
-                                                   "train.optimizer=SGD", "train.momentum=0",
-                                                   "train.learning_rate=1e-30"]))
+    run(
+        "early_stop",
+        RunConfig.load(
+            path,
+            base
+            + [
+                "name=early",
+                "train.epochs=4",
+                "train.patience=1",
+                "train.optimizer=SGD",
+                "train.momentum=0",
+                "train.learning_rate=1e-30",
+            ],
+        ),
+    )
 
 
 if __name__ == "__main__":

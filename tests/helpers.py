@@ -2,10 +2,11 @@
 
 Imported as `from helpers import ...` (pytest puts tests/ on sys.path; conftest.py belongs to the widget tests).
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional
 
 import numpy as np
 import tifffile
@@ -42,17 +43,24 @@ def write_image(path: Path, data: np.ndarray) -> Path:
     elif suffix == ".zarr":
         import zarr
 
-        arr = zarr.create_array(store=str(path), shape=data.shape, dtype=data.dtype,
-                                chunks=tuple(min(s, 64) for s in data.shape))
+        arr = zarr.create_array(
+            store=str(path), shape=data.shape, dtype=data.dtype, chunks=tuple(min(s, 64) for s in data.shape)
+        )
         arr[...] = data
     else:
         raise ValueError(path)
     return path
 
 
-def crop_folders(root: Path, split: str = "train", n: Optional[int] = None, size: int = 128,
-                 suffix: str = ".tif", origin: tuple[int, int] = (100, 100),
-                 label_transform=None) -> tuple[Path, Path]:
+def crop_folders(
+    root: Path,
+    split: str = "train",
+    n: int | None = None,
+    size: int = 128,
+    suffix: str = ".tif",
+    origin: tuple[int, int] = (100, 100),
+    label_transform=None,
+) -> tuple[Path, Path]:
     """Copy `n` real BBBC007 pairs cropped to `size` x `size` into root/raw and root/label; return both folders."""
     raw_dir, label_dir = Path(root) / "raw", Path(root) / "label"
     raw_dir.mkdir(parents=True, exist_ok=True)
@@ -60,7 +68,7 @@ def crop_folders(root: Path, split: str = "train", n: Optional[int] = None, size
     y, x = origin
     for raw_path, label_path in bbbc_pairs(split)[:n]:
         raw, label = read_pair(raw_path, label_path)
-        raw, label = raw[y:y + size, x:x + size], label[y:y + size, x:x + size]
+        raw, label = raw[y : y + size, x : x + size], label[y : y + size, x : x + size]
         if label_transform is not None:
             label = label_transform(label)
         stem = raw_path.name.split(".")[0]
@@ -69,7 +77,7 @@ def crop_folders(root: Path, split: str = "train", n: Optional[int] = None, size
     return raw_dir, label_dir
 
 
-def tiny_config(output_dir: Path, raw_dir: Optional[Path] = None, label_dir: Optional[Path] = None, **sections):
+def tiny_config(output_dir: Path, raw_dir: Path | None = None, label_dir: Path | None = None, **sections):
     """A RunConfig for a tiny, fast CPU run; `sections` are dicts merged into the config sections."""
     from napari_bioflow.config import RunConfig
 
@@ -77,7 +85,10 @@ def tiny_config(output_dir: Path, raw_dir: Optional[Path] = None, label_dir: Opt
     if raw_dir is not None:
         data.update(train_raw=str(raw_dir), train_label=str(label_dir))
     base = {
-        "name": "tiny", "output_dir": str(output_dir), "device": "cpu", "seed": 0,
+        "name": "tiny",
+        "output_dir": str(output_dir),
+        "device": "cpu",
+        "seed": 0,
         "data": data,
         "model": {"options": dict(TINY_MODEL)},
         "train": {"epochs": 1, "patience": 0, "batch_size": 2, "steps_per_epoch": 2, "learning_rate": 3e-3},
@@ -103,7 +114,9 @@ def tree(folder: Path) -> dict[str, tuple[int, int]]:
     folder = Path(folder)
     if not folder.exists():
         return {}
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
+    }
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -120,9 +133,16 @@ def headless_checkpoint(out_dir: Path, raw, label, steps: int = 1) -> Path:
     from napari_bioflow.engine.data.sources import make_sample
     from napari_bioflow.engine.train import Trainer
 
-    cfg = RunConfig.from_dict({"name": "ckpt", "output_dir": str(out_dir), "device": "cpu",
-                               "data": {"patch_size": [64, 64]}, "model": {"options": TINY_MODEL},
-                               "train": {"epochs": 1, "steps_per_epoch": steps, "batch_size": 2}})
+    cfg = RunConfig.from_dict(
+        {
+            "name": "ckpt",
+            "output_dir": str(out_dir),
+            "device": "cpu",
+            "data": {"patch_size": [64, 64]},
+            "model": {"options": TINY_MODEL},
+            "train": {"epochs": 1, "steps_per_epoch": steps, "batch_size": 2},
+        }
+    )
     trainer = Trainer(cfg, train=[make_sample(raw, "raw", cfg, label=label)])
     for _ in trainer.run():
         pass

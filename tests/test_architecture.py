@@ -1,4 +1,5 @@
 """The architecture's rules, checked on the source: no front end knows a workflow by name, files stay small."""
+
 from __future__ import annotations
 
 import io
@@ -34,8 +35,14 @@ def _string_literals(path: Path):
 
 def test_no_code_outside_the_workflows_names_a_workflow_or_pretext():
     names = _names()
-    assert {"semantic_segmentation", "image_to_image", "self_supervised", "classification", "crappify",
-            "masking"} <= names
+    assert {
+        "semantic_segmentation",
+        "image_to_image",
+        "self_supervised",
+        "classification",
+        "crappify",
+        "masking",
+    } <= names
     offenders = []
     for path in sorted(SRC.rglob("*.py")):
         if any(owner in path.parents for owner in OWNERS):
@@ -72,18 +79,28 @@ def test_capability_rules_hold_whatever_the_front_end():
     from napari_bioflow.config import RunConfig
     from napari_bioflow.engine.errors import InputError
 
-    mae = {"workflow": "self_supervised", "self_supervised": {"pretext": "masking"}, "model": {"name": "mae"},
-           "data": {"patch_size": [64, 64]}}
+    mae = {
+        "workflow": "self_supervised",
+        "self_supervised": {"pretext": "masking"},
+        "model": {"name": "mae"},
+        "data": {"patch_size": [64, 64]},
+    }
     with pytest.raises(InputError, match=r"predict\.tta does not apply to 2D self-supervised, masking"):
         RunConfig.from_dict({**mae, "predict": {"tta": True}})
     with pytest.raises(InputError, match=r"predict\.z_filter does not apply to 2D semantic segmentation"):
         RunConfig.from_dict({"predict": {"z_filter": 3}})
-    assert RunConfig.from_dict({"ndim": 3, "data": {"patch_size": [8, 64, 64]}, "predict": {"z_filter": 3}}).predict.z_filter == 3
+    assert (
+        RunConfig.from_dict(
+            {"ndim": 3, "data": {"patch_size": [8, 64, 64]}, "predict": {"z_filter": 3}}
+        ).predict.z_filter
+        == 3
+    )
 
 
 def test_source_files_stay_small():
-    big = [f"{p.relative_to(SRC)}: {n}" for p in sorted(SRC.rglob("*.py"))
-           if (n := len(p.read_text().splitlines())) > 560]
+    big = [
+        f"{p.relative_to(SRC)}: {n}" for p in sorted(SRC.rglob("*.py")) if (n := len(p.read_text().splitlines())) > 560
+    ]
     assert not big, "files over 560 lines:\n" + "\n".join(big)
 
 
@@ -145,7 +162,9 @@ def test_engine_layout_shows_the_flow():
     engine = SRC / "engine"
     files = {p.name for p in engine.glob("*.py")}
     packages = {p.name for p in engine.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
-    assert files == ENGINE_ROOT_FILES, f"engine/ root holds {sorted(files - ENGINE_ROOT_FILES)} beyond its infrastructure"
+    assert files == ENGINE_ROOT_FILES, (
+        f"engine/ root holds {sorted(files - ENGINE_ROOT_FILES)} beyond its infrastructure"
+    )
     assert packages == ENGINE_PACKAGES, f"engine/ packages are {sorted(packages)}"
     for name in sorted(ENGINE_PACKAGES):
         module = f"napari_bioflow.engine.{name}"
@@ -159,9 +178,12 @@ def test_data_package_imports_no_later_stage():
     import sys
 
     names = sorted(p.stem for p in (SRC / "engine" / "data").glob("*.py"))
-    code = ("import sys\n" + "".join(f"import napari_bioflow.engine.data.{n}\n" for n in names)
-            + "print([m for m in sys.modules if m.startswith(('napari_bioflow.engine.train', "
-              "'napari_bioflow.engine.predict'))])")
+    code = (
+        "import sys\n"
+        + "".join(f"import napari_bioflow.engine.data.{n}\n" for n in names)
+        + "print([m for m in sys.modules if m.startswith(('napari_bioflow.engine.train', "
+        "'napari_bioflow.engine.predict'))])"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]", f"engine/data imports a later stage: {proc.stdout.strip()}"

@@ -3,6 +3,7 @@
 changes nothing and draws nothing (the old defaults give the old batches); a fixed generator repeats itself; the
 3D-only transforms are refused for 2D in one sentence; a real training with every transform on has a finite loss,
 augmenting every batch in the training loop, on the training device."""
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,13 @@ GEOMETRIC = {  # strong enough to move a 64-pixel patch visibly
     "elastic": {"e_alpha": (200.0, 200.0), "e_sigma": 8.0},
 }
 INTENSITY = {
-    "g_blur": {}, "median_blur": {}, "gamma_contrast": {}, "brightness": {"brightness_factor": (0.05, 0.1)},
-    "contrast": {"contrast_factor": (0.05, 0.1)}, "gaussian_noise": {}, "poisson_noise": {},
+    "g_blur": {},
+    "median_blur": {},
+    "gamma_contrast": {},
+    "brightness": {"brightness_factor": (0.05, 0.1)},
+    "contrast": {"contrast_factor": (0.05, 0.1)},
+    "gaussian_noise": {},
+    "poisson_noise": {},
     "dropout": {"drop_range": (0.1, 0.2)},
 }
 
@@ -189,14 +195,23 @@ def test_the_defaults_give_the_batches_of_before(shape):
 
 # ----------------------------------------------------------------------------------------- config and CLI
 def test_3d_only_transforms_are_refused_for_2d(tmp_path, capsys):
-    for fields, named in (({"misalignment_prob": 0.5}, "augment.misalignment_prob"),
-                          ({"misalignment_prob": 0.5, "missing_sections_prob": 0.2},
-                           "augment.misalignment_prob and augment.missing_sections_prob")):
+    for fields, named in (
+        ({"misalignment_prob": 0.5}, "augment.misalignment_prob"),
+        (
+            {"misalignment_prob": 0.5, "missing_sections_prob": 0.2},
+            "augment.misalignment_prob and augment.missing_sections_prob",
+        ),
+    ):
         with pytest.raises(InputError) as e:
             RunConfig.from_dict({"ndim": 2, "augment": fields})
         assert named in str(e.value) and "3D volumes only" in str(e.value) and "\n" not in str(e.value)
-    RunConfig.from_dict({"ndim": 3, "data": {"patch_size": [8, 32, 32]},
-                         "augment": {"misalignment_prob": 0.5, "missing_sections_prob": 0.2}})  # fine in 3D
+    RunConfig.from_dict(
+        {
+            "ndim": 3,
+            "data": {"patch_size": [8, 32, 32]},
+            "augment": {"misalignment_prob": 0.5, "missing_sections_prob": 0.2},
+        }
+    )  # fine in 3D
     out = tmp_path / "runs"
     path = tmp_path / "bad.yaml"
     path.write_text(f"output_dir: {out}\naugment:\n  missing_sections_prob: 0.3\n")
@@ -207,13 +222,16 @@ def test_3d_only_transforms_are_refused_for_2d(tmp_path, capsys):
     assert path.read_text() == before and not out.exists()
 
 
-@pytest.mark.parametrize("fields, words", [
-    ({"zoom_range": [1.2, 0.8]}, "field 'augment.zoom_range': [1.2, 0.8] must be [low, high] with low <= high"),
-    ({"zoom_range": [0.0, 1.2]}, "field 'augment.zoom_range': [0.0, 1.2] must lie above 0"),
-    ({"drop_range": [0.1, 1.5]}, "field 'augment.drop_range': [0.1, 1.5] must lie within [0, 1]"),
-    ({"elastic_prob": 1.5}, "field 'augment.elastic_prob'"),
-    ({"affine_mode": "wrap"}, "field 'augment.affine_mode'"),
-])
+@pytest.mark.parametrize(
+    "fields, words",
+    [
+        ({"zoom_range": [1.2, 0.8]}, "field 'augment.zoom_range': [1.2, 0.8] must be [low, high] with low <= high"),
+        ({"zoom_range": [0.0, 1.2]}, "field 'augment.zoom_range': [0.0, 1.2] must lie above 0"),
+        ({"drop_range": [0.1, 1.5]}, "field 'augment.drop_range': [0.1, 1.5] must lie within [0, 1]"),
+        ({"elastic_prob": 1.5}, "field 'augment.elastic_prob'"),
+        ({"affine_mode": "wrap"}, "field 'augment.affine_mode'"),
+    ],
+)
 def test_bad_augmentation_settings_are_one_sentence(fields, words):
     with pytest.raises(InputError) as e:
         RunConfig.from_dict({"augment": fields})
@@ -245,10 +263,17 @@ def test_training_with_every_2d_transform_has_a_finite_loss_and_augments_every_b
 
     monkeypatch.setattr(Workflow, "augment", recorded)
     raw_dir, label_dir = crop_folders(tmp_path / "data", n=3, size=96)
-    cfg = tiny_config(tmp_path / "runs", raw_dir, label_dir, augment=ALL_2D | {"cout_apply_to_mask": True},
-                      train={"epochs": 2, "steps_per_epoch": 3})
+    cfg = tiny_config(
+        tmp_path / "runs",
+        raw_dir,
+        label_dir,
+        augment=ALL_2D | {"cout_apply_to_mask": True},
+        train={"epochs": 2, "steps_per_epoch": 3},
+    )
     reports = run_all(Trainer(cfg))
-    losses = [r.loss for r in reports_of(reports, StepReport)] + [r.train_loss for r in reports_of(reports, EpochReport)]
+    losses = [r.loss for r in reports_of(reports, StepReport)] + [
+        r.train_loss for r in reports_of(reports, EpochReport)
+    ]
     assert len(losses) == 8 and all(math.isfinite(v) for v in losses)
     # every training batch (2 epochs x 3 steps), in the thread that runs the trainer (not the prefetch thread),
     # on the training device, batched
@@ -264,9 +289,15 @@ def test_training_3d_with_every_transform_has_a_finite_loss(tmp_path):
         write_image(tmp_path / f"vol/raw/v{i}.tif", raw)
         write_image(tmp_path / f"vol/label/v{i}.tif", (label > 0).astype(np.uint8))
     every = {f"{n}_prob": 1.0 for n in [*GEOMETRIC, *INTENSITY, "cutout", "misalignment", "missing_sections"]}
-    cfg = tiny_config(tmp_path / "runs", tmp_path / "vol/raw", tmp_path / "vol/label", ndim=3,
-                      data={"patch_size": [8, 32, 32], "val_split": 0.5}, augment=every | {"zoom_in_z": True},
-                      train={"steps_per_epoch": 2})
+    cfg = tiny_config(
+        tmp_path / "runs",
+        tmp_path / "vol/raw",
+        tmp_path / "vol/label",
+        ndim=3,
+        data={"patch_size": [8, 32, 32], "val_split": 0.5},
+        augment=every | {"zoom_in_z": True},
+        train={"steps_per_epoch": 2},
+    )
     before = tree(tmp_path / "vol")
     epochs = reports_of(run_all(Trainer(cfg)), EpochReport)
     assert len(epochs) == 1 and math.isfinite(epochs[0].train_loss) and math.isfinite(epochs[0].val_loss)

@@ -1,20 +1,21 @@
 """Bad input (issue section 7): one clear sentence naming the file, exit code 2 and one stderr line from the CLI,
 raised before any training step, and nothing written: no experiment folder, no file written over."""
+
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 import torch
+from helpers import NUCLEI, crop_folders, tiny_config, tree, write_image
 from skimage.io import imread
 
-from helpers import NUCLEI, crop_folders, tiny_config, tree, write_image
 from napari_bioflow.cli import main
-from napari_bioflow.engine.train.checkpoint import load_model, read_checkpoint
+from napari_bioflow.engine.data.sources import folder_pairs
 from napari_bioflow.engine.errors import InputError
 from napari_bioflow.engine.predict.inference import predict_files
-from napari_bioflow.engine.data.sources import folder_pairs
 from napari_bioflow.engine.train import StepReport, Trainer
+from napari_bioflow.engine.train.checkpoint import load_model, read_checkpoint
 
 
 @pytest.fixture
@@ -63,7 +64,9 @@ def check_train_refused(capsys, tmp_path, cfg, *names) -> str:
 
 
 def cfg_for(tmp_path, folders, **sections):
-    return tiny_config(tmp_path / "runs", *folders, data={"patch_size": [32, 32], **sections.pop("data", {})}, **sections)
+    return tiny_config(
+        tmp_path / "runs", *folders, data={"patch_size": [32, 32], **sections.pop("data", {})}, **sections
+    )
 
 
 # ----------------------------------------------------------------------------------------------- training data
@@ -98,8 +101,9 @@ def test_label_value_beyond_the_classes(tmp_path, capsys, folders):
 
 
 def test_0_255_binary_masks_are_accepted_with_a_note(tmp_path, capsys):
-    raw_dir, label_dir = crop_folders(tmp_path / "data", n=4, size=64, suffix=".png",
-                                      label_transform=lambda l: (l * 255).astype(np.uint8))
+    raw_dir, label_dir = crop_folders(
+        tmp_path / "data", n=4, size=64, suffix=".png", label_transform=lambda l: (l * 255).astype(np.uint8)
+    )
     cfg = cfg_for(tmp_path, (raw_dir, label_dir))
     path = cfg.save(tmp_path / "ok.yaml")
     capsys.readouterr()
@@ -193,7 +197,9 @@ def test_wrong_number_of_channels(tmp_path, capsys, folders):
     # and the reverse: gray images for a 2-channel config
     gray_raw, gray_label = crop_folders(tmp_path / "gray", n=2, size=64)
     first = sorted(gray_raw.iterdir())[0]
-    msg = check_train_refused(capsys, tmp_path, cfg_for(tmp_path, (gray_raw, gray_label), data={"in_channels": 2}), first)
+    msg = check_train_refused(
+        capsys, tmp_path, cfg_for(tmp_path, (gray_raw, gray_label), data={"in_channels": 2}), first
+    )
     assert "1 channel(s)" in msg and "expects 2" in msg
 
 
@@ -219,7 +225,9 @@ def test_bad_test_data_is_refused_before_training(tmp_path, capsys, folders):
     # a label count mismatch in the test folders too
     crop_folders(tmp_path / "test2", n=2, size=64)
     sorted((tmp_path / "test2/label").iterdir())[0].unlink()
-    cfg = cfg_for(tmp_path, folders, data={"test_raw": str(tmp_path / "test2/raw"), "test_label": str(tmp_path / "test2/label")})
+    cfg = cfg_for(
+        tmp_path, folders, data={"test_raw": str(tmp_path / "test2/raw"), "test_label": str(tmp_path / "test2/label")}
+    )
     refused_by_cli(capsys, ["train", cfg.save(tmp_path / "c2.yaml")], tmp_path / "runs", tmp_path / "test2/raw")
 
 
@@ -267,13 +275,23 @@ def test_segmentation_config_with_an_image_to_image_checkpoint(tmp_path, capsys,
     """A real checkpoint of another workflow (not a forged one): a segmentation YAML refuses an image-to-image
     checkpoint, naming it and both workflows."""
     raw_dir, _ = folders
-    i2i = Trainer(tiny_config(tmp_path / "i2i", raw_dir, raw_dir, workflow="image_to_image",
-                              data={"patch_size": [32, 32]}, train={"epochs": 1, "steps_per_epoch": 1}))
+    i2i = Trainer(
+        tiny_config(
+            tmp_path / "i2i",
+            raw_dir,
+            raw_dir,
+            workflow="image_to_image",
+            data={"patch_size": [32, 32]},
+            train={"epochs": 1, "steps_per_epoch": 1},
+        )
+    )
     for _ in i2i.run():
         pass
     ckpt = i2i.experiment.best_checkpoint
     out = tmp_path / "pred"
-    seg = tiny_config(out, *folders, data={"patch_size": [32, 32], "test_raw": str(raw_dir)}).save(tmp_path / "seg.yaml")
+    seg = tiny_config(out, *folders, data={"patch_size": [32, 32], "test_raw": str(raw_dir)}).save(
+        tmp_path / "seg.yaml"
+    )
     err = refused_by_cli(capsys, ["predict", seg, "--set", f"predict.checkpoint={ckpt}"], out, ckpt)
     assert "trained for image to image, not semantic segmentation" in err
     assert not out.exists()
@@ -289,8 +307,12 @@ def test_not_a_checkpoint(tmp_path, capsys, folders):
     text = tmp_path / "text.pth"
     text.write_text("hello")
     refused_by_cli(capsys, ["predict", "--checkpoint", text, "--input", raw_dir, "--output", out], out, text)
-    refused_by_cli(capsys, ["predict", "--checkpoint", tmp_path / "none.pth", "--input", raw_dir, "--output", out],
-                   out, tmp_path / "none.pth", )
+    refused_by_cli(
+        capsys,
+        ["predict", "--checkpoint", tmp_path / "none.pth", "--input", raw_dir, "--output", out],
+        out,
+        tmp_path / "none.pth",
+    )
 
 
 def test_checkpoint_with_other_channels(tmp_path, capsys, checkpoint):
@@ -308,13 +330,19 @@ def test_checkpoint_with_other_channels(tmp_path, capsys, checkpoint):
     with pytest.raises(InputError, match="expects 1 input channel"):
         load_model(checkpoint, expect_channels=3)
     out = tmp_path / "pred"
-    err = refused_by_cli(capsys, ["predict", "--checkpoint", checkpoint, "--input", rgb_dir, "--output", out], out,
-                         first, checkpoint)
+    err = refused_by_cli(
+        capsys, ["predict", "--checkpoint", checkpoint, "--input", rgb_dir, "--output", out], out, first, checkpoint
+    )
     assert "3 channel(s)" in err
     # resuming a 1-channel checkpoint in a 3-channel run
     labels = tmp_path / "data/label"
-    cfg = tiny_config(tmp_path / "runs", rgb_dir, labels, data={"patch_size": [32, 32], "in_channels": 3, "val_split": 0.0},
-                      train={"resume": str(checkpoint)})
+    cfg = tiny_config(
+        tmp_path / "runs",
+        rgb_dir,
+        labels,
+        data={"patch_size": [32, 32], "in_channels": 3, "val_split": 0.0},
+        train={"resume": str(checkpoint)},
+    )
     msg = check_train_refused(capsys, tmp_path, cfg, checkpoint)
     assert "channel" in msg
 
@@ -333,17 +361,29 @@ def test_predict_bad_images_write_nothing(tmp_path, capsys, checkpoint):
     raw2, label2 = crop_folders(tmp_path / "data2", n=2, size=64)
     bad_label = sorted(label2.iterdir())[1]
     tifffile.imwrite(bad_label, tifffile.imread(bad_label)[:50])
-    refused_by_cli(capsys, ["predict", "--checkpoint", checkpoint, "--input", raw2, "--labels", label2, "--output", out],
-                   out, bad_label)
+    refused_by_cli(
+        capsys,
+        ["predict", "--checkpoint", checkpoint, "--input", raw2, "--labels", label2, "--output", out],
+        out,
+        bad_label,
+    )
     # an empty input folder
     (tmp_path / "empty").mkdir()
-    refused_by_cli(capsys, ["predict", "--checkpoint", checkpoint, "--input", tmp_path / "empty", "--output", out],
-                   out, tmp_path / "empty")
+    refused_by_cli(
+        capsys,
+        ["predict", "--checkpoint", checkpoint, "--input", tmp_path / "empty", "--output", out],
+        out,
+        tmp_path / "empty",
+    )
     # 3D volumes for a 2D checkpoint
     vol = tifffile.imread(NUCLEI / "test/raw/nuclei_test.tif")[:8, :64, :64]
     write_image(tmp_path / "vol" / "v.tif", vol)
-    refused_by_cli(capsys, ["predict", "--checkpoint", checkpoint, "--input", tmp_path / "vol", "--output", out],
-                   out, tmp_path / "vol" / "v.tif")
+    refused_by_cli(
+        capsys,
+        ["predict", "--checkpoint", checkpoint, "--input", tmp_path / "vol", "--output", out],
+        out,
+        tmp_path / "vol" / "v.tif",
+    )
     assert not out.exists()
 
 
@@ -351,8 +391,12 @@ def test_predict_output_not_writable(tmp_path, capsys, checkpoint):
     raw_dir, _ = crop_folders(tmp_path / "data", n=1, size=64)
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    refused_by_cli(capsys, ["predict", "--checkpoint", checkpoint, "--input", raw_dir, "--output", blocker / "out"],
-                   blocker, blocker / "out")
+    refused_by_cli(
+        capsys,
+        ["predict", "--checkpoint", checkpoint, "--input", raw_dir, "--output", blocker / "out"],
+        blocker,
+        blocker / "out",
+    )
     assert blocker.read_text() == "x"
 
 

@@ -1,5 +1,6 @@
 """Batch-folder prediction (engine/batch/) and the `napari-bioflow batch` command, on real
 crops of the shipped BBBC007 sample in every input format (TIFF, PNG, zarr, OME-Zarr) with a tiny trained model."""
+
 from __future__ import annotations
 
 import shutil
@@ -14,12 +15,22 @@ import zarr
 from helpers import BBBC, crop_folders, read_csv, tiny_config, tree, write_image
 
 from napari_bioflow.cli import main
-from napari_bioflow.engine.batch import (BatchRequest, BatchRun, BatchStarted, BatchSummary, FileDone, FileFailed,
-                                         FileProgress, FileStarted, marker_path, run_batch)
+from napari_bioflow.engine.batch import (
+    BatchRequest,
+    BatchRun,
+    BatchStarted,
+    BatchSummary,
+    FileDone,
+    FileFailed,
+    FileProgress,
+    FileStarted,
+    marker_path,
+    run_batch,
+)
 from napari_bioflow.engine.batch.results import lazy_results, stacked_results
-from napari_bioflow.engine.train.checkpoint import load_model
 from napari_bioflow.engine.errors import InputError
 from napari_bioflow.engine.predict.inference import predict_files
+from napari_bioflow.engine.train.checkpoint import load_model
 
 STEMS = ["a_tiff", "b_png", "c_zarr", "d_ome"]
 
@@ -37,16 +48,17 @@ def checkpoint(tmp_path_factory):
 
 
 def crop(split: str, name: str, y: int, x: int, h: int, w: int):
-    raw = tifffile.imread(BBBC / split / "raw" / name)[y:y + h, x:x + w]
-    label = tifffile.imread(BBBC / split / "label" / name)[y:y + h, x:x + w]
+    raw = tifffile.imread(BBBC / split / "raw" / name)[y : y + h, x : x + w]
+    label = tifffile.imread(BBBC / split / "label" / name)[y : y + h, x : x + w]
     return np.ascontiguousarray(raw), np.ascontiguousarray(label)
 
 
 def write_ome_zarr(path: Path, data: np.ndarray) -> Path:
     """An OME-Zarr image (NGFF 0.4 multiscales): full resolution at "0" with T and C axes of length 1, then "1"."""
     group = zarr.open_group(str(path), mode="w")
-    group.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": a} for a in "tcyx"],
-                                   "datasets": [{"path": "0"}, {"path": "1"}]}]
+    group.attrs["multiscales"] = [
+        {"version": "0.4", "axes": [{"name": a} for a in "tcyx"], "datasets": [{"path": "0"}, {"path": "1"}]}
+    ]
     full = group.create_array("0", shape=(1, 1, *data.shape), dtype=data.dtype, chunks=(1, 1, 64, 64))
     full[...] = data[None, None]
     half = group.create_array("1", shape=(1, 1, *(s // 2 for s in data.shape)), dtype=data.dtype)
@@ -79,7 +91,9 @@ def reference(folder, checkpoint, tmp_path_factory):
     root = tmp_path_factory.mktemp("batch_ref")
     pairs = []
     for stem, (raw, label) in folder["arrays"].items():
-        pairs.append((write_image(root / "raw" / f"{stem}.tif", raw), write_image(root / "label" / f"{stem}.tif", label)))
+        pairs.append(
+            (write_image(root / "raw" / f"{stem}.tif", raw), write_image(root / "label" / f"{stem}.tif", label))
+        )
     out = root / "out"
     results = list(predict_files(load_model(checkpoint, "cpu"), pairs, out))
     return {"out": out, "metrics": {Path(r.name).name.split(".")[0]: r.metrics for r in results}}
@@ -110,8 +124,11 @@ def assert_same_outputs(run_a: Path, run_b: Path, stems=STEMS, atol=1e-6) -> Non
         prob_b = tifffile.imread(run_b / "per_image" / f"{stem}.tif")
         assert prob_a.shape == prob_b.shape
         np.testing.assert_allclose(prob_a, prob_b, atol=atol, err_msg=stem)
-        np.testing.assert_array_equal(tifffile.imread(run_a / "per_image_binarized" / f"{stem}.tif"),
-                                      tifffile.imread(run_b / "per_image_binarized" / f"{stem}.tif"), err_msg=stem)
+        np.testing.assert_array_equal(
+            tifffile.imread(run_a / "per_image_binarized" / f"{stem}.tif"),
+            tifffile.imread(run_b / "per_image_binarized" / f"{stem}.tif"),
+            err_msg=stem,
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -162,10 +179,11 @@ def test_results_open_lazily(folder, checkpoint, tmp_path):
     summary = run_all(request(folder, checkpoint, tmp_path, labels_dir=None))[-1]
     results = lazy_results(summary.run_dir)
     assert list(results) == ["a_tiff.tif", "b_png.png", "c_zarr.zarr", "d_ome.ome.zarr"]
-    for (name, arrays), stem in zip(results.items(), STEMS):
+    for (_name, arrays), stem in zip(results.items(), STEMS):
         assert isinstance(arrays["labels"], da.Array) and isinstance(arrays["probabilities"], da.Array)
-        np.testing.assert_array_equal(arrays["labels"].compute(),
-                                      tifffile.imread(summary.run_dir / "per_image_binarized" / f"{stem}.tif"))
+        np.testing.assert_array_equal(
+            arrays["labels"].compute(), tifffile.imread(summary.run_dir / "per_image_binarized" / f"{stem}.tif")
+        )
     assert not (summary.run_dir / "metrics.csv").exists()  # no labels, no metrics
     # one stacked array per output over the files of the first file's shape (here only that one)
     names, stacked = stacked_results(summary.run_dir)
@@ -177,11 +195,15 @@ def test_unreadable_files_are_skipped_and_named_in_the_summary(folder, checkpoin
     shutil.copytree(folder["raw"], data / "raw")
     (data / "raw" / "e_broken.tif").write_bytes(b"II*\x00 this is not really a TIFF")
     write_image(data / "raw" / "f_rgb.tif", np.zeros((64, 64, 3), np.uint8))  # 3 channels, the model takes 1
-    reports = run_all(BatchRequest(checkpoint=checkpoint, input_dir=data / "raw", output_dir=tmp_path / "out", device="cpu"))
+    reports = run_all(
+        BatchRequest(checkpoint=checkpoint, input_dir=data / "raw", output_dir=tmp_path / "out", device="cpu")
+    )
     failed = of(reports, FileFailed)
     assert [f.name for f in failed] == ["e_broken.tif", "f_rgb.tif"]
     assert "e_broken.tif" in failed[0].reason and "cannot be read" in failed[0].reason
-    assert "f_rgb.tif" in failed[1].reason and "3 channel(s)" in failed[1].reason and str(checkpoint) in failed[1].reason
+    assert (
+        "f_rgb.tif" in failed[1].reason and "3 channel(s)" in failed[1].reason and str(checkpoint) in failed[1].reason
+    )
     assert all(f.reason.count(". ") == 0 for f in failed)  # one sentence each
     summary = reports[-1]
     assert len(summary.done) == 4 and [n for n, _ in summary.failed] == ["e_broken.tif", "f_rgb.tif"]
@@ -189,7 +211,9 @@ def test_unreadable_files_are_skipped_and_named_in_the_summary(folder, checkpoin
     rows = {r["image"]: r for r in read_csv(summary.run_dir / "batch_summary.csv")}
     assert rows["e_broken.tif"]["status"] == "failed" and "cannot be read" in rows["e_broken.tif"]["reason"]
     assert rows["a_tiff.tif"]["status"] == "done"
-    assert not list((summary.run_dir / "per_image").glob("e_broken*")) and not list((summary.run_dir / "per_image").glob("f_rgb*"))
+    assert not list((summary.run_dir / "per_image").glob("e_broken*")) and not list(
+        (summary.run_dir / "per_image").glob("f_rgb*")
+    )
 
 
 def test_cancel_then_resume_skips_finished_files_and_a_plain_rerun_never_overwrites(folder, checkpoint, tmp_path):
@@ -200,7 +224,11 @@ def test_cancel_then_resume_skips_finished_files_and_a_plain_rerun_never_overwri
     first = run_all(request(folder, checkpoint, tmp_path), cancel_after_first)
     summary = first[-1]
     run_dir = summary.run_dir
-    assert summary.cancelled and summary.done == ["a_tiff.tif"] and summary.not_run == ["b_png.png", "c_zarr.zarr", "d_ome.ome.zarr"]
+    assert (
+        summary.cancelled
+        and summary.done == ["a_tiff.tif"]
+        and summary.not_run == ["b_png.png", "c_zarr.zarr", "d_ome.ome.zarr"]
+    )
     assert [r["status"] for r in read_csv(run_dir / "batch_summary.csv")] == ["done", "not run", "not run", "not run"]
     # an unfinished attempt at a file left a partial store: the resumed run clears it and redoes the file
     (run_dir / "per_image" / "b_png.zarr" / "accumulator").mkdir(parents=True, exist_ok=True)
@@ -226,8 +254,9 @@ def test_cancel_then_resume_skips_finished_files_and_a_plain_rerun_never_overwri
     rerun = run_all(request(folder, checkpoint, tmp_path))  # a plain rerun: a new run id, the earlier run untouched
     assert rerun[0].run_dir.name == "batch_2" and len(of(rerun, FileDone)) == 4
     assert rerun[0].unfinished_earlier is None  # batch_1 finished every file: nothing to point at
-    assert {k: v for k, v in tree(run_dir).items() if not k.endswith((".csv",))} == \
-        {k: v for k, v in snapshot.items() if not k.endswith((".csv",))}
+    assert {k: v for k, v in tree(run_dir).items() if not k.endswith((".csv",))} == {
+        k: v for k, v in snapshot.items() if not k.endswith((".csv",))
+    }
     assert tree(run_dir) == snapshot
 
 
@@ -236,8 +265,10 @@ def test_cancel_stops_after_the_current_tile(folder, checkpoint, tmp_path):
         if isinstance(report, FileProgress):
             run.cancel()
 
-    reports = run_all(request(folder, checkpoint, tmp_path, overrides=["predict.tile_size=[32, 32]", "predict.batch_size=1"]),
-                      cancel_at_first_tile)
+    reports = run_all(
+        request(folder, checkpoint, tmp_path, overrides=["predict.tile_size=[32, 32]", "predict.batch_size=1"]),
+        cancel_at_first_tile,
+    )
     progress = of(reports, FileProgress)
     assert progress[0].total > 20 and progress[-1].done < progress[0].total  # stopped within the first file
     summary = reports[-1]
@@ -257,10 +288,12 @@ def test_resume_and_setup_mistakes_are_one_sentence(folder, checkpoint, tmp_path
     assert "is not a batch run folder" in error(resume=tmp_path)
     assert "does not exist" in error(resume=tmp_path / "nope")
     assert "does not exist" in error(checkpoint=checkpoint, input_dir=tmp_path / "missing", output_dir=tmp_path / "out")
-    assert "cannot be read" in error(checkpoint=folder["labels"] / "a_tiff.tif", input_dir=folder["raw"],
-                                                      output_dir=tmp_path / "out")
-    assert "predict.FIELD" in error(checkpoint=checkpoint, input_dir=folder["raw"], output_dir=tmp_path / "out",
-                                    overrides=["train.epochs=3"])
+    assert "cannot be read" in error(
+        checkpoint=folder["labels"] / "a_tiff.tif", input_dir=folder["raw"], output_dir=tmp_path / "out"
+    )
+    assert "predict.FIELD" in error(
+        checkpoint=checkpoint, input_dir=folder["raw"], output_dir=tmp_path / "out", overrides=["train.epochs=3"]
+    )
     assert not (tmp_path / "out").exists()  # nothing written before the checks pass
     summary = run_all(request(folder, checkpoint, tmp_path / "out", labels_dir=None))[-1]
     msg = error(resume=summary.run_dir, checkpoint=folder["labels"] / "b_png.tif")
@@ -280,8 +313,11 @@ def test_a_per_image_workflow_plugs_in(folder, checkpoint, tmp_path):
             return {"prediction": {"class": int(mean > 40), "mean": round(mean, 3)}}
 
     loaded.workflow = OneValuePerImage()
-    reports = list(run_batch(BatchRequest(checkpoint=checkpoint, input_dir=folder["raw"], output_dir=tmp_path,
-                                          device="cpu"), loaded))
+    reports = list(
+        run_batch(
+            BatchRequest(checkpoint=checkpoint, input_dir=folder["raw"], output_dir=tmp_path, device="cpu"), loaded
+        )
+    )
     summary = reports[-1]
     rows = read_csv(summary.predictions_csv)
     means = {stem: folder["arrays"][stem][0].mean() for stem in STEMS}
@@ -380,8 +416,14 @@ def test_dask_scheduler_address_and_the_blocks_of_one_big_image(folder, checkpoi
     raw, label = crop("test", "A9_A9_p5d.tif", 0, 0, 450, 450)
     write_image(data / "raw" / "big.tif", raw)
     write_image(data / "labels" / "big.tif", label)
-    common = dict(checkpoint=checkpoint, input_dir=data / "raw", labels_dir=data / "labels", device="cpu",
-                  block_size=128, halo=32)
+    common = {
+        "checkpoint": checkpoint,
+        "input_dir": data / "raw",
+        "labels_dir": data / "labels",
+        "device": "cpu",
+        "block_size": 128,
+        "halo": 32,
+    }
     here = run_all(BatchRequest(output_dir=tmp_path / "here", **common))
     spread = run_all(BatchRequest(output_dir=tmp_path / "dask", scheduler=cluster.scheduler_address, **common))
     assert spread[0].mode == f"dask scheduler {cluster.scheduler_address} (2 worker(s))"
@@ -389,12 +431,20 @@ def test_dask_scheduler_address_and_the_blocks_of_one_big_image(folder, checkpoi
     assert [p.total for p in progress] == [16] * 16 and sorted(p.done for p in progress) == list(range(1, 17))
     assert isinstance(of(spread, FileStarted)[0].live, da.Array) and of(spread, FileStarted)[0].tiles == 16
     assert_same_outputs(here[0].run_dir, spread[0].run_dir, ["big"], atol=1e-5)
+
     # against the whole image: the U-Net's instance norm makes any tiling change the prediction a little; the
     # blocks (192 px with their halo) change it no more than plain tiles of that size do
     def whole(tile=None):
         sets = [f"predict.tile_size=[{tile}, {tile}]"] if tile else []
-        reports = run_all(BatchRequest(checkpoint=checkpoint, input_dir=data / "raw", output_dir=tmp_path / "whole",
-                                       device="cpu", overrides=sets))
+        reports = run_all(
+            BatchRequest(
+                checkpoint=checkpoint,
+                input_dir=data / "raw",
+                output_dir=tmp_path / "whole",
+                device="cpu",
+                overrides=sets,
+            )
+        )
         return tifffile.imread(reports[0].run_dir / "per_image" / "big.tif")
 
     blocks, full, tiled = tifffile.imread(here[0].run_dir / "per_image" / "big.tif"), whole(), whole(192)
@@ -414,8 +464,10 @@ def test_dask_cancel_stops_every_worker_and_a_resume_finishes(folder, checkpoint
             times["summary"] = time.perf_counter()
 
     settings = ["predict.tile_size=[32, 32]", "predict.batch_size=1"]
-    reports = run_all(request(folder, checkpoint, tmp_path, scheduler=cluster.scheduler_address, overrides=settings),
-                      cancel_at_first_tile)
+    reports = run_all(
+        request(folder, checkpoint, tmp_path, scheduler=cluster.scheduler_address, overrides=settings),
+        cancel_at_first_tile,
+    )
     summary = reports[-1]
     assert summary.cancelled and len(summary.done) < 4 and summary.not_run and not summary.failed
     assert times["summary"] - times["cancel"] < 10  # every worker stopped after its tile (polled every 0.3 s)
@@ -436,12 +488,25 @@ def test_a_plain_rerun_of_an_unfinished_run_says_how_to_resume_it(folder, checkp
 
     first = run_all(request(folder, checkpoint, tmp_path), cancel_after_first)[-1].run_dir
     snapshot = tree(first)
-    args = ["batch", "--checkpoint", str(checkpoint), "--input", str(folder["raw"]), "--labels", str(folder["labels"]),
-            "--output", str(tmp_path), "--device", "cpu"]
+    args = [
+        "batch",
+        "--checkpoint",
+        str(checkpoint),
+        "--input",
+        str(folder["raw"]),
+        "--labels",
+        str(folder["labels"]),
+        "--output",
+        str(tmp_path),
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert (f"note: the earlier run {first} of this checkpoint and folder is unfinished (1 of 4 files); resume it to "
-            f"predict only the rest: napari-bioflow batch --resume {first}") in out
+    assert (
+        f"note: the earlier run {first} of this checkpoint and folder is unfinished (1 of 4 files); resume it to "
+        f"predict only the rest: napari-bioflow batch --resume {first}"
+    ) in out
     assert f"run {tmp_path / 'batch' / 'results' / 'batch_2'}" in out  # a new run all the same
     assert tree(first) == snapshot  # the earlier run untouched
     # other settings are another run: no note
@@ -450,8 +515,19 @@ def test_a_plain_rerun_of_an_unfinished_run_says_how_to_resume_it(folder, checkp
 
 
 def test_cli_batch_runs_resumes_and_reports(folder, checkpoint, tmp_path, capsys):
-    args = ["batch", "--checkpoint", str(checkpoint), "--input", str(folder["raw"]), "--labels", str(folder["labels"]),
-            "--output", str(tmp_path), "--device", "cpu"]
+    args = [
+        "batch",
+        "--checkpoint",
+        str(checkpoint),
+        "--input",
+        str(folder["raw"]),
+        "--labels",
+        str(folder["labels"]),
+        "--output",
+        str(tmp_path),
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     run_dir = tmp_path / "batch" / "results" / "batch_1"
@@ -463,8 +539,19 @@ def test_cli_batch_runs_resumes_and_reports(folder, checkpoint, tmp_path, capsys
 
 
 def test_cli_batch_on_a_dask_scheduler(folder, checkpoint, tmp_path, capsys, cluster):
-    args = ["batch", "--checkpoint", str(checkpoint), "--input", str(folder["raw"]), "--output", str(tmp_path),
-            "--scheduler", cluster.scheduler_address, "--device", "auto"]
+    args = [
+        "batch",
+        "--checkpoint",
+        str(checkpoint),
+        "--input",
+        str(folder["raw"]),
+        "--output",
+        str(tmp_path),
+        "--scheduler",
+        cluster.scheduler_address,
+        "--device",
+        "auto",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert f"(dask scheduler {cluster.scheduler_address} (2 worker(s))): 4 image(s) to predict" in out
@@ -477,10 +564,23 @@ def test_cli_batch_bad_input_is_exit_2_and_one_line(folder, checkpoint, tmp_path
         (["--checkpoint", str(checkpoint), "--input", str(tmp_path / "none")], str(tmp_path / "none")),
         (["--checkpoint", str(tmp_path / "no.pth"), "--input", str(folder["raw"])], "no.pth"),
         (["--resume", str(tmp_path)], "is not a batch run folder"),
-        (["--checkpoint", str(checkpoint), "--input", str(folder["raw"]), "--workers", "2", "--scheduler", "tcp://x:1"],
-         "not both"),
-        (["--checkpoint", str(checkpoint), "--input", str(folder["raw"]), "--scheduler", "tcp://127.0.0.1:9"],
-         "Cannot reach the dask scheduler at tcp://127.0.0.1:9"),
+        (
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--input",
+                str(folder["raw"]),
+                "--workers",
+                "2",
+                "--scheduler",
+                "tcp://x:1",
+            ],
+            "not both",
+        ),
+        (
+            ["--checkpoint", str(checkpoint), "--input", str(folder["raw"]), "--scheduler", "tcp://127.0.0.1:9"],
+            "Cannot reach the dask scheduler at tcp://127.0.0.1:9",
+        ),
     ]
     for extra, expected in cases:
         assert main(["batch", *extra, "--output", str(tmp_path / "out"), "--device", "cpu"]) == 2, extra

@@ -1,6 +1,7 @@
 """The Batch dock with real viewers (under Xvfb): a folder of real BBBC007 crops predicted by a tiny model, progress,
 the current file's result as it is produced, every result opened as dask-backed layers, a bad file named in a
 notification while the batch goes on, setup mistakes, cancel and resume, a local dask cluster."""
+
 from __future__ import annotations
 
 import dask.array as da
@@ -89,15 +90,22 @@ def test_batch_through_the_widget(make_napari_viewer, qtbot, wait_idle, tmp_path
     assert all(c[0] is da.Array for c in current)
     layer = widget.current_layer
     assert isinstance(layer, Labels) and layer.name == f"batch: {NAMES[-1]}" and isinstance(layer.data, da.Array)
-    np.testing.assert_array_equal(layer.data.compute(), tifffile.imread(run_dir / "per_image_binarized" / "z_other_size.tif"))
+    np.testing.assert_array_equal(
+        layer.data.compute(), tifffile.imread(run_dir / "per_image_binarized" / "z_other_size.tif")
+    )
     assert [r["image"] for r in read_csv(run_dir / "metrics.csv")] == [*NAMES, "ALL (pixels pooled)"]
     # every result, lazily: one stacked layer per output and image shape
     added = widget.open_results()
     names = [a.name for a in added]
     like = "2 files like A9_A9_p5d.tif"
-    assert names == [f"batch images ({like})", f"batch probabilities ({like})", f"batch labels ({like})",
-                     "batch images (z_other_size.tif)", "batch probabilities (z_other_size.tif)",
-                     "batch labels (z_other_size.tif)"]
+    assert names == [
+        f"batch images ({like})",
+        f"batch probabilities ({like})",
+        f"batch labels ({like})",
+        "batch images (z_other_size.tif)",
+        "batch probabilities (z_other_size.tif)",
+        "batch labels (z_other_size.tif)",
+    ]
     images, prob, labels = added[:3]
     assert all(isinstance(a.data, da.Array) for a in added)
     assert isinstance(images, Image) and images.data.shape == (2, 160, 160)
@@ -107,7 +115,9 @@ def test_batch_through_the_widget(make_napari_viewer, qtbot, wait_idle, tmp_path
     for i, name in enumerate(NAMES[:2]):
         stem = name.split(".")[0]
         np.testing.assert_array_equal(images.data[i].compute(), tifffile.imread(folder[0] / name))
-        np.testing.assert_array_equal(labels.data[i].compute(), tifffile.imread(run_dir / "per_image_binarized" / f"{stem}.tif"))
+        np.testing.assert_array_equal(
+            labels.data[i].compute(), tifffile.imread(run_dir / "per_image_binarized" / f"{stem}.tif")
+        )
         np.testing.assert_allclose(prob.data[:, i].compute(), tifffile.imread(run_dir / "per_image" / f"{stem}.tif"))
     assert added[5].data.shape == (1, 96, 128) and labels.metadata["batch_files"] == NAMES[:2]
 
@@ -178,7 +188,10 @@ def test_a_local_dask_cluster_from_the_widget(make_napari_viewer, wait_idle, tmp
     wait_idle(single)
     for name in NAMES:
         stem = name.split(".")[0]
-        np.testing.assert_allclose(tifffile.imread(widget.summary.run_dir / "per_image" / f"{stem}.tif"),
-                                   tifffile.imread(single.summary.run_dir / "per_image" / f"{stem}.tif"), atol=1e-5)
+        np.testing.assert_allclose(
+            tifffile.imread(widget.summary.run_dir / "per_image" / f"{stem}.tif"),
+            tifffile.imread(single.summary.run_dir / "per_image" / f"{stem}.tif"),
+            atol=1e-5,
+        )
     added = widget.open_results()
     assert all(isinstance(a.data, da.Array) for a in added) and len(added) == 6

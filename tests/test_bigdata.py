@@ -9,9 +9,9 @@ import pytest
 import torch
 import zarr
 
+from napari_bioflow.engine.predict import ZarrAccumulator, plan_tiles, sliding_window_predict
 from napari_bioflow.engine.predict import accumulator as A
 from napari_bioflow.engine.predict import sliding_window as P
-from napari_bioflow.engine.predict import ZarrAccumulator, plan_tiles, sliding_window_predict
 
 
 def rand_image(shape, seed=0):
@@ -21,8 +21,9 @@ def rand_image(shape, seed=0):
 def small_net(dim):
     torch.manual_seed(0)
     conv = torch.nn.Conv2d if dim == 2 else torch.nn.Conv3d
-    return torch.nn.Sequential(conv(1, 4, 3, padding=1), torch.nn.ReLU(), conv(4, 2, 3, padding=1),
-                               torch.nn.Softmax(dim=1)).eval()
+    return torch.nn.Sequential(
+        conv(1, 4, 3, padding=1), torch.nn.ReLU(), conv(4, 2, 3, padding=1), torch.nn.Softmax(dim=1)
+    ).eval()
 
 
 def two_class(x):
@@ -110,7 +111,7 @@ def test_zarr_tiled_matches_numpy_and_whole(tmp_path, dim):
     net = small_net(dim)
     with torch.inference_mode():
         whole = net(torch.from_numpy(np.moveaxis(img, -1, 0)[None].copy()))[0].numpy()
-    kw = dict(out_channels=2, tile_size=tile, overlap=0.25, batch_size=2)
+    kw = {"out_channels": 2, "tile_size": tile, "overlap": 0.25, "batch_size": 2}
     in_ram = sliding_window_predict(img, net, **kw)
     on_disk = sliding_window_predict(img, net, out=tmp_path / "o", **kw)
     np.testing.assert_allclose(on_disk[:], in_ram, atol=1e-6)
@@ -141,16 +142,21 @@ def test_every_chunk_written_once_and_never_read(tmp_path):
     n_chunks = np.prod([-(-n // c) for n, c in zip(img.shape[:-1], plan.chunks)])
     assert len(starts) == len(set(starts)) == n_chunks  # whole chunks, each written exactly once
     for k in acc.sum.writes:
-        assert all(s.start % c == 0 and (s.stop - s.start == c or s.stop == n)
-                   for s, c, n in zip(k[1:], plan.chunks, img.shape[:-1]))
-    np.testing.assert_allclose(res.arr[:] if isinstance(res, Recording) else res[:],
-                               np.moveaxis(np.concatenate([img, 1 - img], -1), -1, 0), atol=1e-6)
+        assert all(
+            s.start % c == 0 and (s.stop - s.start == c or s.stop == n)
+            for s, c, n in zip(k[1:], plan.chunks, img.shape[:-1])
+        )
+    np.testing.assert_allclose(
+        res.arr[:] if isinstance(res, Recording) else res[:],
+        np.moveaxis(np.concatenate([img, 1 - img], -1), -1, 0),
+        atol=1e-6,
+    )
 
 
 def test_spilled_overlaps_give_the_same_result(tmp_path, monkeypatch):
     img = rand_image((36, 100, 80, 1))
     net = small_net(3)
-    kw = dict(out_channels=2, tile_size=(16, 32, 32), overlap=0.25, batch_size=3)
+    kw = {"out_channels": 2, "tile_size": (16, 32, 32), "overlap": 0.25, "batch_size": 3}
     ref = sliding_window_predict(img, net, **kw)
     spills = []
     original = ZarrAccumulator._spill_some
@@ -186,14 +192,28 @@ def test_live_view_shows_landed_tiles_with_their_final_values(tmp_path):
             assert not mid[:, ~landed].any()
             checked.append(done)
 
-    sliding_window_predict(img, two_class, out=acc, out_channels=2, tile_size=(16, 32, 32), overlap=0.25,
-                           batch_size=1, progress=on_progress)
+    sliding_window_predict(
+        img,
+        two_class,
+        out=acc,
+        out_channels=2,
+        tile_size=(16, 32, 32),
+        overlap=0.25,
+        batch_size=1,
+        progress=on_progress,
+    )
     assert len(checked) == 2
     np.testing.assert_allclose(view.compute(), expected, atol=1e-6)
     # napari and dask index the view with integers, steps and Ellipsis
     live = A._LiveView(acc)
-    for key in [(1, 5), (slice(None), 3, slice(10, 20), slice(None, None, 2)), (Ellipsis, 7), (0, slice(None, None, -3)),
-                (slice(None), [2, 0, 9]), (-1, -2, slice(5, 1, -1))]:
+    for key in [
+        (1, 5),
+        (slice(None), 3, slice(10, 20), slice(None, None, 2)),
+        (Ellipsis, 7),
+        (0, slice(None, None, -3)),
+        (slice(None), [2, 0, 9]),
+        (-1, -2, slice(5, 1, -1)),
+    ]:
         np.testing.assert_allclose(live[key], expected[key], atol=1e-6)
         np.testing.assert_allclose(view[key].compute(), expected[key], atol=1e-6)
 
@@ -207,8 +227,16 @@ def test_cancel_writes_what_was_computed(tmp_path):
         return state["n"] > 4
 
     with pytest.raises(P.PredictionCancelled):
-        sliding_window_predict(img, two_class, out=tmp_path / "o", out_channels=2, tile_size=(16, 32, 32),
-                               overlap=0.25, batch_size=1, cancel=cancel)
+        sliding_window_predict(
+            img,
+            two_class,
+            out=tmp_path / "o",
+            out_channels=2,
+            tile_size=(16, 32, 32),
+            overlap=0.25,
+            batch_size=1,
+            cancel=cancel,
+        )
     part = zarr.open_array(str(tmp_path / "o" / "prob"), mode="r")[:]
     assert part[0].any() and not part[0].all()  # the first tiles are there, the rest is empty
 
@@ -293,9 +321,19 @@ def test_memory_does_not_grow_with_the_volume(tmp_path, monkeypatch):
         del data
         image = da.from_array(z, chunks=z.chunks)[..., None]
         out = tmp_path / f"o{depth}"
-        peaks.append(traced_peak(lambda: sliding_window_predict(
-            image, two_class, out_channels=2, tile_size=(16, 64, 64), overlap=0.125, out=out,
-            preprocess=lambda t: t / 1000.0)))
+        peaks.append(
+            traced_peak(
+                lambda: sliding_window_predict(
+                    image,
+                    two_class,
+                    out_channels=2,
+                    tile_size=(16, 64, 64),
+                    overlap=0.125,
+                    out=out,
+                    preprocess=lambda t: t / 1000.0,
+                )
+            )
+        )
         sizes.append(2 * depth * 192 * 192 * 4)  # bytes of the float32 result
     assert peaks[1] < 1.25 * peaks[0] + 2**20, peaks
     assert peaks[1] < sizes[1] / 4, (peaks, sizes)
@@ -306,8 +344,8 @@ def test_memory_does_not_grow_with_the_volume(tmp_path, monkeypatch):
 
 def pointwise_checkpoint():
     from napari_bioflow.config import RunConfig
-    from napari_bioflow.engine.train.checkpoint import LoadedModel
     from napari_bioflow.engine.data.normalize import Normalizer
+    from napari_bioflow.engine.train.checkpoint import LoadedModel
 
     class Pointwise(torch.nn.Module):
         size_divisor = 1
@@ -315,14 +353,15 @@ def pointwise_checkpoint():
         def forward(self, x):
             return torch.cat([x, -x], 1)
 
-    cfg = RunConfig.model_validate({"ndim": 3, "device": "cpu", "data": {"patch_size": [8, 32, 32]},
-                                    "predict": {"tile_size": [16, 48, 48]}})
+    cfg = RunConfig.model_validate(
+        {"ndim": 3, "device": "cpu", "data": {"patch_size": [8, 32, 32]}, "predict": {"tile_size": [16, 48, 48]}}
+    )
     return LoadedModel(Pointwise(), cfg, Normalizer("percentile", [100.0], [900.0]))
 
 
 def test_image_prediction_of_a_zarr_volume(tmp_path):
-    from napari_bioflow.engine.predict.inference import ImagePrediction
     from napari_bioflow.engine.data.io import open_image
+    from napari_bioflow.engine.predict.inference import ImagePrediction
 
     data = (rand_image((40, 130, 150)) * 1000).astype(np.uint16)
     make_zarr(tmp_path / "vol.zarr", data, (16, 64, 64))
@@ -471,8 +510,15 @@ def test_memory_mapped_tiff_input_does_not_stay_resident(tmp_path):
     image = to_channels_last(open_image(path), 3, 1, "vol")
     assert isinstance(image, np.memmap)
     seen = []
-    res = sliding_window_predict(image, two_class, out_channels=2, tile_size=(16, 64, 64), out=tmp_path / "o",
-                                 preprocess=lambda t: t / 1000.0, progress=lambda d, t: seen.append(mapped_rss_kb(path)))
+    res = sliding_window_predict(
+        image,
+        two_class,
+        out_channels=2,
+        tile_size=(16, 64, 64),
+        out=tmp_path / "o",
+        preprocess=lambda t: t / 1000.0,
+        progress=lambda d, t: seen.append(mapped_rss_kb(path)),
+    )
     np.testing.assert_allclose(res[0, ::7, ::13, ::11], data[::7, ::13, ::11] / 1000.0, atol=1e-6)
     assert max(seen) * 1024 < data.nbytes / 4, max(seen)  # a few rows of tiles, not the whole file
     assert mapped_rss_kb(path) * 1024 < data.nbytes / 8
@@ -488,19 +534,31 @@ def test_training_on_a_zarr_folder_never_loads_the_volume(tmp_path):
     write_volume_folders(tmp_path / "val", shape=(16, 128, 128), chunks=(16, 128, 128))
 
     def config(name: str, train: str):
-        return RunConfig.model_validate({
-            "name": name, "output_dir": str(tmp_path / "runs"), "device": "cpu", "ndim": 3,
-            "model": {"name": "unet", "options": {"feature_maps": [2], "kernel_size": 1}},
-            "data": {"train_raw": str(tmp_path / train / "raw"), "train_label": str(tmp_path / train / "label"),
-                     "val_raw": str(tmp_path / "val" / "raw"), "val_label": str(tmp_path / "val" / "label"),
-                     "patch_size": [8, 64, 64], "foreground_sampling": 0.5},
-            "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2},
-        })
+        return RunConfig.model_validate(
+            {
+                "name": name,
+                "output_dir": str(tmp_path / "runs"),
+                "device": "cpu",
+                "ndim": 3,
+                "model": {"name": "unet", "options": {"feature_maps": [2], "kernel_size": 1}},
+                "data": {
+                    "train_raw": str(tmp_path / train / "raw"),
+                    "train_label": str(tmp_path / train / "label"),
+                    "val_raw": str(tmp_path / "val" / "raw"),
+                    "val_label": str(tmp_path / "val" / "label"),
+                    "patch_size": [8, 64, 64],
+                    "foreground_sampling": 0.5,
+                },
+                "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2},
+            }
+        )
 
     # a first run on the small volume imports what training needs (tens of MB of traced Python objects)
     assert any(isinstance(r, DoneReport) for r in Trainer(config("warm_up", "val")).run())
     done = []
-    peak = traced_peak(lambda: done.extend(r for r in Trainer(config("big", "train")).run() if isinstance(r, DoneReport)))
+    peak = traced_peak(
+        lambda: done.extend(r for r in Trainer(config("big", "train")).run() if isinstance(r, DoneReport))
+    )
     assert done and done[0].checkpoint.exists()
     assert peak < 48 * 2**20, peak / 2**20
 
@@ -510,15 +568,22 @@ def test_image_prediction_with_tiffs_and_iou_stays_within_chunks(tmp_path):
     traces a fraction of the probabilities' size: the TIFFs are streamed from the zarr arrays, not loaded."""
     import tifffile
 
-    from napari_bioflow.engine.predict.inference import ImagePrediction
     from napari_bioflow.engine.data.io import open_image
+    from napari_bioflow.engine.predict.inference import ImagePrediction
 
     data = (rand_image((32, 256, 256)) * 1000).astype(np.uint16)
     make_zarr(tmp_path / "vol.zarr", data, (16, 64, 64))
     make_zarr(tmp_path / "lab.zarr", (data < 100).astype(np.uint8), (16, 64, 64))
     loaded = pointwise_checkpoint()
-    job = ImagePrediction(loaded, open_image(tmp_path / "vol.zarr"), "vol", tmp_path / "out", "vol",
-                          target=open_image(tmp_path / "lab.zarr"), target_name="lab.zarr")
+    job = ImagePrediction(
+        loaded,
+        open_image(tmp_path / "vol.zarr"),
+        "vol",
+        tmp_path / "out",
+        "vol",
+        target=open_image(tmp_path / "lab.zarr"),
+        target_name="lab.zarr",
+    )
     results = []
     peak = traced_peak(lambda: results.append(job.run()))
     job.cleanup()
@@ -538,16 +603,17 @@ def test_3d_median_filters_are_exact_across_chunks(tmp_path, z_filter, yz_filter
     overlap equals the filter of the whole label volume, and the filtered labels are the output."""
     import tifffile
 
-    from napari_bioflow.engine.predict.inference import ImagePrediction
     from napari_bioflow.engine.data.io import open_image
+    from napari_bioflow.engine.predict.inference import ImagePrediction
     from napari_bioflow.engine.workflows.semantic import median_filter_labels
 
     data = (rand_image((40, 130, 150)) * 1000).astype(np.uint16)
     make_zarr(tmp_path / "vol.zarr", data, (16, 64, 64))
     loaded = pointwise_checkpoint()
     cfg = loaded.config
-    loaded.config = cfg.model_copy(update={"predict": cfg.predict.model_copy(update={"z_filter": z_filter,
-                                                                                      "yz_filter": yz_filter})})
+    loaded.config = cfg.model_copy(
+        update={"predict": cfg.predict.model_copy(update={"z_filter": z_filter, "yz_filter": yz_filter})}
+    )
     job = ImagePrediction(loaded, open_image(tmp_path / "vol.zarr"), "vol", tmp_path / "out", "vol")
     result = job.run()
     job.cleanup()
@@ -568,19 +634,34 @@ def test_mae_prediction_streams_its_checks(tmp_path):
     import tifffile
 
     from napari_bioflow.config import RunConfig
-    from napari_bioflow.engine.train.checkpoint import LoadedModel
-    from napari_bioflow.engine.predict.inference import ImagePrediction
     from napari_bioflow.engine.data.io import open_image
-    from napari_bioflow.engine.models import create_model
     from napari_bioflow.engine.data.normalize import Normalizer
+    from napari_bioflow.engine.models import create_model
+    from napari_bioflow.engine.predict.inference import ImagePrediction
+    from napari_bioflow.engine.train.checkpoint import LoadedModel
 
     torch.manual_seed(0)
-    options = {"img_size": [32, 32], "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2,
-               "decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2}
+    options = {
+        "img_size": [32, 32],
+        "patch_size": 8,
+        "embed_dim": 32,
+        "depth": 1,
+        "num_heads": 2,
+        "decoder_embed_dim": 16,
+        "decoder_depth": 1,
+        "decoder_num_heads": 2,
+    }
     model = create_model("mae", ndim=2, in_channels=1, out_channels=1, **options).eval()
-    cfg = RunConfig.model_validate({"workflow": "self_supervised", "ndim": 2, "device": "cpu",
-                                    "self_supervised": {"pretext": "masking"}, "data": {"patch_size": [32, 32]},
-                                    "model": {"name": "mae", "options": options}})
+    cfg = RunConfig.model_validate(
+        {
+            "workflow": "self_supervised",
+            "ndim": 2,
+            "device": "cpu",
+            "self_supervised": {"pretext": "masking"},
+            "data": {"patch_size": [32, 32]},
+            "model": {"name": "mae", "options": options},
+        }
+    )
     loaded = LoadedModel(model, cfg, Normalizer("percentile", [100.0], [900.0]))
     loaded.workflow.state = {"normalization": loaded.normalizer.to_dict()}
     warm = (rand_image((256, 256), 1) * 1000).astype(np.uint16)  # the first run imports modules: not traced
@@ -597,17 +678,23 @@ def test_mae_prediction_streams_its_checks(tmp_path):
     image_bytes = data.size * 4
     assert peak < image_bytes, (peak, image_bytes)
     folder = tmp_path / "out" / "MAE_checks"
-    checks = {n: tifffile.imread(folder / f"img_{n}.tif")[0]
-              for n in ("original", "masked", "reconstruction", "reconstruction_and_visible")}
+    checks = {
+        n: tifffile.imread(folder / f"img_{n}.tif")[0]
+        for n in ("original", "masked", "reconstruction", "reconstruction_and_visible")
+    }
     pred = zarr.open_array(str(tmp_path / "out" / "per_image" / "img.zarr" / "prediction"), mode="r")[:]
     hidden = pred[1] > 0.5
     assert 0.3 < hidden.mean() < 0.7
     np.testing.assert_array_equal(checks["original"], data.astype(np.float32))
     np.testing.assert_allclose(checks["reconstruction"], pred[0] * 900 + 100, rtol=1e-6, atol=1e-3)
     np.testing.assert_array_equal(checks["masked"], np.where(hidden, 0, data).astype(np.float32))
-    np.testing.assert_array_equal(checks["reconstruction_and_visible"], np.where(hidden, checks["reconstruction"], data))
+    np.testing.assert_array_equal(
+        checks["reconstruction_and_visible"], np.where(hidden, checks["reconstruction"], data)
+    )
     error = np.mean((checks["reconstruction"][hidden].astype(np.float64) - data[hidden]) ** 2)
     expected = 10 * math.log10(float(np.ptp(data)) ** 2 / error)
     assert results[0].metrics["psnr_masked_patches"] == pytest.approx(expected, abs=1e-4)
     # per_image/ holds the reconstruction too (the same file, linked)
-    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "per_image" / "img.tif")[0], checks["reconstruction"])
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "out" / "per_image" / "img.tif")[0], checks["reconstruction"]
+    )

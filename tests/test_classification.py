@@ -1,5 +1,6 @@
 """Classification (issue 4): real modality sets from tests/data (see ATTRIBUTION.md), training that learns, the
 outputs (predictions.csv, metrics, confusion matrix), models, and bad input through the engine and the CLI."""
+
 import re
 import shutil
 from pathlib import Path
@@ -8,18 +9,23 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from helpers import read_csv, tree
 from skimage.io import imread, imsave
 
-from helpers import read_csv, tree
 from napari_bioflow.cli import main
 from napari_bioflow.config import RunConfig
-from napari_bioflow.engine.train.checkpoint import load_model, save_checkpoint
 from napari_bioflow.engine.data.classification_data import fit_to_patch, natural_key
-from napari_bioflow.engine.predict.classification_results import (ClassificationMetrics, check_test_items, class_test_items,
-                                                             classify_array, run_class_prediction)
 from napari_bioflow.engine.errors import InputError
 from napari_bioflow.engine.models import create_model, list_models
+from napari_bioflow.engine.predict.classification_results import (
+    ClassificationMetrics,
+    check_test_items,
+    class_test_items,
+    classify_array,
+    run_class_prediction,
+)
 from napari_bioflow.engine.train import DoneReport, EpochReport, StartReport, Trainer, transfer_weights
+from napari_bioflow.engine.train.checkpoint import load_model, save_checkpoint
 
 DATA = Path(__file__).parent / "data"
 C2D, C3D = DATA / "classification_2d", DATA / "classification_3d"
@@ -27,9 +33,16 @@ CLASSES_2D = ["cryo_et", "fluorescence_nuclei", "he_histology", "timelapse"]
 
 
 def cls_config(out: Path, train_dir: Path = C2D / "train", **over) -> RunConfig:
-    d = {"workflow": "classification", "name": "cls", "output_dir": str(out), "device": "cpu", "seed": 0,
-         "model": {"name": "vit"}, "data": {"train_raw": str(train_dir), "patch_size": [48, 48], "val_split": 0.2},
-         "train": {"epochs": 12, "batch_size": 16, "patience": 0}}
+    d = {
+        "workflow": "classification",
+        "name": "cls",
+        "output_dir": str(out),
+        "device": "cpu",
+        "seed": 0,
+        "model": {"name": "vit"},
+        "data": {"train_raw": str(train_dir), "patch_size": [48, 48], "val_split": 0.2},
+        "train": {"epochs": 12, "batch_size": 16, "patience": 0},
+    }
     for k, v in over.items():
         d[k] = {**d[k], **v} if isinstance(v, dict) and isinstance(d.get(k), dict) else v
     return RunConfig.model_validate(d)
@@ -96,8 +109,14 @@ def test_classify_array_and_tta_give_probabilities(trained_2d):
 
 
 def test_3d_classification_learns(tmp_path):
-    cfg = cls_config(tmp_path, C3D / "train", ndim=3, model={"name": "vit", "options": {"embed_dim": 64, "depth": 2, "num_heads": 2}},
-                     data={"patch_size": [16, 32, 32], "val_split": 0.25}, train={"epochs": 6, "batch_size": 8, "patience": 0})
+    cfg = cls_config(
+        tmp_path,
+        C3D / "train",
+        ndim=3,
+        model={"name": "vit", "options": {"embed_dim": 64, "depth": 2, "num_heads": 2}},
+        data={"patch_size": [16, 32, 32], "val_split": 0.25},
+        train={"epochs": 6, "batch_size": 8, "patience": 0},
+    )
     trainer, reports = train(cfg)
     loaded = load_model(trainer.best_checkpoint)
     res = run_class_prediction(loaded, class_test_items(C3D / "test", loaded.config.class_names), tmp_path / "res")
@@ -109,9 +128,14 @@ def test_3d_classification_learns(tmp_path):
 
 
 def test_3d_vit_trains_one_step(tmp_path):
-    cfg = cls_config(tmp_path, C3D / "train", ndim=3, data={"patch_size": [16, 32, 32]},
-                     model={"name": "vit", "options": {"embed_dim": 32, "depth": 1, "num_heads": 2}},
-                     train={"epochs": 1, "steps_per_epoch": 1, "batch_size": 4})
+    cfg = cls_config(
+        tmp_path,
+        C3D / "train",
+        ndim=3,
+        data={"patch_size": [16, 32, 32]},
+        model={"name": "vit", "options": {"embed_dim": 32, "depth": 1, "num_heads": 2}},
+        train={"epochs": 1, "steps_per_epoch": 1, "batch_size": 4},
+    )
     trainer, reports = train(cfg)
     assert isinstance(reports[-1], DoneReport) and trainer.model.encoder.patch_embed.proj.weight.ndim == 5
 
@@ -125,7 +149,7 @@ def test_fit_to_patch_resize_pad_and_crop():
     assert (p[0, :4] == 0).all() and (p[0, -4:] == 0).all()
     assert np.array_equal(p[0, 4:44], img[:, 6:54, 0])
     rand = fit_to_patch(img, (48, 48), "pad", np.random.default_rng(1))
-    assert rand.shape == (1, 48, 48) and any(np.array_equal(rand[0, 4:44], img[:, s:s + 48, 0]) for s in range(13))
+    assert rand.shape == (1, 48, 48) and any(np.array_equal(rand[0, 4:44], img[:, s : s + 48, 0]) for s in range(13))
     vol = np.ones((10, 20, 20, 2), np.float32)
     assert fit_to_patch(vol, (16, 32, 32), "resize").shape == (2, 16, 32, 32)
 
@@ -165,13 +189,20 @@ def test_class_names_sort_naturally_and_follow_the_config(tmp_path):
     cfg = cls_config(tmp_path / "runs", root, train={"epochs": 1, "steps_per_epoch": 1, "batch_size": 4})
     trainer, _ = train(cfg)
     assert trainer.cfg.class_names == ["2", "10"]
-    cfg = cls_config(tmp_path / "runs", root, class_names=["10", "2"], n_classes=2,
-                     train={"epochs": 1, "steps_per_epoch": 1, "batch_size": 4})
+    cfg = cls_config(
+        tmp_path / "runs",
+        root,
+        class_names=["10", "2"],
+        n_classes=2,
+        train={"epochs": 1, "steps_per_epoch": 1, "batch_size": 4},
+    )
     trainer, _ = train(cfg)
     assert trainer.cfg.class_names == ["10", "2"]
 
 
-@pytest.mark.parametrize("size,width", [(0, 1280), (1, 1280), (2, 1408), (3, 1536), (4, 1792), (5, 2048), (6, 2304), (7, 2560)])
+@pytest.mark.parametrize(
+    "size,width", [(0, 1280), (1, 1280), (2, 1408), (3, 1536), (4, 1792), (5, 2048), (6, 2304), (7, 2560)]
+)
 def test_every_efficientnet_builds_with_its_head_width_and_trains(size, width):
     torch.manual_seed(0)
     model = create_model(f"efficientnet_b{size}", ndim=2, in_channels=1, out_channels=5)
@@ -187,7 +218,11 @@ def test_every_efficientnet_builds_with_its_head_width_and_trains(size, width):
 
 
 def test_classifiers_are_registered_apart_from_dense_models():
-    assert set(list_models(2, task="classification")) == {"vit", "simple_cnn", *[f"efficientnet_b{i}" for i in range(8)]}
+    assert set(list_models(2, task="classification")) == {
+        "vit",
+        "simple_cnn",
+        *[f"efficientnet_b{i}" for i in range(8)],
+    }
     assert set(list_models(3, task="classification")) == {"vit", "simple_cnn"}
     assert "vit" not in list_models(2) and "unet" in list_models(2)
 
@@ -218,11 +253,18 @@ def test_cli_trains_then_predicts_a_flat_folder_of_rgb_images(tmp_path, capsys):
             files = sorted((C2D / split / cls).glob("*.png"))[:8]
             (root / split / cls).mkdir(parents=True)
             for i, f in enumerate(files):
-                imgs = [fit_to_patch(imread(g)[..., None].astype(np.float32), (40, 40), "pad")[0]
-                        for g in (files[i], files[(i + 1) % 8], files[(i + 2) % 8])]
+                imgs = [
+                    fit_to_patch(imread(g)[..., None].astype(np.float32), (40, 40), "pad")[0]
+                    for g in (files[i], files[(i + 1) % 8], files[(i + 2) % 8])
+                ]
                 imsave(root / split / cls / f.name, np.stack(imgs, -1).astype(np.uint8), check_contrast=False)
-    cfg = cls_config(tmp_path / "runs", root / "train", data={"in_channels": 3, "patch_size": [40, 40]},
-                     model={"name": "simple_cnn", "options": {"feature_maps": [8, 16]}}, train={"epochs": 2, "batch_size": 4})
+    cfg = cls_config(
+        tmp_path / "runs",
+        root / "train",
+        data={"in_channels": 3, "patch_size": [40, 40]},
+        model={"name": "simple_cnn", "options": {"feature_maps": [8, 16]}},
+        train={"epochs": 2, "batch_size": 4},
+    )
     path = cfg.save(tmp_path / "rgb.yaml")
     assert main(["train", str(path)]) == 0
     ckpt = next((tmp_path / "runs" / "cls" / "checkpoints").glob("*best.pth"))
@@ -280,14 +322,26 @@ def test_bad_input_single_class(tmp_path, capsys):
 def test_bad_input_mixed_2d_and_3d(tmp_path, capsys):
     root = small_tree(tmp_path)
     tifffile.imwrite(root / "b" / "volume.tif", np.zeros((20, 40, 40), np.uint8))
-    msg = refused(capsys, tmp_path, cls_config(tmp_path / "runs", root), root / "b" / "volume.tif", root / "a" / "a0.png",
-                  "mixes 2D and 3D")
+    msg = refused(
+        capsys,
+        tmp_path,
+        cls_config(tmp_path / "runs", root),
+        root / "b" / "volume.tif",
+        root / "a" / "a0.png",
+        "mixes 2D and 3D",
+    )
     assert "volume.tif is 3D" in msg and "a0.png is 2D" in msg
 
 
 def test_bad_input_all_3d_images_with_ndim_2_says_set_ndim(tmp_path, capsys):
-    msg = refused(capsys, tmp_path, cls_config(tmp_path / "runs", C3D / "train"), "are 3D", "set ndim: 3",
-                  C3D / "train" / "cryo_et" / "cryo_et_000.tif")
+    msg = refused(
+        capsys,
+        tmp_path,
+        cls_config(tmp_path / "runs", C3D / "train"),
+        "are 3D",
+        "set ndim: 3",
+        C3D / "train" / "cryo_et" / "cryo_et_000.tif",
+    )
     assert "mix" not in msg
 
 
@@ -298,15 +352,22 @@ def test_bad_input_an_rgb_png_in_a_3d_set_is_2d(tmp_path, capsys):
     _write_png(root / "cryo_et" / "rgb.png", rgb)
     assert rgb.shape == (32, 32, 3)
     cfg = cls_config(tmp_path / "runs", root, ndim=3, data={"patch_size": [16, 32, 32]})
-    msg = refused(capsys, tmp_path, cfg, "mixes 2D and 3D", root / "cryo_et" / "rgb.png", root / "cryo_et" / "cryo_et_000.tif")
+    msg = refused(
+        capsys, tmp_path, cfg, "mixes 2D and 3D", root / "cryo_et" / "rgb.png", root / "cryo_et" / "cryo_et_000.tif"
+    )
     assert "rgb.png is 2D (shape 32x32x3, 3 channels)" in msg
     # a set of RGB images alone, with ndim 3: the set is 2D
     only = tmp_path / "rgb"
     for c in ("a", "b"):
         _write_png(only / c / "x.png", rgb)
         _write_png(only / c / "y.png", rgb[::-1])
-    refused(capsys, tmp_path, cls_config(tmp_path / "runs", only, ndim=3, data={"patch_size": [16, 32, 32]}),
-            "are 2D", "set ndim: 2")
+    refused(
+        capsys,
+        tmp_path,
+        cls_config(tmp_path / "runs", only, ndim=3, data={"patch_size": [16, 32, 32]}),
+        "are 2D",
+        "set ndim: 2",
+    )
 
 
 def test_bad_input_unreadable_file_is_named(tmp_path, capsys):
@@ -322,21 +383,35 @@ def test_bad_input_test_folder_with_an_unknown_class(tmp_path, capsys, trained_2
     shutil.copytree(C2D / "test" / "timelapse", test / "mitochondria")
     out = tmp_path / "pred"
     capsys.readouterr()
-    assert main(["predict", "--checkpoint", str(trainer.best_checkpoint), "--input", str(test), "--output", str(out)]) == 2
+    assert (
+        main(["predict", "--checkpoint", str(trainer.best_checkpoint), "--input", str(test), "--output", str(out)]) == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(test / "mitochondria") in err and "not one of the model's classes" in err
     assert tree(out) == {}
 
 
 def test_bad_input_a_segmentation_model_for_classification(tmp_path, capsys):
-    refused(capsys, tmp_path, cls_config(tmp_path / "runs", small_tree(tmp_path), model={"name": "unet"}),
-            "'unet' is not a classifier")
+    refused(
+        capsys,
+        tmp_path,
+        cls_config(tmp_path / "runs", small_tree(tmp_path), model={"name": "unet"}),
+        "'unet' is not a classifier",
+    )
 
 
 def test_batch_command_classifies_a_folder_of_class_subfolders_and_resumes(tmp_path, capsys, trained_2d):
     trainer, _ = trained_2d
     capsys.readouterr()
-    argv = ["batch", "--checkpoint", str(trainer.best_checkpoint), "--input", str(C2D / "test"), "--output", str(tmp_path)]
+    argv = [
+        "batch",
+        "--checkpoint",
+        str(trainer.best_checkpoint),
+        "--input",
+        str(C2D / "test"),
+        "--output",
+        str(tmp_path),
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     (run,) = (tmp_path / "batch" / "results").iterdir()
@@ -346,7 +421,9 @@ def test_batch_command_classifies_a_folder_of_class_subfolders_and_resumes(tmp_p
     assert rows[0]["file"].split("/")[0] in CLASSES_2D  # named by their path inside the input folder
     # printed: the confusion matrix and precision, recall, F1 and support of every class
     assert "true \\ predicted" in out
-    assert all(re.search(rf"^{c}\s+[01]\.\d{{4}}\s+[01]\.\d{{4}}\s+[01]\.\d{{4}}\s+10$", out, re.M) for c in CLASSES_2D), out
+    assert all(
+        re.search(rf"^{c}\s+[01]\.\d{{4}}\s+[01]\.\d{{4}}\s+[01]\.\d{{4}}\s+10$", out, re.M) for c in CLASSES_2D
+    ), out
     # the same model on the same files as run_class_prediction: the same classes
     loaded = load_model(trainer.best_checkpoint)
     direct = run_class_prediction(loaded, class_test_items(C2D / "test", CLASSES_2D), tmp_path / "direct")
@@ -371,12 +448,26 @@ def test_cli_predict_prints_per_class_metrics_and_names_rows_by_their_sub_folder
         shutil.copy(f, test / "cryo_et" / f.name)
         shutil.copy(g, test / "timelapse" / f.name)
     capsys.readouterr()
-    assert main(["predict", "--checkpoint", str(trainer.best_checkpoint), "--input", str(test),
-                 "--output", str(tmp_path / "pred")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(trainer.best_checkpoint),
+                "--input",
+                str(test),
+                "--output",
+                str(tmp_path / "pred"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     rows = read_csv(next((tmp_path / "pred").rglob("predictions.csv")))
     names = [r["file"] for r in rows]
-    assert len(set(names)) == 20 and names == [f"cryo_et/{f.name}" for f in cryo] + [f"timelapse/{f.name}" for f in cryo]
+    assert len(set(names)) == 20 and names == [f"cryo_et/{f.name}" for f in cryo] + [
+        f"timelapse/{f.name}" for f in cryo
+    ]
     assert "true \\ predicted" in out and re.search(r"^timelapse(\s+\d+){4}$", out, re.M), out
     for c in ("cryo_et", "timelapse"):
         assert re.search(rf"^{c}\s+[01]\.\d{{4}}\s+[01]\.\d{{4}}\s+[01]\.\d{{4}}\s+10$", out, re.M), out
@@ -384,7 +475,9 @@ def test_cli_predict_prints_per_class_metrics_and_names_rows_by_their_sub_folder
     assert re.search(r"^macro(\s+[01]\.\d{4}){3}\s+20$", out, re.M), out
 
 
-def two_class_copy(root: Path, n_train: int, n_test: int = 0, n_val: int = 0, classes=("cryo_et", "he_histology")) -> Path:
+def two_class_copy(
+    root: Path, n_train: int, n_test: int = 0, n_val: int = 0, classes=("cryo_et", "he_histology")
+) -> Path:
     for split, n, src in (("train", n_train, "train"), ("val", n_val, "train"), ("test", n_test, "test")):
         for c in classes:
             files = sorted((C2D / src / c).glob("*.png"))
@@ -396,24 +489,35 @@ def two_class_copy(root: Path, n_train: int, n_test: int = 0, n_val: int = 0, cl
 
 
 def test_3d_simple_cnn_trains_a_step_and_predicts(tmp_path):
-    cfg = cls_config(tmp_path, C3D / "train", ndim=3, data={"patch_size": [16, 32, 32]},
-                     model={"name": "simple_cnn", "options": {"feature_maps": [4, 8]}},
-                     train={"epochs": 1, "steps_per_epoch": 1, "batch_size": 4})
+    cfg = cls_config(
+        tmp_path,
+        C3D / "train",
+        ndim=3,
+        data={"patch_size": [16, 32, 32]},
+        model={"name": "simple_cnn", "options": {"feature_maps": [4, 8]}},
+        train={"epochs": 1, "steps_per_epoch": 1, "batch_size": 4},
+    )
     trainer, reports = train(cfg)
     assert isinstance(reports[-1], DoneReport) and trainer.model.features[0].weight.ndim == 5
     loaded = load_model(trainer.best_checkpoint)
     res = run_class_prediction(loaded, class_test_items(C3D / "test", loaded.config.class_names), tmp_path / "res")
     rows = read_csv(res["predictions"])
-    assert [r["file"] for r in rows] == [f"{c}/{c}_{i:03d}.tif" for c in ("cryo_et", "fluorescence_nuclei") for i in range(4)]
+    assert [r["file"] for r in rows] == [
+        f"{c}/{c}_{i:03d}.tif" for c in ("cryo_et", "fluorescence_nuclei") for i in range(4)
+    ]
     assert all(abs(float(r["p_cryo_et"]) + float(r["p_fluorescence_nuclei"]) - 1) < 1e-4 for r in rows)
     assert res["confusion"].sum() == 8 and (tmp_path / "res" / "metrics.csv").exists()
 
 
 def test_efficientnet_b0_trains_through_the_trainer_and_predicts_the_test_folder(tmp_path, capsys):
     root = two_class_copy(tmp_path / "data", n_train=6, n_test=3)
-    cfg = cls_config(tmp_path / "runs", root / "train", model={"name": "efficientnet_b0"},
-                     data={"patch_size": [32, 32], "test_raw": str(root / "test")},
-                     train={"epochs": 1, "steps_per_epoch": 2, "batch_size": 4})
+    cfg = cls_config(
+        tmp_path / "runs",
+        root / "train",
+        model={"name": "efficientnet_b0"},
+        data={"patch_size": [32, 32], "test_raw": str(root / "test")},
+        train={"epochs": 1, "steps_per_epoch": 2, "batch_size": 4},
+    )
     capsys.readouterr()
     assert main(["train", str(cfg.save(tmp_path / "eff.yaml"))]) == 0
     out = capsys.readouterr().out
@@ -422,14 +526,20 @@ def test_efficientnet_b0_trains_through_the_trainer_and_predicts_the_test_folder
     assert loaded.config.model.name == "efficientnet_b0" and loaded.model.classifier.out_features == 2
     rows = read_csv(next((tmp_path / "runs" / "cls").rglob("predictions.csv")))
     assert len(rows) == 6 and {r["true_class"] for r in rows} == {"cryo_et", "he_histology"}
-    assert rows[0]["file"].startswith("cryo_et/") and re.search(r"^he_histology(\s+[01]\.\d{4}){3}\s+3$", out, re.M), out
+    assert rows[0]["file"].startswith("cryo_et/") and re.search(r"^he_histology(\s+[01]\.\d{4}){3}\s+3$", out, re.M), (
+        out
+    )
 
 
 def test_a_validation_folder_is_used(tmp_path, capsys):
     root = two_class_copy(tmp_path / "data", n_train=6, n_val=2)
-    cfg = cls_config(tmp_path / "runs", root / "train", data={"val_raw": str(root / "val"), "patch_size": [32, 32]},
-                     model={"name": "simple_cnn", "options": {"feature_maps": [4]}},
-                     train={"epochs": 1, "steps_per_epoch": 1, "batch_size": 4})
+    cfg = cls_config(
+        tmp_path / "runs",
+        root / "train",
+        data={"val_raw": str(root / "val"), "patch_size": [32, 32]},
+        model={"name": "simple_cnn", "options": {"feature_maps": [4]}},
+        train={"epochs": 1, "steps_per_epoch": 1, "batch_size": 4},
+    )
     trainer, reports = train(cfg)
     start = reports[0]
     assert start.n_train == 12 and start.n_val == 4  # every training image trained on, the folder's 4 validated
@@ -438,8 +548,13 @@ def test_a_validation_folder_is_used(tmp_path, capsys):
     assert epoch.metrics["accuracy"] in (0, 0.25, 0.5, 0.75, 1)
     # the validation folder's classes must be the training classes
     shutil.copytree(C2D / "train" / "timelapse", root / "val" / "timelapse")
-    refused(capsys, tmp_path, cls_config(tmp_path / "runs2", root / "train", data={"val_raw": str(root / "val")}),
-            root / "val" / "timelapse", "not one of the model's classes")
+    refused(
+        capsys,
+        tmp_path,
+        cls_config(tmp_path / "runs2", root / "train", data={"val_raw": str(root / "val")}),
+        root / "val" / "timelapse",
+        "not one of the model's classes",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -447,9 +562,13 @@ def tiny_model(tmp_path_factory):
     """A two-class simple CNN after one step: enough to predict (the prediction-time checks need no accuracy)."""
     tmp = tmp_path_factory.mktemp("tiny")
     root = two_class_copy(tmp / "data", n_train=4)
-    cfg = cls_config(tmp / "runs", root / "train", data={"patch_size": [32, 32]},
-                     model={"name": "simple_cnn", "options": {"feature_maps": [4]}},
-                     train={"epochs": 1, "steps_per_epoch": 1, "batch_size": 4})
+    cfg = cls_config(
+        tmp / "runs",
+        root / "train",
+        data={"patch_size": [32, 32]},
+        model={"name": "simple_cnn", "options": {"feature_maps": [4]}},
+        train={"epochs": 1, "steps_per_epoch": 1, "batch_size": 4},
+    )
     trainer, _ = train(cfg)
     return trainer.best_checkpoint
 
@@ -476,8 +595,9 @@ def test_bad_test_input_at_prediction_time_writes_nothing(tmp_path, capsys, tiny
         shutil.copy(C3D / "test" / "cryo_et" / "cryo_et_000.tif", test / "cryo_et" / "volume.tif")
         # the set is judged as a whole first, by the CLI as by the Predict dock
         names = ["The test set mixes 2D and 3D images", "cryo_et_000.png is 2D", test / "cryo_et" / "volume.tif"]
-        with pytest.raises(InputError, match="The test set mixes 2D and 3D images: .*cryo_et_000.png is 2D .* and "
-                                             ".*volume.tif is 3D"):
+        with pytest.raises(
+            InputError, match="The test set mixes 2D and 3D images: .*cryo_et_000.png is 2D .* and .*volume.tif is 3D"
+        ):
             check_test_items(load_model(tiny_model), class_test_items(test, ["cryo_et", "he_histology"]))
     capsys.readouterr()
     assert main(argv) == 2

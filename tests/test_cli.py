@@ -1,4 +1,5 @@
 """The command line, called in-process (`cli.main`), plus one call of the installed console script."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-
 from helpers import crop_folders, read_csv, tree
+
 from napari_bioflow.cli import main
 from napari_bioflow.config import RunConfig, commented_config, config_reference
 
@@ -23,11 +24,22 @@ def data(tmp_path_factory):
 
 def data_overrides(data, out: Path, name="cli") -> list[str]:
     (train_raw, train_label), (test_raw, test_label) = data["train"], data["test"]
-    sets = [f"name={name}", f"output_dir={out}", "device=cpu",
-            f"data.train_raw={train_raw}", f"data.train_label={train_label}",
-            f"data.test_raw={test_raw}", f"data.test_label={test_label}",
-            "data.patch_size=[64, 64]", "data.val_split=0.25", "model.options.feature_maps=[8, 16]",
-            "train.epochs=1", "train.steps_per_epoch=3", "train.batch_size=2", "predict.tile_size=[96, 96]"]
+    sets = [
+        f"name={name}",
+        f"output_dir={out}",
+        "device=cpu",
+        f"data.train_raw={train_raw}",
+        f"data.train_label={train_label}",
+        f"data.test_raw={test_raw}",
+        f"data.test_label={test_label}",
+        "data.patch_size=[64, 64]",
+        "data.val_split=0.25",
+        "model.options.feature_maps=[8, 16]",
+        "train.epochs=1",
+        "train.steps_per_epoch=3",
+        "train.batch_size=2",
+        "predict.tile_size=[96, 96]",
+    ]
     return [a for s in sets for a in ("--set", s)]
 
 
@@ -67,9 +79,15 @@ def test_init_writes_a_commented_config(tmp_path, capsys):
 def test_train_writes_the_experiment_folder(trained, data):
     root = trained["root"]
     files = trained["first"]
-    for rel in ("config_files/cli_1.yaml", "checkpoints/cli_1-checkpoint-best.pth", "checkpoints/cli_1-checkpoint-last.pth",
-                "results/cli_1/train_logs/cli_1_log.csv", "results/cli_1/charts/cli_1_loss.png",
-                "results/cli_1/charts/cli_1_iou_foreground.png", "results/cli_1/metrics.csv"):
+    for rel in (
+        "config_files/cli_1.yaml",
+        "checkpoints/cli_1-checkpoint-best.pth",
+        "checkpoints/cli_1-checkpoint-last.pth",
+        "results/cli_1/train_logs/cli_1_log.csv",
+        "results/cli_1/charts/cli_1_loss.png",
+        "results/cli_1/charts/cli_1_iou_foreground.png",
+        "results/cli_1/metrics.csv",
+    ):
         assert rel in files, rel
     res = root / "results" / "cli_1"
     for sub in ("charts", "train_logs", "per_image", "per_image_binarized"):
@@ -98,8 +116,12 @@ def test_second_run_gets_id_2_and_leaves_run_1_alone(trained):
     root = trained["root"]
     now = tree(root)
     assert {k: v for k, v in now.items() if k in trained["first"]} == trained["first"]
-    for rel in ("config_files/cli_2.yaml", "checkpoints/cli_2-checkpoint-best.pth", "results/cli_2/metrics.csv",
-                "results/cli_2/train_logs/cli_2_log.csv"):
+    for rel in (
+        "config_files/cli_2.yaml",
+        "checkpoints/cli_2-checkpoint-best.pth",
+        "results/cli_2/metrics.csv",
+        "results/cli_2/train_logs/cli_2_log.csv",
+    ):
         assert rel in now, rel
 
 
@@ -166,12 +188,31 @@ def test_predict_with_a_checkpoint_and_no_labels(trained, data, tmp_path, capsys
 def test_predict_with_a_config_and_labels(trained, data, tmp_path):
     ckpt = trained["root"] / "checkpoints" / "cli_1-checkpoint-best.pth"
     test_raw, test_label = data["test"]
-    cfg = RunConfig.from_dict({"name": "pred", "output_dir": str(tmp_path), "device": "cpu",
-                               "model": {"options": {"feature_maps": [8, 16]}},
-                               "predict": {"save_tiff": False, "tile_size": [96, 96]}})
+    cfg = RunConfig.from_dict(
+        {
+            "name": "pred",
+            "output_dir": str(tmp_path),
+            "device": "cpu",
+            "model": {"options": {"feature_maps": [8, 16]}},
+            "predict": {"save_tiff": False, "tile_size": [96, 96]},
+        }
+    )
     path = cfg.save(tmp_path / "p.yaml")
-    assert main(["predict", str(path), "--set", f"predict.checkpoint={ckpt}", "--input", str(test_raw),
-                 "--labels", str(test_label)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(path),
+                "--set",
+                f"predict.checkpoint={ckpt}",
+                "--input",
+                str(test_raw),
+                "--labels",
+                str(test_label),
+            ]
+        )
+        == 0
+    )
     res = tmp_path / "pred" / "results" / "pred_1"
     rows = read_csv(res / "metrics.csv")
     assert len(rows) == 3
@@ -179,7 +220,9 @@ def test_predict_with_a_config_and_labels(trained, data, tmp_path):
     assert len(list((res / "per_image").glob("*.zarr"))) == 2
     # the same checkpoint and tiles as the prediction after training: the same IoU
     trained_rows = read_csv(trained["root"] / "results/cli_1/metrics.csv")
-    assert [float(r["iou_foreground"]) for r in rows] == pytest.approx([float(r["iou_foreground"]) for r in trained_rows])
+    assert [float(r["iou_foreground"]) for r in rows] == pytest.approx(
+        [float(r["iou_foreground"]) for r in trained_rows]
+    )
 
 
 def test_help(capsys):
@@ -221,8 +264,12 @@ def test_console_script_entry_point(tmp_path):
     script = Path(sys.executable).parent / "napari-bioflow"
     assert script.is_file()
     out = tmp_path / "start.yaml"
-    proc = subprocess.run([str(script), "init", "semantic_segmentation", "--ndim", "3", "-o", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(script), "init", "semantic_segmentation", "--ndim", "3", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"wrote {out}" and proc.stderr == ""
     assert RunConfig.load(out).ndim == 3
@@ -231,8 +278,15 @@ def test_console_script_entry_point(tmp_path):
 def test_train_with_training_disabled_only_predicts(trained, data, tmp_path):
     ckpt = trained["root"] / "checkpoints" / "cli_1-checkpoint-best.pth"
     out = tmp_path / "runs"
-    argv = ["train", str(trained["cfg"]), *data_overrides(data, out, "only_predict"),
-            "--set", "train.enable=false", "--set", f"predict.checkpoint={ckpt}"]
+    argv = [
+        "train",
+        str(trained["cfg"]),
+        *data_overrides(data, out, "only_predict"),
+        "--set",
+        "train.enable=false",
+        "--set",
+        f"predict.checkpoint={ckpt}",
+    ]
     assert main(argv) == 0
     root = out / "only_predict"
     assert not list((root / "checkpoints").iterdir())  # nothing trained
@@ -240,6 +294,10 @@ def test_train_with_training_disabled_only_predicts(trained, data, tmp_path):
     assert len(read_csv(root / "results/only_predict_1/metrics.csv")) == 3
     assert len(list((root / "results/only_predict_1/per_image").glob("*.zarr"))) == 2
     # without a checkpoint there is nothing to predict with
-    assert main(["train", str(trained["cfg"]), *data_overrides(data, tmp_path / "none", "x"),
-                 "--set", "train.enable=false"]) == 2
+    assert (
+        main(
+            ["train", str(trained["cfg"]), *data_overrides(data, tmp_path / "none", "x"), "--set", "train.enable=false"]
+        )
+        == 2
+    )
     assert not (tmp_path / "none").exists()

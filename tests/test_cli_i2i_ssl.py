@@ -1,6 +1,7 @@
 """The command line on the image-to-image and self-supervised workflows: `init` configs for each, `train` and
 `predict` from YAML writing per_image/, degraded/, MAE_checks/ and metrics.csv, and bad input as one line, exit 2,
 nothing written. Real data: time-lapse frames t -> t+1 (tests/data) and the shipped BBBC007 crops."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,14 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-
 from helpers import crop_folders, read_csv, write_image
+
 from napari_bioflow.cli import main
 from napari_bioflow.config import RunConfig
 
 TIMELAPSE = Path(__file__).parent / "data" / "timelapse_2d_consecutive.tif"  # frames 15-18 of one crop
-TINY_MAE = {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "decoder_embed_dim": 16, "decoder_depth": 1,
-            "decoder_num_heads": 2}
+TINY_MAE = {
+    "patch_size": 8,
+    "embed_dim": 32,
+    "depth": 1,
+    "num_heads": 2,
+    "decoder_embed_dim": 16,
+    "decoder_depth": 1,
+    "decoder_num_heads": 2,
+}
 
 
 def sets(*items: str) -> list[str]:
@@ -46,9 +54,19 @@ def raws(tmp_path_factory):
 
 
 def tiny_run(out: Path, name: str, data: dict, *extra: str) -> list[str]:
-    items = [f"name={name}", f"output_dir={out}", "device=cpu", "data.patch_size=[64, 64]", "data.val_split=0.25",
-             "train.epochs=1", "train.steps_per_epoch=2", "train.batch_size=2", "predict.tile_size=[96, 96]",
-             *(f"data.{k}={v}" for k, v in data.items()), *extra]
+    items = [
+        f"name={name}",
+        f"output_dir={out}",
+        "device=cpu",
+        "data.patch_size=[64, 64]",
+        "data.val_split=0.25",
+        "train.epochs=1",
+        "train.steps_per_epoch=2",
+        "train.batch_size=2",
+        "predict.tile_size=[96, 96]",
+        *(f"data.{k}={v}" for k, v in data.items()),
+        *extra,
+    ]
     return sets(*items)
 
 
@@ -58,14 +76,17 @@ def init(tmp_path: Path, *args: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("args, workflow, pretext, model", [
-    (("image_to_image",), "image_to_image", "crappify", "unet"),
-    (("image_to_image", "--ndim", "3"), "image_to_image", "crappify", "unet"),
-    (("self_supervised",), "self_supervised", "crappify", "unet"),
-    (("self_supervised", "--pretext", "crappify", "--ndim", "3"), "self_supervised", "crappify", "unet"),
-    (("self_supervised", "--pretext", "masking"), "self_supervised", "masking", "mae"),
-    (("self_supervised", "--pretext", "masking", "--ndim", "3"), "self_supervised", "masking", "mae"),
-])
+@pytest.mark.parametrize(
+    "args, workflow, pretext, model",
+    [
+        (("image_to_image",), "image_to_image", "crappify", "unet"),
+        (("image_to_image", "--ndim", "3"), "image_to_image", "crappify", "unet"),
+        (("self_supervised",), "self_supervised", "crappify", "unet"),
+        (("self_supervised", "--pretext", "crappify", "--ndim", "3"), "self_supervised", "crappify", "unet"),
+        (("self_supervised", "--pretext", "masking"), "self_supervised", "masking", "mae"),
+        (("self_supervised", "--pretext", "masking", "--ndim", "3"), "self_supervised", "masking", "mae"),
+    ],
+)
 def test_init_writes_a_commented_config_per_workflow(tmp_path, args, workflow, pretext, model):
     path = init(tmp_path, *args)
     text = path.read_text()
@@ -106,7 +127,9 @@ def test_image_to_image_train_writes_per_image_and_metrics(i2i_run):
     res = i2i_run / "results" / "i2i_1"
     image = tifffile.imread(res / "per_image" / "t2.tif")
     assert image.shape == (1, 160, 160) and image.dtype == np.float32
-    assert (res / "per_image" / "t2.zarr" / "image").is_dir() and not (res / "per_image" / "t2.zarr" / "accumulator").exists()
+    assert (res / "per_image" / "t2.zarr" / "image").is_dir() and not (
+        res / "per_image" / "t2.zarr" / "accumulator"
+    ).exists()
     rows = read_csv(res / "metrics.csv")
     assert [r["image"] for r in rows] == ["t2.tif", "ALL (mean)"]
     assert np.isfinite(float(rows[0]["psnr"])) and -1 <= float(rows[0]["ssim"]) <= 1
@@ -116,13 +139,31 @@ def test_image_to_image_train_writes_per_image_and_metrics(i2i_run):
 def test_image_to_image_predict_command(i2i_run, pairs, tmp_path):
     ckpt = i2i_run / "checkpoints" / "i2i_1-checkpoint-best.pth"
     out = tmp_path / "pred"
-    assert main(["predict", "--checkpoint", str(ckpt), "--input", str(pairs["test_raw"]), "--labels",
-                 str(pairs["test_label"]), "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(ckpt),
+                "--input",
+                str(pairs["test_raw"]),
+                "--labels",
+                str(pairs["test_label"]),
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = out / "i2i" / "results" / "i2i_1"
-    np.testing.assert_allclose(tifffile.imread(res / "per_image" / "t2.tif"),
-                               tifffile.imread(i2i_run / "results" / "i2i_1" / "per_image" / "t2.tif"), atol=1e-5)
+    np.testing.assert_allclose(
+        tifffile.imread(res / "per_image" / "t2.tif"),
+        tifffile.imread(i2i_run / "results" / "i2i_1" / "per_image" / "t2.tif"),
+        atol=1e-5,
+    )
     assert float(read_csv(res / "metrics.csv")[0]["psnr"]) == pytest.approx(
-        float(read_csv(i2i_run / "results" / "i2i_1" / "metrics.csv")[0]["psnr"]), abs=1e-4)
+        float(read_csv(i2i_run / "results" / "i2i_1" / "metrics.csv")[0]["psnr"]), abs=1e-4
+    )
 
 
 def test_crappify_train_writes_degraded_restored_and_metrics(raws, tmp_path, capsys):
@@ -140,8 +181,23 @@ def test_crappify_train_writes_degraded_restored_and_metrics(raws, tmp_path, cap
     # `predict CONFIG` takes the prediction-time settings from that YAML: here, restore the images as they are
     ckpt = next((out / "crap" / "checkpoints").glob("*best.pth"))
     again = tmp_path / "again"
-    assert main(["predict", str(cfg), "--checkpoint", str(ckpt), "--input", str(raws["test_raw"]), "--output",
-                 str(again), "--set", "self_supervised.degrade_at_prediction=false"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(cfg),
+                "--checkpoint",
+                str(ckpt),
+                "--input",
+                str(raws["test_raw"]),
+                "--output",
+                str(again),
+                "--set",
+                "self_supervised.degrade_at_prediction=false",
+            ]
+        )
+        == 0
+    )
     (res2,) = (again / "my_self_supervised_crappify_2d" / "results").iterdir()
     assert (res2 / "per_image" / f"{stem}.tif").exists() and not (res2 / "degraded").exists()
     assert "psnr_degraded_input" not in (read_csv(res2 / "metrics.csv")[0] if (res2 / "metrics.csv").exists() else {})
@@ -152,15 +208,20 @@ def masking_run(raws, tmp_path_factory):
     work = tmp_path_factory.mktemp("mae_run")
     cfg = init(work, "self_supervised", "--pretext", "masking")
     out = work / "runs"
-    assert main(["train", str(cfg), *tiny_run(out, "mae", raws, *(f"model.options.{k}={v}" for k, v in TINY_MAE.items()))]) == 0
+    assert (
+        main(["train", str(cfg), *tiny_run(out, "mae", raws, *(f"model.options.{k}={v}" for k, v in TINY_MAE.items()))])
+        == 0
+    )
     return out / "mae"
 
 
 def test_masking_train_writes_the_mae_checks(masking_run, raws):
     res = masking_run / "results" / "mae_1"
     (stem,) = [p.name.split(".")[0] for p in raws["test_raw"].iterdir()]
-    checks = {n: tifffile.imread(res / "MAE_checks" / f"{stem}_{n}.tif")
-              for n in ("original", "masked", "reconstruction", "reconstruction_and_visible")}
+    checks = {
+        n: tifffile.imread(res / "MAE_checks" / f"{stem}_{n}.tif")
+        for n in ("original", "masked", "reconstruction", "reconstruction_and_visible")
+    }
     assert all(a.shape == (1, 128, 128) and a.dtype == np.float32 for a in checks.values())
     hidden = checks["masked"] == 0
     assert 0.3 < hidden.mean() < 0.7
@@ -191,18 +252,26 @@ def bad(tmp_path: Path, name: str, shape=None, channels=None, count=None) -> dic
     return out
 
 
-@pytest.mark.parametrize("case", ["count", "shape", "channels", "token", "mae_3d_on_2d", "mae_3d_on_2d_training",
-                                  "start_from"])
+@pytest.mark.parametrize(
+    "case", ["count", "shape", "channels", "token", "mae_3d_on_2d", "mae_3d_on_2d_training", "start_from"]
+)
 def test_bad_input_is_one_line_and_writes_nothing(case, raws, i2i_run, tmp_path, capsys):
     out = tmp_path / "runs"
     ckpt = i2i_run / "checkpoints" / "i2i_1-checkpoint-best.pth"
     if case in ("count", "shape", "channels"):
-        folders = bad(tmp_path, case, count=1 if case == "count" else None,
-                      shape=(150, 160) if case == "shape" else None, channels=2 if case == "channels" else None)
+        folders = bad(
+            tmp_path,
+            case,
+            count=1 if case == "count" else None,
+            shape=(150, 160) if case == "shape" else None,
+            channels=2 if case == "channels" else None,
+        )
         cfg, extra = init(tmp_path, "image_to_image"), ["model.options.feature_maps=[8, 16]"]
-        expected = {"count": [str(folders["train_raw"]), "2 image(s)", "holds 1"],
-                    "shape": [str(folders["train_label"] / "t0.tif"), "150x160", "160x160"],
-                    "channels": [str(folders["train_label"] / "t0.tif"), "2 channel(s)", "target_channels"]}[case]
+        expected = {
+            "count": [str(folders["train_raw"]), "2 image(s)", "holds 1"],
+            "shape": [str(folders["train_label"] / "t0.tif"), "150x160", "160x160"],
+            "channels": [str(folders["train_label"] / "t0.tif"), "2 channel(s)", "target_channels"],
+        }[case]
     else:
         folders = raws
         cfg = init(tmp_path, "self_supervised", "--pretext", "masking")
@@ -234,8 +303,22 @@ def test_predict_refuses_a_target_with_more_channels_than_the_model(i2i_run, pai
     frames = tifffile.imread(TIMELAPSE)
     write_image(labels / "t2.tif", np.stack([frames[3], frames[3]]))
     out = tmp_path / "pred"
-    assert main(["predict", "--checkpoint", str(ckpt), "--input", str(pairs["test_raw"]), "--labels", str(labels),
-                 "--output", str(out)]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(ckpt),
+                "--input",
+                str(pairs["test_raw"]),
+                "--labels",
+                str(labels),
+                "--output",
+                str(out),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(labels / "t2.tif") in err and "2 channel(s)" in err
     assert not out.exists()

@@ -1,4 +1,5 @@
 """The run config: YAML round trip, --set overrides, validation messages, generated reference, commented configs."""
+
 from pathlib import Path
 
 import pytest
@@ -17,17 +18,41 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def non_default_config(tmp_path) -> RunConfig:
-    return RunConfig.from_dict({
-        "name": "round.trip_3", "output_dir": str(tmp_path / "out"), "ndim": 3, "n_classes": 3,
-        "class_names": ["bg", "nucleus", "membrane"], "seed": 7, "device": "cpu",
-        "data": {"train_raw": str(tmp_path / "r"), "train_label": str(tmp_path / "l"), "patch_size": [8, 32, 48],
-                 "in_channels": 2, "normalization": "meanstd", "foreground_sampling": 0.5, "val_split": 0.2},
-        "model": {"name": "attention_unet", "options": {"feature_maps": [8, 16, 32], "norm": "batch", "dropout": 0.1}},
-        "train": {"epochs": 3, "patience": 2, "optimizer": "SGD", "learning_rate": 0.01, "scheduler": "one_cycle",
-                  "loss": "ce_dice", "steps_per_epoch": 5},
-        "augment": {"rotate90": False, "intensity": 0.3},
-        "predict": {"tile_size": [16, 64, 64], "overlap": 0.25, "tta": True, "z_filter": 3},
-    })
+    return RunConfig.from_dict(
+        {
+            "name": "round.trip_3",
+            "output_dir": str(tmp_path / "out"),
+            "ndim": 3,
+            "n_classes": 3,
+            "class_names": ["bg", "nucleus", "membrane"],
+            "seed": 7,
+            "device": "cpu",
+            "data": {
+                "train_raw": str(tmp_path / "r"),
+                "train_label": str(tmp_path / "l"),
+                "patch_size": [8, 32, 48],
+                "in_channels": 2,
+                "normalization": "meanstd",
+                "foreground_sampling": 0.5,
+                "val_split": 0.2,
+            },
+            "model": {
+                "name": "attention_unet",
+                "options": {"feature_maps": [8, 16, 32], "norm": "batch", "dropout": 0.1},
+            },
+            "train": {
+                "epochs": 3,
+                "patience": 2,
+                "optimizer": "SGD",
+                "learning_rate": 0.01,
+                "scheduler": "one_cycle",
+                "loss": "ce_dice",
+                "steps_per_epoch": 5,
+            },
+            "augment": {"rotate90": False, "intensity": 0.3},
+            "predict": {"tile_size": [16, 64, 64], "overlap": 0.25, "tta": True, "z_filter": 3},
+        }
+    )
 
 
 def test_yaml_round_trip_is_exact(tmp_path):
@@ -74,8 +99,18 @@ def test_apply_override_nested_and_typed():
 
 def test_overrides_win_over_the_file(tmp_path):
     path = RunConfig(train={"epochs": 50}).save(tmp_path / "c.yaml")
-    cfg = RunConfig.load(path, ["train.epochs=2", "train.learning_rate=1e-4", "data.train_raw=/x/raw",
-                                "ndim=3", "data.patch_size=[4,8,8]", "model.options.dropout=0.2", "device=cpu"])
+    cfg = RunConfig.load(
+        path,
+        [
+            "train.epochs=2",
+            "train.learning_rate=1e-4",
+            "data.train_raw=/x/raw",
+            "ndim=3",
+            "data.patch_size=[4,8,8]",
+            "model.options.dropout=0.2",
+            "device=cpu",
+        ],
+    )
     assert cfg.train.epochs == 2
     assert cfg.train.learning_rate == pytest.approx(1e-4)  # YAML reads '1e-4' as text; the model makes it a float
     assert cfg.data.train_raw == Path("/x/raw")
@@ -86,11 +121,14 @@ def test_overrides_win_over_the_file(tmp_path):
     assert RunConfig.load(path).train.epochs == 50
 
 
-@pytest.mark.parametrize("item, words", [
-    ("train.epochs", ["train.epochs", "section.field=value"]),
-    ("name.sub=3", ["name.sub=3", "'name' is not a section"]),
-    ("train.epochs=[1, 2", ["train.epochs=[1, 2", "not valid YAML"]),
-])
+@pytest.mark.parametrize(
+    "item, words",
+    [
+        ("train.epochs", ["train.epochs", "section.field=value"]),
+        ("name.sub=3", ["name.sub=3", "'name' is not a section"]),
+        ("train.epochs=[1, 2", ["train.epochs=[1, 2", "not valid YAML"]),
+    ],
+)
 def test_bad_override_is_an_input_error(item, words):
     with pytest.raises(InputError) as e:
         RunConfig.from_dict({"name": "x"}, [item])
@@ -98,22 +136,25 @@ def test_bad_override_is_an_input_error(item, words):
         assert w in str(e.value)
 
 
-@pytest.mark.parametrize("overrides, field", [
-    (["train.epochs=0"], "train.epochs"),
-    (["train.epoch=5"], "train.epoch"),  # a typo is refused, not ignored
-    (["data.normalization=zscore"], "data.normalization"),
-    (["train.optimizer=adam"], "train.optimizer"),
-    (["train.scheduler=cosine"], "train.scheduler"),
-    (["n_classes=1"], "n_classes"),
-    (["name=my run"], "name"),
-    (["data.val_split=1.5"], "data.val_split"),
-    (["ndim=4"], "ndim"),
-    (["ndim=3"], "data.patch_size"),  # 2 patch axes for a 3D config
-    (["predict.tile_size=[64]"], "predict.tile_size"),
-    (["class_names=[a, b, c]"], "class names"),
-    (["class_names=[a, a]"], "class_names"),
-    (["train.learning_rate=0"], "train.learning_rate"),
-])
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (["train.epochs=0"], "train.epochs"),
+        (["train.epoch=5"], "train.epoch"),  # a typo is refused, not ignored
+        (["data.normalization=zscore"], "data.normalization"),
+        (["train.optimizer=adam"], "train.optimizer"),
+        (["train.scheduler=cosine"], "train.scheduler"),
+        (["n_classes=1"], "n_classes"),
+        (["name=my run"], "name"),
+        (["data.val_split=1.5"], "data.val_split"),
+        (["ndim=4"], "ndim"),
+        (["ndim=3"], "data.patch_size"),  # 2 patch axes for a 3D config
+        (["predict.tile_size=[64]"], "predict.tile_size"),
+        (["class_names=[a, b, c]"], "class names"),
+        (["class_names=[a, a]"], "class_names"),
+        (["train.learning_rate=0"], "train.learning_rate"),
+    ],
+)
 def test_validation_errors_name_the_field(overrides, field):
     with pytest.raises(InputError) as e:
         RunConfig.from_dict({}, overrides, source="my.yaml")

@@ -1,6 +1,7 @@
 """Distributed training (DistributedDataParallel under torchrun), tested as a user runs it: `torchrun --standalone
 --nproc_per_node 2 -m napari_bioflow.cli train CONFIG` on 2 CPU processes (gloo, one torch thread each), against
 `napari-bioflow train CONFIG` in one process with the same config."""
+
 import os
 import re
 import subprocess
@@ -12,16 +13,18 @@ import pytest
 import tifffile
 import torch
 import yaml
-
-import napari_bioflow
 from ddp_worker import UNEVEN
 from helpers import crop_folders, read_csv, run_all, tree
-from napari_bioflow.config import RunConfig
-from napari_bioflow.engine.train.checkpoint import read_checkpoint
-from napari_bioflow.engine.train import Trainer
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                                reason="torch.distributed with gloo is not available")
+import napari_bioflow
+from napari_bioflow.config import RunConfig
+from napari_bioflow.engine.train import Trainer
+from napari_bioflow.engine.train.checkpoint import read_checkpoint
+
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="torch.distributed with gloo is not available",
+)
 
 SRC = Path(napari_bioflow.__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -36,15 +39,20 @@ TOL = 1e-5
 
 def env() -> dict:
     e = dict(os.environ)
-    e.update(PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), e.get("PYTHONPATH")])),
-             OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    e.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), e.get("PYTHONPATH")])),
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+    )
     return e
 
 
 def launch(*commands, cwd: Path) -> list[str]:
     """Run the commands side by side (most of their time is importing torch); return their stdouts."""
-    procs = [subprocess.Popen(c, cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for c in commands]
+    procs = [
+        subprocess.Popen(c, cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for c in commands
+    ]
     outs = []
     for proc in procs:
         try:
@@ -61,12 +69,22 @@ def launch(*commands, cwd: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ddp")
-    (train_raw, train_label), (test_raw, test_label) = (crop_folders(root / "train", "train", size=128),
-                                                         crop_folders(root / "test", "test", size=128))
+    (train_raw, train_label), (test_raw, test_label) = (
+        crop_folders(root / "train", "train", size=128),
+        crop_folders(root / "test", "test", size=128),
+    )
     cfg = {
-        "name": "ddp", "device": "cpu", "seed": 0,
-        "data": {"train_raw": str(train_raw), "train_label": str(train_label), "test_raw": str(test_raw),
-                 "test_label": str(test_label), "patch_size": [64, 64], "val_split": 0.25},
+        "name": "ddp",
+        "device": "cpu",
+        "seed": 0,
+        "data": {
+            "train_raw": str(train_raw),
+            "train_label": str(train_label),
+            "test_raw": str(test_raw),
+            "test_label": str(test_label),
+            "patch_size": [64, 64],
+            "val_split": 0.25,
+        },
         "model": {"options": {"feature_maps": [4, 8]}},
         # augmentation stays on: every rank augments the global batch with the single process's generator
         "train": {"epochs": 2, "patience": 0, "batch_size": 4, "steps_per_epoch": 3, "learning_rate": 3e-3},
@@ -79,8 +97,11 @@ def config(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def runs(config):
     work = config.parent
-    single, multi = launch([sys.executable, "-m", "napari_bioflow.cli", "train", str(config), "--set", "output_dir=single"],
-                           [*TORCHRUN, "-m", "napari_bioflow.cli", "train", str(config), "--set", "output_dir=multi"], cwd=work)
+    single, multi = launch(
+        [sys.executable, "-m", "napari_bioflow.cli", "train", str(config), "--set", "output_dir=single"],
+        [*TORCHRUN, "-m", "napari_bioflow.cli", "train", str(config), "--set", "output_dir=multi"],
+        cwd=work,
+    )
     return {"single": (work / "single" / "ddp", single), "multi": (work / "multi" / "ddp", multi)}
 
 
@@ -99,8 +120,14 @@ def test_both_ranks_train_and_only_rank_0_prints_and_writes(runs):
     files = sorted(tree(root))
     assert sorted(p.name for p in root.parent.iterdir()) == ["ddp"]
     assert [f for f in files if f.startswith(("config_files", "checkpoints"))] == [
-        "checkpoints/ddp_1-checkpoint-best.pth", "checkpoints/ddp_1-checkpoint-last.pth", "config_files/ddp_1.yaml"]
-    assert [f for f in files if f.endswith(".csv")] == ["results/ddp_1/metrics.csv", "results/ddp_1/train_logs/ddp_1_log.csv"]
+        "checkpoints/ddp_1-checkpoint-best.pth",
+        "checkpoints/ddp_1-checkpoint-last.pth",
+        "config_files/ddp_1.yaml",
+    ]
+    assert [f for f in files if f.endswith(".csv")] == [
+        "results/ddp_1/metrics.csv",
+        "results/ddp_1/train_logs/ddp_1_log.csv",
+    ]
     assert sorted(p.name for p in (root / "results").iterdir()) == ["ddp_1"]
     assert len(read_csv(root / "results/ddp_1/train_logs/ddp_1_log.csv")) == 2
     # the same files as the single-process run
@@ -110,8 +137,11 @@ def test_both_ranks_train_and_only_rank_0_prints_and_writes(runs):
 def test_result_matches_the_single_process_run(runs):
     (single, _), (multi, _) = runs["single"], runs["multi"]
     # the logged losses and validation metrics
-    for a, b in zip(read_csv(single / "results/ddp_1/train_logs/ddp_1_log.csv"),
-                    read_csv(multi / "results/ddp_1/train_logs/ddp_1_log.csv"), strict=True):
+    for a, b in zip(
+        read_csv(single / "results/ddp_1/train_logs/ddp_1_log.csv"),
+        read_csv(multi / "results/ddp_1/train_logs/ddp_1_log.csv"),
+        strict=True,
+    ):
         for key in ("train_loss", "val_loss", "iou_foreground", "iou_mean", "learning_rate"):
             assert float(a[key]) == pytest.approx(float(b[key]), rel=TOL, abs=TOL), key
     # the weights: the same tensor names (no DDP 'module.' prefix), the same values
@@ -143,17 +173,23 @@ def test_a_cancel_on_one_rank_stops_every_rank_at_the_same_batch(worker):
     lines, out_dir = worker
     # rank 1 alone cancelled after step 1 of epoch 2: both ranks stop before step 2 (3 + 1 steps), epoch 1 kept
     assert [ln for ln in lines if " cancel " in ln] == [
-        f"[rank {r}] cancel reason=cancelled epochs_run=1 steps=4 run=cancel_1 world=2" for r in (0, 1)]
+        f"[rank {r}] cancel reason=cancelled epochs_run=1 steps=4 run=cancel_1 world=2" for r in (0, 1)
+    ]
     assert sorted(tree(out_dir / "cancel")) == [
-        "checkpoints/cancel_1-checkpoint-best.pth", "checkpoints/cancel_1-checkpoint-last.pth",
-        "config_files/cancel_1.yaml", "results/cancel_1/charts/cancel_1_iou_foreground.png",
-        "results/cancel_1/charts/cancel_1_loss.png", "results/cancel_1/train_logs/cancel_1_log.csv"]
+        "checkpoints/cancel_1-checkpoint-best.pth",
+        "checkpoints/cancel_1-checkpoint-last.pth",
+        "config_files/cancel_1.yaml",
+        "results/cancel_1/charts/cancel_1_iou_foreground.png",
+        "results/cancel_1/charts/cancel_1_loss.png",
+        "results/cancel_1/train_logs/cancel_1_log.csv",
+    ]
 
 
 def test_early_stopping_stops_every_rank_together(worker):
     lines, _ = worker
     assert [ln for ln in lines if " early_stop " in ln] == [
-        f"[rank {r}] early_stop reason=early_stopped epochs_run=2 steps=6 run=early_1 world=2" for r in (0, 1)]
+        f"[rank {r}] early_stop reason=early_stopped epochs_run=2 steps=6 run=early_1 world=2" for r in (0, 1)
+    ]
 
 
 def test_a_batch_split_unevenly_matches_one_process_tensor_by_tensor(worker, config, tmp_path):
@@ -161,7 +197,8 @@ def test_a_batch_split_unevenly_matches_one_process_tensor_by_tensor(worker, con
     # 3 patches split 2 + 1, each rank's loss weighted by its share: the same gradient as one process; with SGD
     # (no tensor's rounding noise amplified) every tensor matches, the conv biases before a norm included
     assert [ln for ln in lines if " uneven " in ln] == [
-        f"[rank {r}] uneven reason=finished epochs_run=2 steps=6 run=uneven_1 world=2" for r in (0, 1)]
+        f"[rank {r}] uneven reason=finished epochs_run=2 steps=6 run=uneven_1 world=2" for r in (0, 1)
+    ]
     cfg = RunConfig.load(config, [f"output_dir={tmp_path}", "data.test_raw=null", "data.test_label=null", *UNEVEN])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each rank
@@ -196,7 +233,8 @@ def test_a_process_that_joined_the_group_leaves_it_at_exit(tmp_path):
     script.write_text(JOIN_AND_EXIT)
     (out,) = launch([*TORCHRUN, str(script)], cwd=tmp_path)  # exit code 0 on both ranks (checked by launch)
     assert sorted(ln for ln in out.splitlines() if " at exit " in ln) == [
-        f"[rank {r}] at exit the group is left: True" for r in (0, 1)]
+        f"[rank {r}] at exit the group is left: True" for r in (0, 1)
+    ]
 
 
 def test_without_torchrun_the_context_changes_nothing(monkeypatch):
@@ -215,8 +253,8 @@ def test_without_torchrun_the_context_changes_nothing(monkeypatch):
 
 
 def test_a_batch_smaller_than_the_process_count_is_refused(monkeypatch):
-    from napari_bioflow.engine.train.distributed import setup
     from napari_bioflow.engine.errors import InputError
+    from napari_bioflow.engine.train.distributed import setup
 
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", "0")

@@ -1,5 +1,6 @@
 """A workflow is one module: a small extra workflow, declared here and nowhere else, goes through `init`, `train`,
 `predict`, `batch` and the Train/Predict docks. If a front end knew the workflows by name, this would fail."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,6 +19,7 @@ from napari_bioflow.engine.workflows.spec import Output
 
 class IdentityThreshold(ImageToImage):
     """Identity image to image (the target is the raw image) with one more output: the pixels above the mean."""
+
     name = "identity_threshold"
     title = "identity with a threshold"
     order = 50
@@ -73,10 +75,28 @@ def test_the_extra_workflow_through_the_command_line(extra, tmp_path, nuclei, ca
     assert "workflow: identity_threshold" in text and "# Identity image to image with a threshold output" in text
     assert RunConfig.load(config).train.loss == "mse"
     out = tmp_path / "runs"
-    sets = ["--set", f"data.train_raw={raw}", "--set", f"data.train_label={target}", "--set", f"output_dir={out}",
-            "--set", "data.patch_size=[64,64]", "--set", f"model.options={{feature_maps: {TINY_MODEL['feature_maps']}}}",
-            "--set", "train.epochs=1", "--set", "train.steps_per_epoch=2", "--set", "train.batch_size=2",
-            "--set", "device=cpu", "--set", "data.val_split=0.5"]
+    sets = [
+        "--set",
+        f"data.train_raw={raw}",
+        "--set",
+        f"data.train_label={target}",
+        "--set",
+        f"output_dir={out}",
+        "--set",
+        "data.patch_size=[64,64]",
+        "--set",
+        f"model.options={{feature_maps: {TINY_MODEL['feature_maps']}}}",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.steps_per_epoch=2",
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "device=cpu",
+        "--set",
+        "data.val_split=0.5",
+    ]
     assert main(["train", str(config), *sets]) == 0, capsys.readouterr().err
     checkpoint = out / "my_identity" / "checkpoints" / "my_identity_1-checkpoint-best.pth"
     assert checkpoint.is_file()
@@ -84,8 +104,24 @@ def test_the_extra_workflow_through_the_command_line(extra, tmp_path, nuclei, ca
     assert "# identity with a threshold" in capsys.readouterr().out
 
     # predict: the workflow's own output is written, its metric reported
-    assert main(["predict", "--checkpoint", str(checkpoint), "--input", str(raw), "--labels", str(target),
-                 "--output", str(tmp_path / "pred"), "--set", "name=p"]) == 0, capsys.readouterr().err
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(checkpoint),
+                "--input",
+                str(raw),
+                "--labels",
+                str(target),
+                "--output",
+                str(tmp_path / "pred"),
+                "--set",
+                "name=p",
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     results = tmp_path / "pred" / "p" / "results" / "p_1"
     for i, size in ((0, 96), (1, 96)):
         mask = tifffile.imread(results / "above_mean" / f"img_{i}.tif")
@@ -96,8 +132,22 @@ def test_the_extra_workflow_through_the_command_line(extra, tmp_path, nuclei, ca
     assert [r["image"] for r in rows[:2]] == ["img_0.tif", "img_1.tif"] and 0 < float(rows[0]["fraction_above"]) < 1
 
     # batch, this process: the same outputs for every file
-    assert main(["batch", "--checkpoint", str(checkpoint), "--input", str(raw), "--output", str(tmp_path / "batch"),
-                 "--device", "cpu"]) == 0, capsys.readouterr().err
+    assert (
+        main(
+            [
+                "batch",
+                "--checkpoint",
+                str(checkpoint),
+                "--input",
+                str(raw),
+                "--output",
+                str(tmp_path / "batch"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     run_dir = tmp_path / "batch" / "batch" / "results" / "batch_1"
     assert sorted(p.name for p in (run_dir / "above_mean").iterdir()) == ["img_0.tif", "img_1.tif"]
 

@@ -3,6 +3,7 @@ or nuclei volume is the raw image, the real image the target. The 2D U-Net beats
 held-aside pair; EDSR, RCAN and DFCAN train and predict; a 3D U-Net trains and predicts; L1 and MSE are the losses
 they claim to be; multi-channel raw and target work; mismatched pairs are refused before anything is written.
 """
+
 import math
 import re
 from pathlib import Path
@@ -10,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from helpers import NUCLEI, read_csv, reports_of, run_all, tiny_config, tree
 from scipy.ndimage import gaussian_filter
 
-from helpers import NUCLEI, read_csv, reports_of, run_all, tiny_config, tree
 from napari_bioflow.config import RunConfig
-from napari_bioflow.engine.train.checkpoint import load_model, read_checkpoint
+from napari_bioflow.engine.data.sources import folder_pairs, make_sample
 from napari_bioflow.engine.errors import InputError
 from napari_bioflow.engine.predict.inference import predict_array, predict_files
-from napari_bioflow.engine.data.sources import folder_pairs, make_sample
 from napari_bioflow.engine.train import DoneReport, EpochReport, StartReport, Trainer
+from napari_bioflow.engine.train.checkpoint import load_model, read_checkpoint
 
 DATA = Path(__file__).parent / "data"
 TIMELAPSE = DATA / "timelapse_2d_crops.tif"  # four real 160x160 crops of the time-lapse (see data/ATTRIBUTION.md)
@@ -75,18 +76,30 @@ def i2i_config(output_dir: Path, pairs: tuple[Path, Path], **sections):
 def unet_2d(tmp_path_factory):
     root = tmp_path_factory.mktemp("i2i2d")
     pairs = write_pairs(root, {"train": [0, 1], "val": [2], "test": [3]})
-    cfg = RunConfig.from_dict({
-        "workflow": "image_to_image", "name": "restore", "output_dir": str(root / "out"), "device": "cpu", "seed": 0,
-        "data": {"train_raw": str(pairs["train"][0]), "train_label": str(pairs["train"][1]),
-                 "val_raw": str(pairs["val"][0]), "val_label": str(pairs["val"][1]), "patch_size": [64, 64]},
-        "model": {"options": dict(UNET)},
-        "train": {"epochs": 4, "patience": 0, "batch_size": 4, "steps_per_epoch": 10, "learning_rate": 3e-3},
-    })
+    cfg = RunConfig.from_dict(
+        {
+            "workflow": "image_to_image",
+            "name": "restore",
+            "output_dir": str(root / "out"),
+            "device": "cpu",
+            "seed": 0,
+            "data": {
+                "train_raw": str(pairs["train"][0]),
+                "train_label": str(pairs["train"][1]),
+                "val_raw": str(pairs["val"][0]),
+                "val_label": str(pairs["val"][1]),
+                "patch_size": [64, 64],
+            },
+            "model": {"options": dict(UNET)},
+            "train": {"epochs": 4, "patience": 0, "batch_size": 4, "steps_per_epoch": 10, "learning_rate": 3e-3},
+        }
+    )
     trainer = Trainer(cfg)
     reports = run_all(trainer)
     (done,) = reports_of(reports, DoneReport)
-    results = list(predict_files(load_model(done.checkpoint), folder_pairs(*pairs["test"], "test"),
-                                 trainer.experiment.results))
+    results = list(
+        predict_files(load_model(done.checkpoint), folder_pairs(*pairs["test"], "test"), trainer.experiment.results)
+    )
     return trainer, reports, results, pairs
 
 
@@ -99,9 +112,11 @@ def test_2d_unet_beats_the_identity_baseline_on_a_held_aside_pair(unet_2d):
     prediction = tifffile.imread(out / "per_image" / "crop3.tif")
     assert prediction.shape == (1, 160, 160) and prediction.dtype == np.float32
     m = result.metrics
-    print(f"\nimage to image 2D on a held-aside pair: U-Net {m['psnr']:.2f} dB (SSIM {m['ssim']:.3f}), identity "
-          f"{identity:.2f} dB (SSIM of the raw image {_ssim(raw, target):.3f}); validation PSNR by epoch "
-          f"{[round(e.metrics['psnr'], 2) for e in reports_of(reports, EpochReport)]}")
+    print(
+        f"\nimage to image 2D on a held-aside pair: U-Net {m['psnr']:.2f} dB (SSIM {m['ssim']:.3f}), identity "
+        f"{identity:.2f} dB (SSIM of the raw image {_ssim(raw, target):.3f}); validation PSNR by epoch "
+        f"{[round(e.metrics['psnr'], 2) for e in reports_of(reports, EpochReport)]}"
+    )
     # the engine's PSNR is that of the written prediction, in the target's intensities
     assert m["psnr"] == pytest.approx(psnr(prediction[0], target), abs=1e-6)
     assert 0 < m["ssim"] <= 1
@@ -115,8 +130,9 @@ def test_2d_unet_beats_the_identity_baseline_on_a_held_aside_pair(unet_2d):
     # the zarr store behind the viewer layer holds the same image
     import zarr
 
-    np.testing.assert_array_equal(zarr.open_array(str(out / "per_image" / "crop3.zarr" / "image"), mode="r")[...],
-                                  prediction)
+    np.testing.assert_array_equal(
+        zarr.open_array(str(out / "per_image" / "crop3.zarr" / "image"), mode="r")[...], prediction
+    )
 
 
 def test_2d_unet_validation_psnr_rises_and_is_logged(unet_2d):
@@ -154,9 +170,13 @@ def small_pairs(tmp_path_factory):
 
 @pytest.mark.parametrize("loss", ["l1", "mse"])
 def test_l1_and_mse_losses(tmp_path, small_pairs, loss):
-    cfg = i2i_config(tmp_path, small_pairs["train"], data={"val_raw": str(small_pairs["val"][0]),
-                     "val_label": str(small_pairs["val"][1]), "patch_size": [64, 64]},
-                     model={"options": dict(UNET)}, train={"loss": loss, "epochs": 2})
+    cfg = i2i_config(
+        tmp_path,
+        small_pairs["train"],
+        data={"val_raw": str(small_pairs["val"][0]), "val_label": str(small_pairs["val"][1]), "patch_size": [64, 64]},
+        model={"options": dict(UNET)},
+        train={"loss": loss, "epochs": 2},
+    )
     trainer = Trainer(cfg)
     epochs = reports_of(run_all(trainer), EpochReport)
     for e in epochs:
@@ -175,8 +195,13 @@ def test_l1_and_mse_losses(tmp_path, small_pairs, loss):
 
 @pytest.mark.parametrize("name", sorted(RESTORATION))
 def test_restoration_models_train_and_predict(tmp_path, small_pairs, name):
-    cfg = i2i_config(tmp_path, small_pairs["train"], data={"patch_size": [32, 32], "val_split": 0.5},
-                     model={"name": name, "options": RESTORATION[name]}, train={"epochs": 1, "steps_per_epoch": 2})
+    cfg = i2i_config(
+        tmp_path,
+        small_pairs["train"],
+        data={"patch_size": [32, 32], "val_split": 0.5},
+        model={"name": name, "options": RESTORATION[name]},
+        train={"epochs": 1, "steps_per_epoch": 2},
+    )
     trainer = Trainer(cfg)
     reports = run_all(trainer)
     (epoch,) = reports_of(reports, EpochReport)
@@ -205,13 +230,20 @@ def test_multichannel_raw_and_target(tmp_path, in_channels, target_channels):
         tifffile.imwrite(raw_dir / f"crop{i}.tif", degraded[0] if in_channels == 1 else np.stack(degraded, -1))
         target = frames[i] if target_channels == 1 else np.stack([frames[i], gaussian_filter(frames[i], 2)], -1)
         tifffile.imwrite(target_dir / f"crop{i}.tif", target)
-    cfg = i2i_config(tmp_path / "out", (raw_dir, target_dir), data={"patch_size": [32, 32], "in_channels": in_channels,
-                     "target_channels": target_channels}, train={"epochs": 1, "steps_per_epoch": 2})
+    cfg = i2i_config(
+        tmp_path / "out",
+        (raw_dir, target_dir),
+        data={"patch_size": [32, 32], "in_channels": in_channels, "target_channels": target_channels},
+        train={"epochs": 1, "steps_per_epoch": 2},
+    )
     trainer = Trainer(cfg)
     reports = run_all(trainer)
     assert np.isfinite(reports_of(reports, EpochReport)[0].metrics["psnr"])
-    results = list(predict_files(load_model(reports[-1].checkpoint), folder_pairs(raw_dir, target_dir, "test"),
-                                 trainer.experiment.results))
+    results = list(
+        predict_files(
+            load_model(reports[-1].checkpoint), folder_pairs(raw_dir, target_dir, "test"), trainer.experiment.results
+        )
+    )
     assert len(results) == 2
     for r in results:
         assert np.isfinite(r.metrics["psnr"]) and np.isfinite(r.metrics["ssim"])
@@ -230,22 +262,32 @@ def test_3d_unet_trains_and_predicts(tmp_path):
         (tmp_path / role / "target").mkdir(parents=True)
         tifffile.imwrite(tmp_path / role / "raw" / "vol.tif", degrade(clean, seed=len(role)))
         tifffile.imwrite(tmp_path / role / "target" / "vol.tif", clean)
-    cfg = tiny_config(tmp_path / "out", tmp_path / "train/raw", tmp_path / "train/target", workflow="image_to_image",
-                      ndim=3, data={"patch_size": [8, 32, 32], "val_split": 0.34},
-                      model={"options": {**UNET, "feature_maps": [8, 16]}},
-                      train={"epochs": 2, "steps_per_epoch": 3, "batch_size": 2})
+    cfg = tiny_config(
+        tmp_path / "out",
+        tmp_path / "train/raw",
+        tmp_path / "train/target",
+        workflow="image_to_image",
+        ndim=3,
+        data={"patch_size": [8, 32, 32], "val_split": 0.34},
+        model={"options": {**UNET, "feature_maps": [8, 16]}},
+        train={"epochs": 2, "steps_per_epoch": 3, "batch_size": 2},
+    )
     trainer = Trainer(cfg)
     reports = run_all(trainer)
     (start,) = reports_of(reports, StartReport)
     assert (start.n_train, start.n_val) == (1, 1)
-    (result,) = predict_files(load_model(reports[-1].checkpoint),
-                              folder_pairs(tmp_path / "test/raw", tmp_path / "test/target", "test"),
-                              trainer.experiment.results)
+    (result,) = predict_files(
+        load_model(reports[-1].checkpoint),
+        folder_pairs(tmp_path / "test/raw", tmp_path / "test/target", "test"),
+        trainer.experiment.results,
+    )
     prediction = tifffile.imread(trainer.experiment.results / "per_image" / "vol.tif")
     assert prediction.shape == (1, 16, 64, 128)
     identity = psnr(tifffile.imread(tmp_path / "test/raw/vol.tif"), parts["test"])
-    print(f"\nimage to image 3D on a held-aside nuclei crop: U-Net {result.metrics['psnr']:.2f} dB, "
-          f"identity {identity:.2f} dB")
+    print(
+        f"\nimage to image 3D on a held-aside nuclei crop: U-Net {result.metrics['psnr']:.2f} dB, "
+        f"identity {identity:.2f} dB"
+    )
     assert np.isfinite(result.metrics["psnr"]) and np.isfinite(result.metrics["ssim"])
     assert result.metrics["psnr"] == pytest.approx(psnr(prediction[0], parts["test"]), abs=1e-6)
     # six steps learn little (18 steps of a [16, 32] U-Net gained 1.8 to 3.5 dB), but the prediction is mapped back
@@ -278,8 +320,10 @@ def test_raw_and_target_counts_differ(tmp_path, bad_pairs):
     raw_dir, target_dir = bad_pairs
     (target_dir / "crop1.tif").unlink()
     cfg = i2i_config(tmp_path / "out", bad_pairs)
-    message = re.escape(f"The training raw folder {raw_dir} holds 2 image(s) and the training label folder "
-                        f"{target_dir} holds 1, which do not pair one to one by file name (no label for crop1.tif)")
+    message = re.escape(
+        f"The training raw folder {raw_dir} holds 2 image(s) and the training label folder "
+        f"{target_dir} holds 1, which do not pair one to one by file name (no label for crop1.tif)"
+    )
     with pytest.raises(InputError, match=message):
         run_all(Trainer(cfg))
     assert not (tmp_path / "out").exists()

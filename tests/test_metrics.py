@@ -1,4 +1,5 @@
 """IoU per class and mean, on small arrays computed by hand."""
+
 import numpy as np
 import pytest
 
@@ -7,10 +8,8 @@ from napari_bioflow.engine.workflows.semantic import SegmentationMetrics
 
 
 def test_binary_iou_by_hand():
-    target = np.array([[0, 0, 1, 1],
-                       [0, 0, 1, 1]])
-    pred = np.array([[0, 1, 1, 1],
-                     [0, 0, 0, 1]])
+    target = np.array([[0, 0, 1, 1], [0, 0, 1, 1]])
+    pred = np.array([[0, 1, 1, 1], [0, 0, 0, 1]])
     # class 1: predicted {(0,1),(0,2),(0,3),(1,3)}, true {(0,2),(0,3),(1,2),(1,3)}: inter 3, union 5
     # class 0: predicted {(0,0),(1,0),(1,1),(1,2)}, true {(0,0),(0,1),(1,0),(1,1)}: inter 3, union 5
     m = iou(pred, target, 2)
@@ -67,8 +66,13 @@ def test_accumulated_counts_pool_pixels_not_averages():
 
 def test_iou_from_counts_and_nd_inputs():
     m = iou_from_counts(np.array([5, 0, 2]), np.array([10, 0, 8]))
-    assert m == {"iou_class_0": 0.5, "iou_class_1": 1.0, "iou_class_2": 0.25,
-                 "iou_mean": pytest.approx((0.5 + 1 + 0.25) / 3), "iou_foreground": pytest.approx(0.625)}
+    assert m == {
+        "iou_class_0": 0.5,
+        "iou_class_1": 1.0,
+        "iou_class_2": 0.25,
+        "iou_mean": pytest.approx((0.5 + 1 + 0.25) / 3),
+        "iou_foreground": pytest.approx(0.625),
+    }
     rng = np.random.default_rng(0)
     t = rng.integers(0, 3, (4, 5, 6))
     p = rng.integers(0, 3, (4, 5, 6))

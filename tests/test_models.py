@@ -3,8 +3,14 @@ import json
 import pytest
 import torch
 
-from napari_bioflow.engine.models import UnknownModelError, create_model, list_models, model_info, register_model
-from napari_bioflow.engine.models import registry
+from napari_bioflow.engine.models import (
+    UnknownModelError,
+    create_model,
+    list_models,
+    model_info,
+    register_model,
+    registry,
+)
 
 SHAPES = {2: (2, 64, 64), 3: (1, 16, 32, 32)}  # (N, spatial...) of the test inputs
 
@@ -67,8 +73,16 @@ def test_forward_and_backward(name, ndim, in_channels, out_channels):
 
 def test_state_dict_names_are_stable():
     keys = create_model("attention_unet", ndim=2, in_channels=1, out_channels=1).state_dict().keys()
-    for key in ["encoder.0.conv1.weight", "encoder.0.norm1.weight", "encoder.4.conv2.bias", "decoder.0.up.weight",
-                "decoder.0.up_norm.weight", "decoder.0.gate.psi.weight", "decoder.3.conv1.weight", "head.weight"]:
+    for key in [
+        "encoder.0.conv1.weight",
+        "encoder.0.norm1.weight",
+        "encoder.4.conv2.bias",
+        "decoder.0.up.weight",
+        "decoder.0.up_norm.weight",
+        "decoder.0.gate.psi.weight",
+        "decoder.3.conv1.weight",
+        "head.weight",
+    ]:
         assert key in keys
     assert "encoder.0.shortcut.weight" in create_model("resunet", ndim=2, in_channels=1, out_channels=1).state_dict()
 
@@ -89,8 +103,15 @@ def test_options_2d(options):
 
 
 def test_anisotropic_z_down_3d():
-    model = create_model("unet", ndim=3, in_channels=1, out_channels=1, feature_maps=[4, 8, 16],
-                         z_down=[False, True], upsample="trilinear")
+    model = create_model(
+        "unet",
+        ndim=3,
+        in_channels=1,
+        out_channels=1,
+        feature_maps=[4, 8, 16],
+        z_down=[False, True],
+        upsample="trilinear",
+    )
     assert model.size_divisor == 4
     assert model(torch.randn(1, 1, 2, 16, 16)).shape == (1, 1, 2, 16, 16)  # Z needs only a multiple of 2
     with pytest.raises(ValueError, match=r"input size \(3, 16, 16\) is not a multiple of \(2, 4, 4\)"):
@@ -145,8 +166,13 @@ def test_ndim_restriction(monkeypatch):
 
 def test_model_info_lists_defaults():
     assert model_info("unet") == {
-        "feature_maps": [16, 32, 64, 128, 256], "norm": "instance", "activation": "elu", "dropout": 0.0,
-        "kernel_size": 3, "upsample": "transpose", "z_down": True,
+        "feature_maps": [16, 32, 64, 128, 256],
+        "norm": "instance",
+        "activation": "elu",
+        "dropout": 0.0,
+        "kernel_size": 3,
+        "upsample": "transpose",
+        "z_down": True,
     }
 
 

@@ -10,8 +10,16 @@ TINY = {
     "edsr": {"n_feats": 8, "n_resblocks": 2},
     "rcan": {"n_resgroups": 2, "n_resblocks": 2, "n_feats": 8, "reduction": 4},
     "dfcan": {"n_feats": 8, "n_groups": 2, "n_blocks": 2, "reduction": 4},
-    "mae": {"patch_size": 4, "embed_dim": 32, "depth": 4, "num_heads": 2, "decoder_embed_dim": 16,
-            "decoder_depth": 1, "decoder_num_heads": 2, "img_size": 32},
+    "mae": {
+        "patch_size": 4,
+        "embed_dim": 32,
+        "depth": 4,
+        "num_heads": 2,
+        "decoder_embed_dim": 16,
+        "decoder_depth": 1,
+        "decoder_num_heads": 2,
+        "img_size": 32,
+    },
     "unetr": {"patch_size": 4, "embed_dim": 32, "depth": 4, "num_heads": 2, "img_size": 32, "feature_size": 4},
 }
 ENCODER = {k: v for k, v in TINY["mae"].items() if not k.startswith("decoder")}  # shared by mae and unetr
@@ -40,8 +48,9 @@ def test_registered():
     assert not {"edsr", "rcan", "dfcan"} & set(list_models(3))
 
 
-@pytest.mark.parametrize("name, ndim", [("edsr", 2), ("rcan", 2), ("dfcan", 2), ("mae", 2), ("mae", 3),
-                                        ("unetr", 2), ("unetr", 3)])
+@pytest.mark.parametrize(
+    "name, ndim", [("edsr", 2), ("rcan", 2), ("dfcan", 2), ("mae", 2), ("mae", 3), ("unetr", 2), ("unetr", 3)]
+)
 def test_output_shape_equals_input(name, ndim):
     torch.manual_seed(0)
     model = create_model(name, ndim=ndim, in_channels=2, out_channels=3, **TINY[name])
@@ -50,15 +59,18 @@ def test_output_shape_equals_input(name, ndim):
     assert model.size_divisor == (4 if name in ("mae", "unetr") else 1)
 
 
-@pytest.mark.parametrize("name, ndim, count", [
-    ("edsr", 2, 1_219_841),
-    ("rcan", 2, 1_376_833),
-    ("dfcan", 2, 1_819_969),
-    ("mae", 2, 5_267_968),
-    ("mae", 3, 6_746_368),
-    ("unetr", 2, 6_119_425),
-    ("unetr", 3, 9_208_097),
-])
+@pytest.mark.parametrize(
+    "name, ndim, count",
+    [
+        ("edsr", 2, 1_219_841),
+        ("rcan", 2, 1_376_833),
+        ("dfcan", 2, 1_819_969),
+        ("mae", 2, 5_267_968),
+        ("mae", 3, 6_746_368),
+        ("unetr", 2, 6_119_425),
+        ("unetr", 3, 9_208_097),
+    ],
+)
 def test_default_parameter_counts_are_pinned(name, ndim, count):
     # a changed count means old checkpoints no longer load
     n = n_params(create_model(name, ndim=ndim, in_channels=1, out_channels=1))
@@ -120,8 +132,9 @@ def test_grid_mask_is_a_checkerboard_at_half():
     assert torch.equal(model.make_mask(1, (1, 2, 2))[0], torch.tensor([True, False, False, True]))
 
 
-@pytest.mark.parametrize("ratio, grid", [(0.5, (8, 8)), (0.25, (8, 8)), (0.75, (16, 16)), (0.3, (5, 7)),
-                                         (0.5, (3, 5)), (0.6, (4, 4, 4))])
+@pytest.mark.parametrize(
+    "ratio, grid", [(0.5, (8, 8)), (0.25, (8, 8)), (0.75, (16, 16)), (0.3, (5, 7)), (0.5, (3, 5)), (0.6, (4, 4, 4))]
+)
 def test_mask_fraction_equals_mask_ratio(ratio, grid):
     n_tokens = torch.Size(grid).numel()
     expected = int(ratio * n_tokens + 0.5)
@@ -211,13 +224,19 @@ def test_mae_encoder_starts_a_unetr(pos_embed):
     unetr = create_model("unetr", ndim=3, in_channels=1, out_channels=2, **{**TINY["unetr"], "pos_embed": pos_embed})
     mae_sd, unetr_sd = mae.state_dict(), unetr.state_dict()
     encoder = {k: v for k, v in mae_sd.items() if k.startswith("encoder.")}
-    for key in ["encoder.patch_embed.proj.weight", "encoder.cls_token", "encoder.blocks.3.attn.qkv.weight",
-                "encoder.blocks.3.mlp.fc1.weight", "encoder.norm.weight"]:
+    for key in [
+        "encoder.patch_embed.proj.weight",
+        "encoder.cls_token",
+        "encoder.blocks.3.attn.qkv.weight",
+        "encoder.blocks.3.mlp.fc1.weight",
+        "encoder.norm.weight",
+    ]:
         assert key in encoder
     assert ("encoder.pos_embed" in encoder) == (pos_embed == "learned")
     # every encoder tensor has a same-named, same-shaped counterpart, and the UNETR's encoder has nothing else
     assert {k: v.shape for k, v in encoder.items()} == {
-        k: v.shape for k, v in unetr_sd.items() if k.startswith("encoder.")}
+        k: v.shape for k, v in unetr_sd.items() if k.startswith("encoder.")
+    }
     # (a learned position embedding starts as sin-cos in both)
     assert not any(torch.equal(unetr_sd[k], v) for k, v in encoder.items() if v.std() > 0 and "pos_embed" not in k)
     result = unetr.load_state_dict(encoder, strict=False)

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from helpers import crop_folders, reports_of, run_all, tiny_config
 from scipy.ndimage import gaussian_filter
 
-from helpers import crop_folders, reports_of, run_all, tiny_config
-from napari_bioflow.engine.train.checkpoint import load_model
-from napari_bioflow.engine.predict.inference import predict_array
 from napari_bioflow.engine.models import create_model, list_models, model_info, model_tags
 from napari_bioflow.engine.predict import sliding_window_predict
+from napari_bioflow.engine.predict.inference import predict_array
 from napari_bioflow.engine.train import EpochReport, Trainer
+from napari_bioflow.engine.train.checkpoint import load_model
 
 TIMELAPSE = Path(__file__).parent / "data" / "timelapse_2d_crops.tif"  # four real 160x160 crops
 
@@ -33,8 +33,16 @@ TINY = {  # small options: the defaults are BiaPy's sizes, for real use
     "unetr_small": UNETR_TINY,
     "unetr_base": UNETR_TINY,
 }
-U_NET_FAMILY = ["seunet", "resunet_se", "multiresunet", "resunet++", "unext_v1", "unetr_mini", "unetr_small",
-                "unetr_base"]
+U_NET_FAMILY = [
+    "seunet",
+    "resunet_se",
+    "multiresunet",
+    "resunet++",
+    "unext_v1",
+    "unetr_mini",
+    "unetr_small",
+    "unetr_base",
+]
 CASES = [(name, ndim) for name in TINY for ndim in (2, 3) if name != "wdsr" or ndim == 2]
 # (Z,)Y,X image sizes that are not multiples of the tile, and tiles that are multiples of every tiny model's divisor
 IMAGE = {2: (50, 45), 3: (10, 21, 19)}
@@ -80,29 +88,36 @@ def test_one_step_then_a_tiled_prediction(name, ndim):
     model.eval()
     image = np.random.default_rng(0).random((*IMAGE[ndim], 2), dtype=np.float32)
     with torch.no_grad():
-        prediction = sliding_window_predict(image, model, out_channels=3, tile_size=TILE[ndim], overlap=0.25,
-                                            batch_size=2, divisor=model.size_divisor)
+        prediction = sliding_window_predict(
+            image, model, out_channels=3, tile_size=TILE[ndim], overlap=0.25, batch_size=2, divisor=model.size_divisor
+        )
     assert prediction.shape == (3, *IMAGE[ndim]) and np.isfinite(prediction).all()
 
 
-@pytest.mark.parametrize("name, count", [
-    ("wdsr", 888_962),
-    ("seunet", 1_975_985),
-    ("resunet_se", 2_047_905),
-    ("multiresunet", 7_251_074),
-    ("resunet++", 3_839_908),
-    ("unext_v1", 2_212_129),
-    ("unetr_mini", 6_612_481),
-    ("unetr_small", 22_887_937),
-])
+@pytest.mark.parametrize(
+    "name, count",
+    [
+        ("wdsr", 888_962),
+        ("seunet", 1_975_985),
+        ("resunet_se", 2_047_905),
+        ("multiresunet", 7_251_074),
+        ("resunet++", 3_839_908),
+        ("unext_v1", 2_212_129),
+        ("unetr_mini", 6_612_481),
+        ("unetr_small", 22_887_937),
+    ],
+)
 def test_default_parameter_counts_are_pinned(name, count):
     # BiaPy's default sizes, 2D, 1 input and 1 output channel; a changed count means old checkpoints no longer load
     assert n_params(create_model(name, ndim=2, in_channels=1, out_channels=1)) == count
 
 
 def test_unetr_presets_are_the_vit_sizes_and_base_is_unetr_vit_base():
-    for name, (dim, depth, heads) in {"unetr_mini": (192, 12, 3), "unetr_small": (384, 12, 6),
-                                      "unetr_base": (768, 12, 12)}.items():
+    for name, (dim, depth, heads) in {
+        "unetr_mini": (192, 12, 3),
+        "unetr_small": (384, 12, 6),
+        "unetr_base": (768, 12, 12),
+    }.items():
         info = model_info(name)
         assert (info["embed_dim"], info["depth"], info["num_heads"], info["patch_size"]) == (dim, depth, heads, 16)
     assert model_info("unetr_base") == model_info("unetr_vit_base")
@@ -129,7 +144,7 @@ def test_wdsr_is_weight_normalised_with_a_global_skip():
     model = create_model("wdsr", ndim=2, in_channels=1, out_channels=1, **TINY["wdsr"])
     keys = model.state_dict().keys()
     assert "body.0.conv1.parametrizations.weight.original0" in keys and model.skip is None
-    assert torch.allclose(model.body[1].conv2.parametrizations.weight.original0, torch.tensor(2 ** -0.5))
+    assert torch.allclose(model.body[1].conv2.parametrizations.weight.original0, torch.tensor(2**-0.5))
     x = torch.rand(1, 1, 20, 24)
     with torch.no_grad():
         torch.nn.init.zeros_(model.tail.parametrizations.weight.original0)  # residual branch off: the identity
@@ -147,7 +162,8 @@ def test_anisotropic_stacks_and_size_checks():
     assert model(torch.rand(1, 1, 3, 8, 8)).shape == (1, 1, 3, 8, 8)
     with pytest.raises(ValueError, match=r"input size \(30, 32\) is not a multiple of 4"):
         create_model("multiresunet", ndim=2, in_channels=1, out_channels=1, **TINY["multiresunet"])(
-            torch.rand(1, 1, 30, 32))
+            torch.rand(1, 1, 30, 32)
+        )
     with pytest.raises(ValueError, match="z_down"):
         create_model("multiresunet", ndim=3, in_channels=1, out_channels=1, feature_maps=[8, 16], z_down=[1])
     with pytest.raises(ValueError, match="cn_layers"):
@@ -158,8 +174,9 @@ def test_anisotropic_stacks_and_size_checks():
 
 def test_unext_stochastic_depth_only_while_training():
     torch.manual_seed(0)
-    model = create_model("unext_v1", ndim=2, in_channels=1, out_channels=1,
-                         **{**TINY["unext_v1"], "drop_path": 0.5, "layer_scale": 1.0})
+    model = create_model(
+        "unext_v1", ndim=2, in_channels=1, out_channels=1, **{**TINY["unext_v1"], "drop_path": 0.5, "layer_scale": 1.0}
+    )
     rates = [block.drop_path for stage in [*model.encoder, model.bottleneck] for block in stage]
     assert rates == [0.0, 0.5]  # linear from the first encoder block to the last bottleneck block
     x = torch.rand(4, 1, 16, 16)
@@ -176,9 +193,14 @@ def test_unext_stochastic_depth_only_while_training():
 
 def test_resunet_pp_trains_on_real_crops_and_its_checkpoint_predicts(tmp_path):
     raw_dir, label_dir = crop_folders(tmp_path / "data", n=2, size=96)
-    cfg = tiny_config(tmp_path / "out", raw_dir, label_dir, data={"patch_size": [32, 32], "val_split": 0.5},
-                      model={"name": "resunet++", "options": TINY["resunet++"]},
-                      train={"epochs": 1, "steps_per_epoch": 3})
+    cfg = tiny_config(
+        tmp_path / "out",
+        raw_dir,
+        label_dir,
+        data={"patch_size": [32, 32], "val_split": 0.5},
+        model={"name": "resunet++", "options": TINY["resunet++"]},
+        train={"epochs": 1, "steps_per_epoch": 3},
+    )
     trainer = Trainer(cfg)
     reports = run_all(trainer)
     (epoch,) = reports_of(reports, EpochReport)  # one epoch: the checkpoint is the model just trained
@@ -202,9 +224,15 @@ def test_wdsr_trains_image_to_image_and_its_checkpoint_predicts(tmp_path):
         noisy = np.clip(noisy, 0, np.iinfo(frame.dtype).max).astype(frame.dtype)
         tifffile.imwrite(tmp_path / "raw" / f"crop{i}.tif", noisy)
         tifffile.imwrite(tmp_path / "target" / f"crop{i}.tif", frame)
-    cfg = tiny_config(tmp_path / "out", tmp_path / "raw", tmp_path / "target", workflow="image_to_image",
-                      data={"patch_size": [32, 32], "val_split": 0.5},
-                      model={"name": "wdsr", "options": TINY["wdsr"]}, train={"epochs": 1, "steps_per_epoch": 3})
+    cfg = tiny_config(
+        tmp_path / "out",
+        tmp_path / "raw",
+        tmp_path / "target",
+        workflow="image_to_image",
+        data={"patch_size": [32, 32], "val_split": 0.5},
+        model={"name": "wdsr", "options": TINY["wdsr"]},
+        train={"epochs": 1, "steps_per_epoch": 3},
+    )
     trainer = Trainer(cfg)
     reports = run_all(trainer)
     (epoch,) = reports_of(reports, EpochReport)  # one epoch: the checkpoint is the model just trained
@@ -233,7 +261,12 @@ def test_cli_lists_each_model_under_the_workflows_it_serves(capsys):
         elif line.strip():
             current.add(line.split(": ", 1)[0])
     titles = {cls.__name__: cls.full_title() for cls in workflow_classes()}
-    expected = {"SemanticSegmentation": set(U_NET_FAMILY), "ImageToImage": set(TINY), "Crappify": set(TINY),
-                "Masking": set(), "Classification": set()}
+    expected = {
+        "SemanticSegmentation": set(U_NET_FAMILY),
+        "ImageToImage": set(TINY),
+        "Crappify": set(TINY),
+        "Masking": set(),
+        "Classification": set(),
+    }
     for cls_name, names in expected.items():
         assert groups[titles[cls_name]] & set(TINY) == names, cls_name

@@ -1,9 +1,9 @@
 """The package installs as a napari plugin: manifest found by npe2, data shipped, imports stay light."""
+
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
-
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,15 +47,31 @@ def test_sample_data_layers():
 
 
 def test_import_loads_no_torch_or_qt():
-    code = ("import sys, napari_bioflow, napari_bioflow.cli, napari_bioflow.config; "
-            "bad = [m for m in ('torch', 'napari', 'qtpy', 'PyQt5') if m in sys.modules]; print(bad)")
+    code = (
+        "import sys, napari_bioflow, napari_bioflow.cli, napari_bioflow.config; "
+        "bad = [m for m in ('torch', 'napari', 'qtpy', 'PyQt5') if m in sys.modules]; print(bad)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
 def test_wheel_ships_manifest_and_sample_data(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = tmp_path.glob("napari_bioflow-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "napari_bioflow/napari.yaml" in names
@@ -72,14 +88,28 @@ def test_a_regular_install_of_the_wheel_is_found_by_npe2(tmp_path):
     checkout is not imported."""
     import sysconfig
 
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = tmp_path.glob("napari_bioflow-*.whl")
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)  # what pip does with a pure-Python wheel, scripts aside
     code = f"""
 import sys
-sys.path[:] = [{str(target)!r}, *{[p for p in sys.path if p and 'site-packages' not in p]!r}, {sysconfig.get_paths()['purelib']!r}]
+sys.path[:] = [{str(target)!r}, *{[p for p in sys.path if p and "site-packages" not in p]!r}, {sysconfig.get_paths()["purelib"]!r}]
 from npe2 import PluginManager, PluginManifest
 import napari_bioflow
 assert napari_bioflow.__file__.startswith({str(target)!r}), napari_bioflow.__file__

@@ -102,8 +102,9 @@ def test_plan_small_image_pads():
 )
 def test_identity_reproduces_image(shape, tile, divisor):
     img = rand_image(shape)
-    out = sliding_window_predict(img, identity, out_channels=1, tile_size=tile, overlap=0.25,
-                                 divisor=divisor, batch_size=3)
+    out = sliding_window_predict(
+        img, identity, out_channels=1, tile_size=tile, overlap=0.25, divisor=divisor, batch_size=3
+    )
     assert out.shape == (1, *shape[:-1]) and out.dtype == np.float32
     np.testing.assert_allclose(out[0], img[..., 0], atol=1e-5)
 
@@ -122,8 +123,7 @@ def test_identity_multichannel_and_affine():
 def test_preprocess_and_integer_dask_input():
     img = (rand_image((90, 110, 2)) * 1000).astype(np.uint16)
     lazy = da.from_array(img, chunks=(40, 40, 2))
-    out = sliding_window_predict(lazy, identity, out_channels=2, tile_size=32,
-                                 preprocess=lambda t: t / 1000.0)
+    out = sliding_window_predict(lazy, identity, out_channels=2, tile_size=32, preprocess=lambda t: t / 1000.0)
     np.testing.assert_allclose(out, np.moveaxis(img, -1, 0) / 1000.0, atol=1e-5)
 
 
@@ -134,8 +134,12 @@ def small_net(dim):
     torch.manual_seed(0)
     conv = torch.nn.Conv2d if dim == 2 else torch.nn.Conv3d
     return torch.nn.Sequential(
-        conv(1, 8, 3, padding=1), torch.nn.ReLU(), conv(8, 8, 3, padding=1), torch.nn.ReLU(),
-        conv(8, 2, 3, padding=1), torch.nn.Softmax(dim=1),
+        conv(1, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        conv(8, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        conv(8, 2, 3, padding=1),
+        torch.nn.Softmax(dim=1),
     ).eval()
 
 
@@ -215,7 +219,7 @@ def test_tta_equivariant_equals_plain(shape, tile, n_transforms):
 
 def test_zarr_out_equals_numpy_and_lazy_view(tmp_path):
     img = rand_image((150, 170, 1))
-    kw = dict(out_channels=2, tile_size=64, overlap=0.125, batch_size=2)
+    kw = {"out_channels": 2, "tile_size": 64, "overlap": 0.125, "batch_size": 2}
     ref = sliding_window_predict(img, affine, **kw)
 
     plan = plan_tiles(img.shape[:-1], 64, 0.125, 1)
@@ -269,8 +273,9 @@ def test_zarr_input_read_tile_by_tile(tmp_path):
     plan = plan_tiles(shape[:-1], tile, 0.0625, 16)
     assert len(plan.tiles) > 2 * 2  # more tiles than one batch
 
-    res = sliding_window_predict(src, identity, out_channels=2, tile_size=tile, divisor=16, batch_size=2,
-                                 out=tmp_path / "out")
+    res = sliding_window_predict(
+        src, identity, out_channels=2, tile_size=tile, divisor=16, batch_size=2, out=tmp_path / "out"
+    )
     one_tile = int(np.prod(plan.tile_shape)) * shape[-1]
     assert len(src.reads) == len(plan.tiles)
     assert max(src.reads) <= one_tile
@@ -294,15 +299,28 @@ def test_cancel_after_first_batch():
         state["stop"] = True
 
     with pytest.raises(PredictionCancelled):
-        sliding_window_predict(rand_image((100, 100, 1)), fwd, out_channels=1, tile_size=32, batch_size=2,
-                               cancel=lambda: state["stop"], progress=progress)
+        sliding_window_predict(
+            rand_image((100, 100, 1)),
+            fwd,
+            out_channels=1,
+            tile_size=32,
+            batch_size=2,
+            cancel=lambda: state["stop"],
+            progress=progress,
+        )
     assert fwd.calls == 1
 
 
 def test_progress_monotonic():
     calls = []
-    sliding_window_predict(rand_image((100, 90, 1)), identity, out_channels=1, tile_size=32, batch_size=3,
-                           progress=lambda d, t: calls.append((d, t)))
+    sliding_window_predict(
+        rand_image((100, 90, 1)),
+        identity,
+        out_channels=1,
+        tile_size=32,
+        batch_size=3,
+        progress=lambda d, t: calls.append((d, t)),
+    )
     total = len(plan_tiles((100, 90), 32, 0.0625, 1).tiles)
     done = [d for d, _ in calls]
     assert all(t == total for _, t in calls)

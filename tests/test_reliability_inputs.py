@@ -3,6 +3,7 @@ is read by its OME-Zarr metadata or a path inside the store, never by its alphab
 with one stem get distinct outputs; a classifier refuses a labels folder; damaged PNG and TIFF files are named in
 plain words; mixed data types and uniform training sets are noted. Real crops of BBBC007, written as TIFF, PNG and
 zarr in each test; the CLI through `main`, one stderr line and exit 2 on refusal, nothing written."""
+
 import json
 import shutil
 from pathlib import Path
@@ -14,10 +15,10 @@ import zarr
 from helpers import BBBC, headless_checkpoint, read_csv, tiny_config, tree, write_image
 
 from napari_bioflow.cli import main
-from napari_bioflow.engine.errors import InputError
 from napari_bioflow.engine.data.io import open_image
 from napari_bioflow.engine.data.pairing import folder_pairs
 from napari_bioflow.engine.data.sources import build_dataset
+from napari_bioflow.engine.errors import InputError
 
 DATA = Path(__file__).parent / "data"
 
@@ -25,8 +26,8 @@ DATA = Path(__file__).parent / "data"
 def crop(index: int, size: int, origin: int = 100) -> tuple[np.ndarray, np.ndarray]:
     """A real BBBC007 (raw, binary mask) crop: image `index` of the training set, `size` x `size` pixels."""
     raws = sorted((BBBC / "train" / "raw").glob("*.tif"))
-    raw = tifffile.imread(raws[index])[origin:origin + size, origin:origin + size]
-    label = tifffile.imread(BBBC / "train" / "label" / raws[index].name)[origin:origin + size, origin:origin + size]
+    raw = tifffile.imread(raws[index])[origin : origin + size, origin : origin + size]
+    label = tifffile.imread(BBBC / "train" / "label" / raws[index].name)[origin : origin + size, origin : origin + size]
     return np.ascontiguousarray(raw), (label > 0).astype(np.uint8)
 
 
@@ -78,7 +79,10 @@ def numbered(tmp_path):
 def test_pairing_is_by_name_in_train(tmp_path, numbered):
     raw_dir, label_dir, expected = numbered
     assert [(r.name, lab.name) for r, lab in folder_pairs(raw_dir, label_dir, "training")] == [
-        ("img_1.tif", "img_01.tif"), ("img_10.tif", "img_10.tif"), ("img_2.tif", "img_02.tif")]
+        ("img_1.tif", "img_01.tif"),
+        ("img_10.tif", "img_10.tif"),
+        ("img_2.tif", "img_02.tif"),
+    ]
     cfg = tiny_config(tmp_path / "runs", raw_dir, label_dir, data={"val_split": 0.0})
     dataset = build_dataset(cfg)
     assert len(dataset.train) == 3
@@ -92,13 +96,28 @@ def test_pairing_is_by_name_in_predict_and_batch(tmp_path, capsys, numbered, che
     raw_dir, label_dir, _ = numbered
     before = tree(tmp_path / "data")
     out = tmp_path / "pred"
-    code, _, err = cli(capsys, ["predict", "--checkpoint", checkpoint, "--input", raw_dir, "--labels", label_dir,
-                                "--output", out])
+    code, _, err = cli(
+        capsys, ["predict", "--checkpoint", checkpoint, "--input", raw_dir, "--labels", label_dir, "--output", out]
+    )
     assert code == 0, err
     rows = read_csv(next(out.rglob("metrics.csv")))
     assert [r["image"] for r in rows] == ["img_1.tif", "img_10.tif", "img_2.tif", "ALL (pixels pooled)"]
-    code, _, err = cli(capsys, ["batch", "--checkpoint", checkpoint, "--input", raw_dir, "--labels", label_dir,
-                                "--output", tmp_path / "batch", "--device", "cpu"])
+    code, _, err = cli(
+        capsys,
+        [
+            "batch",
+            "--checkpoint",
+            checkpoint,
+            "--input",
+            raw_dir,
+            "--labels",
+            label_dir,
+            "--output",
+            tmp_path / "batch",
+            "--device",
+            "cpu",
+        ],
+    )
     assert code == 0, err
     run_dir = next((tmp_path / "batch").rglob("batch_summary.csv")).parent
     assert [r["status"] for r in read_csv(run_dir / "batch_summary.csv")] == ["done"] * 3
@@ -114,7 +133,10 @@ def test_labels_with_a_common_suffix_pair_by_name(tmp_path):
         write_image(raw_dir / f"{name}.tif", raw)
         write_image(label_dir / f"{name}_mask.png", label)
     assert [(r.name, lab.name) for r, lab in folder_pairs(raw_dir, label_dir, "training")] == [
-        ("cell_12.tif", "cell_12_mask.png"), ("cell_3.tif", "cell_3_mask.png"), ("cell_7.tif", "cell_7_mask.png")]
+        ("cell_12.tif", "cell_12_mask.png"),
+        ("cell_3.tif", "cell_3_mask.png"),
+        ("cell_7.tif", "cell_7_mask.png"),
+    ]
 
 
 @pytest.fixture
@@ -135,10 +157,18 @@ def test_names_that_do_not_match_are_refused_in_train_predict_and_batch(tmp_path
     config = tiny_config(out, raw_dir, label_dir).save(tmp_path / "c.yaml")
     err = refused(capsys, ["train", config], [data, out], *names)
     assert "do not pair one to one by file name" in err
-    refused(capsys, ["predict", "--checkpoint", checkpoint, "--input", raw_dir, "--labels", label_dir, "--output", out],
-            [data, out], *names)
-    refused(capsys, ["batch", "--checkpoint", checkpoint, "--input", raw_dir, "--labels", label_dir, "--output", out],
-            [data, out], *names)
+    refused(
+        capsys,
+        ["predict", "--checkpoint", checkpoint, "--input", raw_dir, "--labels", label_dir, "--output", out],
+        [data, out],
+        *names,
+    )
+    refused(
+        capsys,
+        ["batch", "--checkpoint", checkpoint, "--input", raw_dir, "--labels", label_dir, "--output", out],
+        [data, out],
+        *names,
+    )
     assert not out.exists()
 
 
@@ -147,8 +177,13 @@ def test_two_raw_images_with_one_name_are_refused(tmp_path, capsys, unmatched, c
     (label_dir / "c_1.tif").rename(label_dir / "b_1.tif")
     shutil.copy(raw_dir / "a_1.tif", raw_dir / "a_001.tif")
     out = tmp_path / "out"
-    err = refused(capsys, ["predict", "--checkpoint", checkpoint, "--input", raw_dir, "--labels", label_dir,
-                           "--output", out], [tmp_path / "data", out], "a_001.tif and a_1.tif", "share one name")
+    err = refused(
+        capsys,
+        ["predict", "--checkpoint", checkpoint, "--input", raw_dir, "--labels", label_dir, "--output", out],
+        [tmp_path / "data", out],
+        "a_001.tif and a_1.tif",
+        "share one name",
+    )
     assert raw_dir.name in err
 
 
@@ -169,8 +204,14 @@ def test_a_group_of_several_arrays_is_refused_naming_them(tmp_path, capsys, chec
         open_image(store)
     assert "mask, raw" in str(e.value) and f"{store}/mask" in str(e.value)
     out = tmp_path / "out"
-    err = refused(capsys, ["predict", "--checkpoint", checkpoint, "--input", tmp_path / "in", "--output", out],
-                  [tmp_path / "in", out], store, "several arrays (mask, raw)", "append the array to use to the path")
+    err = refused(
+        capsys,
+        ["predict", "--checkpoint", checkpoint, "--input", tmp_path / "in", "--output", out],
+        [tmp_path / "in", out],
+        store,
+        "several arrays (mask, raw)",
+        "append the array to use to the path",
+    )
     assert "multiscales" in err
 
 
@@ -178,9 +219,23 @@ def test_batch_names_an_ambiguous_group_as_a_failed_file(tmp_path, capsys, check
     raw, mask = crop(0, 64)
     store = raw_and_mask_store(tmp_path / "in" / "sample.zarr", raw, mask)
     before = tree(tmp_path / "in")
-    code, out, _ = cli(capsys, ["batch", "--checkpoint", checkpoint, "--input", tmp_path / "in",
-                                "--output", tmp_path / "out", "--device", "cpu"])
-    assert code == 3 and f"FAILED sample.zarr: {store} is a zarr group with several arrays" in out  # finished, a file failed
+    code, out, _ = cli(
+        capsys,
+        [
+            "batch",
+            "--checkpoint",
+            checkpoint,
+            "--input",
+            tmp_path / "in",
+            "--output",
+            tmp_path / "out",
+            "--device",
+            "cpu",
+        ],
+    )
+    assert (
+        code == 3 and f"FAILED sample.zarr: {store} is a zarr group with several arrays" in out
+    )  # finished, a file failed
     rows = read_csv(next((tmp_path / "out").rglob("batch_summary.csv")))
     assert rows[0]["status"] == "failed" and "several arrays (mask, raw)" in rows[0]["reason"]
     assert str(store) in rows[0]["reason"]
@@ -199,8 +254,20 @@ def test_a_path_inside_the_store_chooses_the_array(tmp_path, capsys, checkpoint)
     np.testing.assert_array_equal(sample.read_label((slice(None), slice(None))), mask)
     # prediction of the array named inside the store
     before = tree(store)
-    code, _, err = cli(capsys, ["predict", "--checkpoint", checkpoint, "--input", store / "raw",
-                                  "--labels", store / "mask", "--output", tmp_path / "pred"])
+    code, _, err = cli(
+        capsys,
+        [
+            "predict",
+            "--checkpoint",
+            checkpoint,
+            "--input",
+            store / "raw",
+            "--labels",
+            store / "mask",
+            "--output",
+            tmp_path / "pred",
+        ],
+    )
     assert code == 0, err
     assert read_csv(next((tmp_path / "pred").rglob("metrics.csv")))[0]["image"] == "sample.zarr/raw"
     assert tree(store) == before
@@ -224,8 +291,13 @@ def test_ome_zarr_uses_its_full_resolution_by_metadata(tmp_path, zarr_format):
     """Level 0 is `multiscales[0].datasets[0].path` ("full"), not the alphabetically first array ("a_half")."""
     raw, _ = crop(0, 64)
     group = zarr.open_group(str(tmp_path / "img.ome.zarr"), mode="w", zarr_format=zarr_format)
-    multiscales = [{"version": "0.4" if zarr_format == 2 else "0.5", "axes": [{"name": "y"}, {"name": "x"}],
-                    "datasets": [{"path": "full"}, {"path": "a_half"}]}]
+    multiscales = [
+        {
+            "version": "0.4" if zarr_format == 2 else "0.5",
+            "axes": [{"name": "y"}, {"name": "x"}],
+            "datasets": [{"path": "full"}, {"path": "a_half"}],
+        }
+    ]
     if zarr_format == 2:
         group.attrs["multiscales"] = multiscales  # NGFF 0.4: in .zattrs
     else:
@@ -256,8 +328,9 @@ def test_two_inputs_with_one_stem_get_distinct_outputs_in_predict_as_in_batch(tm
     assert code == 0, err
     predicted = sorted(p.name for p in (tmp_path / "p").rglob("per_image/*.zarr"))
     assert predicted == ["img_png.zarr", "img_tif.zarr"]
-    code, _, err = cli(capsys, ["batch", "--checkpoint", checkpoint, "--input", raw_dir, "--output", tmp_path / "b",
-                                "--device", "cpu"])
+    code, _, err = cli(
+        capsys, ["batch", "--checkpoint", checkpoint, "--input", raw_dir, "--output", tmp_path / "b", "--device", "cpu"]
+    )
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "b").rglob("per_image/*.zarr")) == predicted  # one rule for both
     assert tree(raw_dir) == before
@@ -277,11 +350,18 @@ def classifier(tmp_path_factory):
         for f in sorted((DATA / "classification_2d" / "train" / cls).iterdir())[:3]:
             (root / "train" / cls).mkdir(parents=True, exist_ok=True)
             shutil.copy(f, root / "train" / cls / f.name)
-    cfg = RunConfig.model_validate({
-        "workflow": "classification", "name": "cls", "output_dir": str(root / "runs"), "device": "cpu", "seed": 0,
-        "model": {"name": "simple_cnn", "options": {"feature_maps": [4]}},
-        "data": {"train_raw": str(root / "train"), "patch_size": [32, 32], "val_split": 0.0},
-        "train": {"epochs": 1, "steps_per_epoch": 1, "batch_size": 4}})
+    cfg = RunConfig.model_validate(
+        {
+            "workflow": "classification",
+            "name": "cls",
+            "output_dir": str(root / "runs"),
+            "device": "cpu",
+            "seed": 0,
+            "model": {"name": "simple_cnn", "options": {"feature_maps": [4]}},
+            "data": {"train_raw": str(root / "train"), "patch_size": [32, 32], "val_split": 0.0},
+            "train": {"epochs": 1, "steps_per_epoch": 1, "batch_size": 4},
+        }
+    )
     trainer = Trainer(cfg)
     for _ in trainer.run():
         pass
@@ -294,44 +374,65 @@ def test_a_classifier_refuses_labels_in_predict_as_in_batch(tmp_path, capsys, cl
     labels.mkdir()
     out = tmp_path / "out"
     sentence = "A classifier takes the true classes from the input's class sub-folders, not from"
-    err = refused(capsys, ["predict", "--checkpoint", ckpt, "--input", images, "--labels", labels, "--output", out],
-                  [images, labels, out], sentence, f"--labels {labels}")
-    batch_err = refused(capsys, ["batch", "--checkpoint", ckpt, "--input", images, "--labels", labels, "--output", out],
-                        [images, labels, out], sentence, f"the labels folder {labels}")
+    err = refused(
+        capsys,
+        ["predict", "--checkpoint", ckpt, "--input", images, "--labels", labels, "--output", out],
+        [images, labels, out],
+        sentence,
+        f"--labels {labels}",
+    )
+    batch_err = refused(
+        capsys,
+        ["batch", "--checkpoint", ckpt, "--input", images, "--labels", labels, "--output", out],
+        [images, labels, out],
+        sentence,
+        f"the labels folder {labels}",
+    )
     assert err.split(" not from")[0] == batch_err.split(" not from")[0]  # one rule, one sentence
 
 
-@pytest.mark.parametrize("content, why", [(b"just some text\n", "it is not a PNG file"),
-                                          (None, "the PNG file is truncated or damaged")])
+@pytest.mark.parametrize(
+    "content, why", [(b"just some text\n", "it is not a PNG file"), (None, "the PNG file is truncated or damaged")]
+)
 def test_an_unreadable_png_is_named_in_plain_words(tmp_path, capsys, checkpoint, content, why):
     raw_dir = tmp_path / "in"
     write_image(raw_dir / "a.png", crop(0, 64)[0])
     bad = write_image(raw_dir / "b.png", crop(1, 64)[0])
     bad.write_bytes(content if content is not None else bad.read_bytes()[:200])
     out = tmp_path / "out"
-    err = refused(capsys, ["predict", "--checkpoint", checkpoint, "--input", raw_dir, "--output", out], [raw_dir, out],
-                  f"File {bad} cannot be read as an image: {why}.")
+    err = refused(
+        capsys,
+        ["predict", "--checkpoint", checkpoint, "--input", raw_dir, "--output", out],
+        [raw_dir, out],
+        f"File {bad} cannot be read as an image: {why}.",
+    )
     assert "backend" not in err and "pip install" not in err
 
 
-@pytest.mark.parametrize("keep, why", [(8, "truncated or damaged (it holds no image data)"),
-                                       (600, "truncated or damaged (")])
+@pytest.mark.parametrize(
+    "keep, why", [(8, "truncated or damaged (it holds no image data)"), (600, "truncated or damaged (")]
+)
 def test_a_corrupt_tiff_gives_the_readers_reason_in_batch_and_predict(tmp_path, capsys, checkpoint, keep, why):
     raw_dir = tmp_path / "in"
     write_image(raw_dir / "a.tif", crop(0, 64)[0])
     bad = write_image(raw_dir / "b.tif", crop(1, 64)[0])
     bad.write_bytes(bad.read_bytes()[:keep])
     before = tree(raw_dir)
-    code, out, _ = cli(capsys, ["batch", "--checkpoint", checkpoint, "--input", raw_dir, "--output", tmp_path / "b",
-                                "--device", "cpu"])
+    code, out, _ = cli(
+        capsys, ["batch", "--checkpoint", checkpoint, "--input", raw_dir, "--output", tmp_path / "b", "--device", "cpu"]
+    )
     assert code == 3 and f"FAILED b.tif: File {bad} cannot be read as an image" in out  # finished, a file failed
     rows = {r["image"]: r for r in read_csv(next((tmp_path / "b").rglob("batch_summary.csv")))}
     assert rows["a.tif"]["status"] == "done" and rows["b.tif"]["status"] == "failed"
     reason = rows["b.tif"]["reason"]
     assert reason.startswith(f"File {bad} cannot be read as an image: the TIFF file is ") and why in reason, reason
     assert "holds no pixels" not in reason and "shape (0,)" not in reason
-    refused(capsys, ["predict", "--checkpoint", checkpoint, "--input", raw_dir, "--output", tmp_path / "p"],
-            [raw_dir, tmp_path / "p"], reason)
+    refused(
+        capsys,
+        ["predict", "--checkpoint", checkpoint, "--input", raw_dir, "--output", tmp_path / "p"],
+        [raw_dir, tmp_path / "p"],
+        reason,
+    )
     assert tree(raw_dir) == before
 
 
@@ -344,7 +445,9 @@ def test_mixed_8_and_16_bit_images_are_noted(tmp_path, capsys, checkpoint):
     notes = build_dataset(tiny_config(tmp_path / "runs", raw_dir, label_dir)).notes
     (note,) = [n for n in notes if "mix data types" in n]
     assert f"8-bit (uint8) as {raw_dir / 'im0.tif'}" in note and f"16-bit (uint16) as {raw_dir / 'im1.tif'}" in note
-    code, out, err = cli(capsys, ["predict", "--checkpoint", checkpoint, "--input", raw_dir, "--output", tmp_path / "p"])
+    code, out, err = cli(
+        capsys, ["predict", "--checkpoint", checkpoint, "--input", raw_dir, "--output", tmp_path / "p"]
+    )
     assert code == 0, err
     assert "note: The images to predict mix data types (8-bit (uint8) as" in out
 

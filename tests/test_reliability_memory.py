@@ -1,6 +1,7 @@
 """Issue 9 (reliability): memory. A training step that cannot fit is refused before the run's folder exists, with one
 sentence saying what would fit (engine/train/memory.py); a failed allocation in training or prediction becomes one
 sentence naming what to lower; the estimate is checked against a real peak; the patch-prefetch thread is joined."""
+
 import json
 import os
 import re
@@ -19,16 +20,25 @@ from helpers import TINY_MODEL, bbbc_pairs, headless_checkpoint, read_pair, tree
 import napari_bioflow
 from napari_bioflow.cli import main
 from napari_bioflow.config import RunConfig
-from napari_bioflow.engine.train.memory import StepMemory, _cgroup_folders, _cgroup_room, is_out_of_memory, ram_available
 from napari_bioflow.engine.data.sampling import prefetch
 from napari_bioflow.engine.train import StepReport, Trainer
+from napari_bioflow.engine.train.memory import (
+    StepMemory,
+    _cgroup_folders,
+    _cgroup_room,
+    is_out_of_memory,
+    ram_available,
+)
 
 SRC = Path(napari_bioflow.__file__).resolve().parents[1]
 
 
 def child_env() -> dict:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
-            "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def write_pairs(root: Path, shape, n: int = 2) -> tuple[Path, Path]:
@@ -44,10 +54,16 @@ def write_pairs(root: Path, shape, n: int = 2) -> tuple[Path, Path]:
 
 
 def config_file(tmp_path: Path, raw: Path, label: Path, ndim: int, patch, batch: int, options=None, **train) -> Path:
-    cfg = {"name": "mem", "output_dir": str(tmp_path / "runs"), "device": "cpu", "ndim": ndim, "seed": 0,
-           "data": {"train_raw": str(raw), "train_label": str(label), "patch_size": list(patch), "val_split": 0.0},
-           "model": {"options": options or {}},
-           "train": {"epochs": 1, "batch_size": batch, "steps_per_epoch": 1, **train}}
+    cfg = {
+        "name": "mem",
+        "output_dir": str(tmp_path / "runs"),
+        "device": "cpu",
+        "ndim": ndim,
+        "seed": 0,
+        "data": {"train_raw": str(raw), "train_label": str(label), "patch_size": list(patch), "val_split": 0.0},
+        "model": {"options": options or {}},
+        "train": {"epochs": 1, "batch_size": batch, "steps_per_epoch": 1, **train},
+    }
     path = tmp_path / "mem.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -56,7 +72,7 @@ def config_file(tmp_path: Path, raw: Path, label: Path, ndim: int, patch, batch:
 def one_line_error(capsys) -> str:
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("napari-bioflow: error: "), err
-    return err[len("napari-bioflow: error: "):].strip()
+    return err[len("napari-bioflow: error: ") :].strip()
 
 
 # --- the check before the first step -----------------------------------------------------------------------------
@@ -75,7 +91,9 @@ def test_a_step_that_cannot_fit_is_refused_before_the_run_folder_exists(tmp_path
     m = re.fullmatch(
         r"A training step with train\.batch_size 64 and data\.patch_size 256x256x256 needs about ([\d.]+) (GB|MB) but "
         r"([\d.]+) (GB|MB) of RAM are free; (train\.batch_size (\d+) \(or a smaller data\.patch_size\) would fit|even "
-        r"train\.batch_size 1 is too much: data\.patch_size (\d+)x\7x\7 with train\.batch_size 1 would fit)\.", msg)
+        r"train\.batch_size 1 is too much: data\.patch_size (\d+)x\7x\7 with train\.batch_size 1 would fit)\.",
+        msg,
+    )
     assert m, msg
     need = float(m[1]) * (1e9 if m[2] == "GB" else 1e6)
     free = float(m[3]) * (1e9 if m[4] == "GB" else 1e6)
@@ -114,12 +132,21 @@ def test_the_sample_job_and_the_tests_batches_pass_the_check(tmp_path):
     from napari_bioflow.sample_data import sample_root
 
     root = sample_root() / "bbbc007_2d"
-    sample = RunConfig.from_dict({
-        "name": "sample_2d", "output_dir": str(tmp_path / "sample"), "ndim": 2,
-        "data": {"train_raw": str(root / "train/raw"), "train_label": str(root / "train/label"),
-                 "patch_size": [128, 128], "val_split": 0.25},
-        "model": {"options": {"feature_maps": [16, 32, 64]}},
-        "train": {"epochs": 1, "steps_per_epoch": 1, "batch_size": 4}})
+    sample = RunConfig.from_dict(
+        {
+            "name": "sample_2d",
+            "output_dir": str(tmp_path / "sample"),
+            "ndim": 2,
+            "data": {
+                "train_raw": str(root / "train/raw"),
+                "train_label": str(root / "train/label"),
+                "patch_size": [128, 128],
+                "val_split": 0.25,
+            },
+            "model": {"options": {"feature_maps": [16, 32, 64]}},
+            "train": {"epochs": 1, "steps_per_epoch": 1, "batch_size": 4},
+        }
+    )
     raw, label = write_pairs(tmp_path / "data", (128, 128))
     tiny = RunConfig.load(config_file(tmp_path, raw, label, 2, (64, 64), 2, TINY_MODEL))
     for cfg in (sample, tiny):
@@ -175,8 +202,9 @@ def test_the_estimate_is_close_to_the_real_peak_of_a_training_step(tmp_path):
     # measured from just before them, against the estimate (which must not be below it: what passes must fit)
     raw, label = write_pairs(tmp_path / "data", (264, 264))
     path = config_file(tmp_path, raw, label, 2, (256, 256), 4)
-    out = subprocess.run([sys.executable, "-c", MEASURE, str(path)], capture_output=True, text=True, timeout=600,
-                         env=child_env())
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(path)], capture_output=True, text=True, timeout=600, env=child_env()
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     ratio = r["need"] / r["measured"]
@@ -192,8 +220,11 @@ def test_the_cgroup_limit_of_this_process_counts_when_it_is_closer_than_memavail
     assert folders, "no cgroup in /proc/self/cgroup"
     own, version = folders[0]
     own.mkdir(parents=True, exist_ok=True)
-    names = (("memory.max", "memory.current", "inactive_file") if version == "v2" else
-             ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"))
+    names = (
+        ("memory.max", "memory.current", "inactive_file")
+        if version == "v2"
+        else ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+    )
     (own / names[0]).write_text(str(3 * 2**30))
     (own / names[1]).write_text(str(2**30))
     (own / "memory.stat").write_text(f"{names[2]} {256 * 2**20}\n")
@@ -236,9 +267,13 @@ LIMITED = textwrap.dedent("""
 
 
 def run_limited(margin_mb: int, *argv) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", LIMITED, str(margin_mb), *map(str, argv)], capture_output=True,
-                          text=True, timeout=600,
-                          env=child_env())
+    return subprocess.run(
+        [sys.executable, "-c", LIMITED, str(margin_mb), *map(str, argv)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=child_env(),
+    )
 
 
 @pytest.mark.skipif((ram_available() or 0) < 4 * 2**30, reason="the memory check would refuse the step first")
@@ -249,8 +284,10 @@ def test_running_out_of_memory_in_a_training_step_is_one_sentence_and_leaves_no_
     path = config_file(tmp_path, raw, label, 2, (512, 512), 4)
     out = run_limited(800, "train", path)
     assert out.returncode == 2, out.stderr[-3000:]
-    assert out.stderr == ("napari-bioflow: error: Training ran out of memory (RAM) with train.batch_size 4 and "
-                          "data.patch_size 512x512: lower train.batch_size or data.patch_size.\n")
+    assert out.stderr == (
+        "napari-bioflow: error: Training ran out of memory (RAM) with train.batch_size 4 and "
+        "data.patch_size 512x512: lower train.batch_size or data.patch_size.\n"
+    )
     assert tree(tmp_path / "runs") == {}  # the run that never saved a checkpoint is gone
     assert not (tmp_path / "runs" / "mem").exists()
 
@@ -264,11 +301,23 @@ def test_running_out_of_memory_while_predicting_is_one_sentence(tmp_path):
     tifffile.imwrite(images / "big.tif", np.ascontiguousarray(big))
     before = tree(images)
     # one 4096x4096 tile: each activation of the tiny U-Net is 512 MB, and only 600 MB more may be taken
-    out = run_limited(600, "predict", "--checkpoint", ckpt, "--input", images, "--output", tmp_path / "out",
-                      "--set", "predict.tile_size=[4096,4096]")
+    out = run_limited(
+        600,
+        "predict",
+        "--checkpoint",
+        ckpt,
+        "--input",
+        images,
+        "--output",
+        tmp_path / "out",
+        "--set",
+        "predict.tile_size=[4096,4096]",
+    )
     assert out.returncode == 2, out.stderr[-3000:]
-    assert out.stderr == (f"napari-bioflow: error: Prediction of {images / 'big.tif'} ran out of memory (RAM) with "
-                          f"tiles of 4096x4096, 1 per pass: lower predict.tile_size or predict.batch_size.\n")
+    assert out.stderr == (
+        f"napari-bioflow: error: Prediction of {images / 'big.tif'} ran out of memory (RAM) with "
+        f"tiles of 4096x4096, 1 per pass: lower predict.tile_size or predict.batch_size.\n"
+    )
     assert tree(images) == before
 
 

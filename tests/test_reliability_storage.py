@@ -3,6 +3,7 @@ checkpoints whose damaged weights are refused, a full disk that is one sentence 
 leaves no `.part` file, and exit codes that tell a batch with failed files from a finished one.
 
 The full-disk tests mount small tmpfs file systems (root only; skipped with the reason elsewhere)."""
+
 import re
 import shlex
 import shutil
@@ -16,15 +17,15 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-
 from helpers import BBBC, crop_folders, read_csv, tiny_config, tree
+
 from napari_bioflow.cli import main
 from napari_bioflow.config import RunConfig
-from napari_bioflow.engine.train.checkpoint import CHECKSUM, read_checkpoint, read_weights, save_checkpoint
 from napari_bioflow.engine.errors import InputError
 from napari_bioflow.engine.experiment import new_experiment
 from napari_bioflow.engine.storage import DiskFull, reserve
 from napari_bioflow.engine.train import Trainer
+from napari_bioflow.engine.train.checkpoint import CHECKSUM, read_checkpoint, read_weights, save_checkpoint
 
 RULE = "letters, digits, '-', '_' and '.', not only dots"
 
@@ -44,8 +45,9 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def checkpoint(data, tmp_path_factory):
     """A real checkpoint of a tiny 2D segmentation run."""
-    trainer = Trainer(tiny_config(tmp_path_factory.mktemp("storage_ckpt") / "runs", *data["train"],
-                                  data={"patch_size": [32, 32]}))
+    trainer = Trainer(
+        tiny_config(tmp_path_factory.mktemp("storage_ckpt") / "runs", *data["train"], data={"patch_size": [32, 32]})
+    )
     for _ in trainer.run():
         pass
     return trainer.best_checkpoint
@@ -81,8 +83,9 @@ def tmpfs(tmp_path):
     def mount(size: str, name: str = "disk") -> Path:
         where = tmp_path / name
         where.mkdir()
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True, text=True
+        )
         if proc.returncode != 0:
             pytest.skip(f"a small tmpfs cannot be mounted here to fill a disk ({proc.stderr.strip() or 'not root'})")
         mounted.append(where)
@@ -121,8 +124,20 @@ def test_predict_with_the_run_name_dotdot_writes_nothing_beside_the_output_folde
     parent.mkdir()
     (parent / "mine.txt").write_text("a user's file")
     before = tree(tmp_path)
-    code, _, err = cli(capsys, ["predict", "--checkpoint", checkpoint, "--input", data["train"][0],
-                                "--output", parent / "out", "--set", "name=.."])
+    code, _, err = cli(
+        capsys,
+        [
+            "predict",
+            "--checkpoint",
+            checkpoint,
+            "--input",
+            data["train"][0],
+            "--output",
+            parent / "out",
+            "--set",
+            "name=..",
+        ],
+    )
     assert code == 2 and "(from --set name=..)" in one_line(err) and RULE in err
     assert tree(tmp_path) == before and sorted(p.name for p in parent.iterdir()) == ["mine.txt"]
 
@@ -132,13 +147,29 @@ def test_a_run_name_in_the_config_file_blames_the_file(tmp_path, capsys, data):
     path.write_text(path.read_text().replace("name: tiny", "name: ..", 1))
     code, _, err = cli(capsys, ["train", path])
     assert code == 2
-    assert one_line(err).startswith(f"napari-bioflow: error: {path}: field 'name': the experiment name '..' may hold only")
+    assert one_line(err).startswith(
+        f"napari-bioflow: error: {path}: field 'name': the experiment name '..' may hold only"
+    )
     assert "--set" not in err and not (tmp_path / "out").exists() and not (tmp_path / "results").exists()
 
 
 def test_batch_refuses_a_run_name_that_leaves_the_output_folder(tmp_path, capsys, data, checkpoint):
-    code, _, err = cli(capsys, ["batch", "--checkpoint", checkpoint, "--input", data["train"][0], "--name", "..",
-                                "--output", tmp_path / "out", "--device", "cpu"])
+    code, _, err = cli(
+        capsys,
+        [
+            "batch",
+            "--checkpoint",
+            checkpoint,
+            "--input",
+            data["train"][0],
+            "--name",
+            "..",
+            "--output",
+            tmp_path / "out",
+            "--device",
+            "cpu",
+        ],
+    )
     assert code == 2 and "the experiment name '..' may hold only" in one_line(err)
     assert list(tmp_path.iterdir()) == []
 
@@ -196,12 +227,15 @@ def test_a_checkpoint_with_damaged_weights_is_refused(tmp_path, capsys, data, ch
     loaded = torch.load(damaged, map_location="cpu", weights_only=False)
     assert not torch.equal(loaded["state_dict"][name], read_checkpoint(checkpoint)["state_dict"][name])
     before = tree(tmp_path)
-    code, out, err = cli(capsys, ["predict", "--checkpoint", damaged, "--input", data["train"][0],
-                                  "--output", tmp_path / "out"])
+    code, out, err = cli(
+        capsys, ["predict", "--checkpoint", damaged, "--input", data["train"][0], "--output", tmp_path / "out"]
+    )
     assert code == 2
-    assert one_line(err) == (f"napari-bioflow: error: Checkpoint {damaged} is damaged: its weights do not match the "
-                             f"checksum stored when it was saved (tensor '{name}' differs); use an intact copy or "
-                             f"train again.\n")
+    assert one_line(err) == (
+        f"napari-bioflow: error: Checkpoint {damaged} is damaged: its weights do not match the "
+        f"checksum stored when it was saved (tensor '{name}' differs); use an intact copy or "
+        f"train again.\n"
+    )
     assert out == "" and tree(tmp_path) == before and not (tmp_path / "out").exists()
     # every reader of our checkpoints checks: resuming, starting a model from it
     for read in (read_checkpoint, read_weights):
@@ -215,8 +249,9 @@ def test_checkpoints_store_a_checksum_and_old_ones_without_it_still_load(tmp_pat
     del ckpt[CHECKSUM]  # as saved by earlier versions
     old = tmp_path / "old.pth"
     torch.save(ckpt, old)
-    code, out, err = cli(capsys, ["predict", "--checkpoint", old, "--input", data["train"][0],
-                                  "--output", tmp_path / "out"])
+    code, out, err = cli(
+        capsys, ["predict", "--checkpoint", old, "--input", data["train"][0], "--output", tmp_path / "out"]
+    )
     assert code == 0, err
     assert err == "" and "results:" in out
 
@@ -230,8 +265,10 @@ def test_training_onto_a_full_disk_is_one_sentence(tmp_path, capsys, data, tmpfs
     code, _, err = cli(capsys, ["train", path])
     assert code == 2
     folder = disk / "out" / "tiny" / "checkpoints"
-    assert one_line(err).startswith(f"napari-bioflow: error: The disk holding {folder} is full: checkpoint "
-                                    f"tiny_1-checkpoint-best.pth could not be written (it needs ")
+    assert one_line(err).startswith(
+        f"napari-bioflow: error: The disk holding {folder} is full: checkpoint "
+        f"tiny_1-checkpoint-best.pth could not be written (it needs "
+    )
     assert err.endswith("; free some space or choose another output folder.\n")
     assert parts(disk) == [] and not (folder.exists() and list(folder.iterdir()))  # no checkpoint, whole or part
     assert {k: v for k, v in tree(disk).items() if k in before} == before and mine.is_file()
@@ -251,8 +288,10 @@ def test_a_checkpoint_write_cut_short_by_the_disk_leaves_the_earlier_file(tmp_pa
     before = tree(disk)
     with pytest.raises(DiskFull) as e:
         save_checkpoint(earlier, payload)
-    assert str(e.value) == (f"The disk holding {disk} is full: checkpoint run-checkpoint-last.pth could not be "
-                            f"written; free some space or choose another output folder.")
+    assert str(e.value) == (
+        f"The disk holding {disk} is full: checkpoint run-checkpoint-last.pth could not be "
+        f"written; free some space or choose another output folder."
+    )
     assert tree(disk) == before and parts(disk) == []
     read_checkpoint(earlier)  # the earlier checkpoint is whole
 
@@ -269,16 +308,22 @@ def test_space_is_reserved_before_a_file_is_memory_mapped(tmpfs):
 def run_cli_process(argv, cwd: Path) -> subprocess.CompletedProcess:
     """The CLI in its own process: a write through a memory mapping onto a full disk kills it with SIGBUS (exit
     135), which must fail this test rather than kill the test session."""
-    return subprocess.run([sys.executable, "-m", "napari_bioflow.cli", *map(str, argv)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "napari_bioflow.cli", *map(str, argv)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_predict_onto_a_full_disk_is_one_sentence_not_a_sigbus(tmp_path, data, checkpoint, tmpfs):
     disk = tmpfs("1m")  # the 450x450 probabilities alone are 1.6 MB of float32
     (disk / "mine.txt").write_text("a user's file")
     before = tree(disk)
-    proc = run_cli_process(["predict", "--checkpoint", checkpoint, "--input", data["big"], "--output", disk / "out"],
-                           tmp_path)
+    proc = run_cli_process(
+        ["predict", "--checkpoint", checkpoint, "--input", data["big"], "--output", disk / "out"], tmp_path
+    )
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     err = one_line(proc.stderr)
     assert err.startswith(f"napari-bioflow: error: The disk holding {disk / 'out'}") and " is full: " in err
@@ -290,8 +335,10 @@ def test_predict_onto_a_full_disk_is_one_sentence_not_a_sigbus(tmp_path, data, c
 def test_batch_onto_a_full_disk_stops_with_one_sentence_and_resumes(tmp_path, data, checkpoint, tmpfs):
     disk = tmpfs("4m")
     mine = fill(disk, 1024 * 1024)
-    proc = run_cli_process(["batch", "--checkpoint", checkpoint, "--input", data["big"], "--output", disk / "out",
-                            "--device", "cpu"], tmp_path)
+    proc = run_cli_process(
+        ["batch", "--checkpoint", checkpoint, "--input", data["big"], "--output", disk / "out", "--device", "cpu"],
+        tmp_path,
+    )
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     run_dir = disk / "out" / "batch" / "results" / "batch_1"
     err = one_line(proc.stderr)
@@ -308,8 +355,10 @@ def test_batch_onto_a_full_disk_stops_with_one_sentence_and_resumes(tmp_path, da
 
 def test_a_resumed_batch_removes_the_part_files_its_interruption_left(tmp_path, capsys, data, checkpoint):
     raw_dir = data["train"][0]
-    code, _, err = cli(capsys, ["batch", "--checkpoint", checkpoint, "--input", raw_dir, "--output", tmp_path / "out",
-                                "--device", "cpu"])
+    code, _, err = cli(
+        capsys,
+        ["batch", "--checkpoint", checkpoint, "--input", raw_dir, "--output", tmp_path / "out", "--device", "cpu"],
+    )
     assert code == 0, err
     run_dir = tmp_path / "out" / "batch" / "results" / "batch_1"
     finished = tree(run_dir)
@@ -320,8 +369,9 @@ def test_a_resumed_batch_removes_the_part_files_its_interruption_left(tmp_path, 
     assert code == 0, err
     assert parts(run_dir) == []
     after = tree(run_dir)
-    assert {k: v for k, v in after.items() if k.startswith("per_image")} == \
-        {k: v for k, v in finished.items() if k.startswith("per_image")}  # finished files untouched
+    assert {k: v for k, v in after.items() if k.startswith("per_image")} == {
+        k: v for k, v in finished.items() if k.startswith("per_image")
+    }  # finished files untouched
 
 
 # ----------------------------------------------------------------------------------------------- 8. exit codes
@@ -330,8 +380,10 @@ def test_a_batch_with_failed_files_exits_3(tmp_path, capsys, data, checkpoint):
     shutil.copytree(data["train"][0], folder)
     (folder / "broken.tif").write_bytes(b"II*\x00 not really a TIFF")
     before = tree(folder)
-    code, out, err = cli(capsys, ["batch", "--checkpoint", checkpoint, "--input", folder, "--output", tmp_path / "out",
-                                  "--device", "cpu"])
+    code, out, err = cli(
+        capsys,
+        ["batch", "--checkpoint", checkpoint, "--input", folder, "--output", tmp_path / "out", "--device", "cpu"],
+    )
     assert code == 3, err
     assert "FAILED broken.tif" in out and "finished with failures: exit status 3" in out
     rows = {r["image"]: r["status"] for r in read_csv(next((tmp_path / "out").rglob("batch_summary.csv")))}
@@ -340,8 +392,10 @@ def test_a_batch_with_failed_files_exits_3(tmp_path, capsys, data, checkpoint):
     only_bad = tmp_path / "bad"
     only_bad.mkdir()
     shutil.copy(folder / "broken.tif", only_bad)
-    code, out, err = cli(capsys, ["batch", "--checkpoint", checkpoint, "--input", only_bad, "--output", tmp_path / "out",
-                                  "--device", "cpu"])
+    code, out, err = cli(
+        capsys,
+        ["batch", "--checkpoint", checkpoint, "--input", only_bad, "--output", tmp_path / "out", "--device", "cpu"],
+    )
     assert code == 3 and "1 failed" in out
     assert tree(folder) == before
 
@@ -379,10 +433,12 @@ def test_an_interrupted_training_names_its_best_checkpoint_and_how_to_resume(tmp
     assert code == 130
     ckpts = tmp_path / "runs" / "tiny" / "checkpoints"
     best, last = ckpts / "tiny_1-checkpoint-best.pth", ckpts / "tiny_1-checkpoint-last.pth"
-    command = shlex.join(["napari-bioflow", "train", str(path), "--set", "train.learning_rate=0.002",
-                          "--set", f"train.resume={last}"])
-    assert one_line(err) == (f"napari-bioflow: interrupted; the best checkpoint is {best}; resume from the last "
-                             f"epoch with: {command}\n")
+    command = shlex.join(
+        ["napari-bioflow", "train", str(path), "--set", "train.learning_rate=0.002", "--set", f"train.resume={last}"]
+    )
+    assert one_line(err) == (
+        f"napari-bioflow: interrupted; the best checkpoint is {best}; resume from the last epoch with: {command}\n"
+    )
     assert best.is_file() and last.is_file() and parts(tmp_path / "runs") == []
     # the command it gives resumes: the new run goes on from epoch 2
     code, out, err = cli(capsys, shlex.split(command)[1:])
@@ -398,6 +454,8 @@ def test_a_training_interrupted_before_its_first_checkpoint_says_so(tmp_path, ca
     code, _, err = cli(capsys, ["train", path])
     monkeypatch.undo()
     assert code == 130
-    assert one_line(err) == ("napari-bioflow: interrupted; training stopped before any checkpoint was written; run the "
-                             "same command to start again\n")
+    assert one_line(err) == (
+        "napari-bioflow: interrupted; training stopped before any checkpoint was written; run the "
+        "same command to start again\n"
+    )
     assert parts(tmp_path / "runs") == [] and not list((tmp_path / "runs").rglob("*.pth"))

@@ -7,6 +7,7 @@ land in the run folder and never next to the data. masking: the MAE loss falls w
 checks (original, masked, reconstruction, reconstruction with the visible tokens) are written and consistent with
 the grid mask. Bad input is refused before anything is written.
 """
+
 import math
 import shutil
 from pathlib import Path
@@ -15,15 +16,15 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-
 from helpers import NUCLEI, read_csv, reports_of, run_all, tiny_config, tree
+
 from napari_bioflow.config import RunConfig, SelfSupervisedConfig
-from napari_bioflow.engine.train.checkpoint import load_model
-from napari_bioflow.engine.errors import InputError
-from napari_bioflow.engine.predict.inference import predict_files
 from napari_bioflow.engine.data.sampling import PatchSampler
 from napari_bioflow.engine.data.sources import folder_pairs
+from napari_bioflow.engine.errors import InputError
+from napari_bioflow.engine.predict.inference import predict_files
 from napari_bioflow.engine.train import DoneReport, EpochReport, StartReport, Trainer
+from napari_bioflow.engine.train.checkpoint import load_model
 from napari_bioflow.engine.workflows.self_supervised import crappify
 
 DATA = Path(__file__).parent / "data"
@@ -31,8 +32,15 @@ TIMELAPSE = DATA / "timelapse_2d_crops.tif"  # four real 160x160 crops of the ti
 TOMOGRAM = DATA / "tomo_3d_crop.tif"  # a real 16x64x64 cryo-ET crop
 
 # the tiny MAE of these tests: 8-pixel tokens, ViT 64 wide x 2 deep (2 heads), decoder 32 wide x 1 deep
-MAE = {"patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2, "decoder_embed_dim": 32, "decoder_depth": 1,
-       "decoder_num_heads": 2}
+MAE = {
+    "patch_size": 8,
+    "embed_dim": 64,
+    "depth": 2,
+    "num_heads": 2,
+    "decoder_embed_dim": 32,
+    "decoder_depth": 1,
+    "decoder_num_heads": 2,
+}
 
 
 def psnr(prediction, target) -> float:
@@ -92,11 +100,14 @@ def test_noise_is_a_fifth_of_each_images_maximum_and_clipped_to_zero_and_the_max
     assert out.mean() == pytest.approx(3.0 - 0.2 * 3.0 / math.sqrt(2 * math.pi), abs=0.005)
 
 
-@pytest.mark.parametrize("shape, area, small", [
-    ((64, 48), 4.0, [32, 24]),
-    ((64, 48), 16.0, [16, 12]),
-    ((16, 32, 24), 4.0, [8, 16, 12]),  # Z is halved too
-])
+@pytest.mark.parametrize(
+    "shape, area, small",
+    [
+        ((64, 48), 4.0, [32, 24]),
+        ((64, 48), 16.0, [16, 12]),
+        ((16, 32, 24), 4.0, [8, 16, 12]),  # Z is halved too
+    ],
+)
 def test_down_and_up_sampling_by_the_square_root_of_the_area_per_axis(monkeypatch, shape, area, small):
     calls = []
     interpolate = torch.nn.functional.interpolate
@@ -131,8 +142,12 @@ def test_training_patches_get_the_noise_of_their_whole_image(tmp_path):
     """The image maximum sets the noise in training as in prediction: a dark patch of a bright image is degraded
     with sigma = 0.2 x the image's maximum, not 0.2 x the patch's own (much lower) maximum."""
     folders = write_frames(tmp_path, {"train": [0]})
-    cfg = tiny_config(tmp_path / "out", workflow="self_supervised", data={"train_raw": str(folders["train"]),
-                      "patch_size": [32, 32], "val_split": 0.0}, self_supervised={"downsample_area": 1.0})
+    cfg = tiny_config(
+        tmp_path / "out",
+        workflow="self_supervised",
+        data={"train_raw": str(folders["train"]), "patch_size": [32, 32], "val_split": 0.0},
+        self_supervised={"downsample_area": 1.0},
+    )
     trainer = Trainer(cfg)
     run = trainer.run()
     assert isinstance(next(run), StartReport)  # set up: data checked, normalization and image maxima fitted
@@ -166,18 +181,27 @@ def crappify_2d(tmp_path_factory):
     root = tmp_path_factory.mktemp("crappify2d")
     folders = write_frames(root, {"train": [0, 1], "val": [2], "test": [3]})
     data_tree = tree(root)
-    cfg = RunConfig.from_dict({
-        "workflow": "self_supervised", "name": "crap", "output_dir": str(root / "out"), "device": "cpu", "seed": 0,
-        "data": {"train_raw": str(folders["train"]), "val_raw": str(folders["val"]), "patch_size": [64, 64]},
-        # no normalization layers: instance norm makes a U-Net blind to each patch's brightness, which restoration needs
-        "model": {"options": {"feature_maps": [16, 32], "norm": "none"}},
-        "train": {"epochs": 6, "patience": 0, "batch_size": 4, "steps_per_epoch": 10, "learning_rate": 3e-3},
-    })
+    cfg = RunConfig.from_dict(
+        {
+            "workflow": "self_supervised",
+            "name": "crap",
+            "output_dir": str(root / "out"),
+            "device": "cpu",
+            "seed": 0,
+            "data": {"train_raw": str(folders["train"]), "val_raw": str(folders["val"]), "patch_size": [64, 64]},
+            # no normalization layers: instance norm makes a U-Net blind to each patch's brightness, which restoration needs
+            "model": {"options": {"feature_maps": [16, 32], "norm": "none"}},
+            "train": {"epochs": 6, "patience": 0, "batch_size": 4, "steps_per_epoch": 10, "learning_rate": 3e-3},
+        }
+    )
     trainer = Trainer(cfg)
     reports = run_all(trainer)
     (done,) = reports_of(reports, DoneReport)
-    results = list(predict_files(load_model(done.checkpoint), folder_pairs(folders["test"], None, "test"),
-                                 trainer.experiment.results))
+    results = list(
+        predict_files(
+            load_model(done.checkpoint), folder_pairs(folders["test"], None, "test"), trainer.experiment.results
+        )
+    )
     return trainer, reports, results, folders, data_tree
 
 
@@ -189,9 +213,11 @@ def test_crappify_2d_restoration_beats_the_degraded_input(crappify_2d):
     restored = tifffile.imread(out / "per_image" / "crop3.tif")
     assert degraded.shape == restored.shape == (1, 160, 160)
     m = result.metrics
-    print(f"\ncrappify 2D on a held-aside crop: restored {m['psnr']:.2f} dB, degraded input "
-          f"{m['psnr_degraded_input']:.2f} dB, SSIM {m['ssim']:.3f}; validation PSNR by epoch "
-          f"{[round(e.metrics['psnr'], 2) for e in reports_of(reports, EpochReport)]}")
+    print(
+        f"\ncrappify 2D on a held-aside crop: restored {m['psnr']:.2f} dB, degraded input "
+        f"{m['psnr_degraded_input']:.2f} dB, SSIM {m['ssim']:.3f}; validation PSNR by epoch "
+        f"{[round(e.metrics['psnr'], 2) for e in reports_of(reports, EpochReport)]}"
+    )
     # the engine's numbers are the PSNRs of the written files against the clean image
     assert m["psnr"] == pytest.approx(psnr(restored[0], clean), abs=1e-6)
     assert m["psnr_degraded_input"] == pytest.approx(psnr(degraded[0], clean), abs=1e-6)
@@ -220,9 +246,13 @@ def test_crappify_3d_on_the_tomogram(tmp_path):
     data.mkdir()
     shutil.copy(TOMOGRAM, data / "tomo.tif")
     before = tree(tmp_path)
-    cfg = tiny_config(tmp_path / "out", workflow="self_supervised", ndim=3,
-                      data={"train_raw": str(data), "patch_size": [8, 32, 32], "val_split": 0.5},
-                      train={"epochs": 1, "steps_per_epoch": 2, "batch_size": 2})
+    cfg = tiny_config(
+        tmp_path / "out",
+        workflow="self_supervised",
+        ndim=3,
+        data={"train_raw": str(data), "patch_size": [8, 32, 32], "val_split": 0.5},
+        train={"epochs": 1, "steps_per_epoch": 2, "batch_size": 2},
+    )
     trainer = Trainer(cfg)
     reports = run_all(trainer)
     (start,) = reports_of(reports, StartReport)
@@ -250,18 +280,27 @@ def test_crappify_3d_on_the_tomogram(tmp_path):
 def mae_2d(tmp_path_factory):
     root = tmp_path_factory.mktemp("mae2d")
     folders = write_frames(root, {"train": [0, 1], "val": [2], "test": [3]})
-    cfg = RunConfig.from_dict({
-        "workflow": "self_supervised", "name": "mae", "output_dir": str(root / "out"), "device": "cpu", "seed": 0,
-        "self_supervised": {"pretext": "masking"},
-        "data": {"train_raw": str(folders["train"]), "val_raw": str(folders["val"]), "patch_size": [32, 32]},
-        "model": {"name": "mae", "options": {**MAE, "img_size": 32}},
-        "train": {"epochs": 5, "patience": 0, "batch_size": 8, "steps_per_epoch": 10, "learning_rate": 1e-3},
-    })
+    cfg = RunConfig.from_dict(
+        {
+            "workflow": "self_supervised",
+            "name": "mae",
+            "output_dir": str(root / "out"),
+            "device": "cpu",
+            "seed": 0,
+            "self_supervised": {"pretext": "masking"},
+            "data": {"train_raw": str(folders["train"]), "val_raw": str(folders["val"]), "patch_size": [32, 32]},
+            "model": {"name": "mae", "options": {**MAE, "img_size": 32}},
+            "train": {"epochs": 5, "patience": 0, "batch_size": 8, "steps_per_epoch": 10, "learning_rate": 1e-3},
+        }
+    )
     trainer = Trainer(cfg)
     reports = run_all(trainer)
     (done,) = reports_of(reports, DoneReport)
-    results = list(predict_files(load_model(done.checkpoint), folder_pairs(folders["test"], None, "test"),
-                                 trainer.experiment.results))
+    results = list(
+        predict_files(
+            load_model(done.checkpoint), folder_pairs(folders["test"], None, "test"), trainer.experiment.results
+        )
+    )
     return trainer, reports, results, folders
 
 
@@ -269,8 +308,10 @@ def test_mae_2d_loss_falls(mae_2d):
     trainer, reports, _, _ = mae_2d
     epochs = reports_of(reports, EpochReport)
     train, val = [e.train_loss for e in epochs], [e.val_loss for e in epochs]
-    print(f"\nMAE 2D (8-pixel tokens) loss by epoch: train {[round(v, 4) for v in train]}, "
-          f"validation {[round(v, 4) for v in val]}")
+    print(
+        f"\nMAE 2D (8-pixel tokens) loss by epoch: train {[round(v, 4) for v in train]}, "
+        f"validation {[round(v, 4) for v in val]}"
+    )
     assert train[-1] < 0.5 * train[0]
     assert min(val[1:]) < 0.8 * val[0]
     rows = read_csv(trainer.experiment.results / "train_logs" / "mae_1_log.csv")
@@ -279,9 +320,11 @@ def test_mae_2d_loss_falls(mae_2d):
 
 def check_mae_outputs(folder: Path, stem: str, clean: np.ndarray, patch: list[int], token: int):
     """The four MAE checks of one image: shapes, and the masked input / pasted reconstruction against the grid mask."""
-    checks = {name: tifffile.imread(folder / f"{stem}_{name}.tif")
-              for name in ("original", "masked", "reconstruction", "reconstruction_and_visible")}
-    assert {k: v.shape for k, v in checks.items()} == {k: (1, *clean.shape) for k in checks}
+    checks = {
+        name: tifffile.imread(folder / f"{stem}_{name}.tif")
+        for name in ("original", "masked", "reconstruction", "reconstruction_and_visible")
+    }
+    assert {k: v.shape for k, v in checks.items()} == dict.fromkeys(checks, (1, *clean.shape))
     assert all(np.isfinite(v).all() for v in checks.values())
     np.testing.assert_array_equal(checks["original"][0], clean)
     hidden = checkerboard(clean.shape, patch, token) == 1
@@ -315,17 +358,24 @@ def test_mae_3d_tokens_loss_falls_and_checks(tmp_path):
     (tmp_path / "test").mkdir()
     tifffile.imwrite(tmp_path / "train/vol.tif", volume[:16, :, :128])
     tifffile.imwrite(tmp_path / "test/vol.tif", volume[16:, 64:, 128:192])
-    cfg = tiny_config(tmp_path / "out", workflow="self_supervised", ndim=3, self_supervised={"pretext": "masking"},
-                      data={"train_raw": str(tmp_path / "train"), "patch_size": [16, 32, 32], "val_split": 0.25},
-                      model={"name": "mae", "options": {**MAE, "img_size": [16, 32, 32]}},
-                      train={"epochs": 4, "steps_per_epoch": 8, "batch_size": 4, "learning_rate": 1e-3})
+    cfg = tiny_config(
+        tmp_path / "out",
+        workflow="self_supervised",
+        ndim=3,
+        self_supervised={"pretext": "masking"},
+        data={"train_raw": str(tmp_path / "train"), "patch_size": [16, 32, 32], "val_split": 0.25},
+        model={"name": "mae", "options": {**MAE, "img_size": [16, 32, 32]}},
+        train={"epochs": 4, "steps_per_epoch": 8, "batch_size": 4, "learning_rate": 1e-3},
+    )
     trainer = Trainer(cfg)
     reports = run_all(trainer)
     assert trainer.model.encoder.grid == (2, 4, 4)  # 3D tokens of 8x8x8 voxels
     epochs = reports_of(reports, EpochReport)
     train = [e.train_loss for e in epochs]
-    print(f"\nMAE 3D (8x8x8 tokens) loss by epoch: train {[round(v, 4) for v in train]}, "
-          f"validation {[round(e.val_loss, 4) for e in epochs]}")
+    print(
+        f"\nMAE 3D (8x8x8 tokens) loss by epoch: train {[round(v, 4) for v in train]}, "
+        f"validation {[round(e.val_loss, 4) for e in epochs]}"
+    )
     assert train[-1] < 0.5 * train[0]
     out = trainer.experiment.results
     (result,) = predict_files(load_model(reports[-1].checkpoint), folder_pairs(tmp_path / "test", None, "test"), out)
@@ -356,8 +406,14 @@ def test_mae_validation_psnr_scores_the_hidden_tokens_only():
     from napari_bioflow.engine.workflows import get_workflow
 
     torch.manual_seed(0)
-    cfg = RunConfig.from_dict({"workflow": "self_supervised", "self_supervised": {"pretext": "masking"},
-                               "data": {"patch_size": [32, 32]}, "model": {"name": "mae", "options": {**MAE, "img_size": 32}}})
+    cfg = RunConfig.from_dict(
+        {
+            "workflow": "self_supervised",
+            "self_supervised": {"pretext": "masking"},
+            "data": {"patch_size": [32, 32]},
+            "model": {"name": "mae", "options": {**MAE, "img_size": 32}},
+        }
+    )
     wf = get_workflow(cfg)
     model = create_model("mae", ndim=2, in_channels=1, out_channels=1, **MAE, img_size=32).eval()
     x = torch.from_numpy(tifffile.imread(TIMELAPSE)[:2, 64:96, 64:96].astype(np.float32) / 255)[:, None]
@@ -391,17 +447,24 @@ def test_mae_random_mask_checks(tmp_path):
     (tmp_path / "test").mkdir()
     clean = frames[3][32:96, 64:128]
     tifffile.imwrite(tmp_path / "test" / "crop.tif", clean)
-    cfg = tiny_config(tmp_path / "out", workflow="self_supervised", self_supervised={"pretext": "masking"},
-                      data={"train_raw": str(folders["train"]), "patch_size": [32, 32]},
-                      model={"name": "mae", "options": {**MAE, "img_size": 32, "mask_type": "random"}})
+    cfg = tiny_config(
+        tmp_path / "out",
+        workflow="self_supervised",
+        self_supervised={"pretext": "masking"},
+        data={"train_raw": str(folders["train"]), "patch_size": [32, 32]},
+        model={"name": "mae", "options": {**MAE, "img_size": 32, "mask_type": "random"}},
+    )
     trainer = Trainer(cfg)
     reports = run_all(trainer)
-    (result,) = predict_files(load_model(reports[-1].checkpoint), folder_pairs(tmp_path / "test", None, "test"),
-                              trainer.experiment.results)
+    (result,) = predict_files(
+        load_model(reports[-1].checkpoint), folder_pairs(tmp_path / "test", None, "test"), trainer.experiment.results
+    )
     assert np.isfinite(result.metrics["psnr_masked_patches"])
     folder = trainer.experiment.results / "MAE_checks"
-    original, masked, reconstruction, pasted = (tifffile.imread(folder / f"crop_{n}.tif")[0] for n in
-                                                ("original", "masked", "reconstruction", "reconstruction_and_visible"))
+    original, masked, reconstruction, pasted = (
+        tifffile.imread(folder / f"crop_{n}.tif")[0]
+        for n in ("original", "masked", "reconstruction", "reconstruction_and_visible")
+    )
     assert clean.min() > 0  # so a hidden pixel is one whose masked value differs from the original
     hidden = masked != original
     assert (masked[hidden] == 0).all()
@@ -424,36 +487,56 @@ def frames_folder(tmp_path_factory):
     return write_frames(tmp_path_factory.mktemp("frames"), {"train": [0, 1]})["train"]
 
 
-@pytest.mark.parametrize("ndim, patch, message", [
-    (2, [36, 36], "The MAE token size 8 does not divide the patch size 36x36"),
-    (3, [12, 32, 32], "The MAE token size 8 does not divide the patch size 12x32x32"),
-])
+@pytest.mark.parametrize(
+    "ndim, patch, message",
+    [
+        (2, [36, 36], "The MAE token size 8 does not divide the patch size 36x36"),
+        (3, [12, 32, 32], "The MAE token size 8 does not divide the patch size 12x32x32"),
+    ],
+)
 def test_token_size_must_divide_the_patch(tmp_path, frames_folder, ndim, patch, message):
     train = frames_folder
     if ndim == 3:
         train = tmp_path / "vol"
         train.mkdir()
         tifffile.imwrite(train / "vol.tif", tifffile.imread(TOMOGRAM))
-    cfg = tiny_config(tmp_path / "out", workflow="self_supervised", ndim=ndim, self_supervised={"pretext": "masking"},
-                      data={"train_raw": str(train), "patch_size": patch, "val_split": 0.0},
-                      model={"name": "mae", "options": dict(MAE)})
+    cfg = tiny_config(
+        tmp_path / "out",
+        workflow="self_supervised",
+        ndim=ndim,
+        self_supervised={"pretext": "masking"},
+        data={"train_raw": str(train), "patch_size": patch, "val_split": 0.0},
+        model={"name": "mae", "options": dict(MAE)},
+    )
     with pytest.raises(InputError, match=message):
         run_all(Trainer(cfg))
     assert not (tmp_path / "out").exists()
 
 
 def test_masking_needs_a_masked_autoencoder(tmp_path, frames_folder):
-    cfg = tiny_config(tmp_path / "out", workflow="self_supervised", self_supervised={"pretext": "masking"},
-                      data={"train_raw": str(frames_folder), "patch_size": [32, 32]})
-    with pytest.raises(InputError, match=r"Model 'unet' does not fit self-supervised, masking \(masked autoencoder\); use mae, mae_vit_base \(model.name\)"):
+    cfg = tiny_config(
+        tmp_path / "out",
+        workflow="self_supervised",
+        self_supervised={"pretext": "masking"},
+        data={"train_raw": str(frames_folder), "patch_size": [32, 32]},
+    )
+    with pytest.raises(
+        InputError,
+        match=r"Model 'unet' does not fit self-supervised, masking \(masked autoencoder\); use mae, mae_vit_base \(model.name\)",
+    ):
         run_all(Trainer(cfg))
     assert not (tmp_path / "out").exists()
 
 
 def test_3d_mae_on_2d_images_is_refused(tmp_path, frames_folder):
-    cfg = tiny_config(tmp_path / "out", workflow="self_supervised", ndim=3, self_supervised={"pretext": "masking"},
-                      data={"train_raw": str(frames_folder), "patch_size": [8, 32, 32]},
-                      model={"name": "mae", "options": dict(MAE)})
+    cfg = tiny_config(
+        tmp_path / "out",
+        workflow="self_supervised",
+        ndim=3,
+        self_supervised={"pretext": "masking"},
+        data={"train_raw": str(frames_folder), "patch_size": [8, 32, 32]},
+        model={"name": "mae", "options": dict(MAE)},
+    )
     with pytest.raises(InputError, match=r"crop0\.tif has shape 160x160: that is 2D data, but the config is 3D"):
         run_all(Trainer(cfg))
     assert not (tmp_path / "out").exists()

@@ -1,15 +1,15 @@
 """Data sources (TIFF/PNG/zarr folders, arrays), channel handling, validation split, patch sampling,
 normalization and augmentation, on crops of the shipped real data."""
+
 import dask.array as da
 import numpy as np
 import pytest
 import tifffile
 import torch
 import zarr
-
 from helpers import NUCLEI, bbbc_pairs, crop_folders, read_pair, tiny_config, write_image
+
 from napari_bioflow.engine.data.augment import augment_batch
-from napari_bioflow.engine.errors import InputError
 from napari_bioflow.engine.data.io import list_images, open_image
 from napari_bioflow.engine.data.normalize import Normalizer, fit_normalizer
 from napari_bioflow.engine.data.sampling import PatchSampler, grid_starts, prefetch, validation_patches
@@ -21,6 +21,7 @@ from napari_bioflow.engine.data.sources import (
     split_validation,
     to_channels_last,
 )
+from napari_bioflow.engine.errors import InputError
 
 
 def real_crops(n=3, size=96):
@@ -28,7 +29,7 @@ def real_crops(n=3, size=96):
     out = []
     for raw_path, label_path in bbbc_pairs("train")[:n]:
         raw, label = read_pair(raw_path, label_path)
-        out.append((raw[150:150 + size, 150:150 + size].copy(), label[150:150 + size, 150:150 + size].copy()))
+        out.append((raw[150 : 150 + size, 150 : 150 + size].copy(), label[150 : 150 + size, 150 : 150 + size].copy()))
     return out
 
 
@@ -54,8 +55,11 @@ def test_tiff_png_zarr_folders_pair_by_name(tmp_path):
     (tmp_path / "raw" / ".hidden.tif").write_text("ignored too")
 
     pairs = folder_pairs(tmp_path / "raw", tmp_path / "label", "training")
-    assert [(r.name, l.name) for r, l in pairs] == [("a_img.png", "a_img.tif"), ("b_img.zarr", "b_img.png"),
-                                                   ("c_img.tif", "c_img.zarr")]
+    assert [(r.name, l.name) for r, l in pairs] == [
+        ("a_img.png", "a_img.tif"),
+        ("b_img.zarr", "b_img.png"),
+        ("c_img.tif", "c_img.zarr"),
+    ]
     cfg = tiny_config(tmp_path / "out")
     notes = []
     samples = samples_from_folders(tmp_path / "raw", tmp_path / "label", cfg, "training", notes)
@@ -212,7 +216,7 @@ def test_validation_split_by_whole_images(tmp_path):
     assert len(ds.train) == 6 and len(ds.val) == 2
     names = [s.name for s in ds.train + ds.val]
     assert sorted(names) == sorted(str(p) for p in sorted(raw_dir.iterdir()))
-    assert not set(s.name for s in ds.train) & set(s.name for s in ds.val)
+    assert not {s.name for s in ds.train} & {s.name for s in ds.val}
     # the split is fixed by the seed and changes with it
     again = build_dataset(cfg)
     assert [s.name for s in again.val] == [s.name for s in ds.val]
@@ -327,8 +331,8 @@ def test_validation_patches_tile_the_images():
     assert len(pos) == 2 * 2 * 3 * 2
     assert pos[0] == (0, (0, 0, 0)) and pos[11] == (0, (4, 24, 24)) and pos[12][0] == 1
     covered = np.zeros((8, 40, 48), bool)
-    for i, (z, y, x) in pos[:12]:
-        covered[z:z + 4, y:y + 16, x:x + 24] = True
+    for _i, (z, y, x) in pos[:12]:
+        covered[z : z + 4, y : y + 16, x : x + 24] = True
     assert covered.all()
     assert len(validation_patches([s] * 10, [4, 16, 24], max_patches=64)) == 64
 
@@ -476,7 +480,9 @@ def test_dataset_from_dask_layers(tmp_path):
     """Layers (numpy or dask arrays) go through the same checks as folders."""
     (raw, label), (raw2, label2) = real_crops(2, size=64)
     cfg = tiny_config(tmp_path / "o", data={"patch_size": [32, 32]})
-    train = [make_sample(da.from_array(raw, chunks=32), "layer raw", cfg, da.from_array(label, chunks=32), "layer labels")]
+    train = [
+        make_sample(da.from_array(raw, chunks=32), "layer raw", cfg, da.from_array(label, chunks=32), "layer labels")
+    ]
     val = [make_sample(raw2, "val raw", cfg, label2, "val labels")]
     ds = build_dataset(cfg, train, val)
     assert ds.train[0].raw.shape == (64, 64, 1) and len(ds.val) == 1

@@ -5,17 +5,28 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from helpers import (
+    BBBC,
+    NUCLEI,
+    TINY_MODEL,
+    crop_folders,
+    read_csv,
+    reports_of,
+    run_all,
+    tiny_config,
+    tree,
+    write_image,
+)
 from skimage.filters import threshold_otsu
 from skimage.io import imread
 
-from helpers import BBBC, NUCLEI, TINY_MODEL, crop_folders, read_csv, reports_of, run_all, tiny_config, tree, write_image
 from napari_bioflow.config import RunConfig
-from napari_bioflow.engine.train.checkpoint import load_model, read_checkpoint
+from napari_bioflow.engine.data.sources import folder_pairs
 from napari_bioflow.engine.errors import InputError
 from napari_bioflow.engine.predict.inference import predict_array, predict_files
-from napari_bioflow.engine.train.metrics import IoUAccumulator
-from napari_bioflow.engine.data.sources import folder_pairs
 from napari_bioflow.engine.train import DoneReport, EpochReport, StartReport, StepReport, Trainer
+from napari_bioflow.engine.train.checkpoint import load_model, read_checkpoint
+from napari_bioflow.engine.train.metrics import IoUAccumulator
 
 
 def pooled_foreground_iou(pairs) -> float:
@@ -40,13 +51,23 @@ def baselines(raws, labels) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def trained_2d(tmp_path_factory):
     out = tmp_path_factory.mktemp("learn2d")
-    cfg = RunConfig.from_dict({
-        "name": "bbbc", "output_dir": str(out), "device": "cpu", "seed": 0, "class_names": ["background", "nucleus"],
-        "data": {"train_raw": str(BBBC / "train/raw"), "train_label": str(BBBC / "train/label"),
-                 "patch_size": [128, 128], "val_split": 0.25},
-        "model": {"options": dict(TINY_MODEL)},
-        "train": {"epochs": 4, "patience": 0, "batch_size": 4, "steps_per_epoch": 10, "learning_rate": 3e-3},
-    })
+    cfg = RunConfig.from_dict(
+        {
+            "name": "bbbc",
+            "output_dir": str(out),
+            "device": "cpu",
+            "seed": 0,
+            "class_names": ["background", "nucleus"],
+            "data": {
+                "train_raw": str(BBBC / "train/raw"),
+                "train_label": str(BBBC / "train/label"),
+                "patch_size": [128, 128],
+                "val_split": 0.25,
+            },
+            "model": {"options": dict(TINY_MODEL)},
+            "train": {"epochs": 4, "patience": 0, "batch_size": 4, "steps_per_epoch": 10, "learning_rate": 3e-3},
+        }
+    )
     trainer = Trainer(cfg)
     reports = run_all(trainer)
     return trainer, reports
@@ -67,9 +88,11 @@ def test_2d_training_learns_beyond_trivial_baselines(trained_2d):
         preds.append(tifffile.imread(out / "per_image_binarized" / raw_path.name))
     learned = pooled_foreground_iou(zip(preds, labels))
     base = baselines(raws, labels)
-    print(f"\n2D foreground IoU on held-aside images: model {learned:.3f}, "
-          f"all-foreground {base['all_foreground']:.3f}, Otsu {base['otsu']:.3f}, "
-          f"per image {[round(r.metrics['iou_foreground'], 3) for r in results]}")
+    print(
+        f"\n2D foreground IoU on held-aside images: model {learned:.3f}, "
+        f"all-foreground {base['all_foreground']:.3f}, Otsu {base['otsu']:.3f}, "
+        f"per image {[round(r.metrics['iou_foreground'], 3) for r in results]}"
+    )
     # seed 0 gives 0.83 (all-foreground 0.09, Otsu 0.89); seeds 1-3 gave 0.74-0.86: the bounds hold for any of them
     assert learned > base["all_foreground"] + 0.4
     assert learned > 0.65
@@ -93,8 +116,17 @@ def test_2d_run_writes_log_and_charts(trained_2d):
     assert all(np.isfinite(s.loss) and s.eta_seconds >= 0 for s in steps)
     rows = read_csv(exp.results / "train_logs" / "bbbc_1_log.csv")
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
-    assert {"epoch", "train_loss", "val_loss", "learning_rate", "seconds", "iou_foreground", "iou_mean",
-            "iou_class_0", "iou_class_1"} <= set(rows[0])
+    assert {
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "learning_rate",
+        "seconds",
+        "iou_foreground",
+        "iou_mean",
+        "iou_class_0",
+        "iou_class_1",
+    } <= set(rows[0])
     epochs = reports_of(reports, EpochReport)
     for row, ep in zip(rows, epochs):
         assert float(row["train_loss"]) == pytest.approx(ep.train_loss)
@@ -151,14 +183,24 @@ def test_3d_training_learns(tmp_path):
     write_image(tmp_path / "train/label/vol.zarr", label[:, :88])
     write_image(tmp_path / "val/raw/vol.zarr", raw[8:24, 96:128, :128])
     write_image(tmp_path / "val/label/vol.zarr", label[8:24, 96:128, :128])
-    cfg = RunConfig.from_dict({
-        "name": "nuclei", "output_dir": str(tmp_path / "out"), "device": "cpu", "seed": 0, "ndim": 3,
-        "data": {"train_raw": str(tmp_path / "train/raw"), "train_label": str(tmp_path / "train/label"),
-                 "val_raw": str(tmp_path / "val/raw"), "val_label": str(tmp_path / "val/label"),
-                 "patch_size": [8, 32, 32]},
-        "model": {"options": dict(TINY_MODEL)},
-        "train": {"epochs": 2, "patience": 0, "batch_size": 4, "steps_per_epoch": 8, "learning_rate": 3e-3},
-    })
+    cfg = RunConfig.from_dict(
+        {
+            "name": "nuclei",
+            "output_dir": str(tmp_path / "out"),
+            "device": "cpu",
+            "seed": 0,
+            "ndim": 3,
+            "data": {
+                "train_raw": str(tmp_path / "train/raw"),
+                "train_label": str(tmp_path / "train/label"),
+                "val_raw": str(tmp_path / "val/raw"),
+                "val_label": str(tmp_path / "val/label"),
+                "patch_size": [8, 32, 32],
+            },
+            "model": {"options": dict(TINY_MODEL)},
+            "train": {"epochs": 2, "patience": 0, "batch_size": 4, "steps_per_epoch": 8, "learning_rate": 3e-3},
+        }
+    )
     trainer = Trainer(cfg)
     reports = run_all(trainer)
     (done,) = reports_of(reports, DoneReport)
@@ -172,8 +214,10 @@ def test_3d_training_learns(tmp_path):
     assert prob.shape == (2, 32, 128, 256)
     learned = pooled_foreground_iou([(prob.argmax(0), test_label)])
     base = baselines([test_raw], [test_label])
-    print(f"\n3D foreground IoU on the held-aside volume: model {learned:.3f}, "
-          f"all-foreground {base['all_foreground']:.3f}, Otsu {base['otsu']:.3f}")
+    print(
+        f"\n3D foreground IoU on the held-aside volume: model {learned:.3f}, "
+        f"all-foreground {base['all_foreground']:.3f}, Otsu {base['otsu']:.3f}"
+    )
     # seed 0 gives 0.94 (all-foreground 0.33, Otsu 0.83); seeds 1 and 2 gave 0.91 and 0.93
     assert learned > base["all_foreground"] + 0.4
     assert learned > 0.8
@@ -191,8 +235,9 @@ def small_data(tmp_path_factory):
 
 def test_early_stopping_by_patience(tmp_path, small_data):
     # a learning rate far below float precision: the validation loss cannot improve after the first epoch
-    cfg = tiny_config(tmp_path, *small_data, data={"patch_size": [32, 32]},
-                      train={"epochs": 6, "patience": 1, "learning_rate": 1e-30})
+    cfg = tiny_config(
+        tmp_path, *small_data, data={"patch_size": [32, 32]}, train={"epochs": 6, "patience": 1, "learning_rate": 1e-30}
+    )
     trainer = Trainer(cfg)
     reports = run_all(trainer)
     (done,) = reports_of(reports, DoneReport)
@@ -207,8 +252,12 @@ def test_early_stopping_by_patience(tmp_path, small_data):
 
 
 def test_patience_zero_never_stops_early(tmp_path, small_data):
-    cfg = tiny_config(tmp_path, *small_data, data={"patch_size": [32, 32]},
-                      train={"epochs": 3, "patience": 0, "learning_rate": 1e-30, "steps_per_epoch": 1})
+    cfg = tiny_config(
+        tmp_path,
+        *small_data,
+        data={"patch_size": [32, 32]},
+        train={"epochs": 3, "patience": 0, "learning_rate": 1e-30, "steps_per_epoch": 1},
+    )
     (done,) = reports_of(run_all(Trainer(cfg)), DoneReport)
     assert done.reason == "finished" and done.epochs_run == 3
 
@@ -244,8 +293,12 @@ def test_resume_continues_the_epoch_count_in_a_new_run(tmp_path, small_data):
 
 
 def test_warmup_cosine_warms_up_then_decays(tmp_path, small_data):
-    cfg = tiny_config(tmp_path, *small_data, data={"patch_size": [32, 32]},
-                      train={"epochs": 3, "scheduler": "warmup_cosine", "warmup_epochs": 1, "learning_rate": 0.01})
+    cfg = tiny_config(
+        tmp_path,
+        *small_data,
+        data={"patch_size": [32, 32]},
+        train={"epochs": 3, "scheduler": "warmup_cosine", "warmup_epochs": 1, "learning_rate": 0.01},
+    )
     lrs = [e.learning_rate for e in reports_of(run_all(Trainer(cfg)), EpochReport)]
     # 2 steps per epoch, 2 warm-up steps, 4 cosine steps: lr after each epoch = 1, cos(pi/2) -> 0.5, 0
     assert lrs == pytest.approx([0.01, 0.005, 0.0], abs=1e-12)
@@ -253,12 +306,17 @@ def test_warmup_cosine_warms_up_then_decays(tmp_path, small_data):
 
 @pytest.mark.parametrize("scheduler", ["one_cycle", "warmup_cosine", "reduce_on_plateau"])
 def test_resume_with_a_scheduler_and_more_epochs(tmp_path, small_data, scheduler):
-    cfg = tiny_config(tmp_path, *small_data, data={"patch_size": [32, 32]},
-                      train={"epochs": 2, "scheduler": scheduler, "steps_per_epoch": 1})
+    cfg = tiny_config(
+        tmp_path,
+        *small_data,
+        data={"patch_size": [32, 32]},
+        train={"epochs": 2, "scheduler": scheduler, "steps_per_epoch": 1},
+    )
     first = Trainer(cfg)
     run_all(first)
-    resumed = RunConfig.from_dict(cfg.model_dump(mode="json"),
-                                  ["train.epochs=4", f"train.resume={first.experiment.last_checkpoint}"])
+    resumed = RunConfig.from_dict(
+        cfg.model_dump(mode="json"), ["train.epochs=4", f"train.resume={first.experiment.last_checkpoint}"]
+    )
     reports = run_all(Trainer(resumed))
     epochs = reports_of(reports, EpochReport)
     assert [e.epoch for e in epochs] == [3, 4]
@@ -270,16 +328,16 @@ def test_resume_from_another_model_is_refused(tmp_path, small_data):
     cfg = tiny_config(tmp_path, *small_data, data={"patch_size": [32, 32]})
     first = Trainer(cfg)
     run_all(first)
-    other = RunConfig.from_dict(cfg.model_dump(mode="json"),
-                                ["model.name=resunet", f"train.resume={first.experiment.last_checkpoint}"])
+    other = RunConfig.from_dict(
+        cfg.model_dump(mode="json"), ["model.name=resunet", f"train.resume={first.experiment.last_checkpoint}"]
+    )
     with pytest.raises(InputError, match=r"tiny_1-checkpoint-last\.pth is a unet"):
         run_all(Trainer(other))
     assert not (tmp_path / "tiny/results/tiny_2").exists()
 
 
 def test_cancel_stops_at_a_batch_boundary_and_keeps_the_best_checkpoint(tmp_path, small_data):
-    cfg = tiny_config(tmp_path, *small_data, data={"patch_size": [32, 32]},
-                      train={"epochs": 3, "steps_per_epoch": 4})
+    cfg = tiny_config(tmp_path, *small_data, data={"patch_size": [32, 32]}, train={"epochs": 3, "steps_per_epoch": 4})
     trainer = Trainer(cfg)
     reports, n_steps = [], 0
     for r in trainer.run():
@@ -312,9 +370,18 @@ def test_cancel_stops_at_a_batch_boundary_and_keeps_the_best_checkpoint(tmp_path
 @pytest.mark.parametrize("scheduler", ["none", "reduce_on_plateau", "one_cycle", "warmup_cosine"])
 def test_every_optimizer_and_scheduler_runs(tmp_path, small_data, optimizer, scheduler):
     lr = 0.01
-    cfg = tiny_config(tmp_path, *small_data, data={"patch_size": [32, 32]},
-                      train={"optimizer": optimizer, "scheduler": scheduler, "learning_rate": lr, "warmup_epochs": 0,
-                             "weight_decay": 1e-4})
+    cfg = tiny_config(
+        tmp_path,
+        *small_data,
+        data={"patch_size": [32, 32]},
+        train={
+            "optimizer": optimizer,
+            "scheduler": scheduler,
+            "learning_rate": lr,
+            "warmup_epochs": 0,
+            "weight_decay": 1e-4,
+        },
+    )
     trainer = Trainer(cfg)
     reports = run_all(trainer)
     (epoch,) = reports_of(reports, EpochReport)
@@ -355,22 +422,37 @@ def test_transfer_loads_matching_tensors(tmp_path, small_data):
     run_all(source)
     src = read_checkpoint(source.experiment.best_checkpoint)["state_dict"]
     # three classes: every tensor matches except the head; a learning rate of 1e-30 keeps the weights as loaded
-    cfg = tiny_config(tmp_path / "b", *small_data, n_classes=3, data={"patch_size": [32, 32]},
-                      model={"options": dict(TINY_MODEL), "start_from": str(source.experiment.best_checkpoint)},
-                      train={"learning_rate": 1e-30, "steps_per_epoch": 1})
+    cfg = tiny_config(
+        tmp_path / "b",
+        *small_data,
+        n_classes=3,
+        data={"patch_size": [32, 32]},
+        model={"options": dict(TINY_MODEL), "start_from": str(source.experiment.best_checkpoint)},
+        train={"learning_rate": 1e-30, "steps_per_epoch": 1},
+    )
     target = Trainer(cfg)
     reports = run_all(target)
     (start,) = reports_of(reports, StartReport)
     note = next(n for n in start.notes if n.startswith("Started from"))
-    assert f"{len(src) - 2} tensors loaded, 2 initialised: head.bias, head.weight; 2 of the checkpoint's tensors skipped" in note
+    assert (
+        f"{len(src) - 2} tensors loaded, 2 initialised: head.bias, head.weight; 2 of the checkpoint's tensors skipped"
+        in note
+    )
     dst = read_checkpoint(target.experiment.last_checkpoint)["state_dict"]
     assert dst["head.weight"].shape[0] == 3 and src["head.weight"].shape[0] == 2
     for k, v in src.items():
         if not k.startswith("head."):
             torch.testing.assert_close(dst[k], v, rtol=0, atol=1e-20)
     # a fresh model without transfer differs from the source
-    fresh = Trainer(tiny_config(tmp_path / "c", *small_data, n_classes=3, data={"patch_size": [32, 32]},
-                                train={"learning_rate": 1e-30, "steps_per_epoch": 1}))
+    fresh = Trainer(
+        tiny_config(
+            tmp_path / "c",
+            *small_data,
+            n_classes=3,
+            data={"patch_size": [32, 32]},
+            train={"learning_rate": 1e-30, "steps_per_epoch": 1},
+        )
+    )
     run_all(fresh)
     dst_fresh = read_checkpoint(fresh.experiment.last_checkpoint)["state_dict"]
     assert not torch.equal(dst_fresh["encoder.0.conv1.weight"], src["encoder.0.conv1.weight"])
@@ -400,9 +482,13 @@ def test_two_runs_with_one_name_get_ids_1_and_2(tmp_path, small_data):
     assert a.experiment.root == b.experiment.root == tmp_path / "tiny"
     files = tree(tmp_path / "tiny")
     for run in (1, 2):
-        for rel in (f"config_files/tiny_{run}.yaml", f"checkpoints/tiny_{run}-checkpoint-best.pth",
-                    f"checkpoints/tiny_{run}-checkpoint-last.pth", f"results/tiny_{run}/train_logs/tiny_{run}_log.csv",
-                    f"results/tiny_{run}/charts/tiny_{run}_loss.png"):
+        for rel in (
+            f"config_files/tiny_{run}.yaml",
+            f"checkpoints/tiny_{run}-checkpoint-best.pth",
+            f"checkpoints/tiny_{run}-checkpoint-last.pth",
+            f"results/tiny_{run}/train_logs/tiny_{run}_log.csv",
+            f"results/tiny_{run}/charts/tiny_{run}_loss.png",
+        ):
             assert rel in files, rel
     assert {k: v for k, v in files.items() if k in first} == first  # run 1 never overwritten
     assert RunConfig.load(tmp_path / "tiny/config_files/tiny_2.yaml") == cfg

@@ -6,6 +6,7 @@ before the first training step, every loaded tensor equals the pretrained one an
 loaded and names what was initialised; after a short fine-tune the loaded weights have changed. A checkpoint of
 another architecture is refused with a sentence that says what did not match.
 """
+
 import re
 from pathlib import Path
 
@@ -13,11 +14,11 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-
 from helpers import TINY_MODEL, crop_folders, reports_of, run_all, tiny_config
-from napari_bioflow.engine.train.checkpoint import read_checkpoint
+
 from napari_bioflow.engine.errors import InputError
 from napari_bioflow.engine.train import DoneReport, EpochReport, StartReport, Trainer
+from napari_bioflow.engine.train.checkpoint import read_checkpoint
 
 DATA = Path(__file__).parent / "data"
 TIMELAPSE = DATA / "timelapse_2d_crops.tif"  # four real 160x160 crops of the time-lapse (see data/ATTRIBUTION.md)
@@ -58,8 +59,13 @@ def i2i_data(tmp_path_factory):
 
 
 def pretrain(output_dir: Path, raw_folder: Path, **sections) -> Path:
-    cfg = tiny_config(output_dir, workflow="self_supervised", train={"epochs": 1, "steps_per_epoch": 3},
-                      data={"train_raw": str(raw_folder), "patch_size": [32, 32]}, **sections)
+    cfg = tiny_config(
+        output_dir,
+        workflow="self_supervised",
+        train={"epochs": 1, "steps_per_epoch": 3},
+        data={"train_raw": str(raw_folder), "patch_size": [32, 32]},
+        **sections,
+    )
     trainer = Trainer(cfg)
     run_all(trainer)
     return trainer.experiment.best_checkpoint
@@ -69,14 +75,19 @@ def pretrain(output_dir: Path, raw_folder: Path, **sections) -> Path:
 def crappify_unet(tmp_path_factory, raw_folder):
     # instance norm as the segmentation U-Net's default, so the two architectures match but for the head
     # (restoration U-Nets default to no norm: the image-to-image case below loads across that difference)
-    return pretrain(tmp_path_factory.mktemp("crappify"), raw_folder,
-                    model={"options": {**TINY_MODEL, "norm": "instance"}})
+    return pretrain(
+        tmp_path_factory.mktemp("crappify"), raw_folder, model={"options": {**TINY_MODEL, "norm": "instance"}}
+    )
 
 
 @pytest.fixture(scope="module")
 def mae_checkpoint(tmp_path_factory, raw_folder):
-    return pretrain(tmp_path_factory.mktemp("mae"), raw_folder, self_supervised={"pretext": "masking"},
-                    model={"name": "mae", "options": dict(MAE)})
+    return pretrain(
+        tmp_path_factory.mktemp("mae"),
+        raw_folder,
+        self_supervised={"pretext": "masking"},
+        model={"name": "mae", "options": dict(MAE)},
+    )
 
 
 def start_then_finetune(cfg, pretrained: Path):
@@ -111,9 +122,13 @@ def assert_changed(loaded, source, after, trainer):
 
 
 def test_crappify_unet_starts_a_segmentation_unet(tmp_path, crappify_unet, seg_data):
-    cfg = tiny_config(tmp_path, *seg_data, data={"patch_size": [32, 32]},
-                      model={"options": dict(TINY_MODEL), "start_from": str(crappify_unet)},
-                      train={"epochs": 1, "steps_per_epoch": 3})
+    cfg = tiny_config(
+        tmp_path,
+        *seg_data,
+        data={"patch_size": [32, 32]},
+        model={"options": dict(TINY_MODEL), "start_from": str(crappify_unet)},
+        train={"epochs": 1, "steps_per_epoch": 3},
+    )
     start, loaded, source, before, after, trainer = start_then_finetune(cfg, crappify_unet)
     initialised = sorted(set(before) - set(loaded))
     # every tensor but the head: the restoration head has 1 output channel, the segmentation head 2
@@ -122,26 +137,38 @@ def test_crappify_unet_starts_a_segmentation_unet(tmp_path, crappify_unet, seg_d
     assert len(loaded) == len(source) - 2 and len(loaded) > 20
     note = start_note(start, crappify_unet)
     # the restoration head did not fit: named among the checkpoint's skipped tensors
-    assert note.endswith(f"{len(loaded)} tensors loaded, 2 initialised: head.bias, head.weight; "
-                         f"2 of the checkpoint's tensors skipped: head.bias, head.weight.")
+    assert note.endswith(
+        f"{len(loaded)} tensors loaded, 2 initialised: head.bias, head.weight; "
+        f"2 of the checkpoint's tensors skipped: head.bias, head.weight."
+    )
     assert_changed(loaded, source, after, trainer)
 
 
 def test_crappify_unet_starts_an_image_to_image_unet(tmp_path, crappify_unet, i2i_data):
-    cfg = tiny_config(tmp_path, *i2i_data, workflow="image_to_image", data={"patch_size": [32, 32]},
-                      model={"options": {**TINY_MODEL, "norm": "instance"}, "start_from": str(crappify_unet)},
-                      train={"epochs": 1, "steps_per_epoch": 3})
+    cfg = tiny_config(
+        tmp_path,
+        *i2i_data,
+        workflow="image_to_image",
+        data={"patch_size": [32, 32]},
+        model={"options": {**TINY_MODEL, "norm": "instance"}, "start_from": str(crappify_unet)},
+        train={"epochs": 1, "steps_per_epoch": 3},
+    )
     start, loaded, source, before, after, trainer = start_then_finetune(cfg, crappify_unet)
     assert loaded == sorted(before) == sorted(source)  # the same network, head included
     assert start_note(start, crappify_unet).endswith(
-        f"{len(source)} tensors loaded, 0 initialised; 0 of the checkpoint's tensors skipped.")
+        f"{len(source)} tensors loaded, 0 initialised; 0 of the checkpoint's tensors skipped."
+    )
     assert_changed(loaded, source, after, trainer)
 
 
 def test_mae_encoder_starts_a_unetr_segmentation_model(tmp_path, mae_checkpoint, seg_data):
-    cfg = tiny_config(tmp_path, *seg_data, data={"patch_size": [32, 32]},
-                      model={"name": "unetr", "options": dict(UNETR), "start_from": str(mae_checkpoint)},
-                      train={"epochs": 1, "steps_per_epoch": 3})
+    cfg = tiny_config(
+        tmp_path,
+        *seg_data,
+        data={"patch_size": [32, 32]},
+        model={"name": "unetr", "options": dict(UNETR), "start_from": str(mae_checkpoint)},
+        train={"epochs": 1, "steps_per_epoch": 3},
+    )
     start, loaded, source, before, after, trainer = start_then_finetune(cfg, mae_checkpoint)
     encoder = sorted(k for k in source if k.startswith("encoder."))
     assert loaded == encoder  # the whole encoder, and nothing of the MAE's decoder
@@ -166,12 +193,24 @@ def test_mae_encoder_starts_a_unetr_segmentation_model(tmp_path, mae_checkpoint,
 
 
 def test_an_edsr_checkpoint_cannot_start_a_unet(tmp_path, i2i_data):
-    edsr = Trainer(tiny_config(tmp_path / "edsr", *i2i_data, workflow="image_to_image", data={"patch_size": [32, 32]},
-                               model={"name": "edsr", "options": {"n_feats": 8, "n_resblocks": 2}}))
+    edsr = Trainer(
+        tiny_config(
+            tmp_path / "edsr",
+            *i2i_data,
+            workflow="image_to_image",
+            data={"patch_size": [32, 32]},
+            model={"name": "edsr", "options": {"n_feats": 8, "n_resblocks": 2}},
+        )
+    )
     run_all(edsr)
     checkpoint = edsr.experiment.best_checkpoint
-    cfg = tiny_config(tmp_path / "unet", *i2i_data, workflow="image_to_image", data={"patch_size": [32, 32]},
-                      model={"options": dict(TINY_MODEL), "start_from": str(checkpoint)})
+    cfg = tiny_config(
+        tmp_path / "unet",
+        *i2i_data,
+        workflow="image_to_image",
+        data={"patch_size": [32, 32]},
+        model={"options": dict(TINY_MODEL), "start_from": str(checkpoint)},
+    )
     with pytest.raises(InputError) as error:
         run_all(Trainer(cfg))
     message = str(error.value)
@@ -184,8 +223,12 @@ def test_an_edsr_checkpoint_cannot_start_a_unet(tmp_path, i2i_data):
 
 
 def test_an_mae_of_another_width_cannot_start_a_unetr(tmp_path, mae_checkpoint, seg_data):
-    cfg = tiny_config(tmp_path / "out", *seg_data, data={"patch_size": [32, 32]},
-                      model={"name": "unetr", "options": {**UNETR, "embed_dim": 32}, "start_from": str(mae_checkpoint)})
+    cfg = tiny_config(
+        tmp_path / "out",
+        *seg_data,
+        data={"patch_size": [32, 32]},
+        model={"name": "unetr", "options": {**UNETR, "embed_dim": 32}, "start_from": str(mae_checkpoint)},
+    )
     with pytest.raises(InputError) as error:
         run_all(Trainer(cfg))
     message = str(error.value)

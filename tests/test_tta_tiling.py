@@ -1,6 +1,7 @@
 """One TTA for every workflow (engine/predict/tta.py) and one tile plan per image (issue 10, point 3): the tiles ImagePrediction
 sizes its zarr chunks for are the tiles sliding_window_predict runs, TTA averages exactly the views it names (the Z
 flip included in 3D, for dense and per-image outputs), and a real checkpoint predicts with predict.tta=true."""
+
 from __future__ import annotations
 
 import itertools
@@ -10,15 +11,15 @@ import pytest
 import tifffile
 import torch
 import zarr
-
 from helpers import bbbc_pairs, headless_checkpoint, read_pair, write_image
+
 from napari_bioflow.cli import main
 from napari_bioflow.config import RunConfig
-from napari_bioflow.engine.train.checkpoint import LoadedModel
-from napari_bioflow.engine.predict.classification_results import classify_batch
-from napari_bioflow.engine.predict.inference import ImagePrediction
 from napari_bioflow.engine.data.normalize import Normalizer
 from napari_bioflow.engine.predict import sliding_window_predict
+from napari_bioflow.engine.predict.classification_results import classify_batch
+from napari_bioflow.engine.predict.inference import ImagePrediction
+from napari_bioflow.engine.train.checkpoint import LoadedModel
 
 
 def plain_normalizer() -> Normalizer:
@@ -42,10 +43,15 @@ class PointwiseNet(torch.nn.Module):
 
 
 def segmentation_config(tmp_path, tta: bool) -> RunConfig:
-    return RunConfig.from_dict({"name": "tiles", "output_dir": str(tmp_path), "device": "cpu",
-                                "data": {"patch_size": [64, 64]},
-                                "predict": {"tile_size": [256, 256], "overlap": 0.0625, "tta": tta,
-                                            "save_tiff": False}})
+    return RunConfig.from_dict(
+        {
+            "name": "tiles",
+            "output_dir": str(tmp_path),
+            "device": "cpu",
+            "data": {"patch_size": [64, 64]},
+            "predict": {"tile_size": [256, 256], "overlap": 0.0625, "tta": tta, "save_tiff": False},
+        }
+    )
 
 
 # ---------------------------------------------------------------------------- (a) one plan per image
@@ -106,8 +112,12 @@ def by_hand_views(nd: int, square: bool):
     yx = []
     if square:
         for k, flip_x in itertools.product(range(4), (False, True)):
-            yx.append((lambda a, k=k, f=flip_x: np.rot90(np.flip(a, -1) if f else a, k, axes=(-2, -1)),
-                       lambda a, k=k, f=flip_x: (lambda r: np.flip(r, -1) if f else r)(np.rot90(a, -k, axes=(-2, -1)))))
+            yx.append(
+                (
+                    lambda a, k=k, f=flip_x: np.rot90(np.flip(a, -1) if f else a, k, axes=(-2, -1)),
+                    lambda a, k=k, f=flip_x: (lambda r: np.flip(r, -1) if f else r)(np.rot90(a, -k, axes=(-2, -1))),
+                )
+            )
     else:
         for axes in ((), (-2,), (-1,), (-2, -1)):
             yx.append((lambda a, ax=axes: np.flip(a, ax) if ax else a, lambda a, ax=axes: np.flip(a, ax) if ax else a))
@@ -172,10 +182,20 @@ class FlatLinear(torch.nn.Module):
 
 @pytest.mark.parametrize("patch, n_views", [([8, 12, 12], 16), ([12, 12], 8), ([6, 8, 12], 8)])
 def test_classification_tta_flips_z_too(tmp_path, patch, n_views):
-    cfg = RunConfig.model_validate({"workflow": "classification", "name": "c", "output_dir": str(tmp_path),
-                                    "device": "cpu", "ndim": len(patch), "data": {"patch_size": patch, "val_split": 0.2},
-                                    "classification": {"fit": "pad"}, "predict": {"tta": True},
-                                    "n_classes": 3, "class_names": ["a", "b", "c"]})
+    cfg = RunConfig.model_validate(
+        {
+            "workflow": "classification",
+            "name": "c",
+            "output_dir": str(tmp_path),
+            "device": "cpu",
+            "ndim": len(patch),
+            "data": {"patch_size": patch, "val_split": 0.2},
+            "classification": {"fit": "pad"},
+            "predict": {"tta": True},
+            "n_classes": 3,
+            "class_names": ["a", "b", "c"],
+        }
+    )
     net = FlatLinear(int(np.prod(patch)))
     loaded = LoadedModel(net, cfg, plain_normalizer())
     rng = np.random.default_rng(4)
@@ -184,8 +204,13 @@ def test_classification_tta_flips_z_too(tmp_path, patch, n_views):
     assert net.views == n_views
     with torch.no_grad():
         x = np.stack([np.moveaxis(im, -1, 0) for im in images])
-        expected = np.mean([torch.softmax(net.linear(torch.from_numpy(np.ascontiguousarray(do(x))).flatten(1)), 1).numpy()
-                            for do, _ in by_hand_views(len(patch), patch[-1] == patch[-2])], axis=0)
+        expected = np.mean(
+            [
+                torch.softmax(net.linear(torch.from_numpy(np.ascontiguousarray(do(x))).flatten(1)), 1).numpy()
+                for do, _ in by_hand_views(len(patch), patch[-1] == patch[-2])
+            ],
+            axis=0,
+        )
     np.testing.assert_allclose(probs, expected, atol=1e-6)
     cfg.predict.tta = False
     plain = classify_batch(loaded, images)
@@ -204,8 +229,24 @@ def test_cli_predict_with_tta_from_a_checkpoint(tmp_path, capsys):
     probs = {}
     for tta in ("false", "true"):
         out = tmp_path / f"pred_{tta}"
-        assert main(["predict", "--checkpoint", str(ckpt), "--input", str(test_raw), "--output", str(out),
-                     "--set", f"predict.tta={tta}", "--set", "predict.tile_size=[96,96]"]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    "--checkpoint",
+                    str(ckpt),
+                    "--input",
+                    str(test_raw),
+                    "--output",
+                    str(out),
+                    "--set",
+                    f"predict.tta={tta}",
+                    "--set",
+                    "predict.tile_size=[96,96]",
+                ]
+            )
+            == 0
+        )
         (tif,) = out.rglob("per_image/*.tif")
         probs[tta] = tifffile.imread(tif)
     plain, aug = probs["false"], probs["true"]

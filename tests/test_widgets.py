@@ -1,5 +1,6 @@
 """The Train and Predict docks with real viewers (under Xvfb): layer choices, training, preview, prediction into
 dask-backed layers, bad input as notifications, cancel. Tiny models on real crops keep every test short."""
+
 from __future__ import annotations
 
 import time
@@ -22,14 +23,18 @@ from napari_bioflow.widgets.train import TrainWidget
 @pytest.fixture(scope="module")
 def crop2d():
     name = "A9_A9_p10d.tif"
-    return tifffile.imread(BBBC / "train" / "raw" / name)[:256, :256], tifffile.imread(BBBC / "train" / "label" / name)[:256, :256]
+    return tifffile.imread(BBBC / "train" / "raw" / name)[:256, :256], tifffile.imread(BBBC / "train" / "label" / name)[
+        :256, :256
+    ]
 
 
 @pytest.fixture(scope="module")
 def crop3d():
     name = "nuclei_train.tif"
-    return (tifffile.imread(NUCLEI / "train" / "raw" / name)[:16, :128, :96],
-            tifffile.imread(NUCLEI / "train" / "label" / name)[:16, :128, :96])
+    return (
+        tifffile.imread(NUCLEI / "train" / "raw" / name)[:16, :128, :96],
+        tifffile.imread(NUCLEI / "train" / "label" / name)[:16, :128, :96],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +49,6 @@ def tiny(widget: TrainWidget, out, epochs: int = 2, steps: int = 2, patch: int =
     widget.feature_maps.value = ", ".join(map(str, TINY_MODEL["feature_maps"]))
     f["train.epochs"].value, f["train.steps_per_epoch"].value, f["train.batch_size"].value = epochs, steps, 2
     f["output_dir"].value, f["device"].value = str(out), "cpu"
-
-
 
 
 def names(combo) -> list[str]:
@@ -149,7 +152,9 @@ def test_predict_through_the_widget(make_napari_viewer, wait_idle, tmp_path, cro
     wait_idle(widget)
     assert widget.result is not None and widget.progress.value == widget.progress.max > 1
     assert isinstance(prob, Image) and prob.data.shape == (2, 256, 256) and prob.data.dtype == np.float32
-    assert isinstance(labels, Labels) and labels.data.shape == (256, 256) and np.issubdtype(labels.data.dtype, np.integer)
+    assert (
+        isinstance(labels, Labels) and labels.data.shape == (256, 256) and np.issubdtype(labels.data.dtype, np.integer)
+    )
     assert isinstance(prob.data, da.Array) and isinstance(labels.data, da.Array)
     p = prob.data.compute()
     np.testing.assert_allclose(p.sum(0), 1, atol=1e-4)
@@ -219,7 +224,11 @@ def test_bad_input_is_one_sentence_naming_the_layer(make_napari_viewer, errors, 
     rgb = viewer.add_image(np.stack([crop2d[0]] * 3, axis=-1), name="colour", rgb=True)
     predict = dock(viewer, PredictWidget(viewer))
     predict.model_source.value = "checkpoint file"
-    predict.checkpoint.value, predict.image.value, predict.form["output_dir"].value = checkpoint_2d, rgb, tmp_path / "pred"
+    predict.checkpoint.value, predict.image.value, predict.form["output_dir"].value = (
+        checkpoint_2d,
+        rgb,
+        tmp_path / "pred",
+    )
     predict.start()
     assert checkpoint_2d.name in errors[-1] and "'colour' has 3" in errors[-1] and not predict.running
     assert not (tmp_path / "pred").exists() and "colour probabilities" not in viewer.layers
@@ -277,7 +286,12 @@ def test_advanced_fields_follow_their_choices_and_reach_the_config(make_napari_v
     f["data.percentile_low"].value, f["data.percentile_high"].value = 2.0, 99.0
     f["train.resume"].value = str(checkpoint_2d)
     cfg = widget.build_config()
-    assert (cfg.train.optimizer, cfg.train.momentum, cfg.train.scheduler, cfg.train.warmup_epochs) == ("SGD", 0.8, "warmup_cosine", 3)
+    assert (cfg.train.optimizer, cfg.train.momentum, cfg.train.scheduler, cfg.train.warmup_epochs) == (
+        "SGD",
+        0.8,
+        "warmup_cosine",
+        3,
+    )
     assert (cfg.data.percentile_low, cfg.data.percentile_high) == (2.0, 99.0)
     assert str(cfg.train.resume) == str(checkpoint_2d)
     f["data.normalization"].value = "meanstd"

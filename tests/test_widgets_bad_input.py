@@ -4,6 +4,7 @@ folder does not appear; the data folders and whatever stands in the way stay as 
 
 Also: 0/255 masks in a Labels layer train with an info note; the Predict dock's fields follow the checkpoint; a
 config saved by a run trained on layers repeats the run from the command line. Tiny layers, one short epoch."""
+
 from __future__ import annotations
 
 import re
@@ -25,26 +26,25 @@ from napari_bioflow.widgets.train import TrainWidget
 @pytest.fixture(scope="module")
 def crop():
     name = "A9_A9_p10d.tif"
-    return (tifffile.imread(BBBC / "train" / "raw" / name)[:128, :128],
-            tifffile.imread(BBBC / "train" / "label" / name)[:128, :128])
+    return (
+        tifffile.imread(BBBC / "train" / "raw" / name)[:128, :128],
+        tifffile.imread(BBBC / "train" / "label" / name)[:128, :128],
+    )
 
 
 @pytest.fixture(scope="module")
 def volume():
     name = "nuclei_train.tif"
-    return (tifffile.imread(NUCLEI / "train" / "raw" / name)[:16, :64, :64],
-            tifffile.imread(NUCLEI / "train" / "label" / name)[:16, :64, :64])
+    return (
+        tifffile.imread(NUCLEI / "train" / "raw" / name)[:16, :64, :64],
+        tifffile.imread(NUCLEI / "train" / "label" / name)[:16, :64, :64],
+    )
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, crop):
     """A tiny 2D, 1-channel segmentation model trained headless."""
     return headless_checkpoint(tmp_path_factory.mktemp("ckpt"), *crop)
-
-
-
-
-
 
 
 def train_dock(viewer, out: Path, image=None, labels=None) -> TrainWidget:
@@ -87,39 +87,62 @@ def with_nan(image: np.ndarray, value=np.nan) -> np.ndarray:
 # Each case sets up a viewer and a dock; returns (dock, output folder, folders that must stay as they are, the
 # strings the one error must hold).
 
+
 def case_count_mismatch(viewer, tmp, crop, volume, ckpt):
     raw_dir, label_dir = crop_folders(tmp / "data", n=3, size=64)
     sorted(label_dir.iterdir())[-1].unlink()
-    return folders_dock(viewer, tmp / "runs", raw_dir, label_dir), tmp / "runs", [tmp / "data"], [
-        str(raw_dir), str(label_dir), "holds 3 image(s)", "holds 2"]
+    return (
+        folders_dock(viewer, tmp / "runs", raw_dir, label_dir),
+        tmp / "runs",
+        [tmp / "data"],
+        [str(raw_dir), str(label_dir), "holds 3 image(s)", "holds 2"],
+    )
 
 
 def case_empty_folder(viewer, tmp, crop, volume, ckpt):
     raw_dir, label_dir = crop_folders(tmp / "data", n=2, size=64)
     for p in raw_dir.iterdir():
         p.unlink()
-    return folders_dock(viewer, tmp / "runs", raw_dir, label_dir), tmp / "runs", [tmp / "data"], [
-        str(raw_dir), "holds no TIFF, PNG or zarr image"]
+    return (
+        folders_dock(viewer, tmp / "runs", raw_dir, label_dir),
+        tmp / "runs",
+        [tmp / "data"],
+        [str(raw_dir), "holds no TIFF, PNG or zarr image"],
+    )
 
 
 def case_unreadable_file(viewer, tmp, crop, volume, ckpt):
     raw_dir, label_dir = crop_folders(tmp / "data", n=2, size=64)
     bad = sorted(raw_dir.iterdir())[1]
     bad.write_text("this is a text file, not an image\n")
-    return folders_dock(viewer, tmp / "runs", raw_dir, label_dir), tmp / "runs", [tmp / "data"], [
-        str(bad), "cannot be read as an image"]
+    return (
+        folders_dock(viewer, tmp / "runs", raw_dir, label_dir),
+        tmp / "runs",
+        [tmp / "data"],
+        [str(bad), "cannot be read as an image"],
+    )
 
 
 def case_nan_layer(viewer, tmp, crop, volume, ckpt):
     image = viewer.add_image(with_nan(crop[0]), name="nuclei")
     labels = viewer.add_labels(crop[1], name="nuclei mask")
-    return train_dock(viewer, tmp / "runs", image, labels), tmp / "runs", [], ["image layer 'nuclei'", "NaN or infinite"]
+    return (
+        train_dock(viewer, tmp / "runs", image, labels),
+        tmp / "runs",
+        [],
+        ["image layer 'nuclei'", "NaN or infinite"],
+    )
 
 
 def case_inf_layer(viewer, tmp, crop, volume, ckpt):
     image = viewer.add_image(with_nan(crop[0], -np.inf), name="nuclei")
     labels = viewer.add_labels(crop[1], name="nuclei mask")
-    return train_dock(viewer, tmp / "runs", image, labels), tmp / "runs", [], ["image layer 'nuclei'", "NaN or infinite"]
+    return (
+        train_dock(viewer, tmp / "runs", image, labels),
+        tmp / "runs",
+        [],
+        ["image layer 'nuclei'", "NaN or infinite"],
+    )
 
 
 def case_patch_larger_than_the_layer(viewer, tmp, crop, volume, ckpt):
@@ -163,21 +186,34 @@ def case_train_output_not_writable(viewer, tmp, crop, volume, ckpt):
     blocker.write_text("a regular file, so nothing can be created below it")
     image = viewer.add_image(crop[0], name="nuclei")
     labels = viewer.add_labels(crop[1], name="nuclei mask")
-    return train_dock(viewer, blocker / "runs", image, labels), blocker / "runs", [tmp], [
-        str(blocker / "runs"), "not writable"]
+    return (
+        train_dock(viewer, blocker / "runs", image, labels),
+        blocker / "runs",
+        [tmp],
+        [str(blocker / "runs"), "not writable"],
+    )
 
 
 def case_predict_output_not_writable(viewer, tmp, crop, volume, ckpt):
     blocker = tmp / "a_file"
     blocker.write_text("a regular file, so nothing can be created below it")
     image = viewer.add_image(crop[0], name="nuclei")
-    return predict_dock(viewer, blocker / "pred", ckpt, image), blocker / "pred", [tmp], [
-        str(blocker / "pred"), "not writable"]
+    return (
+        predict_dock(viewer, blocker / "pred", ckpt, image),
+        blocker / "pred",
+        [tmp],
+        [str(blocker / "pred"), "not writable"],
+    )
 
 
 def case_predict_nan_layer(viewer, tmp, crop, volume, ckpt):
     image = viewer.add_image(with_nan(crop[0]), name="nuclei")
-    return predict_dock(viewer, tmp / "pred", ckpt, image), tmp / "pred", [], ["image layer 'nuclei'", "NaN or infinite"]
+    return (
+        predict_dock(viewer, tmp / "pred", ckpt, image),
+        tmp / "pred",
+        [],
+        ["image layer 'nuclei'", "NaN or infinite"],
+    )
 
 
 def case_predict_nan_dask_layer(viewer, tmp, crop, volume, ckpt):
@@ -189,22 +225,31 @@ def case_predict_other_channels(viewer, tmp, crop, volume, ckpt):
     # the Predict dock follows the checkpoint's workflow (it has no workflow to expect), so a checkpoint that does
     # not fit the image is one trained on other channels
     image = viewer.add_image(np.stack([crop[0], crop[0] // 2]), name="two channels")
-    return predict_dock(viewer, tmp / "pred", ckpt, image), tmp / "pred", [], [
-        ckpt.name, "expects 1 input channel(s)", "'two channels' has 2"]
+    return (
+        predict_dock(viewer, tmp / "pred", ckpt, image),
+        tmp / "pred",
+        [],
+        [ckpt.name, "expects 1 input channel(s)", "'two channels' has 2"],
+    )
 
 
 def case_predict_3d_layer_for_a_2d_checkpoint(viewer, tmp, crop, volume, ckpt):
     image = viewer.add_image(volume[0], name="volume")
-    return predict_dock(viewer, tmp / "pred", ckpt, image), tmp / "pred", [], [
-        "image layer 'volume'", "16x64x64", "3D data"]
+    return (
+        predict_dock(viewer, tmp / "pred", ckpt, image),
+        tmp / "pred",
+        [],
+        ["image layer 'volume'", "16x64x64", "3D data"],
+    )
 
 
-CASES = {name[len("case_"):]: fn for name, fn in globals().items() if name.startswith("case_")}
+CASES = {name[len("case_") :]: fn for name, fn in globals().items() if name.startswith("case_")}
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_gives_one_error_and_writes_nothing(case, make_napari_viewer, wait_idle, messages, tmp_path, crop,
-                                                       volume, checkpoint):
+def test_bad_input_gives_one_error_and_writes_nothing(
+    case, make_napari_viewer, wait_idle, messages, tmp_path, crop, volume, checkpoint
+):
     viewer = make_napari_viewer()
     widget, out, kept, expected = CASES[case](viewer, tmp_path, crop, volume, checkpoint)
     assert not out.exists()
@@ -262,18 +307,21 @@ def test_predict_fields_follow_the_checkpoint(make_napari_viewer, tmp_path, crop
     assert all(shown(f) for f in filters) and shown(tta)
     w.checkpoint.value = forge(checkpoint, tmp_path / "i2i3d.pth", ndim=3, workflow="image_to_image")
     assert not any(shown(f) for f in filters) and shown(tta)
-    w.checkpoint.value = forge(checkpoint, tmp_path / "mae.pth", workflow="self_supervised",
-                               **{"self_supervised.pretext": "masking"})
+    w.checkpoint.value = forge(
+        checkpoint, tmp_path / "mae.pth", workflow="self_supervised", **{"self_supervised.pretext": "masking"}
+    )
     assert not any(shown(f) for f in filters) and not shown(tta)
-    w.checkpoint.value = forge(checkpoint, tmp_path / "crappify.pth", workflow="self_supervised",
-                               **{"self_supervised.pretext": "crappify"})
+    w.checkpoint.value = forge(
+        checkpoint, tmp_path / "crappify.pth", workflow="self_supervised", **{"self_supervised.pretext": "crappify"}
+    )
     assert not any(shown(f) for f in filters) and shown(tta)
     w.checkpoint.value = tmp_path / "missing.pth"  # unknown: nothing that may not apply
     assert not any(shown(f) for f in filters)
 
 
-def test_a_run_on_layers_is_repeated_from_its_saved_config(make_napari_viewer, wait_idle, messages, tmp_path, crop,
-                                                            capsys):
+def test_a_run_on_layers_is_repeated_from_its_saved_config(
+    make_napari_viewer, wait_idle, messages, tmp_path, crop, capsys
+):
     """The dock writes the layers it trains on into the run's folder and its config reads them, so the command line
     repeats the run: same data (same shapes, same files order), same seed, so the same first-epoch loss."""
     from napari_bioflow.cli import main
@@ -318,8 +366,9 @@ def test_a_run_on_layers_is_repeated_from_its_saved_config(make_napari_viewer, w
     assert float(again["val_loss"]) == pytest.approx(float(first["val_loss"]), rel=1e-3)
 
 
-def test_layers_too_large_to_copy_are_not_saved_and_the_user_is_told(make_napari_viewer, wait_idle, messages, tmp_path,
-                                                                    crop, monkeypatch):
+def test_layers_too_large_to_copy_are_not_saved_and_the_user_is_told(
+    make_napari_viewer, wait_idle, messages, tmp_path, crop, monkeypatch
+):
     """Layers beyond the copy limit (big dask/zarr layers) are not copied into the run: a warning says that its
     config cannot repeat the run, and training goes on."""
     from napari_bioflow.widgets import jobs
@@ -340,8 +389,9 @@ def test_layers_too_large_to_copy_are_not_saved_and_the_user_is_told(make_napari
     assert not (run.results / "data").exists()
 
 
-def test_a_classification_run_on_layers_is_repeated_from_its_saved_config(make_napari_viewer, wait_idle, messages,
-                                                                           tmp_path, capsys):
+def test_a_classification_run_on_layers_is_repeated_from_its_saved_config(
+    make_napari_viewer, wait_idle, messages, tmp_path, capsys
+):
     """Classification from layers: the saved config reads a class-folder tree of the slices trained on."""
     from napari_bioflow.cli import main
 
@@ -376,8 +426,9 @@ def test_a_classification_run_on_layers_is_repeated_from_its_saved_config(make_n
     assert counts and int(counts[1]) + int(counts[2]) == 8  # the 8 slices
 
 
-def test_a_lazy_layer_is_scanned_in_a_worker_then_predicted(make_napari_viewer, wait_idle, messages, tmp_path, crop,
-                                                            checkpoint):
+def test_a_lazy_layer_is_scanned_in_a_worker_then_predicted(
+    make_napari_viewer, wait_idle, messages, tmp_path, crop, checkpoint
+):
     """A dask layer's NaN/inf scan runs off the GUI thread; a clean one goes on to the prediction."""
     viewer = make_napari_viewer()
     image = viewer.add_image(da.from_array(crop[0].astype(np.float32), chunks=64), name="lazy")

@@ -3,15 +3,16 @@ stack split into slices), training, prediction of a layer's slices (table, overl
 a test folder with classes (metrics and confusion matrix in the dock), and bad input named in one sentence.
 
 Real data: the modality crops of tests/data/classification_2d (see ATTRIBUTION.md), two classes."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import read_csv
 from skimage.io import imread
 
-from helpers import read_csv
 from napari_bioflow.engine.data.classification_data import fit_to_patch
 from napari_bioflow.engine.errors import InputError
 from napari_bioflow.widgets import classify as classify_module
@@ -27,7 +28,9 @@ CLASSES = ("cryo_et", "he_histology")
 
 def stack(split: str, cls: str, n: int) -> np.ndarray:
     files = sorted((C2D / split / cls).glob("*.png"))[:n]
-    return np.stack([fit_to_patch(imread(f)[..., None].astype(np.float32), (48, 48), "pad")[0] for f in files]).astype(np.uint8)
+    return np.stack([fit_to_patch(imread(f)[..., None].astype(np.float32), (48, 48), "pad")[0] for f in files]).astype(
+        np.uint8
+    )
 
 
 @pytest.fixture
@@ -70,7 +73,9 @@ def test_fields_follow_the_classification_workflow(make_napari_viewer):
     assert f["classification.fit"].native.isHidden() and not f["data.train_label"].native.isHidden()
 
 
-def test_train_on_layers_then_classify_slices_and_a_folder(make_napari_viewer, wait_idle, messages, tmp_path, monkeypatch):
+def test_train_on_layers_then_classify_slices_and_a_folder(
+    make_napari_viewer, wait_idle, messages, tmp_path, monkeypatch
+):
     viewer = make_napari_viewer()
     layers = {c: viewer.add_image(stack("train", c, 24), name=f"{c} crops") for c in CLASSES}
     train = classification_dock(viewer, tmp_path)
@@ -134,7 +139,9 @@ def test_train_on_layers_then_classify_slices_and_a_folder(make_napari_viewer, w
     for c in (*CLASSES, "macro"):
         for key, col in (("precision", "precision"), ("recall", "recall"), ("F1", "f1")):
             assert float(shown[c][key]) == pytest.approx(float(saved[c][col]), abs=5e-4)
-    assert [r[0] for r in predict.classify.table.rows()][:1] == [f"{CLASSES[0]}/{sorted((folder / CLASSES[0]).iterdir())[0].name}"]
+    assert [r[0] for r in predict.classify.table.rows()][:1] == [
+        f"{CLASSES[0]}/{sorted((folder / CLASSES[0]).iterdir())[0].name}"
+    ]
     assert (predict.experiment.results / "confusion_matrix.png").exists()
     # a mistake met while the worker runs (here a file that became unreadable) reaches the user as a notification
     import napari_bioflow.engine.predict.classification_results as results_module
@@ -158,8 +165,9 @@ def test_bad_input_names_the_layer(make_napari_viewer, messages, tmp_path):
     assert messages["error"] == ["Give image layer 'stack a' a class name."]
     row.cls.value = "x, y, z"
     train.train_button.native.click()
-    assert messages["error"][-1] == ("Image layer 'stack a' has 4 slices but 3 class names: give one name for all "
-                                     "slices or one per slice.")
+    assert messages["error"][-1] == (
+        "Image layer 'stack a' has 4 slices but 3 class names: give one name for all slices or one per slice."
+    )
     row.cls.value = "only"
     train.train_button.native.click()
     assert messages["error"][-1] == "Every image is of class 'only': give the images at least two classes."
@@ -177,10 +185,17 @@ def test_batch_dock_classifies_a_folder_with_classes(make_napari_viewer, wait_id
             (root / c).mkdir(parents=True)
             for f in sorted((C2D / split / c).glob("*.png"))[:n]:
                 (root / c / f.name).write_bytes(f.read_bytes())
-    cfg = RunConfig.model_validate({
-        "workflow": "classification", "name": "cls", "output_dir": str(tmp_path / "runs"), "device": "cpu",
-        "model": {"name": "vit", "options": {"embed_dim": 32, "depth": 1, "num_heads": 2}},
-        "data": {"train_raw": str(train_dir), "patch_size": [48, 48]}, "train": {"epochs": 1, "batch_size": 8}})
+    cfg = RunConfig.model_validate(
+        {
+            "workflow": "classification",
+            "name": "cls",
+            "output_dir": str(tmp_path / "runs"),
+            "device": "cpu",
+            "model": {"name": "vit", "options": {"embed_dim": 32, "depth": 1, "num_heads": 2}},
+            "data": {"train_raw": str(train_dir), "patch_size": [48, 48]},
+            "train": {"epochs": 1, "batch_size": 8},
+        }
+    )
     trainer = Trainer(cfg)
     for _ in trainer.run():
         pass
@@ -196,9 +211,12 @@ def test_batch_dock_classifies_a_folder_with_classes(make_napari_viewer, wait_id
     s = widget.summary
     assert s is not None and len(s.done) == 6 and not s.failed
     rows = widget.classes.rows()
-    assert not widget.classes.isHidden() and [r[0] for r in rows] == [f"{c}/{f.name}" for c in CLASSES
-                                                                      for f in sorted((test_dir / c).iterdir())]
+    assert not widget.classes.isHidden() and [r[0] for r in rows] == [
+        f"{c}/{f.name}" for c in CLASSES for f in sorted((test_dir / c).iterdir())
+    ]
     assert all(r[1] in CLASSES for r in rows)
     csv_rows = read_csv(s.predictions_csv)
-    assert [r["class"] for r in csv_rows] == [r[1] for r in rows] and {r["true_class"] for r in csv_rows} == set(CLASSES)
+    assert [r["class"] for r in csv_rows] == [r[1] for r in rows] and {r["true_class"] for r in csv_rows} == set(
+        CLASSES
+    )
     assert (s.run_dir / "confusion_matrix.png").exists() and widget.open_results() == []

@@ -3,11 +3,12 @@ fields that follow the workflow, training and prediction into the workflow's lay
 
 Real data: adjacent frames of a time-lapse (tests/data, see ATTRIBUTION.md) as image-to-image pairs (frame t -> t+1),
 the shipped BBBC007 sample image for self-supervision. Tiny models and a few steps keep every test short."""
+
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-import re
 import dask.array as da
 import numpy as np
 import pytest
@@ -31,12 +32,9 @@ def frames():
 @pytest.fixture(scope="module")
 def nuclei():
     name = "A9_A9_p10d.tif"
-    return tifffile.imread(BBBC / "train" / "raw" / name)[:128, :128], tifffile.imread(BBBC / "train" / "label" / name)[:128, :128]
-
-
-
-
-
+    return tifffile.imread(BBBC / "train" / "raw" / name)[:128, :128], tifffile.imread(BBBC / "train" / "label" / name)[
+        :128, :128
+    ]
 
 
 def tiny(widget: TrainWidget, out, epochs: int = 2, steps: int = 2, patch: int = 64) -> None:
@@ -95,14 +93,19 @@ def test_fields_follow_the_workflow(make_napari_viewer, frames):
     assert f["data.train_label"].label == "target folder" and not shown(w.ssl_group)
     assert list(f["train.loss"].choices) == ["auto", "l1", "mse"] and shown(f["train.loss"])
     models = set(f["model.name"].choices)
-    assert {"unet", "resunet", "attention_unet", "edsr", "rcan", "dfcan"} <= models and not {"mae", "mae_vit_base"} & models
+    assert {"unet", "resunet", "attention_unet", "edsr", "rcan", "dfcan"} <= models and not {
+        "mae",
+        "mae_vit_base",
+    } & models
     assert f["model.name"].value == "unetr"  # kept: it fits this workflow too
 
     # self-supervised, crappify: raw images only; noise and down-sampling; no MAE options
     f["workflow"].value = "self_supervised"
     assert not shown(pair.target_layer) and not shown(pair.labels_layer) and not shown(f["data.train_label"])
     assert w.pairs.add_button.text == "+ add an image"
-    assert shown(w.ssl_group) and shown(f["self_supervised.pretext"]) and f["self_supervised.pretext"].value == "crappify"
+    assert (
+        shown(w.ssl_group) and shown(f["self_supervised.pretext"]) and f["self_supervised.pretext"].value == "crappify"
+    )
     for path in ("self_supervised.noise", "self_supervised.downsample_area", "self_supervised.degrade_at_prediction"):
         assert shown(f[path]), path
     f["model.name"].value = "unet"
@@ -138,7 +141,9 @@ def test_image_to_image_train_and_predict(make_napari_viewer, wait_idle, tmp_pat
     wait_idle(train)
     done = train.result
     assert done.reason == "finished" and done.checkpoint.is_file()
-    assert train.chart.metric == "psnr" and len(train.chart.val_metric) == 2 and np.isfinite(train.chart.val_metric).all()
+    assert (
+        train.chart.metric == "psnr" and len(train.chart.val_metric) == 2 and np.isfinite(train.chart.val_metric).all()
+    )
     preview = viewer.layers["t0 preview"]  # the predicted image of the field of view, in target intensities
     assert isinstance(preview, Image) and preview.data.dtype == np.float32 and preview.data.ndim == 2
     assert tuple(preview.scale) == (2, 2)
@@ -153,7 +158,9 @@ def test_image_to_image_train_and_predict(make_napari_viewer, wait_idle, tmp_pat
     assert result is not None and live.data.shape == (160, 160) and live.data.dtype == np.float32
     assert isinstance(live.data, da.Array)  # now over the final "image" zarr
     assert tuple(live.scale) == (2, 2) and tuple(live.translate) == (10, 5)
-    assert {"psnr", "ssim"} <= set(result.metrics) and "PSNR" in predict.metrics.value and "SSIM" in predict.metrics.value
+    assert (
+        {"psnr", "ssim"} <= set(result.metrics) and "PSNR" in predict.metrics.value and "SSIM" in predict.metrics.value
+    )
     final = tifffile.imread(predict.experiment.results / "per_image" / "t2.tif")
     np.testing.assert_allclose(live.data.compute(), final[0], rtol=1e-5, atol=1e-4)
     assert not (predict.experiment.results / "per_image" / "t2.zarr" / "accumulator").exists()
@@ -249,7 +256,9 @@ def test_masking_train_and_predict(make_napari_viewer, wait_idle, tmp_path, nucl
     np.testing.assert_allclose(visible[hidden], reconstruction[hidden], atol=1e-3)
     assert "psnr_masked_patches" in predict.result.metrics
     checks = sorted(p.name for p in (predict.experiment.results / "MAE_checks").iterdir())
-    assert checks == sorted(f"nuclei_{n}.tif" for n in ("original", "masked", "reconstruction", "reconstruction_and_visible"))
+    assert checks == sorted(
+        f"nuclei_{n}.tif" for n in ("original", "masked", "reconstruction", "reconstruction_and_visible")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -259,17 +268,26 @@ def i2i_checkpoint(tmp_path_factory, frames):
     from napari_bioflow.engine.data.sources import make_sample
     from napari_bioflow.engine.train import Trainer
 
-    cfg = RunConfig.from_dict({"workflow": "image_to_image", "name": "ckpt", "output_dir": str(tmp_path_factory.mktemp("i2i")),
-                               "device": "cpu", "data": {"patch_size": [64, 64]}, "model": {"options": TINY_MODEL},
-                               "train": {"epochs": 1, "steps_per_epoch": 1, "batch_size": 2}})
+    cfg = RunConfig.from_dict(
+        {
+            "workflow": "image_to_image",
+            "name": "ckpt",
+            "output_dir": str(tmp_path_factory.mktemp("i2i")),
+            "device": "cpu",
+            "data": {"patch_size": [64, 64]},
+            "model": {"options": TINY_MODEL},
+            "train": {"epochs": 1, "steps_per_epoch": 1, "batch_size": 2},
+        }
+    )
     trainer = Trainer(cfg, train=[make_sample(frames[0], "raw", cfg, label=frames[1])])
     for _ in trainer.run():
         pass
     return trainer.best_checkpoint
 
 
-def test_bad_input_is_one_sentence_naming_the_layer(make_napari_viewer, wait_idle, messages, tmp_path, frames, nuclei,
-                                                     i2i_checkpoint):
+def test_bad_input_is_one_sentence_naming_the_layer(
+    make_napari_viewer, wait_idle, messages, tmp_path, frames, nuclei, i2i_checkpoint
+):
     errors = messages["error"]
     viewer = make_napari_viewer()
     t0 = viewer.add_image(frames[0], name="t0")

@@ -11,6 +11,7 @@
 Under torchrun (`torchrun --nproc_per_node N -m napari_bioflow.cli train my.yaml`) training is distributed
 (docs/distributed_training.md): rank 0 prints, writes and predicts; every rank prints one line tagged with its rank.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,16 +82,22 @@ def _report_training(trainer) -> None:
 
     for r in trainer.run():
         if isinstance(r, StartReport):
-            _print(f"run {r.run_name} in {r.experiment_dir}: {r.n_train} training / {r.n_val} validation images, "
-                   f"{r.steps_per_epoch} steps per epoch")
+            _print(
+                f"run {r.run_name} in {r.experiment_dir}: {r.n_train} training / {r.n_val} validation images, "
+                f"{r.steps_per_epoch} steps per epoch"
+            )
             for n in r.notes:
                 _print(f"note: {n}")
         elif isinstance(r, EpochReport):
             m = " ".join(f"{k}={v:.4f}" for k, v in r.metrics.items() if not k.startswith("iou_class"))
-            _print(f"epoch {r.epoch}/{r.epochs} loss={r.train_loss:.4f} val_loss={r.val_loss:.4f} {m} "
-                   f"lr={r.learning_rate:.2e} {r.seconds:.1f}s eta {r.eta_seconds:.0f}s{' *' if r.improved else ''}")
+            _print(
+                f"epoch {r.epoch}/{r.epochs} loss={r.train_loss:.4f} val_loss={r.val_loss:.4f} {m} "
+                f"lr={r.learning_rate:.2e} {r.seconds:.1f}s eta {r.eta_seconds:.0f}s{' *' if r.improved else ''}"
+            )
         elif isinstance(r, DoneReport):
-            _print(f"training {r.reason} after {r.epochs_run} epoch(s); best epoch {r.best_epoch}; checkpoint {r.checkpoint}")
+            _print(
+                f"training {r.reason} after {r.epochs_run} epoch(s); best epoch {r.best_epoch}; checkpoint {r.checkpoint}"
+            )
 
 
 def _check_tests(cfg) -> None:
@@ -99,17 +106,22 @@ def _check_tests(cfg) -> None:
 
     if not get_workflow(cfg).dense:  # a class per image: the classes come from the training folder
         from .engine.data.classification_data import class_subfolders, open_set, resolve_class_names
-        from .engine.predict.classification_results import class_test_items
         from .engine.data.pairing import refuse_labels_for_classifier
+        from .engine.predict.classification_results import class_test_items
 
         refuse_labels_for_classifier(get_workflow(cfg), cfg.data.test_label, "data.test_label")
-        names = (resolve_class_names(list(class_subfolders(cfg.data.train_raw, "training")), cfg,
-                                     f"training folder {cfg.data.train_raw}") if cfg.data.train_raw else [])
+        names = (
+            resolve_class_names(
+                list(class_subfolders(cfg.data.train_raw, "training")), cfg, f"training folder {cfg.data.train_raw}"
+            )
+            if cfg.data.train_raw
+            else []
+        )
         # the set as a whole (2D or 3D across it), then each file
         open_set([path for path, _ in class_test_items(cfg.data.test_raw, names)], cfg, "test", "")
         return
-    from .engine.predict.inference import check_inputs
     from .engine.data.pairing import folder_pairs
+    from .engine.predict.inference import check_inputs
 
     for n in check_inputs(cfg, folder_pairs(cfg.data.test_raw, cfg.data.test_label, "test"), ""):
         _print(f"note: {n}")
@@ -165,8 +177,16 @@ def cmd_predict(args) -> None:
     from .engine.predict.predictor import Predictor
     from .engine.storage import remove_run_parts
 
-    given = [f"{key}={value}" for key, value in (("predict.checkpoint", args.checkpoint), ("data.test_raw", args.input),
-                                                 ("data.test_label", args.labels), ("output_dir", args.output)) if value]
+    given = [
+        f"{key}={value}"
+        for key, value in (
+            ("predict.checkpoint", args.checkpoint),
+            ("data.test_raw", args.input),
+            ("data.test_label", args.labels),
+            ("output_dir", args.output),
+        )
+        if value
+    ]
     overrides = [*given, *args.set]
     if args.config is None:  # the checkpoint's own settings, with this command's paths and overrides
         settings: dict = {}
@@ -174,20 +194,28 @@ def cmd_predict(args) -> None:
             apply_override(settings, item)
         source = "command line"
     else:
-        settings, overrides, source = RunConfig.load(args.config, overrides).model_dump(mode="json"), [], str(args.config)
+        settings, overrides, source = (
+            RunConfig.load(args.config, overrides).model_dump(mode="json"),
+            [],
+            str(args.config),
+        )
     checkpoint = (settings.get("predict") or {}).get("checkpoint")
     if not checkpoint:
         raise InputError("No checkpoint: give --checkpoint or set predict.checkpoint.")
     if not (settings.get("data") or {}).get("test_raw"):
         raise InputError("No images to predict: give --input or set data.test_raw.")
-    predictor = Predictor(checkpoint, settings.get("device", "auto"), settings if args.config else None, overrides,
-                          source=source)
+    predictor = Predictor(
+        checkpoint, settings.get("device", "auto"), settings if args.config else None, overrides, source=source
+    )
     if args.config is not None and settings["workflow"] != predictor.config.workflow:
-        raise InputError(f"Checkpoint {checkpoint} was trained for {predictor.workflow.full_title()}, not "
-                         f"{settings['workflow'].replace('_', ' ')} ({args.config}).")
+        raise InputError(
+            f"Checkpoint {checkpoint} was trained for {predictor.workflow.full_title()}, not "
+            f"{settings['workflow'].replace('_', ' ')} ({args.config})."
+        )
     cfg = predictor.config
-    items = predictor.folder_items(cfg.data.test_raw, cfg.data.test_label,
-                                   "--labels" if args.labels else "data.test_label")
+    items = predictor.folder_items(
+        cfg.data.test_raw, cfg.data.test_label, "--labels" if args.labels else "data.test_label"
+    )
     for note in predictor.check_files(items):
         _print(f"note: {note}")
     experiment = predictor.create_experiment()
@@ -204,10 +232,20 @@ def cmd_batch(args) -> int:
     from .engine.batch import BatchRequest, BatchRun, BatchStarted, BatchSummary, FileDone, FileFailed
     from .engine.storage import DiskFull
 
-    request = BatchRequest(checkpoint=args.checkpoint, input_dir=args.input, labels_dir=args.labels,
-                           output_dir=args.output, name=args.name, resume=args.resume, device=args.device,
-                           overrides=list(args.set), scheduler=args.scheduler, workers=args.workers or 0,
-                           block_size=args.block_size, halo=args.halo)
+    request = BatchRequest(
+        checkpoint=args.checkpoint,
+        input_dir=args.input,
+        labels_dir=args.labels,
+        output_dir=args.output,
+        name=args.name,
+        resume=args.resume,
+        device=args.device,
+        overrides=list(args.set),
+        scheduler=args.scheduler,
+        workers=args.workers or 0,
+        block_size=args.block_size,
+        halo=args.halo,
+    )
     run = BatchRun(request)
     finished = 0
     total = 0
@@ -222,7 +260,9 @@ def cmd_batch(args) -> int:
                     _print(f"note: {r.hint()}: napari-bioflow batch --resume {r.unfinished_earlier[0]}")
             elif isinstance(r, FileDone):
                 finished += 1
-                parts = [f"{r.seconds:.1f} s"] + [f"{k}={v:.4f}" for k, v in r.metrics.items() if not k.startswith("iou_class")]
+                parts = [f"{r.seconds:.1f} s"] + [
+                    f"{k}={v:.4f}" for k, v in r.metrics.items() if not k.startswith("iou_class")
+                ]
                 eta = f", eta {r.eta_seconds:.0f} s" if r.eta_seconds else ""
                 _print(f"[{finished}/{total}] {r.name}: {' '.join(parts)} ({r.overall:.0%} done{eta})")
             elif isinstance(r, FileFailed):
@@ -240,7 +280,11 @@ def cmd_batch(args) -> int:
                 for name, why in r.failed:
                     _print(f"failed: {name}: {why}")
                 failed = bool(r.failed)
-                for label, path in (("metrics", r.metrics_csv), ("predictions", r.predictions_csv), ("summary", r.summary_csv)):
+                for label, path in (
+                    ("metrics", r.metrics_csv),
+                    ("predictions", r.predictions_csv),
+                    ("summary", r.summary_csv),
+                ):
                     if path is not None:
                         _print(f"{label}: {path}")
                 if r.not_run:
@@ -248,7 +292,9 @@ def cmd_batch(args) -> int:
     except DiskFull as e:  # the files finished so far are kept: the run goes on once there is space
         raise e.advise(f"free some space, then continue with: napari-bioflow batch --resume {run.run_dir}") from None
     except KeyboardInterrupt:
-        print(f"napari-bioflow: interrupted; continue with: napari-bioflow batch --resume {run.run_dir}", file=sys.stderr)
+        print(
+            f"napari-bioflow: interrupted; continue with: napari-bioflow batch --resume {run.run_dir}", file=sys.stderr
+        )
         raise SystemExit(130) from None
     if failed:
         _print(f"finished with failures: exit status {FAILED_FILES}")
@@ -285,7 +331,6 @@ def cmd_docs(args) -> None:
 
 def cmd_models(args) -> None:
     from .engine.models import model_info
-
     from .engine.workflows.base import workflow_classes
 
     for cls in workflow_classes():  # grouped by the workflows they serve (a model may serve several)
@@ -301,10 +346,17 @@ def cmd_sample(args) -> None:
 
     root = sample_root() / ("nuclei_3d" if args.ndim == 3 else "bbbc007_2d")
     base = {
-        "name": f"sample_{args.ndim}d", "output_dir": args.output, "ndim": args.ndim,
-        "data": {"train_raw": str(root / "train/raw"), "train_label": str(root / "train/label"),
-                 "test_raw": str(root / "test/raw"), "test_label": str(root / "test/label"),
-                 "patch_size": [16, 64, 64] if args.ndim == 3 else [128, 128], "val_split": 0.25},
+        "name": f"sample_{args.ndim}d",
+        "output_dir": args.output,
+        "ndim": args.ndim,
+        "data": {
+            "train_raw": str(root / "train/raw"),
+            "train_label": str(root / "train/label"),
+            "test_raw": str(root / "test/raw"),
+            "test_label": str(root / "test/label"),
+            "patch_size": [16, 64, 64] if args.ndim == 3 else [128, 128],
+            "val_split": 0.25,
+        },
         "model": {"options": {"feature_maps": [16, 32, 64]}},
         "train": {"epochs": args.epochs, "patience": 5, "batch_size": 4, "learning_rate": 2e-3},
     }
@@ -320,13 +372,20 @@ def cmd_sample(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="napari-bioflow", description="Train and run deep-learning workflows for microscopy.")
+    p = argparse.ArgumentParser(
+        prog="napari-bioflow", description="Train and run deep-learning workflows for microscopy."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_config(sp, required=True):
         sp.add_argument("config", type=Path, nargs=None if required else "?", help="YAML config file")
-        sp.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="override a config field, e.g. --set train.epochs=5 (repeatable)")
+        sp.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="SECTION.FIELD=VALUE",
+            help="override a config field, e.g. --set train.epochs=5 (repeatable)",
+        )
 
     sp = sub.add_parser("train", help="train a model from a YAML config")
     with_config(sp)
@@ -338,38 +397,64 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--labels", type=Path, help="folder of ground-truth labels (metrics)")
     sp.add_argument("--output", type=Path, help="output folder (default: the config's output_dir)")
     sp.set_defaults(func=cmd_predict)
-    sp = sub.add_parser("batch", help="predict every image of a folder (resumable; optionally on dask)",
-                        description="Predict every image of a folder (TIFF, PNG, zarr, OME-Zarr) with a checkpoint into a "
-                                    "new run of the experiment layout; --resume continues an earlier run in place.",
-                        epilog=f"Exit status: 0 every file predicted; {FAILED_FILES} finished, but some files failed "
-                               "(listed, and in batch_summary.csv); 2 a mistake in the command or a full disk; "
-                               "130 interrupted.")
+    sp = sub.add_parser(
+        "batch",
+        help="predict every image of a folder (resumable; optionally on dask)",
+        description="Predict every image of a folder (TIFF, PNG, zarr, OME-Zarr) with a checkpoint into a "
+        "new run of the experiment layout; --resume continues an earlier run in place.",
+        epilog=f"Exit status: 0 every file predicted; {FAILED_FILES} finished, but some files failed "
+        "(listed, and in batch_summary.csv); 2 a mistake in the command or a full disk; "
+        "130 interrupted.",
+    )
     sp.add_argument("--checkpoint", type=Path, help="checkpoint file (.pth)")
     sp.add_argument("--input", type=Path, help="folder of images to predict")
-    sp.add_argument("--labels", type=Path, help="folder of ground-truth labels, paired with the images by file name (metrics)")
+    sp.add_argument(
+        "--labels", type=Path, help="folder of ground-truth labels, paired with the images by file name (metrics)"
+    )
     sp.add_argument("--output", type=Path, default=Path("bioflow_runs"), help="output folder (default: bioflow_runs)")
     sp.add_argument("--name", default="batch", help="experiment name (default: batch)")
-    sp.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                    help="continue the batch run in this results folder (e.g. bioflow_runs/batch/results/batch_1): "
-                         "finished files are skipped")
+    sp.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue the batch run in this results folder (e.g. bioflow_runs/batch/results/batch_1): "
+        "finished files are skipped",
+    )
     sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    sp.add_argument("--scheduler", metavar="ADDRESS", help="run on the dask cluster of this scheduler (tcp://host:8786)")
+    sp.add_argument(
+        "--scheduler", metavar="ADDRESS", help="run on the dask cluster of this scheduler (tcp://host:8786)"
+    )
     sp.add_argument("--workers", type=int, metavar="N", help="run on a local dask cluster of N worker processes")
-    sp.add_argument("--block-size", type=int, metavar="PX",
-                    help="split images larger than this (per axis) into blocks predicted in parallel "
-                         "(default with dask: 2048 in 2D, 256 in 3D; 0: never)")
-    sp.add_argument("--halo", type=int, metavar="PX", help="context around each block (default: half the training patch)")
-    sp.add_argument("--set", action="append", default=[], metavar="predict.FIELD=VALUE",
-                    help="override a prediction setting, e.g. --set predict.tta=true (repeatable)")
+    sp.add_argument(
+        "--block-size",
+        type=int,
+        metavar="PX",
+        help="split images larger than this (per axis) into blocks predicted in parallel "
+        "(default with dask: 2048 in 2D, 256 in 3D; 0: never)",
+    )
+    sp.add_argument(
+        "--halo", type=int, metavar="PX", help="context around each block (default: half the training patch)"
+    )
+    sp.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="predict.FIELD=VALUE",
+        help="override a prediction setting, e.g. --set predict.tta=true (repeatable)",
+    )
     sp.set_defaults(func=cmd_batch)
     sp = sub.add_parser("init", help="write a commented starting config")
     from .engine.workflows.base import list_workflows, workflow_classes
 
     sp.add_argument("workflow", choices=list_workflows())
     sp.add_argument("--ndim", type=int, choices=[2, 3], default=2)
-    sp.add_argument("--pretext", dest="variant", metavar="VARIANT",
-                    help="the variant of a workflow that has several: " + "; ".join(
-                        f"{c.variant[1]} ({c.variant_title})" for c in workflow_classes() if c.variant))
+    sp.add_argument(
+        "--pretext",
+        dest="variant",
+        metavar="VARIANT",
+        help="the variant of a workflow that has several: "
+        + "; ".join(f"{c.variant[1]} ({c.variant_title})" for c in workflow_classes() if c.variant),
+    )
     sp.add_argument("-o", "--output", type=Path)
     sp.add_argument("--force", action="store_true", help="replace an existing file")
     sp.set_defaults(func=cmd_init)

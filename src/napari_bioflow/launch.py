@@ -1,4 +1,5 @@
 """Open napari with the sample data and the Train and Predict docks (the README's main command with a display)."""
+
 from __future__ import annotations
 
 

@@ -1,4 +1,5 @@
 """Shipped sample data (real microscopy, see sample_data/ATTRIBUTION.md) for npe2 and the sample job."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,10 @@ def _pair(folder: str, stem: str, label_name: str):
     root = sample_root() / folder / "train"
     raw = tifffile.imread(root / "raw" / stem)
     label = tifffile.imread(root / "label" / stem)
-    return [(raw, {"name": f"{Path(stem).stem}", "metadata": {"source": ATTRIBUTION}}, "image"),
-            (label, {"name": f"{Path(stem).stem} {label_name}"}, "labels")]
+    return [
+        (raw, {"name": f"{Path(stem).stem}", "metadata": {"source": ATTRIBUTION}}, "image"),
+        (label, {"name": f"{Path(stem).stem} {label_name}"}, "labels"),
+    ]
 
 
 def bbbc007_nuclei():

@@ -1,17 +1,18 @@
 """The experiment folder, laid out like BiaPy's, with run ids that never collide:
 
-    <output_dir>/<name>/config_files/<name>_<run>.yaml
-    <output_dir>/<name>/checkpoints/<name>_<run>-checkpoint-best.pth (and -last.pth)
-    <output_dir>/<name>/results/<name>_<run>/{charts,per_image,per_image_binarized,train_logs}
+<output_dir>/<name>/config_files/<name>_<run>.yaml
+<output_dir>/<name>/checkpoints/<name>_<run>-checkpoint-best.pth (and -last.pth)
+<output_dir>/<name>/results/<name>_<run>/{charts,per_image,per_image_binarized,train_logs}
 """
+
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
 from .data.io import check_writable
+from .errors import InputError
 
 
 @dataclass
@@ -70,8 +71,7 @@ def new_experiment(output_dir: Path, name: str) -> Experiment:
     for d in EXPERIMENT_FOLDERS:
         (root / d).mkdir(parents=True, exist_ok=True)
     pattern = re.compile(rf"^{re.escape(name)}_(\d+)")
-    taken = [int(m.group(1)) for d in EXPERIMENT_FOLDERS for p in (root / d).iterdir()
-             if (m := pattern.match(p.name))]
+    taken = [int(m.group(1)) for d in EXPERIMENT_FOLDERS for p in (root / d).iterdir() if (m := pattern.match(p.name))]
     run = max(taken, default=0) + 1
     while True:
         try:

@@ -8,14 +8,15 @@ onto a full disk kills the process with SIGBUS instead of raising), and no `.par
     raise_if_disk_full(error, folder, what) a batch's per-file handler: a full disk stops the run
     remove_parts(folder), remove_run_parts(experiment)    the `.part` files a failed or interrupted run left
 """
+
 from __future__ import annotations
 
 import errno
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
 
 from .errors import InputError
 
@@ -30,7 +31,7 @@ class DiskFull(InputError):
 
     ADVICE = "free some space or choose another output folder"
 
-    def __init__(self, folder: Optional[Path], what: str, detail: str = "", advice: str = ADVICE):
+    def __init__(self, folder: Path | None, what: str, detail: str = "", advice: str = ADVICE):
         self.folder, self.what, self.detail, self.advice = folder, what, detail, advice
         disk = f"The disk holding {Path(folder)}" if folder is not None else "The disk of the output folder"
         super().__init__(f"{disk} is full: {what} could not be written{detail}; {advice}.")
@@ -38,7 +39,7 @@ class DiskFull(InputError):
     def __reduce__(self):  # raised on a dask worker, re-raised here
         return type(self), (self.folder, self.what, self.detail, self.advice)
 
-    def advise(self, advice: str) -> "DiskFull":
+    def advise(self, advice: str) -> DiskFull:
         """The same sentence with other advice (e.g. how to resume)."""
         return DiskFull(self.folder, self.what, self.detail, advice)
 
@@ -57,21 +58,21 @@ def _existing(folder: Path) -> Path:
     return probe
 
 
-def free_bytes(folder: Path) -> Optional[int]:
+def free_bytes(folder: Path) -> int | None:
     try:
         return shutil.disk_usage(_existing(folder)).free
     except OSError:
         return None
 
 
-def disk_full(folder: Path, what: str, need: Optional[int] = None) -> DiskFull:
+def disk_full(folder: Path, what: str, need: int | None = None) -> DiskFull:
     """The sentence: which folder, what could not be written, and the space it needs (and is free) when known."""
     free = free_bytes(folder) if need is not None else None  # after a failed write the free space says little
     detail = f" (it needs {_size(need)}{f', {_size(free)} are free' if free is not None else ''})" if need else ""
     return DiskFull(folder, what, detail)
 
 
-def _full_error(error: Optional[BaseException]) -> Optional[OSError]:
+def _full_error(error: BaseException | None) -> OSError | None:
     for _ in range(8):  # the error, what caused it, ... (torch.save wraps its file's OSError in a RuntimeError)
         if error is None or isinstance(error, OSError) and error.errno in FULL_ERRNOS:
             return error
@@ -84,7 +85,7 @@ def is_disk_full(error: BaseException) -> bool:
     return _full_error(error) is not None
 
 
-def disk_full_from(error: BaseException) -> Optional[DiskFull]:
+def disk_full_from(error: BaseException) -> DiskFull | None:
     """The DiskFull sentence for an unguarded error caused by a full disk (the folder of the file it names), or None."""
     error = _full_error(error)
     if error is None:

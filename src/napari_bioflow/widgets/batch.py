@@ -7,13 +7,13 @@ reports into progress bars (the current file's tiles, the batch with its ETA), n
 one sentence naming it; the summary) and layers: the current file's result as it is produced (a dask array over the
 zarr being written), and, on request, every result of the run (dask arrays over the written files, stacked along a
 file axis where the shapes agree)."""
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
 from pathlib import Path
-from typing import Optional
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, ProgressBar, PushButton, SpinBox
 from napari.utils.notifications import show_error, show_info, show_warning
@@ -33,7 +33,7 @@ HERE, LOCAL_DASK, SCHEDULER = "this process", "local dask cluster", "dask schedu
 MAX_ERROR_NOTES = 5  # failed files shown one by one; beyond, the summary lists them
 
 
-def _text(edit: FileEdit) -> Optional[Path]:
+def _text(edit: FileEdit) -> Path | None:
     text = str(edit.line_edit.value).strip()
     return Path(text) if text and text != "." else None  # a cleared FileEdit reads "."
 
@@ -43,8 +43,8 @@ class BatchWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.run = None  # the engine's BatchRun
-        self.started: Optional[BatchStarted] = None
-        self.summary: Optional[BatchSummary] = None
+        self.started: BatchStarted | None = None
+        self.summary: BatchSummary | None = None
         self.failures: list[FileFailed] = []
         self.current_layer = None  # the current file's result, as it is produced
         self.result_layers: list = []
@@ -55,39 +55,72 @@ class BatchWidget(QWidget):
         self.destroyed.connect(self._on_destroyed)
 
         self.model_source = ComboBox(choices=[FROM_FILE, JUST_TRAINED], value=FROM_FILE, label="model")
-        self.checkpoint = compact(FileEdit(mode="r", filter="*.pth", label="checkpoint",
-                                           tooltip="A napari-bioflow checkpoint (.pth)"))
+        self.checkpoint = compact(
+            FileEdit(mode="r", filter="*.pth", label="checkpoint", tooltip="A napari-bioflow checkpoint (.pth)")
+        )
         self.trained = status_label("none yet: train one in the Train dock", label="trained")
-        self.input = compact(FileEdit(mode="d", label="input folder",
-                                      tooltip="The folder of images to predict: TIFF, PNG, zarr and OME-Zarr"))
-        self.labels = compact(FileEdit(mode="d", label="labels folder",
-                                       tooltip="Optional: ground truth paired with the images by file name (img_1 with img_01 or img_1_mask); "
-                                               "gives metrics.csv"))
+        self.input = compact(
+            FileEdit(
+                mode="d", label="input folder", tooltip="The folder of images to predict: TIFF, PNG, zarr and OME-Zarr"
+            )
+        )
+        self.labels = compact(
+            FileEdit(
+                mode="d",
+                label="labels folder",
+                tooltip="Optional: ground truth paired with the images by file name (img_1 with img_01 or img_1_mask); "
+                "gives metrics.csv",
+            )
+        )
         f = self.form = ConfigForm()
         f.add("name", label="experiment", value="batch")
         f.add("output_dir", label="output folder", value=Path.home() / "bioflow_runs")
-        self.resume = compact(FileEdit(mode="d", label="resume run",
-                                       tooltip="Optional: the results folder of an earlier batch run to continue in place "
-                                               "(its finished files are skipped; it keeps its checkpoint, folders and "
-                                               "settings). Empty: a new run, which never touches an earlier one."))
+        self.resume = compact(
+            FileEdit(
+                mode="d",
+                label="resume run",
+                tooltip="Optional: the results folder of an earlier batch run to continue in place "
+                "(its finished files are skipped; it keeps its checkpoint, folders and "
+                "settings). Empty: a new run, which never touches an earlier one.",
+            )
+        )
         f.add("predict.tta", label="test-time augmentation")
-        self.tile = SpinBox(value=0, min=0, max=8192, step=16, label="tile size (0 = auto)",
-                            tooltip=config_field("predict.tile_size").description)
+        self.tile = SpinBox(
+            value=0,
+            min=0,
+            max=8192,
+            step=16,
+            label="tile size (0 = auto)",
+            tooltip=config_field("predict.tile_size").description,
+        )
         f.add("predict.batch_size", label="tiles per batch", max=1024)
         f.add("device")
-        self.where = ComboBox(choices=[HERE, LOCAL_DASK, SCHEDULER], value=HERE, label="run on",
-                              tooltip="This process; a dask LocalCluster of worker processes on this machine; or the "
-                                      "dask cluster behind a scheduler address (files on a shared file system)")
+        self.where = ComboBox(
+            choices=[HERE, LOCAL_DASK, SCHEDULER],
+            value=HERE,
+            label="run on",
+            tooltip="This process; a dask LocalCluster of worker processes on this machine; or the "
+            "dask cluster behind a scheduler address (files on a shared file system)",
+        )
         self.workers = SpinBox(value=2, min=1, max=256, label="dask workers")
         self.scheduler = LineEdit(value="", label="scheduler address", tooltip="e.g. tcp://head-node:8786")
-        self.block_size = SpinBox(value=0, min=0, max=65536, step=64, label="block size (0 = auto)",
-                                  tooltip="dask: images larger than this per axis are split into blocks predicted in "
-                                          "parallel (auto: 2048 in 2D, 256 in 3D)")
+        self.block_size = SpinBox(
+            value=0,
+            min=0,
+            max=65536,
+            step=64,
+            label="block size (0 = auto)",
+            tooltip="dask: images larger than this per axis are split into blocks predicted in "
+            "parallel (auto: 2048 in 2D, 256 in 3D)",
+        )
         self.show_current = CheckBox(value=True, label="show each result as it is produced")
         self.run_button = PushButton(text="Run batch")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.open_button = PushButton(text="Open results", enabled=False,
-                                      tooltip="Add every result of the run as layers (dask arrays over the written files)")
+        self.open_button = PushButton(
+            text="Open results",
+            enabled=False,
+            tooltip="Add every result of the run as layers (dask arrays over the written files)",
+        )
         self.file_progress = ProgressBar(value=0, min=0, max=1, label="file")
         self.overall = ProgressBar(value=0, min=0, max=1000, label="batch")
         self.overall.native.setFormat("%p%")
@@ -96,17 +129,39 @@ class BatchWidget(QWidget):
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
-        layout.addWidget(group("Model and images", form(self.model_source, self.checkpoint, self.trained, self.input,
-                                                         self.labels, f["predict.tta"])))
+        layout.addWidget(
+            group(
+                "Model and images",
+                form(self.model_source, self.checkpoint, self.trained, self.input, self.labels, f["predict.tta"]),
+            )
+        )
         layout.addWidget(group("Output", form(f["name"], f["output_dir"], self.resume)))
         self.advanced = QCollapsible("Advanced")
-        self.advanced.addWidget(form(self.tile, f["predict.batch_size"], f["device"], self.where, self.workers,
-                                     self.scheduler, self.block_size).native)
+        self.advanced.addWidget(
+            form(
+                self.tile,
+                f["predict.batch_size"],
+                f["device"],
+                self.where,
+                self.workers,
+                self.scheduler,
+                self.block_size,
+            ).native
+        )
         layout.addWidget(self.advanced)
-        buttons = Container(widgets=[self.run_button, self.cancel_button, self.open_button], layout="horizontal",
-                            labels=False)
-        layout.addWidget(group("Run", buttons, self.show_current, form(self.file_progress, self.overall), self.status,
-                               self.summary_label))
+        buttons = Container(
+            widgets=[self.run_button, self.cancel_button, self.open_button], layout="horizontal", labels=False
+        )
+        layout.addWidget(
+            group(
+                "Run",
+                buttons,
+                self.show_current,
+                form(self.file_progress, self.overall),
+                self.status,
+                self.summary_label,
+            )
+        )
         from .classes import ResultsTable
 
         self.classes = ResultsTable()  # classification: a row per file as it is classified
@@ -152,7 +207,9 @@ class BatchWidget(QWidget):
         if resume is None:
             if self.model_source.value == JUST_TRAINED:
                 if last_trained.checkpoint is None:
-                    raise InputError("No model has been trained yet: train one in the Train dock or choose a checkpoint file.")
+                    raise InputError(
+                        "No model has been trained yet: train one in the Train dock or choose a checkpoint file."
+                    )
                 checkpoint = last_trained.checkpoint
             else:
                 checkpoint = _text(self.checkpoint)
@@ -168,11 +225,18 @@ class BatchWidget(QWidget):
         if self.where.value == SCHEDULER and not scheduler:
             raise InputError("Give the dask scheduler address (e.g. tcp://head-node:8786) or run on this machine.")
         return BatchRequest(
-            checkpoint=checkpoint, input_dir=None if resume else _text(self.input),
-            labels_dir=None if resume else _text(self.labels), output_dir=Path(values["output_dir"] or "bioflow_runs"),
-            name=values["name"], resume=resume, device=values["device"], overrides=overrides, scheduler=scheduler,
+            checkpoint=checkpoint,
+            input_dir=None if resume else _text(self.input),
+            labels_dir=None if resume else _text(self.labels),
+            output_dir=Path(values["output_dir"] or "bioflow_runs"),
+            name=values["name"],
+            resume=resume,
+            device=values["device"],
+            overrides=overrides,
+            scheduler=scheduler,
             workers=self.workers.value if self.where.value == LOCAL_DASK else 0,
-            block_size=self.block_size.value or None)
+            block_size=self.block_size.value or None,
+        )
 
     def _make_run(self):
         from ..engine.batch import BatchRun
@@ -259,7 +323,7 @@ class BatchWidget(QWidget):
         names = self.started.names if self.started else []
         return f"file {index + 1}/{len(names)}" if names else f"file {index + 1}"
 
-    def _show_overall(self, fraction: float, eta: Optional[float], name: str, index: int) -> None:
+    def _show_overall(self, fraction: float, eta: float | None, name: str, index: int) -> None:
         self.overall.value = int(round(1000 * fraction))
         eta_text = f", ETA {format_seconds(eta)}" if eta is not None and fraction < 1 else ""
         self.status.value = f"{self._position(index)}: {name} · {fraction:.0%} of the batch{eta_text}"
@@ -334,7 +398,11 @@ class BatchWidget(QWidget):
         """Re-read the current layer's visible tiles, at most every 0.3 s and never more than 10 % of the time."""
         layer = self.current_layer
         start = time.perf_counter()
-        if layer is None or layer not in self.viewer.layers or start - self._last_refresh < max(0.3, 10 * self._refresh_cost):
+        if (
+            layer is None
+            or layer not in self.viewer.layers
+            or start - self._last_refresh < max(0.3, 10 * self._refresh_cost)
+        ):
             return
         layer.refresh()
         self._last_refresh = time.perf_counter()
@@ -370,20 +438,30 @@ class BatchWidget(QWidget):
             tag = f"{names[0]}" if len(names) == 1 else f"{len(names)} files like {names[0]}"
             layers = []
             if all(n in inputs for n in names):
-                layers.append(self.viewer.add_image(stacked([inputs[n] for n in names]), name=f"batch images ({tag})",
-                                                    colormap="gray"))
+                layers.append(
+                    self.viewer.add_image(
+                        stacked([inputs[n] for n in names]), name=f"batch images ({tag})", colormap="gray"
+                    )
+                )
             first = results[names[0]]
             for key in first:
                 if key in ("labels", "labels_filtered"):
-                    layer = self.viewer.add_labels(da.stack([results[n][key] for n in names]),
-                                                   name=f"batch {key} ({tag})", opacity=0.6)
+                    layer = self.viewer.add_labels(
+                        da.stack([results[n][key] for n in names]), name=f"batch {key} ({tag})", opacity=0.6
+                    )
                 elif key == "probabilities" and segmentation:
-                    layer = self.viewer.add_image(stacked([results[n][key] for n in names]), name=f"batch {key} ({tag})",
-                                                  colormap="magma", contrast_limits=(0.0, 1.0), opacity=0.7,
-                                                  visible=False)
+                    layer = self.viewer.add_image(
+                        stacked([results[n][key] for n in names]),
+                        name=f"batch {key} ({tag})",
+                        colormap="magma",
+                        contrast_limits=(0.0, 1.0),
+                        opacity=0.7,
+                        visible=False,
+                    )
                 else:
-                    layer = self.viewer.add_image(stacked([results[n][key] for n in names]), name=f"batch {key} ({tag})",
-                                                  colormap="gray")
+                    layer = self.viewer.add_image(
+                        stacked([results[n][key] for n in names]), name=f"batch {key} ({tag})", colormap="gray"
+                    )
                 layers.append(layer)
             for layer in layers:
                 layer.metadata["batch_files"] = names

@@ -1,5 +1,6 @@
 """The live training chart of the Train dock: losses and the workflow's validation metric per epoch
 (IoU of the foreground for segmentation, PSNR for image to image and self-supervision)."""
+
 from __future__ import annotations
 
 import math

@@ -1,9 +1,8 @@
 """Classification in the docks: Image layers given a class for training (a stack may be split along its first axis,
 one class for all its slices or one per slice), and the predicted class and confidence of each layer or slice shown
 in a table and in the viewer's text overlay, never in the layers' data."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import numpy as np
 from magicgui.widgets import CheckBox, Container, LineEdit, PushButton
@@ -25,14 +24,18 @@ class ClassRow(Container):
 
     def __init__(self, viewer):
         self.layer = layer_combo(viewer, Image, tooltip="Image layer of this class")
-        self.cls = LineEdit(value="", tooltip="Class name; with 'slices', one name for every slice or one per slice "
-                                              "separated by commas")
+        self.cls = LineEdit(
+            value="", tooltip="Class name; with 'slices', one name for every slice or one per slice separated by commas"
+        )
         self.cls.native.setPlaceholderText("class")
-        self.slices = CheckBox(value=False, text="slices", tooltip="Split the layer along its first axis: each slice "
-                                                                  "is one image")
+        self.slices = CheckBox(
+            value=False, text="slices", tooltip="Split the layer along its first axis: each slice is one image"
+        )
         self.remove_button = PushButton(text="−", tooltip="Remove this image")
         self.remove_button.max_width = 28
-        super().__init__(widgets=[self.layer, self.cls, self.slices, self.remove_button], layout="horizontal", labels=False)
+        super().__init__(
+            widgets=[self.layer, self.cls, self.slices, self.remove_button], layout="horizontal", labels=False
+        )
         self.margins = (0, 0, 0, 0)
 
     def images(self) -> list[tuple[str, object, str]]:
@@ -46,13 +49,17 @@ class ClassRow(Container):
         data = layer_array(layer)
         if not self.slices.value:
             if len(names) > 1:
-                raise InputError(f"Image layer '{layer.name}' is given {len(names)} classes: tick 'slices' to give one "
-                                 f"class per slice, or give one class.")
+                raise InputError(
+                    f"Image layer '{layer.name}' is given {len(names)} classes: tick 'slices' to give one "
+                    f"class per slice, or give one class."
+                )
             return [(f"image layer '{layer.name}'", data, names[0])]
         n = data.shape[0]
         if len(names) not in (1, n):
-            raise InputError(f"Image layer '{layer.name}' has {n} slices but {len(names)} class names: give one name "
-                             f"for all slices or one per slice.")
+            raise InputError(
+                f"Image layer '{layer.name}' has {n} slices but {len(names)} class names: give one name "
+                f"for all slices or one per slice."
+            )
         names = names * n if len(names) == 1 else names
         return [(f"image layer '{layer.name}' slice {i}", data[i], names[i]) for i in range(n)]
 
@@ -100,7 +107,7 @@ class ClassLayerList(Container):
         if len(self.rows) > 1:
             self.remove(row)
 
-    def geometry(self) -> Optional[tuple[int, int, tuple]]:
+    def geometry(self) -> tuple[int, int, tuple] | None:
         """(ndim, channels, spatial shape) of the first row's image (one slice when split), or None."""
         row = self.rows[0]
         layer = row.layer.value
@@ -172,12 +179,19 @@ class PerClassTable(QTableWidget):
     HEADERS = ["precision", "recall", "F1", "support"]
     LABELS = ["prec.", "recall", "F1", "n"]  # as shown (full names in the tooltips): narrow enough for the dock
 
-    def show_metrics(self, per_class, macro: Optional[dict] = None) -> None:
+    def show_metrics(self, per_class, macro: dict | None = None) -> None:
         """`per_class`: (class, precision, recall, F1, support) rows; `macro`: ClassificationMetrics.compute()."""
         rows = [(n, f"{p:.3f}", f"{r:.3f}", f"{f:.3f}", str(int(k))) for n, p, r, f, k in per_class]
         if macro:
-            rows.append(("macro", f"{macro['precision_macro']:.3f}", f"{macro['recall_macro']:.3f}",
-                         f"{macro['f1_macro']:.3f}", str(sum(int(k) for *_, k in per_class))))
+            rows.append(
+                (
+                    "macro",
+                    f"{macro['precision_macro']:.3f}",
+                    f"{macro['recall_macro']:.3f}",
+                    f"{macro['f1_macro']:.3f}",
+                    str(sum(int(k) for *_, k in per_class)),
+                )
+            )
         self.clear()
         self.setRowCount(len(rows))
         self.setColumnCount(len(self.HEADERS))
@@ -195,15 +209,20 @@ class PerClassTable(QTableWidget):
 
     def values(self) -> dict[str, dict[str, str]]:
         """{class: {header: text}} as shown."""
-        return {self.verticalHeaderItem(i).text(): {h: self.item(i, j).text() for j, h in enumerate(self.HEADERS)}
-                for i in range(self.rowCount())}
+        return {
+            self.verticalHeaderItem(i).text(): {h: self.item(i, j).text() for j, h in enumerate(self.HEADERS)}
+            for i in range(self.rowCount())
+        }
 
 
-def record(layer, index: Optional[int], cls: str, confidence: float, classes: list[str]) -> None:
+def record(layer, index: int | None, cls: str, confidence: float, classes: list[str]) -> None:
     """Keep a layer's (or one of its slices') prediction in its metadata; the data stay as they are."""
     meta = dict(layer.metadata.get(META_KEY) or {})
     preds = [p for p in meta.get("predictions", []) if p[0] != index]
-    meta.update(classes=classes, predictions=sorted(preds + [(index, cls, float(confidence))], key=lambda p: (p[0] is not None, p[0] or 0)))
+    meta.update(
+        classes=classes,
+        predictions=sorted(preds + [(index, cls, float(confidence))], key=lambda p: (p[0] is not None, p[0] or 0)),
+    )
     layer.metadata = {**layer.metadata, META_KEY: meta}
 
 

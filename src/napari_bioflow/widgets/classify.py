@@ -2,6 +2,7 @@
 layer, or each slice of a stack (a table of class and confidence, the viewer's text overlay, the layers' metadata;
 the layers' data untouched), or a test folder (predictions.csv, and with class sub-folders the metrics and the
 confusion matrix, also shown here). The engine's classification_results does the work in a thread worker."""
+
 from __future__ import annotations
 
 import threading
@@ -51,10 +52,17 @@ class ClassifyPanel(QWidget):
         self.predictions: list = []  # ClassPrediction of the current layer run, for predictions.csv
         self._cancel = threading.Event()
         self.scope = ComboBox(choices=[CHOSEN, ALL, FOLDER], value=CHOSEN, label="classify")
-        self.each_slice = CheckBox(value=False, text="each slice of a stack",
-                                   tooltip="Classify every slice along the first axis as one image")
-        self.folder = compact(FileEdit(mode="d", label="test folder", tooltip="A folder of images, flat or in class "
-                                       "sub-folders (then accuracy, precision, recall, F1 and the confusion matrix)"))
+        self.each_slice = CheckBox(
+            value=False, text="each slice of a stack", tooltip="Classify every slice along the first axis as one image"
+        )
+        self.folder = compact(
+            FileEdit(
+                mode="d",
+                label="test folder",
+                tooltip="A folder of images, flat or in class "
+                "sub-folders (then accuracy, precision, recall, F1 and the confusion matrix)",
+            )
+        )
         self.table = ResultsTable()
         self.confusion = ConfusionTable()
         self.per_class = PerClassTable()  # precision, recall, F1 and support of every class
@@ -87,15 +95,21 @@ class ClassifyPanel(QWidget):
         """(layer, slice index or None, name, data) to classify, checked up front by the engine's own checks."""
         from ..engine.data.sources import check_finite, to_channels_last
 
-        layers = [self.image_combo.value] if self.scope.value == CHOSEN else [
-            layer for layer in self.viewer.layers if isinstance(layer, Image)]
+        layers = (
+            [self.image_combo.value]
+            if self.scope.value == CHOSEN
+            else [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+        )
         if not layers or layers[0] is None:
             raise InputError("Choose an Image layer to classify (or load one into the viewer).")
         out = []
         for layer in layers:
             data = layer_array(layer)
-            parts = ([(i, f"image layer '{layer.name}' slice {i}", data[i]) for i in range(data.shape[0])]
-                     if self.each_slice.value else [(None, f"image layer '{layer.name}'", data)])
+            parts = (
+                [(i, f"image layer '{layer.name}' slice {i}", data[i]) for i in range(data.shape[0])]
+                if self.each_slice.value
+                else [(None, f"image layer '{layer.name}'", data)]
+            )
             for index, name, part in parts:
                 check_finite(to_channels_last(part, cfg.ndim, cfg.data.in_channels, name), name)
                 out.append((layer, index, name, part))
@@ -123,14 +137,23 @@ class ClassifyPanel(QWidget):
             items = class_test_items(Path(text), cfg.class_names)
             check_test_items(loaded, items)
             self.experiment = make_experiment()
-            worker = create_worker(folder_job, loaded, items, self.experiment.results, device, self._cancel,
-                                   _start_thread=False, _ignore_errors=True)
+            worker = create_worker(
+                folder_job,
+                loaded,
+                items,
+                self.experiment.results,
+                device,
+                self._cancel,
+                _start_thread=False,
+                _ignore_errors=True,
+            )
             worker.returned.connect(self._on_folder_done)
         else:
             images = self._images(cfg)
             self.experiment = make_experiment()
-            worker = create_worker(classify_job, loaded, images, device, self._cancel,
-                                   _start_thread=False, _ignore_errors=True)
+            worker = create_worker(
+                classify_job, loaded, images, device, self._cancel, _start_thread=False, _ignore_errors=True
+            )
             worker.yielded.connect(self._on_image)
             worker.finished.connect(self._write_layer_predictions)
         worker.errored.connect(lambda e: show_error(f"Classification failed: {type(e).__name__}: {e}"))
@@ -174,8 +197,10 @@ class ClassifyPanel(QWidget):
             self.table.add(r.name, names[r.predicted], float(r.probabilities[r.predicted]))
         if out["metrics"]:
             m = out["metrics"]
-            self.metrics.value = (f"accuracy {m['accuracy']:.3f} · macro precision {m['precision_macro']:.3f} · "
-                                  f"recall {m['recall_macro']:.3f} · F1 {m['f1_macro']:.3f}")
+            self.metrics.value = (
+                f"accuracy {m['accuracy']:.3f} · macro precision {m['precision_macro']:.3f} · "
+                f"recall {m['recall_macro']:.3f} · F1 {m['f1_macro']:.3f}"
+            )
             self.per_class.show_metrics(out["per_class"], m)
             self.confusion.show_matrix(out["confusion"], names)
             self.metrics.visible = True

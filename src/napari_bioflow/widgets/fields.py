@@ -1,5 +1,6 @@
 """magicgui widgets bound to RunConfig fields: default, bounds, choices and tooltip come from the config model,
 so the widgets cannot drift from the config and `ConfigForm.values()` is a dict `RunConfig.from_dict` validates."""
+
 from __future__ import annotations
 
 import typing
@@ -60,11 +61,18 @@ class ConfigForm:
         default = options.pop("value", field.get_default(call_default_factory=True))
         kw = {"name": path.replace(".", "__"), "label": label or humanize(path), "tooltip": field.description}
         if "choices" in options or typing.get_origin(annotation) is Literal:
-            widget = ComboBox(choices=options.pop("choices", list(typing.get_args(annotation))), value=default, **kw, **options)
+            widget = ComboBox(
+                choices=options.pop("choices", list(typing.get_args(annotation))), value=default, **kw, **options
+            )
         elif annotation is bool:
             widget = CheckBox(value=default, **kw, **options)
         elif annotation is int:
-            bounds = {"min": 0, "max": INT_MAX, **_bounds(field, True, 1), **({"min": 0} if optional else {})}  # 0 = not set
+            bounds = {
+                "min": 0,
+                "max": INT_MAX,
+                **_bounds(field, True, 1),
+                **({"min": 0} if optional else {}),
+            }  # 0 = not set
             widget = SpinBox(value=default or 0, **{**bounds, **options}, **kw)
         elif annotation is float:
             step = options.pop("step", 0.01)

@@ -1,10 +1,11 @@
 """What the docks' napari thread workers run. A user's mistake (InputError) or a cancel comes back to the GUI
 thread as a value, not as an exception: napari would show an exception as a crash with a traceback."""
+
 from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from qtpy.QtCore import QObject, Signal
 
@@ -25,7 +26,7 @@ class InputsNotSaved(str):
 SAVE_INPUTS_MAX_BYTES = 2 * 2**30  # layers copied into a run so that its config repeats it, at most
 
 
-def save_inputs(trainer, inputs: dict) -> Optional[str]:
+def save_inputs(trainer, inputs: dict) -> str | None:
     """Write the layer arrays a run trains on into its results folder, <results>/data/<field>/<stem>.tif (field:
     train_raw, train_label, val_raw, val_label), and rewrite the run's config file to read them, so that
     `napari-bioflow train <config>` repeats the run. Returns a warning when they could not be written."""
@@ -36,8 +37,10 @@ def save_inputs(trainer, inputs: dict) -> Optional[str]:
         return None
     total = sum(int(getattr(data, "nbytes", 0)) for items in inputs.values() for _, data in items)
     if total > SAVE_INPUTS_MAX_BYTES:  # a copy of big (dask, zarr) layers would cost disk and time, not just RAM
-        return (f"The layers are {total / 2**30:.1f} GB, too large to copy into run {exp.run_name}: its config file "
-                f"{exp.config_path} cannot repeat the run (train from folders for that).")
+        return (
+            f"The layers are {total / 2**30:.1f} GB, too large to copy into run {exp.run_name}: its config file "
+            f"{exp.config_path} cannot repeat the run (train from folders for that)."
+        )
     root = exp.results / "data"
     saved = trainer.cfg.model_copy(deep=True)  # the trainer's own config stays as it is
     try:
@@ -47,12 +50,14 @@ def save_inputs(trainer, inputs: dict) -> Optional[str]:
             setattr(saved.data, field, root / field)
         saved.save(exp.config_path)
     except (OSError, ValueError) as e:
-        return (f"The layers could not be saved with run {exp.run_name} ({e}): its config file {exp.config_path} "
-                f"cannot repeat the run.")
+        return (
+            f"The layers could not be saved with run {exp.run_name} ({e}): its config file {exp.config_path} "
+            f"cannot repeat the run."
+        )
     return None
 
 
-def training_job(trainer, preview: Optional[Preview], inputs: Optional[dict] = None):
+def training_job(trainer, preview: Preview | None, inputs: dict | None = None):
     """Runs in the worker thread: relay the trainer's reports; between epochs (trainer paused) maybe preview.
     `inputs`: layer arrays by config data field, written with the run once it has its folder (see save_inputs)."""
     from ..engine.train.trainer import EpochReport, StartReport
@@ -86,6 +91,7 @@ def training_job(trainer, preview: Optional[Preview], inputs: Optional[dict] = N
 
 class ProgressRelay(QObject):
     """Carries tile progress from the worker thread to the GUI thread (queued signal)."""
+
     progress = Signal(int, int)
 
 

@@ -1,7 +1,6 @@
 """Layer choosers that follow the viewer's layers, and what a layer tells about its axes and classes."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, PushButton
@@ -50,7 +49,9 @@ def connect_while_alive(owner, connections) -> None:
 def follow_layers(owner, viewer, reset) -> None:
     """Call `reset` whenever a layer is added, removed, moved or renamed, while `owner` lives."""
     events = viewer.layers.events
-    connect_while_alive(owner, [(e, reset) for e in (events.inserted, events.removed, events.reordered, events.renamed)])
+    connect_while_alive(
+        owner, [(e, reset) for e in (events.inserted, events.removed, events.reordered, events.renamed)]
+    )
 
 
 def layer_array(layer):
@@ -70,7 +71,7 @@ def guess_ndim(layer) -> int:
     return 3
 
 
-def spatial_axes(layer, ndim: int) -> Optional[list[int]]:
+def spatial_axes(layer, ndim: int) -> list[int] | None:
     """The data axes of `layer` that are space for an `ndim` model (the channel axis left out), as the engine's
     to_channels_last reads them; None when the layer does not fit `ndim` (the engine then says why)."""
     shape = layer_array(layer).shape
@@ -86,7 +87,7 @@ def spatial_axes(layer, ndim: int) -> Optional[list[int]]:
     return None
 
 
-def layer_channels(layer, ndim: int) -> Optional[int]:
+def layer_channels(layer, ndim: int) -> int | None:
     shape = layer_array(layer).shape
     axes = spatial_axes(layer, ndim)
     if axes is None:
@@ -95,7 +96,7 @@ def layer_channels(layer, ndim: int) -> Optional[int]:
     return shape[rest[0]] if rest else 1
 
 
-def guess_classes(layer) -> Optional[int]:
+def guess_classes(layer) -> int | None:
     """Classes from the largest label value (0/255 masks are binary); None for lazy data (too costly to scan)."""
     data = layer_array(layer)
     if not isinstance(data, np.ndarray) or data.size == 0 or data.size > 200_000_000:
@@ -120,6 +121,7 @@ PAIR_MODES = ("labels", "image", "none")  # the second layer of a pair: a Labels
 
 def images_fit(image, target) -> bool:
     """Whether two Image layers have the same spatial shape (their channel axes, if any, left out)."""
+
     def spatial(layer):
         axes = spatial_axes(layer, guess_ndim(layer)) or []
         return tuple(layer_array(layer).shape[a] for a in axes)
@@ -135,13 +137,17 @@ class LayerPair(Container):
     def __init__(self, viewer, removable: bool = True, mode: str = "labels"):
         self.image_layer = layer_combo(viewer, Image, tooltip="Image layer (raw data)")
         self.labels_layer = layer_combo(viewer, Labels, tooltip="Labels layer (0 = background)")
-        self.target_layer = layer_combo(viewer, Image, tooltip="Target Image layer: what the model should output "
-                                                               "for the raw image (same size)")
+        self.target_layer = layer_combo(
+            viewer, Image, tooltip="Target Image layer: what the model should output for the raw image (same size)"
+        )
         self.remove_button = PushButton(text="−", tooltip="Remove this pair")
         self.remove_button.max_width = 28
         self.remove_button.visible = removable
-        super().__init__(widgets=[self.image_layer, self.labels_layer, self.target_layer, self.remove_button],
-                         layout="horizontal", labels=False)
+        super().__init__(
+            widgets=[self.image_layer, self.labels_layer, self.target_layer, self.remove_button],
+            layout="horizontal",
+            labels=False,
+        )
         self.margins = (0, 0, 0, 0)
         self.mode = "labels"
         self.image_layer.changed.connect(self._match_labels)
@@ -198,9 +204,11 @@ class PairList(Container):
             p.set_mode(mode)
         what = {"labels": "pair", "image": "pair", "none": "image"}[mode]
         self.add_button.text = f"+ add {'an' if what == 'image' else 'a'} {what}"
-        self.add_button.tooltip = {"labels": "Train on one more (Image, Labels) pair",
-                                   "image": "Train on one more (raw Image, target Image) pair",
-                                   "none": "Train on one more Image layer"}[mode]
+        self.add_button.tooltip = {
+            "labels": "Train on one more (Image, Labels) pair",
+            "image": "Train on one more (raw Image, target Image) pair",
+            "none": "Train on one more Image layer",
+        }[mode]
 
     def add_pair(self, *_) -> LayerPair:
         row = LayerPair(self.viewer, mode=self.mode)

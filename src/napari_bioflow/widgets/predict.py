@@ -10,6 +10,7 @@ layers out, all placed over the source layer (its scale and translate):
 While the prediction runs, the main layer is a dask array over the zarr store the engine writes, so tiles appear as
 they are computed; the engine's ImagePrediction does all the work in a napari thread worker. An optional target layer
 (a target Image for image to image, a Labels layer for segmentation) gives the metrics (PSNR and SSIM, or IoU)."""
+
 from __future__ import annotations
 
 import logging
@@ -18,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from magicgui.widgets import ComboBox, Container, FileEdit, ProgressBar, PushButton, SpinBox
 from napari.layers import Image, Labels
@@ -27,13 +28,21 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 from superqt import QCollapsible
 
 from ..engine.errors import Cancelled, InputError
-from .classify import ClassifyPanel
-from .fields import ConfigForm, status_label, compact, config_field, form, group
-from .jobs import ProgressRelay, Stopped, prediction_job, setup_job
-from .layers import connect_while_alive, follow_layers, layer_array, layer_channels, layer_combo, placement, spatial_axes
-from .preview import intensity_mapping, to_intensity
 from ..engine.train.checkpoint_info import checkpoint_info
 from ..engine.workflows.base import workflow_classes
+from .classify import ClassifyPanel
+from .fields import ConfigForm, compact, config_field, form, group, status_label
+from .jobs import ProgressRelay, Stopped, prediction_job, setup_job
+from .layers import (
+    connect_while_alive,
+    follow_layers,
+    layer_array,
+    layer_channels,
+    layer_combo,
+    placement,
+    spatial_axes,
+)
+from .preview import intensity_mapping, to_intensity
 from .shared import last_trained, load_triton_safely
 
 log = logging.getLogger(__name__)
@@ -56,6 +65,7 @@ def is_in_memory(data) -> bool:
 @dataclass
 class PendingJob:
     """A prediction checked as far as it can be without reading pixels: what `_create_job` needs."""
+
     predictor: Any
     data: Any  # the layer's array, as given to the engine
     image: Any  # channel-last view of it, for the NaN/inf scan
@@ -97,13 +107,19 @@ class PredictWidget(QWidget):
         self.destroyed.connect(self._cancel.set)  # a closed dock stops its prediction
 
         self.model_source = ComboBox(choices=[FROM_FILE, JUST_TRAINED], value=FROM_FILE, label="model")
-        self.checkpoint = compact(FileEdit(mode="r", filter="*.pth", label="checkpoint",
-                                           tooltip="A napari-bioflow checkpoint (.pth)"))
+        self.checkpoint = compact(
+            FileEdit(mode="r", filter="*.pth", label="checkpoint", tooltip="A napari-bioflow checkpoint (.pth)")
+        )
         self.trained = status_label("none yet: train one in the Train dock", label="trained")
         self.image = layer_combo(viewer, Image, label="image", tooltip="The Image layer to predict")
         self._target_kind = Image
-        self.target = layer_combo(viewer, lambda: self._target_kind, label="target", nullable=True,
-                                  tooltip="Optional ground truth of the image: the metrics are computed against it")
+        self.target = layer_combo(
+            viewer,
+            lambda: self._target_kind,
+            label="target",
+            nullable=True,
+            tooltip="Optional ground truth of the image: the metrics are computed against it",
+        )
         self.target.value = None
         self.metrics = status_label(label="metrics")
         f = self.form = ConfigForm()  # defaults, bounds and tooltips from the config's predict section
@@ -111,8 +127,14 @@ class PredictWidget(QWidget):
         for path in self.section_options:  # a workflow's own prediction settings (crappify: degrade first)
             f.add(path, label="degrade first" if path.endswith("degrade_at_prediction") else path.split(".")[-1])
         f.add("predict.tta", label="test-time augmentation")
-        self.tile = SpinBox(value=0, min=0, max=8192, step=16, label="tile size (0 = auto)",
-                            tooltip=config_field("predict.tile_size").description)
+        self.tile = SpinBox(
+            value=0,
+            min=0,
+            max=8192,
+            step=16,
+            label="tile size (0 = auto)",
+            tooltip=config_field("predict.tile_size").description,
+        )
         f.add("predict.overlap", label="tile overlap", step=0.0625, decimals=4)
         f.add("predict.batch_size", label="tiles per batch", max=1024)
         f.add("device")
@@ -127,17 +149,41 @@ class PredictWidget(QWidget):
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
-        layout.addWidget(group("Model and image", form(self.model_source, self.checkpoint, self.trained, self.image,
-                                                       self.target, *(f[p] for p in self.section_options),
-                                                       f["predict.tta"])))
+        layout.addWidget(
+            group(
+                "Model and image",
+                form(
+                    self.model_source,
+                    self.checkpoint,
+                    self.trained,
+                    self.image,
+                    self.target,
+                    *(f[p] for p in self.section_options),
+                    f["predict.tta"],
+                ),
+            )
+        )
         self.classify = ClassifyPanel(viewer, self.image)  # classification checkpoints: a class per image
         self.classify_group = group("Classification")
         self.classify_group.layout().addWidget(self.classify)
         layout.addWidget(self.classify_group)
         layout.addWidget(group("Output", form(f["name"], f["output_dir"])))
         self.advanced = QCollapsible("Advanced")
-        self.advanced.addWidget(form(self.tile, *(f[p] for p in ("predict.overlap", "predict.batch_size", "device",
-                                                                   "predict.z_filter", "predict.yz_filter"))).native)
+        self.advanced.addWidget(
+            form(
+                self.tile,
+                *(
+                    f[p]
+                    for p in (
+                        "predict.overlap",
+                        "predict.batch_size",
+                        "device",
+                        "predict.z_filter",
+                        "predict.yz_filter",
+                    )
+                ),
+            ).native
+        )
         layout.addWidget(self.advanced)
         buttons = Container(widgets=[self.predict_button, self.cancel_button], layout="horizontal", labels=False)
         layout.addWidget(group("Run", buttons, self.progress, self.status, form(self.metrics)))
@@ -162,7 +208,7 @@ class PredictWidget(QWidget):
         self.image.reset_choices()
         self.target.reset_choices()
 
-    def _chosen_checkpoint(self) -> Optional[Path]:
+    def _chosen_checkpoint(self) -> Path | None:
         if self.model_source.value == JUST_TRAINED:
             return last_trained.checkpoint
         text = str(self.checkpoint.line_edit.value).strip()
@@ -206,7 +252,9 @@ class PredictWidget(QWidget):
     def _checkpoint(self) -> Path:
         if self.model_source.value == JUST_TRAINED:
             if last_trained.checkpoint is None:
-                raise InputError("No model has been trained yet: train one in the Train dock or choose a checkpoint file.")
+                raise InputError(
+                    "No model has been trained yet: train one in the Train dock or choose a checkpoint file."
+                )
             return last_trained.checkpoint
         text = str(self.checkpoint.line_edit.value).strip()
         if not text:
@@ -226,7 +274,7 @@ class PredictWidget(QWidget):
         predict["tile_size"] = [self.tile.value] * ndim if self.tile.value else None
         return {**values, "predict": predict}
 
-    def _predictor(self, expect_workflow: Optional[str] = None):
+    def _predictor(self, expect_workflow: str | None = None):
         """The engine's Predictor over the chosen checkpoint with this dock's settings (validated by the config)."""
         from ..engine.predict.predictor import Predictor
 
@@ -236,9 +284,11 @@ class PredictWidget(QWidget):
         device = self.form["device"].value
         if workflow is None:  # unreadable: the predictor says why, in full
             return Predictor(path, device, source="Predict", expect_workflow=expect_workflow)
-        return Predictor(path, device, self._settings(workflow, ndim), source="Predict", expect_workflow=expect_workflow)
+        return Predictor(
+            path, device, self._settings(workflow, ndim), source="Predict", expect_workflow=expect_workflow
+        )
 
-    def _make_job(self) -> "PendingJob":
+    def _make_job(self) -> PendingJob:
         """Every check that reads no pixels (the layer, checkpoint, 2D/3D, channels, the target), before any write."""
         layer = self.image.value
         if layer is None:
@@ -247,8 +297,10 @@ class PredictWidget(QWidget):
         cfg, workflow = predictor.config, predictor.workflow
         channels = layer_channels(layer, cfg.ndim)
         if channels is not None and channels != cfg.data.in_channels:
-            raise InputError(f"Checkpoint {predictor.checkpoint} expects {cfg.data.in_channels} input channel(s), but "
-                             f"image layer '{layer.name}' has {channels}.")
+            raise InputError(
+                f"Checkpoint {predictor.checkpoint} expects {cfg.data.in_channels} input channel(s), but "
+                f"image layer '{layer.name}' has {channels}."
+            )
         name = f"image layer '{layer.name}'"
         data = layer_array(layer)
         target_layer = self.target.value if not self.target.native.isHidden() else None
@@ -258,15 +310,17 @@ class PredictWidget(QWidget):
             outputs = workflow.out_channels(cfg)
             got = layer_channels(target_layer, cfg.ndim) if isinstance(target_layer, Image) else None
             if workflow.target_is_image and got is not None and got != outputs:
-                raise InputError(f"Target layer '{target_layer.name}' has {got} channel(s) but {predictor.source} "
-                                 f"predicts {outputs}.")
+                raise InputError(
+                    f"Target layer '{target_layer.name}' has {got} channel(s) but {predictor.source} "
+                    f"predicts {outputs}."
+                )
             target = layer_array(target_layer)
         image = predictor.check_image(data, name, target, target_name)  # 2D/3D, channels, target: before any write
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer.name).strip(".") or "image"
         return PendingJob(predictor, data, image, name, stem, target, target_name, layer)
 
     @staticmethod
-    def _create_job(pending: "PendingJob"):
+    def _create_job(pending: PendingJob):
         """The NaN/inf scan of the image (off the GUI thread for lazy layers), then the experiment folder and the
         job. A refused image leaves nothing behind: the folders made for it go again."""
         from ..engine.data.sources import check_finite
@@ -275,8 +329,15 @@ class PredictWidget(QWidget):
         predictor = pending.predictor
         experiment = predictor.create_experiment()
         try:
-            job = predictor.image(pending.data, pending.name, experiment.results, pending.stem, pending.target,
-                                  pending.target_name, finite_checked=True)
+            job = predictor.image(
+                pending.data,
+                pending.name,
+                experiment.results,
+                pending.stem,
+                pending.target,
+                pending.target_name,
+                finite_checked=True,
+            )
         except BaseException:
             predictor.discard(experiment)
             raise
@@ -376,7 +437,7 @@ class PredictWidget(QWidget):
             return (offset, offset + scale)
         return None
 
-    def _add_layer(self, output, data, index: Optional[int] = None, **kwargs):
+    def _add_layer(self, output, data, index: int | None = None, **kwargs):
         """The layer of one declared output (spec.Output) over the source layer; inserted at `index` if given.
         Channel-first image data: one channel drops to the spatial axes, several keep a channel axis in front."""
         scale, translate = self._placement()
@@ -389,9 +450,16 @@ class PredictWidget(QWidget):
             else:
                 data, scale, translate = first_channel_axis(data, scale, translate)
             contrast = self._contrast(output)
-            layer = Image(data, name=name, scale=scale, translate=translate, colormap=output.colormap,
-                          opacity=output.opacity, **kwargs,
-                          **({"contrast_limits": contrast} if contrast and contrast[1] > contrast[0] else {}))
+            layer = Image(
+                data,
+                name=name,
+                scale=scale,
+                translate=translate,
+                colormap=output.colormap,
+                opacity=output.opacity,
+                **kwargs,
+                **({"contrast_limits": contrast} if contrast and contrast[1] > contrast[0] else {}),
+            )
         if index is None:
             self.viewer.layers.append(layer)
         else:
@@ -433,14 +501,19 @@ class PredictWidget(QWidget):
 
         declared = self.job.workflow.outputs
         first_live = next((self.outputs[o.key] for o in declared if o.key in self.outputs), None)
-        position = (self.viewer.layers.index(first_live) if first_live is not None and first_live in self.viewer.layers
-                    else len(self.viewer.layers))
+        position = (
+            self.viewer.layers.index(first_live)
+            if first_live is not None and first_live in self.viewer.layers
+            else len(self.viewer.layers)
+        )
         for output in declared:
             layer = self.outputs.get(output.key)
             if layer is not None and layer in self.viewer.layers:
                 if output.key in outputs:
                     data = lazy(outputs[output.key])
-                    layer.data = data if output.class_axis or output.layer == "labels" else first_channel_axis(data, (), ())[0]
+                    layer.data = (
+                        data if output.class_axis or output.layer == "labels" else first_channel_axis(data, (), ())[0]
+                    )
                 position = self.viewer.layers.index(layer) + 1
             elif output.key in outputs:
                 self._add_layer(output, lazy(outputs[output.key]), index=position)

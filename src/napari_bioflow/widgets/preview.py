@@ -8,6 +8,7 @@ The field of view is read on the GUI thread (`visible_region`) and handed to the
 (a lock-guarded value); the worker predicts between epochs while the trainer is paused (`Preview.maybe_predict`),
 and only when the preview's estimated cost keeps all previews within `budget` (5 %) of the training time.
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,7 +16,6 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -66,7 +66,7 @@ def canvas_size(viewer) -> tuple[float, float]:
     return tuple(canvas.size) if canvas is not None and hasattr(canvas, "size") else tuple(viewer._canvas_size)
 
 
-def visible_region(viewer, layer, axes: list[int], patch: list[int], max_size: int = MAX_SIZE) -> Optional[ViewRegion]:
+def visible_region(viewer, layer, axes: list[int], patch: list[int], max_size: int = MAX_SIZE) -> ViewRegion | None:
     """The part of `layer` (its spatial data `axes`) on screen: the canvas' field of view on displayed axes, the
     current slice plus a patch-deep slab on the others; each axis at least the patch, at most `max_size`, inside the
     image. In a 3D view the whole image (capped) is used. GUI thread only."""
@@ -110,7 +110,7 @@ class PreviewBudget:
         self.fraction = fraction
         self.spent = 0.0
         self.count = 0
-        self.seconds_per_pixel: Optional[float] = None
+        self.seconds_per_pixel: float | None = None
 
     def allow(self, pixels: int, training_seconds: float, training_seconds_per_pixel: float) -> bool:
         rate = self.seconds_per_pixel if self.seconds_per_pixel is not None else training_seconds_per_pixel / 3
@@ -122,7 +122,7 @@ class PreviewBudget:
         self.seconds_per_pixel = seconds / max(1, pixels)
 
 
-def intensity_mapping(workflow) -> Optional[tuple[np.ndarray, np.ndarray]]:
+def intensity_mapping(workflow) -> tuple[np.ndarray, np.ndarray] | None:
     """(scale, offset) per output channel that map a workflow's normalized output back to intensities: the
     target's normalization (image to image) or the raw images' (self-supervision); None for label outputs."""
     from ..engine.data.normalize import Normalizer
@@ -167,15 +167,15 @@ class Preview:
         self.steps_per_epoch = 1
         self.layer = None  # the preview Labels or Image layer, once shown
         self._lock = threading.Lock()
-        self._view: Optional[ViewRegion] = None
+        self._view: ViewRegion | None = None
 
     @property
-    def view(self) -> Optional[ViewRegion]:
+    def view(self) -> ViewRegion | None:
         with self._lock:
             return self._view
 
     @view.setter
-    def view(self, region: Optional[ViewRegion]) -> None:
+    def view(self, region: ViewRegion | None) -> None:
         with self._lock:
             self._view = region
 
@@ -186,7 +186,9 @@ class Preview:
         if region is None:
             return None
         cfg = trainer.cfg
-        per_pixel = report.seconds / max(1, self.steps_per_epoch * cfg.train.batch_size * int(np.prod(cfg.data.patch_size)))
+        per_pixel = report.seconds / max(
+            1, self.steps_per_epoch * cfg.train.batch_size * int(np.prod(cfg.data.patch_size))
+        )
         if not self.budget.allow(region.pixels, training_seconds, per_pixel):
             return None
         start = time.perf_counter()

@@ -5,12 +5,12 @@ The workflow chosen at the top decides which fields show: segmentation trains on
 image to image on (raw Image, target Image) pairs with target channels and an L1/MSE loss; self-supervision on raw
 Image layers alone, with the crappify (noise, down-sampling) or masking (MAE token size, mask type and ratio) options.
 The model list follows the workflow and the dimensions."""
+
 from __future__ import annotations
 
 import logging
 import re
 from pathlib import Path
-from typing import Optional
 
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, ProgressBar, PushButton, RadioButtons, SpinBox
 from napari.utils.notifications import show_error, show_info, show_warning
@@ -23,16 +23,34 @@ from ..engine.errors import InputError
 from ..engine.workflows import get_workflow
 from .chart import TrainingChart, theme_colors
 from .classes import ClassLayerList
-from .fields import ConfigForm, status_label, form, format_seconds, group, parse_ints
-from .layers import (LayerPair, PairList, connect_while_alive, follow_layers, guess_classes, guess_ndim, layer_array, layer_channels,
-                     spatial_axes)
+from .fields import ConfigForm, form, format_seconds, group, parse_ints, status_label
 from .jobs import InputsNotSaved, TrainingFailed, training_job
+from .layers import (
+    LayerPair,
+    PairList,
+    connect_while_alive,
+    follow_layers,
+    guess_classes,
+    guess_ndim,
+    layer_array,
+    layer_channels,
+    spatial_axes,
+)
 from .preview import Preview, PreviewFailed, PreviewResult, camera, visible_region
 from .shared import last_trained, load_triton_safely
-from .train_fields import (_AUGMENT_3D_ONLY, _AUGMENT_PROBABILITIES, _floor16, model_options_of, parse_options,
-                           section_options, variant_choices, workflow_choices)
+from .train_fields import (
+    _AUGMENT_3D_ONLY,
+    _AUGMENT_PROBABILITIES,
+    _floor16,
+    model_options_of,
+    parse_options,
+    section_options,
+    variant_choices,
+    workflow_choices,
+)
 
 log = logging.getLogger(__name__)
+
 
 class TrainWidget(QWidget):
     def __init__(self, napari_viewer):
@@ -41,7 +59,7 @@ class TrainWidget(QWidget):
 
         self.viewer = viewer = napari_viewer
         self.trainer = None
-        self.preview: Optional[Preview] = None
+        self.preview: Preview | None = None
         self.result = None  # the DoneReport of the last training
         self.preview_budget = 0.05  # previews may cost at most this fraction of the training time
         self._worker = None
@@ -54,18 +72,31 @@ class TrainWidget(QWidget):
         f.add("workflow", choices=workflow_choices())
         self.variant_fields = variant_choices()
         for path, choices in self.variant_fields.items():  # e.g. the self-supervised pretext task
-            f.add(path, label=path.split(".")[-1].replace("_", " ") + (" task" if path.endswith("pretext") else ""),
-                  choices=choices)
+            f.add(
+                path,
+                label=path.split(".")[-1].replace("_", " ") + (" task" if path.endswith("pretext") else ""),
+                choices=choices,
+            )
         # --- data -------------------------------------------------------------------------------------
-        self.source = RadioButtons(choices=["layers", "folders"], value="layers", orientation="horizontal", label="from")
+        self.source = RadioButtons(
+            choices=["layers", "folders"], value="layers", orientation="horizontal", label="from"
+        )
         self.pairs = PairList(viewer)
         self.class_layers = ClassLayerList(viewer)  # classification: Image layers given a class
-        self.folders = form(f.add("data.train_raw", label="raw folder"), f.add("data.train_label", label="label folder"))
-        self.validation = ComboBox(choices=["split", "layers", "folders"], value="split", label="validation",
-                                   tooltip="Hold aside a fraction of the training data, or validate on a layer pair or folders")
+        self.folders = form(
+            f.add("data.train_raw", label="raw folder"), f.add("data.train_label", label="label folder")
+        )
+        self.validation = ComboBox(
+            choices=["split", "layers", "folders"],
+            value="split",
+            label="validation",
+            tooltip="Hold aside a fraction of the training data, or validate on a layer pair or folders",
+        )
         f.add("data.val_split", label="fraction", step=0.05, max=0.9)
         self.val_pair = LayerPair(viewer, removable=False)
-        self.val_folders = form(f.add("data.val_raw", label="raw folder"), f.add("data.val_label", label="label folder"))
+        self.val_folders = form(
+            f.add("data.val_raw", label="raw folder"), f.add("data.val_label", label="label folder")
+        )
         # --- main fields ------------------------------------------------------------------------------
         f.add("ndim", label="dimensions", choices=[("2D", 2), ("3D", 3)])
         f.add("data.in_channels", label="channels", max=64)
@@ -73,13 +104,24 @@ class TrainWidget(QWidget):
         f.add("data.target_channels", label="target channels", max=64)
         f.add("classification.fit", label="other sizes")
         self.patch_z = SpinBox(value=32, min=1, max=1024, label="patch Z", tooltip="Patch depth in voxels (3D)")
-        self.patch_yx = SpinBox(value=256, min=8, max=8192, step=16, label="patch Y, X",
-                                tooltip="Patch height and width in pixels; must fit in every image")
+        self.patch_yx = SpinBox(
+            value=256,
+            min=8,
+            max=8192,
+            step=16,
+            label="patch Y, X",
+            tooltip="Patch height and width in pixels; must fit in every image",
+        )
         f.add("model.name", label="model", choices=list_models(2))
         mae = model_options_of("mae")
-        self.token_size = SpinBox(value=mae.get("patch_size", 16), min=0, max=512, label="token size (0 = auto)",
-                                  tooltip="Size in pixels (per axis) of the ViT tokens: model option patch_size. "
-                                          "Must divide the patch size. auto (vit): about 8 tokens per axis.")
+        self.token_size = SpinBox(
+            value=mae.get("patch_size", 16),
+            min=0,
+            max=512,
+            label="token size (0 = auto)",
+            tooltip="Size in pixels (per axis) of the ViT tokens: model option patch_size. "
+            "Must divide the patch size. auto (vit): about 8 tokens per axis.",
+        )
         self._token_model = "mae"  # the model whose default the token size shows
         f.add("model.start_from", label="start from checkpoint", mode="r", filter="*.pth")
         f.add("train.loss", label="loss")
@@ -93,33 +135,58 @@ class TrainWidget(QWidget):
         f.add("self_supervised.noise", label="noise (× max)", step=0.05)
         f.add("self_supervised.downsample_area", label="down-sampling area", step=1.0)
         f.add("self_supervised.degrade_at_prediction", label="degrade at prediction")
-        self.mask_type = ComboBox(choices=["grid", "random"], value=mae.get("mask_type", "grid"), label="mask type",
-                                  tooltip="grid: a fixed, evenly spread set of hidden tokens (a checkerboard at 0.5); "
-                                          "random: a new random set per image")
-        self.mask_ratio = FloatSpinBox(value=mae.get("mask_ratio", 0.5), min=0.05, max=0.95, step=0.05, label="mask ratio",
-                                       tooltip="Fraction of the tokens hidden from the encoder")
+        self.mask_type = ComboBox(
+            choices=["grid", "random"],
+            value=mae.get("mask_type", "grid"),
+            label="mask type",
+            tooltip="grid: a fixed, evenly spread set of hidden tokens (a checkerboard at 0.5); "
+            "random: a new random set per image",
+        )
+        self.mask_ratio = FloatSpinBox(
+            value=mae.get("mask_ratio", 0.5),
+            min=0.05,
+            max=0.95,
+            step=0.05,
+            label="mask ratio",
+            tooltip="Fraction of the tokens hidden from the encoder",
+        )
         # --- advanced ---------------------------------------------------------------------------------
-        self.feature_maps = LineEdit(value="", label="feature maps",
-                                     tooltip="Feature maps per U-Net level, e.g. 16, 32, 64, 128, 256 (empty = model default)")
+        self.feature_maps = LineEdit(
+            value="",
+            label="feature maps",
+            tooltip="Feature maps per U-Net level, e.g. 16, 32, 64, 128, 256 (empty = model default)",
+        )
         self.feature_maps.native.setPlaceholderText("model default")
-        self.model_options = LineEdit(value="", label="model options",
-                                      tooltip="More options of the chosen model as name: value pairs, e.g. "
-                                              "embed_dim: 64, depth: 2 (see `napari-bioflow models`)")
+        self.model_options = LineEdit(
+            value="",
+            label="model options",
+            tooltip="More options of the chosen model as name: value pairs, e.g. "
+            "embed_dim: 64, depth: 2 (see `napari-bioflow models`)",
+        )
         self.model_options.native.setPlaceholderText("e.g. embed_dim: 64, depth: 2")
-        advanced = [f.add(p, label=lab, **kw) for p, lab, kw in (
-            ("train.optimizer", "optimizer", {}), ("train.momentum", "momentum", {"step": 0.05}),
-            ("train.scheduler", "scheduler", {}), ("train.warmup_epochs", "warm-up epochs", {}),
-            ("train.weight_decay", "weight decay", {"step": 1e-4}),
-            ("train.steps_per_epoch", "steps per epoch (0 = auto)", {}),
-            ("train.resume", "resume from checkpoint", {"mode": "r", "filter": "*.pth"}),
-            ("data.normalization", "normalization", {}), ("data.percentile_low", "low percentile", {"step": 0.1}),
-            ("data.percentile_high", "high percentile", {"step": 0.1}),
-            ("data.foreground_sampling", "foreground sampling", {"step": 0.1}),
-            ("augment.enable", "augment", {}), ("augment.flips", "flips", {}), ("augment.rotate90", "90° rotations", {}),
-            ("augment.intensity", "intensity jitter", {"step": 0.05}),
-            *((f"augment.{name}_prob", f"{words} p", {"step": 0.05}) for name, words in _AUGMENT_PROBABILITIES),
-            ("seed", "seed", {"min": -2**31, "max": 2**31 - 1}),
-            ("device", "device", {}))]
+        advanced = [
+            f.add(p, label=lab, **kw)
+            for p, lab, kw in (
+                ("train.optimizer", "optimizer", {}),
+                ("train.momentum", "momentum", {"step": 0.05}),
+                ("train.scheduler", "scheduler", {}),
+                ("train.warmup_epochs", "warm-up epochs", {}),
+                ("train.weight_decay", "weight decay", {"step": 1e-4}),
+                ("train.steps_per_epoch", "steps per epoch (0 = auto)", {}),
+                ("train.resume", "resume from checkpoint", {"mode": "r", "filter": "*.pth"}),
+                ("data.normalization", "normalization", {}),
+                ("data.percentile_low", "low percentile", {"step": 0.1}),
+                ("data.percentile_high", "high percentile", {"step": 0.1}),
+                ("data.foreground_sampling", "foreground sampling", {"step": 0.1}),
+                ("augment.enable", "augment", {}),
+                ("augment.flips", "flips", {}),
+                ("augment.rotate90", "90° rotations", {}),
+                ("augment.intensity", "intensity jitter", {"step": 0.05}),
+                *((f"augment.{name}_prob", f"{words} p", {"step": 0.05}) for name, words in _AUGMENT_PROBABILITIES),
+                ("seed", "seed", {"min": -(2**31), "max": 2**31 - 1}),
+                ("device", "device", {}),
+            )
+        ]
         advanced[0:0] = [self.feature_maps, self.model_options]
         # --- run --------------------------------------------------------------------------------------
         self.train_button = PushButton(text="Train")
@@ -128,19 +195,42 @@ class TrainWidget(QWidget):
         self.status = status_label()
         self.chart = TrainingChart(*theme_colors(viewer))
 
-        main = [f[p] for p in ("ndim", "data.in_channels", "n_classes", "data.target_channels", "classification.fit")] + [
-            self.patch_z, self.patch_yx, f["model.name"], self.token_size] + [
-            f[p] for p in ("model.start_from", "train.loss", "train.epochs", "train.batch_size", "train.learning_rate",
-                           "train.patience")]
+        main = (
+            [f[p] for p in ("ndim", "data.in_channels", "n_classes", "data.target_channels", "classification.fit")]
+            + [self.patch_z, self.patch_yx, f["model.name"], self.token_size]
+            + [
+                f[p]
+                for p in (
+                    "model.start_from",
+                    "train.loss",
+                    "train.epochs",
+                    "train.batch_size",
+                    "train.learning_rate",
+                    "train.patience",
+                )
+            ]
+        )
         content = QWidget()
         layout = QVBoxLayout(content)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(group("Workflow", form(f["workflow"], *(f[p] for p in self.variant_fields))))
-        layout.addWidget(group("Training data", form(self.source), self.pairs, self.class_layers, self.folders,
-                               form(self.validation, f["data.val_split"]), self.val_pair, self.val_folders))
+        layout.addWidget(
+            group(
+                "Training data",
+                form(self.source),
+                self.pairs,
+                self.class_layers,
+                self.folders,
+                form(self.validation, f["data.val_split"]),
+                self.val_pair,
+                self.val_folders,
+            )
+        )
         layout.addWidget(group("Model and training", form(*main)))
         self._ssl_paths = [p for p in section_options() if p.startswith("self_supervised.")]
-        self.ssl_group = group("Self-supervision", form(*(f[p] for p in self._ssl_paths), self.mask_type, self.mask_ratio))
+        self.ssl_group = group(
+            "Self-supervision", form(*(f[p] for p in self._ssl_paths), self.mask_type, self.mask_ratio)
+        )
         layout.addWidget(self.ssl_group)
         layout.addWidget(group("Output", form(f["name"], f["output_dir"])))
         self.advanced = QCollapsible("Advanced")
@@ -185,7 +275,9 @@ class TrainWidget(QWidget):
     def showEvent(self, event) -> None:
         # as wide as the fields need once styled (the theme's style sheet applies only when shown); taller scrolls
         content = self._scroll.widget()
-        self._scroll.setMinimumWidth(content.minimumSizeHint().width() + self._scroll.verticalScrollBar().sizeHint().width())
+        self._scroll.setMinimumWidth(
+            content.minimumSizeHint().width() + self._scroll.verticalScrollBar().sizeHint().width()
+        )
         super().showEvent(event)
 
     # --- fields -----------------------------------------------------------------------------------------
@@ -240,8 +332,14 @@ class TrainWidget(QWidget):
         f, wf = self.form, self.workflow_class
         labels, target, cls = (wf.trains_from == w for w in ("labels", "image", "classes"))
         layers = self.source.value == "layers"
-        self.pairs.visible, self.class_layers.visible, self.folders.visible = layers and not cls, layers and cls, not layers
-        choices = ["split", "folders"] if cls else ["split", "layers", "folders"]  # classes are validated by split or folder
+        self.pairs.visible, self.class_layers.visible, self.folders.visible = (
+            layers and not cls,
+            layers and cls,
+            not layers,
+        )
+        choices = (
+            ["split", "folders"] if cls else ["split", "layers", "folders"]
+        )  # classes are validated by split or folder
         if list(self.validation.choices) != choices:
             self.validation.choices = choices
         mode = self.validation.value
@@ -257,7 +355,9 @@ class TrainWidget(QWidget):
             f[path].visible = path in wf.section_options
         for path in self.variant_fields:
             f[path].visible = wf.variant is not None and wf.variant[0] == path
-        f["n_classes"].visible = f["data.foreground_sampling"].visible = labels  # classification: from the classes given
+        f["n_classes"].visible = f["data.foreground_sampling"].visible = (
+            labels  # classification: from the classes given
+        )
         f["data.target_channels"].visible = target
         f["train.loss"].visible = len(wf.losses) > 1  # e.g. the MAE's loss is the MSE on its hidden tokens
         options = model_options_of(f["model.name"].value)
@@ -270,7 +370,9 @@ class TrainWidget(QWidget):
         self.mask_type.visible, self.mask_ratio.visible = "mask_type" in options, "mask_ratio" in options
         f["train.momentum"].visible = f["train.optimizer"].value == "SGD"
         f["train.warmup_epochs"].visible = f["train.scheduler"].value == "warmup_cosine"
-        f["data.percentile_low"].visible = f["data.percentile_high"].visible = f["data.normalization"].value == "percentile"
+        f["data.percentile_low"].visible = f["data.percentile_high"].visible = (
+            f["data.normalization"].value == "percentile"
+        )
 
     def _on_ndim(self, ndim: int) -> None:
         self.patch_z.visible = ndim == 3
@@ -344,8 +446,11 @@ class TrainWidget(QWidget):
         for pair in pairs:
             image, second = pair.image_layer.value, pair.second
             if image is None:
-                raise InputError("Choose an Image layer for every " + ("image" if pair.mode == "none" else "pair")
-                                 + " (or load one into the viewer).")
+                raise InputError(
+                    "Choose an Image layer for every "
+                    + ("image" if pair.mode == "none" else "pair")
+                    + " (or load one into the viewer)."
+                )
             name = f"image layer '{image.name}'"
             if pair.mode == "none":
                 out.append(make_sample(layer_array(image), name, cfg, notes=notes, need_label=False))
@@ -353,8 +458,16 @@ class TrainWidget(QWidget):
             if second is None:
                 raise InputError(f"Choose a {'Labels' if pair.mode == 'labels' else 'target Image'} layer for {name}.")
             kind = "labels layer" if pair.mode == "labels" else "target layer"
-            out.append(make_sample(layer_array(image), name, cfg, label=layer_array(second),
-                                   label_name=f"{kind} '{second.name}'", notes=notes))
+            out.append(
+                make_sample(
+                    layer_array(image),
+                    name,
+                    cfg,
+                    label=layer_array(second),
+                    label_name=f"{kind} '{second.name}'",
+                    notes=notes,
+                )
+            )
         return out
 
     def _class_samples(self, cfg):
@@ -392,7 +505,7 @@ class TrainWidget(QWidget):
                     out.setdefault(f"{prefix}_label", []).append((name, layer_array(pair.second)))
         return out
 
-    def _make_preview(self, cfg, train) -> Optional[Preview]:
+    def _make_preview(self, cfg, train) -> Preview | None:
         """Preview the first training image (layers) or the selected Image layer (folders), if it fits the config."""
         from napari.layers import Image
 
@@ -404,7 +517,11 @@ class TrainWidget(QWidget):
         if not isinstance(layer, Image) or spatial_axes(layer, cfg.ndim) is None:
             return None
         try:
-            image = train[0].raw if train else to_channels_last(layer_array(layer), cfg.ndim, cfg.data.in_channels, layer.name)
+            image = (
+                train[0].raw
+                if train
+                else to_channels_last(layer_array(layer), cfg.ndim, cfg.data.in_channels, layer.name)
+            )
         except InputError:
             return None
         preview = Preview(layer, image, self.preview_budget)
@@ -441,7 +558,9 @@ class TrainWidget(QWidget):
         self.chart.set_metric(get_workflow(cfg).chart_metric)
         self.chart.clear()
         self.progress.value, self.status.value = 0, "preparing…"
-        worker = create_worker(training_job, self.trainer, self.preview, inputs, _start_thread=False, _ignore_errors=True)
+        worker = create_worker(
+            training_job, self.trainer, self.preview, inputs, _start_thread=False, _ignore_errors=True
+        )
         worker.yielded.connect(self._on_report)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
@@ -463,8 +582,9 @@ class TrainWidget(QWidget):
             return
         try:
             cfg = self.trainer.cfg
-            preview.view = visible_region(self.viewer, preview.source, spatial_axes(preview.source, cfg.ndim),
-                                          cfg.data.patch_size)
+            preview.view = visible_region(
+                self.viewer, preview.source, spatial_axes(preview.source, cfg.ndim), cfg.data.patch_size
+            )
         except Exception:  # the view is a nicety; never break the viewer over it
             log.exception("could not read the field of view")
 
@@ -473,12 +593,16 @@ class TrainWidget(QWidget):
 
         if isinstance(r, StepReport):
             self.progress.value = (r.epoch - 1) * r.steps + r.step
-            self.status.value = (f"epoch {r.epoch}/{r.epochs} · step {r.step}/{r.steps} · loss {r.loss:.4f} · "
-                                 f"ETA {format_seconds(r.eta_seconds)}")
+            self.status.value = (
+                f"epoch {r.epoch}/{r.epochs} · step {r.step}/{r.steps} · loss {r.loss:.4f} · "
+                f"ETA {format_seconds(r.eta_seconds)}"
+            )
         elif isinstance(r, EpochReport):
             self.chart.add(r.epoch, r.train_loss, r.val_loss, r.metrics.get(self.chart.metric, float("nan")))
-            self.status.value = (f"epoch {r.epoch}/{r.epochs} · loss {r.train_loss:.4f} · val loss {r.val_loss:.4f} · "
-                                 f"ETA {format_seconds(r.eta_seconds)}")
+            self.status.value = (
+                f"epoch {r.epoch}/{r.epochs} · loss {r.train_loss:.4f} · val loss {r.val_loss:.4f} · "
+                f"ETA {format_seconds(r.eta_seconds)}"
+            )
             self._capture_view()
         elif isinstance(r, PreviewResult):
             self.preview.show(self.viewer, r)
@@ -489,10 +613,12 @@ class TrainWidget(QWidget):
                 show_info(note)
         elif isinstance(r, DoneReport):
             self.result = r
-            self.status.value = (f"{r.reason.replace('_', ' ')} after {r.epochs_run} epoch(s); best epoch {r.best_epoch}")
+            self.status.value = f"{r.reason.replace('_', ' ')} after {r.epochs_run} epoch(s); best epoch {r.best_epoch}"
             if r.checkpoint is not None:
                 last_trained.set(r.checkpoint)
-            show_info(f"Training {r.reason.replace('_', ' ')}. Best checkpoint: {r.checkpoint or 'none (no epoch finished)'}")
+            show_info(
+                f"Training {r.reason.replace('_', ' ')}. Best checkpoint: {r.checkpoint or 'none (no epoch finished)'}"
+            )
         elif isinstance(r, PreviewFailed):
             show_warning(r.message)
         elif isinstance(r, InputsNotSaved):

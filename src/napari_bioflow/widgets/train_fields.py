@@ -1,16 +1,28 @@
 """What the Train dock's fields offer, asked of the workflow declarations and the model registry (no Qt here):
 the workflow and variant choices, each workflow's own fields, model options, and the augmentation fields shown."""
+
 from __future__ import annotations
 
 from ..engine.errors import InputError
 
 # the Advanced section shows each augmentation's probability (augment.<name>_prob); the ranges stay in the YAML
-_AUGMENT_PROBABILITIES = (("random_rot", "rotation"), ("zoom", "zoom"), ("shear", "shear"), ("elastic", "elastic"),
-                          ("gamma_contrast", "gamma"), ("brightness", "brightness"), ("contrast", "contrast"),
-                          ("g_blur", "Gaussian blur"), ("median_blur", "median blur"),
-                          ("gaussian_noise", "Gaussian noise"), ("poisson_noise", "Poisson noise"),
-                          ("dropout", "dropout"), ("cutout", "cutout"), ("misalignment", "misaligned sections"),
-                          ("missing_sections", "damaged sections"))
+_AUGMENT_PROBABILITIES = (
+    ("random_rot", "rotation"),
+    ("zoom", "zoom"),
+    ("shear", "shear"),
+    ("elastic", "elastic"),
+    ("gamma_contrast", "gamma"),
+    ("brightness", "brightness"),
+    ("contrast", "contrast"),
+    ("g_blur", "Gaussian blur"),
+    ("median_blur", "median blur"),
+    ("gaussian_noise", "Gaussian noise"),
+    ("poisson_noise", "Poisson noise"),
+    ("dropout", "dropout"),
+    ("cutout", "cutout"),
+    ("misalignment", "misaligned sections"),
+    ("missing_sections", "damaged sections"),
+)
 _AUGMENT_3D_ONLY = ("misalignment", "missing_sections")
 
 

@@ -41,17 +41,47 @@ The modules, each importing only those above it:
 The names below are imported from their module on first use, so that importing one module of the package (a dask
 worker unpickling a task) loads only what that module needs.
 """
+
 from __future__ import annotations
 
 import importlib
 
 _EXPORTS = {
-    "events": ["BatchRequest", "BatchStarted", "FileStarted", "FileProgress", "FileDone", "FileFailed", "BatchSummary",
-               "TilesDone", "FileFinished"],
-    "records": ["FileItem", "TaskContext", "Block", "FileRecord", "BlockDone", "Unfinished", "marker_path",
-                "read_record", "BATCH_DIR", "MANIFEST", "DONE_DIR", "BLOCKS_DIR", "BLOCK_CHUNK"],
-    "task": ["predict_item", "predict_block", "finish_blocks", "load_for_task", "open_channels_last", "clear_partial",
-             "create_block_store"],
+    "events": [
+        "BatchRequest",
+        "BatchStarted",
+        "FileStarted",
+        "FileProgress",
+        "FileDone",
+        "FileFailed",
+        "BatchSummary",
+        "TilesDone",
+        "FileFinished",
+    ],
+    "records": [
+        "FileItem",
+        "TaskContext",
+        "Block",
+        "FileRecord",
+        "BlockDone",
+        "Unfinished",
+        "marker_path",
+        "read_record",
+        "BATCH_DIR",
+        "MANIFEST",
+        "DONE_DIR",
+        "BLOCKS_DIR",
+        "BLOCK_CHUNK",
+    ],
+    "task": [
+        "predict_item",
+        "predict_block",
+        "finish_blocks",
+        "load_for_task",
+        "open_channels_last",
+        "clear_partial",
+        "create_block_store",
+    ],
     "plan": ["DEFAULT_BLOCK", "WorkUnit", "Plan", "plan_run", "plan_blocks", "block_shape", "splittable"],
     "summary": ["write_metrics_csv", "write_predictions_csv"],
     "executors": ["Executor", "LocalExecutor"],

@@ -7,6 +7,7 @@ input, checkpoint and output paths must be the same on every machine: a shared f
 Workers report tile progress through dask's event log (`log_event` / `subscribe_topic`), and a cancel is a
 `distributed.Event` the tasks check between tile batches, so a cancel stops every worker after its current tile.
 """
+
 from __future__ import annotations
 
 import logging
@@ -14,8 +15,8 @@ import os
 import queue
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 from ..errors import InputError
 from ..storage import raise_if_disk_full
@@ -30,7 +31,7 @@ CANCEL_POLL_S = 0.3  # a task asks the scheduler whether the batch was cancelled
 PROGRESS_EVERY_S = 0.25  # and reports its tile progress at most this often
 
 
-def connect(scheduler: Optional[str] = None, workers: int = 2, threads_per_worker: int = 1):
+def connect(scheduler: str | None = None, workers: int = 2, threads_per_worker: int = 1):
     """(client, cluster): a client of the scheduler at `scheduler`, or of a new LocalCluster of `workers`
     processes (cluster is then returned, to close after the client)."""
     from distributed import Client, LocalCluster
@@ -39,9 +40,16 @@ def connect(scheduler: Optional[str] = None, workers: int = 2, threads_per_worke
         try:
             return Client(scheduler, timeout="5s", set_as_default=False), None
         except (OSError, TimeoutError, ValueError) as e:
-            raise InputError(f"Cannot reach the dask scheduler at {scheduler}: {str(e).splitlines()[0] if str(e) else type(e).__name__}.") from None
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                           dashboard_address=None, silence_logs=logging.ERROR)
+            raise InputError(
+                f"Cannot reach the dask scheduler at {scheduler}: {str(e).splitlines()[0] if str(e) else type(e).__name__}."
+            ) from None
+    cluster = LocalCluster(
+        n_workers=workers,
+        threads_per_worker=threads_per_worker,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
     # not the default scheduler: the viewer's dask arrays keep computing in this process, before and after the batch
     return Client(cluster, set_as_default=False), cluster
 
@@ -83,9 +91,15 @@ def file_task(ctx: TaskContext, item: FileItem) -> TaskResult:
     last = {"at": 0.0}
 
     def started(job) -> None:
-        _publish(ctx.topic, {"kind": "start", "index": item.index,
-                             "tiles": len(job.plan.tiles) if job is not None else 0,
-                             "accumulator": str(job.accumulator.root) if job is not None else ""})
+        _publish(
+            ctx.topic,
+            {
+                "kind": "start",
+                "index": item.index,
+                "tiles": len(job.plan.tiles) if job is not None else 0,
+                "accumulator": str(job.accumulator.root) if job is not None else "",
+            },
+        )
 
     def progress(done: int, total: int) -> None:
         now = time.monotonic()
@@ -115,7 +129,7 @@ def finish_task(ctx: TaskContext, item: FileItem, results: list[BlockResult]) ->
 class DaskExecutor:
     """The Executor on dask.distributed: one task per file, or per block and then one to finish the image."""
 
-    def __init__(self, scheduler: Optional[str] = None, workers: int = 0):
+    def __init__(self, scheduler: str | None = None, workers: int = 0):
         self.scheduler = scheduler
         self.client, self.cluster = connect(scheduler, workers)
         self.uid = uuid.uuid4().hex[:10]
@@ -154,16 +168,21 @@ class DaskExecutor:
 
         item = unit.item
         if unit.blocks is None:
-            return self.client.submit(file_task, ctx, item, key=f"bioflow-file-{item.index}-{self.uid}", pure=False), None
+            return self.client.submit(
+                file_task, ctx, item, key=f"bioflow-file-{item.index}-{self.uid}", pure=False
+            ), None
         clear_partial(run.run_dir, item.stem)
         arr = create_block_store(run.run_dir, item, run.loaded, unit.block_shape)
         parts = []
         for blk in unit.blocks:
-            part = self.client.submit(block_task, ctx, item, blk, pure=False,
-                                      key=f"bioflow-block-{item.index}-{blk.index}-{self.uid}")
+            part = self.client.submit(
+                block_task, ctx, item, blk, pure=False, key=f"bioflow-block-{item.index}-{blk.index}-{self.uid}"
+            )
             part.add_done_callback(lambda f, i=item.index: self.events.put(("block", i)))
             parts.append(part)
-        fut = self.client.submit(finish_task, ctx, item, parts, key=f"bioflow-finish-{item.index}-{self.uid}", pure=False)
+        fut = self.client.submit(
+            finish_task, ctx, item, parts, key=f"bioflow-finish-{item.index}-{self.uid}", pure=False
+        )
         return fut, FileStarted(item.index, item.name, item.stem, len(unit.blocks), lambda: da.from_zarr(arr))
 
     def run(self, run: RunView, units: list[WorkUnit]) -> Iterator[ExecutorEvent]:
@@ -219,7 +238,7 @@ class DaskExecutor:
         self.unfinished = False
 
 
-def _live(accumulator: Optional[str]):
+def _live(accumulator: str | None):
     """A dask array over a worker's running prediction (shared file system), or None."""
     if not accumulator or not Path(accumulator).exists():
         return None

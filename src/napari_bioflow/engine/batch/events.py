@@ -1,29 +1,31 @@
 """What a batch run is asked for (BatchRequest) and what it tells (the reports: BatchStarted, FileStarted,
 FileProgress, FileDone | FileFailed, ..., BatchSummary), and what an executor tells the run (FileStarted,
 TilesDone, FileFinished), which the run turns into reports with the batch's overall progress."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Union
 
 from .records import FileItem, TaskResult
 
 
 @dataclass
 class BatchRequest:
-    checkpoint: Optional[Path] = None
-    input_dir: Optional[Path] = None
+    checkpoint: Path | None = None
+    input_dir: Path | None = None
     output_dir: Path = Path("bioflow_runs")
-    labels_dir: Optional[Path] = None
+    labels_dir: Path | None = None
     name: str = "batch"
-    resume: Optional[Path] = None  # the results folder of an earlier batch run, continued in place
+    resume: Path | None = None  # the results folder of an earlier batch run, continued in place
     device: str = "auto"
     overrides: list[str] = field(default_factory=list)  # "predict.FIELD=VALUE" applied to the checkpoint's config
-    scheduler: Optional[str] = None  # a dask scheduler address (tcp://host:8786)
+    scheduler: str | None = None  # a dask scheduler address (tcp://host:8786)
     workers: int = 0  # > 0: a dask LocalCluster of this many worker processes; 0 and no scheduler: this process
-    block_size: Optional[int] = None  # per axis; images larger are split into blocks (None: DEFAULT_BLOCK with dask)
-    halo: Optional[int] = None  # context added around each block, per axis (None: half the training patch)
+    block_size: int | None = None  # per axis; images larger are split into blocks (None: DEFAULT_BLOCK with dask)
+    halo: int | None = None  # context added around each block, per axis (None: half the training patch)
 
     @property
     def distributed(self) -> bool:
@@ -41,14 +43,16 @@ class BatchStarted:
     mode: str  # "this process" or the dask cluster
     # a new run whose checkpoint, folders and settings equal those of an earlier, unfinished run: that run's folder
     # and how many of its files were finished (it can be continued with `resume` instead)
-    unfinished_earlier: Optional[tuple[Path, int, int]] = None
+    unfinished_earlier: tuple[Path, int, int] | None = None
 
     def hint(self) -> str:
         if self.unfinished_earlier is None:
             return ""
         run, done, total = self.unfinished_earlier
-        return (f"the earlier run {run} of this checkpoint and folder is unfinished ({done} of {total} files); "
-                f"resume it to predict only the rest")
+        return (
+            f"the earlier run {run} of this checkpoint and folder is unfinished ({done} of {total} files); "
+            f"resume it to predict only the rest"
+        )
 
 
 @dataclass
@@ -57,7 +61,7 @@ class FileStarted:
     name: str
     stem: str
     tiles: int  # tiles (or blocks) to predict; 0 when unknown
-    open_live: Optional[Callable[[], Any]] = field(default=None, repr=False)
+    open_live: Callable[[], Any] | None = field(default=None, repr=False)
 
     @property
     def live(self):
@@ -77,7 +81,7 @@ class FileProgress:
     done: int
     total: int
     overall: float  # 0..1 over the whole batch (by pixels)
-    eta_seconds: Optional[float]
+    eta_seconds: float | None
 
 
 @dataclass
@@ -88,10 +92,10 @@ class FileDone:
     outputs: dict[str, Path]  # zarr arrays by output name (e.g. probabilities, labels)
     files: list[Path]  # the TIFFs written for this file
     metrics: dict[str, float]
-    prediction: Optional[dict]  # per-image workflows: the predictions.csv row
+    prediction: dict | None  # per-image workflows: the predictions.csv row
     seconds: float
     overall: float
-    eta_seconds: Optional[float]
+    eta_seconds: float | None
 
 
 @dataclass
@@ -100,7 +104,7 @@ class FileFailed:
     name: str
     reason: str  # one sentence naming the file
     overall: float = 0.0
-    eta_seconds: Optional[float] = None
+    eta_seconds: float | None = None
 
 
 @dataclass
@@ -113,9 +117,9 @@ class BatchSummary:
     cancelled: bool
     seconds: float
     megapixels: float  # of the files this run predicted
-    metrics_csv: Optional[Path] = None
-    predictions_csv: Optional[Path] = None
-    summary_csv: Optional[Path] = None
+    metrics_csv: Path | None = None
+    predictions_csv: Path | None = None
+    summary_csv: Path | None = None
 
     @property
     def files_per_second(self) -> float:
@@ -145,6 +149,7 @@ class BatchSummary:
 @dataclass
 class TilesDone:
     """Progress of a file in flight: tiles (or blocks) done of total."""
+
     item: FileItem
     done: int
     total: int
@@ -153,6 +158,7 @@ class TilesDone:
 @dataclass
 class FileFinished:
     """A file's task ended: its record (done) or Unfinished (failed, cancelled)."""
+
     item: FileItem
     result: TaskResult
 

@@ -1,12 +1,14 @@
 """Executors: what runs a batch's work units and tells the run about them (FileStarted, TilesDone,
 FileFinished), whatever runs them. The run picks one (run.py): LocalExecutor here, in this process, or the
 DaskExecutor (dask.py) on dask.distributed. Both run the same tasks (task.py), so the outputs are the same."""
+
 from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 from .events import ExecutorEvent, FileFinished, FileStarted, TilesDone
 from .plan import WorkUnit
@@ -16,6 +18,7 @@ from .task import clear_partial, create_block_store, finish_blocks, predict_bloc
 
 class RunView(Protocol):
     """What an executor needs of the run (engine/batch/run.py's BatchRun)."""
+
     run_dir: Path
     loaded: object  # the model with the run's config (this process)
 
@@ -87,6 +90,7 @@ def _run_unit(run: RunView, ctx: TaskContext, unit: WorkUnit, tell, cancelled):
     """One unit in this process: the file whole, or its blocks one after the other, then its outputs."""
     item = unit.item
     if unit.blocks is None:
+
         def started(job):
             tiles = len(job.plan.tiles) if job is not None else 0
             tell(FileStarted(item.index, item.name, item.stem, tiles, job.lazy if job is not None else None))

@@ -2,12 +2,12 @@
 and every output it lists still there) are skipped; the others are opened (not loaded) for their shapes, the
 unreadable ones set aside with the reason, and each readable one becomes a work unit: the file whole, or, when it
 is bigger than the block size, its blocks (the chunks of one huge image, each with a halo of context)."""
+
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -21,9 +21,10 @@ DEFAULT_BLOCK = {2: 2048, 3: 256}  # dask: images bigger than this per axis are 
 @dataclass
 class WorkUnit:
     """One file to predict: whole (blocks None), or block by block into an output of chunks within `block_shape`."""
+
     item: FileItem
-    blocks: Optional[list[Block]] = None
-    block_shape: Optional[list[int]] = None
+    blocks: list[Block] | None = None
+    block_shape: list[int] | None = None
 
 
 @dataclass
@@ -86,10 +87,14 @@ def default_halo(cfg) -> list[int]:
     return [max(8, p // 2) for p in cfg.data.patch_size]
 
 
-def run_block_shape(request, cfg) -> Optional[list[int]]:
+def run_block_shape(request, cfg) -> list[int] | None:
     """The block shape images larger than it are split into (None: never split): the request's block size, else
     DEFAULT_BLOCK on dask."""
-    size = request.block_size if request.block_size is not None else (DEFAULT_BLOCK[cfg.ndim] if request.distributed else 0)
+    size = (
+        request.block_size
+        if request.block_size is not None
+        else (DEFAULT_BLOCK[cfg.ndim] if request.distributed else 0)
+    )
     return block_shape(cfg, size) if size else None
 
 

@@ -1,11 +1,12 @@
 """The batch's progress: what the executor sends (FileStarted, TilesDone, FileFinished) turned into the reports
 (FileProgress, FileDone, FileFailed) with the fraction of the batch done, by pixels, and its ETA; what was done
 and what failed is kept for the summary."""
+
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .events import FileDone, FileFailed, FileFinished, FileProgress, FileStarted, TilesDone
 from .records import FileItem, FileRecord
@@ -22,7 +23,7 @@ class Progress:
         self._done_pixels = 0.0
         self._partial: dict[int, float] = {}  # files in flight (several at once on dask): pixels done
 
-    def overall(self) -> tuple[float, Optional[float]]:
+    def overall(self) -> tuple[float, float | None]:
         """(fraction of the batch's pixels done, ETA in seconds): finished files plus the part done of the files in
         flight."""
         done = self._done_pixels + sum(self._partial.values())
@@ -57,9 +58,17 @@ class Progress:
             self.records[item.stem] = result
             self.done.append(item.name)
             self._done_pixels += item.pixels
-            return FileDone(item.index, item.name, item.stem, {k: self.run_dir / v for k, v in result.outputs.items()},
-                            [self.run_dir / p for p in result.files], result.metrics, result.prediction,
-                            result.seconds, *self.overall())
+            return FileDone(
+                item.index,
+                item.name,
+                item.stem,
+                {k: self.run_dir / v for k, v in result.outputs.items()},
+                [self.run_dir / p for p in result.files],
+                result.metrics,
+                result.prediction,
+                result.seconds,
+                *self.overall(),
+            )
         if result.status == "failed":
             self.failed.append((item.name, result.reason))
             self._done_pixels += item.pixels  # it leaves the work still to do

@@ -4,13 +4,14 @@ a task: a finished file's FileRecord (also its completion marker, batch/done/<st
 (BlockDone) or a file left unfinished (Unfinished: failed, with the reason, or cancelled).
 
 The marker's JSON keeps the format every earlier run wrote, so that a resumed run of any of them reads it."""
+
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 
@@ -27,13 +28,13 @@ BLOCK_CHUNK = {2: 512, 3: 64}  # the output chunk of split images; blocks are wh
 class FileItem:
     index: int
     raw: str  # absolute paths, so that workers elsewhere read the same files
-    label: Optional[str]
+    label: str | None
     name: str  # the file name, for messages and tables
     stem: str  # output file names
     pixels: int = 0  # spatial pixels/voxels (for the ETA); 0 until scanned
     shape: tuple = ()  # spatial shape
     error: str = ""  # why the file cannot be predicted (found by the scan)
-    true_class: Optional[int] = None  # classification: the class of the input's class sub-folder, if it has one
+    true_class: int | None = None  # classification: the class of the input's class sub-folder, if it has one
 
 
 @dataclass
@@ -57,32 +58,52 @@ class Block:
 @dataclass
 class FileRecord:
     """What a finished file produced; paths relative to the run folder."""
+
     name: str
     raw: str
-    label: Optional[str]
+    label: str | None
     stem: str
     outputs: dict[str, str] = field(default_factory=dict)  # zarr arrays by output name (probabilities, labels)
     files: list[str] = field(default_factory=list)  # the TIFFs (and checks) written for the file
     metrics: dict[str, float] = field(default_factory=dict)
-    counts: Optional[list] = None  # per-class pixel counts (intersection, union): IoU pooled over the set
-    prediction: Optional[dict] = None  # per-image workflows: the predictions.csv row
+    counts: list | None = None  # per-class pixel counts (intersection, union): IoU pooled over the set
+    prediction: dict | None = None  # per-image workflows: the predictions.csv row
     seconds: float = 0.0
     pixels: int = 0
     status = "done"
 
     def to_json(self) -> dict:
-        return {"status": "done", "name": self.name, "raw": self.raw, "label": self.label, "stem": self.stem,
-                "outputs": dict(self.outputs), "files": list(self.files), "metrics": dict(self.metrics),
-                "counts": self.counts, "prediction": self.prediction, "seconds": self.seconds, "pixels": self.pixels}
+        return {
+            "status": "done",
+            "name": self.name,
+            "raw": self.raw,
+            "label": self.label,
+            "stem": self.stem,
+            "outputs": dict(self.outputs),
+            "files": list(self.files),
+            "metrics": dict(self.metrics),
+            "counts": self.counts,
+            "prediction": self.prediction,
+            "seconds": self.seconds,
+            "pixels": self.pixels,
+        }
 
     @classmethod
-    def from_json(cls, data: dict) -> "FileRecord":
+    def from_json(cls, data: dict) -> FileRecord:
         """A marker as any run wrote it (keys an older run lacks take their defaults)."""
-        return cls(name=data.get("name", ""), raw=data.get("raw", ""), label=data.get("label"),
-                   stem=data.get("stem", ""), outputs=dict(data.get("outputs") or {}),
-                   files=list(data.get("files") or []), metrics=dict(data.get("metrics") or {}),
-                   counts=data.get("counts"), prediction=data.get("prediction"),
-                   seconds=float(data.get("seconds") or 0.0), pixels=int(data.get("pixels") or 0))
+        return cls(
+            name=data.get("name", ""),
+            raw=data.get("raw", ""),
+            label=data.get("label"),
+            stem=data.get("stem", ""),
+            outputs=dict(data.get("outputs") or {}),
+            files=list(data.get("files") or []),
+            metrics=dict(data.get("metrics") or {}),
+            counts=data.get("counts"),
+            prediction=data.get("prediction"),
+            seconds=float(data.get("seconds") or 0.0),
+            pixels=int(data.get("pixels") or 0),
+        )
 
     def paths(self, run_dir: Path) -> list[Path]:
         """Every output and file the record lists, as paths."""
@@ -101,16 +122,17 @@ class BlockDone:
 class Unfinished:
     """A file a task did not finish: failed (the reason, one sentence naming the file) or cancelled (left for a
     resumed run)."""
+
     status: str  # "failed" | "cancelled"
     name: str
     reason: str = ""
 
     @classmethod
-    def failed(cls, name: str, reason: str) -> "Unfinished":
+    def failed(cls, name: str, reason: str) -> Unfinished:
         return cls("failed", name, reason)
 
     @classmethod
-    def cancelled(cls, name: str) -> "Unfinished":
+    def cancelled(cls, name: str) -> Unfinished:
         return cls("cancelled", name)
 
 
@@ -122,7 +144,7 @@ def marker_path(run_dir: Path, stem: str) -> Path:
     return Path(run_dir) / BATCH_DIR / DONE_DIR / f"{stem}.json"
 
 
-def read_record(path: Path) -> Optional[FileRecord]:
+def read_record(path: Path) -> FileRecord | None:
     """The completion marker at `path`, or None when it is missing or unreadable."""
     try:
         return FileRecord.from_json(json.loads(Path(path).read_text()))

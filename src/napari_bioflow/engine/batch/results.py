@@ -1,5 +1,6 @@
 """Reading a batch run's results back, lazily: its completion markers, dask arrays over the zarr arrays it wrote
 (one per file, or stacked along a file axis) and over its input files. Nothing is loaded."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -45,8 +46,11 @@ def stacked_results(run_dir: Path) -> tuple[list[str], dict[str, Any]]:
     if not results:
         return [], {}
     first = next(iter(results.values()))
-    names = [n for n, arrays in results.items()
-             if set(arrays) == set(first) and all(arrays[k].shape == first[k].shape for k in first)]
+    names = [
+        n
+        for n, arrays in results.items()
+        if set(arrays) == set(first) and all(arrays[k].shape == first[k].shape for k in first)
+    ]
     return names, {k: da.stack([results[n][k] for n in names]) for k in first}
 
 
@@ -62,4 +66,3 @@ def lazy_inputs(run_dir: Path, cfg) -> dict[str, Any]:
             continue  # moved or deleted since
         out[rec.name] = np.moveaxis(lazy_array(image), -1, 0)
     return out
-

@@ -2,15 +2,17 @@
 folder is claimed, or the resumed one read), run by `run()`, a generator of reports: the planner (plan.py) says
 what to predict, the executor the run picks (executors.py: this process; dask.py: dask.distributed) runs it, the
 progress (progress.py) turns what it tells into reports, and the summary (summary.py) writes the tables."""
+
 from __future__ import annotations
 
 import json
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 from ..errors import InputError
 from ..storage import remove_parts
@@ -31,9 +33,9 @@ class BatchRun:
     folder is claimed, or the resumed one read) and run by `run()`, a generator of reports."""
 
     def __init__(self, request: BatchRequest, loaded=None):
-        from ..experiment import new_experiment
         from ..data.io import check_writable
         from ..data.pairing import assign_stems, image_name
+        from ..experiment import new_experiment
         from ..predict.predictor import Predictor
         from ..train.trainer import resolve_device
 
@@ -42,19 +44,27 @@ class BatchRun:
         manifest = None
         if req.resume is not None:
             manifest = self._read_manifest(Path(req.resume))
-            for key, given in (("checkpoint", req.checkpoint), ("input_dir", req.input_dir), ("labels_dir", req.labels_dir)):
+            for key, given in (
+                ("checkpoint", req.checkpoint),
+                ("input_dir", req.input_dir),
+                ("labels_dir", req.labels_dir),
+            ):
                 earlier = manifest.get(key)
                 if given is not None and (earlier is None or not _same(given, earlier)):
                     what = {"checkpoint": "checkpoint", "input_dir": "input folder", "labels_dir": "labels folder"}[key]
-                    raise InputError(f"Batch run {req.resume} was started with {what} {earlier or 'none'}, not {given}; "
-                                     f"resume it with the same {what} or start a new run.")
+                    raise InputError(
+                        f"Batch run {req.resume} was started with {what} {earlier or 'none'}, not {given}; "
+                        f"resume it with the same {what} or start a new run."
+                    )
             req.checkpoint = Path(manifest["checkpoint"])
             req.input_dir = Path(manifest["input_dir"])
             req.labels_dir = Path(manifest["labels_dir"]) if manifest.get("labels_dir") else None
             if req.overrides and list(req.overrides) != list(manifest.get("overrides", [])):
-                raise InputError(f"Batch run {req.resume} keeps the prediction settings it was started with "
-                                 f"({', '.join(manifest.get('overrides', [])) or 'the checkpoint defaults'}); "
-                                 f"start a new run to change them.")
+                raise InputError(
+                    f"Batch run {req.resume} keeps the prediction settings it was started with "
+                    f"({', '.join(manifest.get('overrides', [])) or 'the checkpoint defaults'}); "
+                    f"start a new run to change them."
+                )
             req.overrides = list(manifest.get("overrides", []))
         if req.checkpoint is None:
             raise InputError("No checkpoint: choose the checkpoint (.pth) to predict with.")
@@ -69,27 +79,44 @@ class BatchRun:
         self.device = "cpu" if req.distributed else resolve_device(req.device)
         bad = [o for o in req.overrides if not o.startswith("predict.")]
         if bad:
-            raise InputError(f"Only prediction settings (predict.FIELD=VALUE) can be changed for a batch, not {bad[0]}.")
-        settings = {"name": req.name, "output_dir": str(req.output_dir),
-                    "data": {"test_raw": str(Path(req.input_dir).absolute()),
-                             "test_label": str(Path(req.labels_dir).absolute()) if req.labels_dir else None},
-                    "predict": {"checkpoint": str(Path(req.checkpoint).absolute())}}
-        predictor = Predictor(req.checkpoint, self.device, settings, req.overrides, source="batch settings",
-                              loaded=loaded)
+            raise InputError(
+                f"Only prediction settings (predict.FIELD=VALUE) can be changed for a batch, not {bad[0]}."
+            )
+        settings = {
+            "name": req.name,
+            "output_dir": str(req.output_dir),
+            "data": {
+                "test_raw": str(Path(req.input_dir).absolute()),
+                "test_label": str(Path(req.labels_dir).absolute()) if req.labels_dir else None,
+            },
+            "predict": {"checkpoint": str(Path(req.checkpoint).absolute())},
+        }
+        predictor = Predictor(
+            req.checkpoint, self.device, settings, req.overrides, source="batch settings", loaded=loaded
+        )
         self.loaded, self.cfg = predictor.loaded, predictor.config
         # dense: raw images paired with label files by name; one class per file: a flat folder or class sub-folders
         # (then the metrics and the confusion matrix), and no labels folder
-        found = predictor.folder_items(Path(req.input_dir), Path(req.labels_dir) if req.labels_dir else None,
-                                       "the labels folder", "input")
+        found = predictor.folder_items(
+            Path(req.input_dir), Path(req.labels_dir) if req.labels_dir else None, "the labels folder", "input"
+        )
         pairs = found if self.loaded.workflow.dense else [(p, None) for p, _ in found]
         classes = {} if self.loaded.workflow.dense else {str(p): c for p, c in found if c is not None}
         cfg = self.cfg
         # class sub-folders may repeat file names: name the files by their path inside the input folder
         names = [str(Path(p).relative_to(req.input_dir)) if classes else image_name(p) for p, _ in pairs]
         stems = assign_stems(names, manifest.get("stems") if manifest else None)
-        self.items = [FileItem(i, str(Path(raw).absolute()), str(Path(label).absolute()) if label else None,
-                               name, stems[name], true_class=classes.get(str(raw)))
-                      for i, ((raw, label), name) in enumerate(zip(pairs, names))]
+        self.items = [
+            FileItem(
+                i,
+                str(Path(raw).absolute()),
+                str(Path(label).absolute()) if label else None,
+                name,
+                stems[name],
+                true_class=classes.get(str(raw)),
+            )
+            for i, ((raw, label), name) in enumerate(zip(pairs, names))
+        ]
         if manifest is not None:
             self.run_dir = Path(req.resume)
             self.config_path = Path(manifest["config_path"])
@@ -101,15 +128,21 @@ class BatchRun:
             self.run_dir = experiment.results
             self.config_path = experiment.config_path
             cfg.save(self.config_path)
-        write_json(self.run_dir / BATCH_DIR / MANIFEST, {
-            "format": "napari-bioflow-batch/1", "checkpoint": str(Path(req.checkpoint).absolute()),
-            "input_dir": str(Path(req.input_dir).absolute()),
-            "labels_dir": str(Path(req.labels_dir).absolute()) if req.labels_dir else None,
-            "overrides": list(req.overrides), "config_path": str(self.config_path.absolute()),
-            "stems": {**(manifest.get("stems", {}) if manifest else {}), **stems}})
+        write_json(
+            self.run_dir / BATCH_DIR / MANIFEST,
+            {
+                "format": "napari-bioflow-batch/1",
+                "checkpoint": str(Path(req.checkpoint).absolute()),
+                "input_dir": str(Path(req.input_dir).absolute()),
+                "labels_dir": str(Path(req.labels_dir).absolute()) if req.labels_dir else None,
+                "overrides": list(req.overrides),
+                "config_path": str(self.config_path.absolute()),
+                "stems": {**(manifest.get("stems", {}) if manifest else {}), **stems},
+            },
+        )
         self.resumed = manifest is not None
 
-    def _unfinished_earlier(self, req: BatchRequest) -> Optional[tuple[Path, int, int]]:
+    def _unfinished_earlier(self, req: BatchRequest) -> tuple[Path, int, int] | None:
         """The newest earlier run in the same experiment with this checkpoint, these folders and settings that did
         not finish every file of the folder as it is now: (its folder, files finished, files in all)."""
         found = []
@@ -118,10 +151,13 @@ class BatchRun:
                 m = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue
-            same = (_same(m.get("checkpoint", ""), req.checkpoint) and _same(m.get("input_dir", ""), req.input_dir)
-                    and (m.get("labels_dir") is None) == (req.labels_dir is None)
-                    and (req.labels_dir is None or _same(m["labels_dir"], req.labels_dir))
-                    and list(m.get("overrides", [])) == list(req.overrides))
+            same = (
+                _same(m.get("checkpoint", ""), req.checkpoint)
+                and _same(m.get("input_dir", ""), req.input_dir)
+                and (m.get("labels_dir") is None) == (req.labels_dir is None)
+                and (req.labels_dir is None or _same(m["labels_dir"], req.labels_dir))
+                and list(m.get("overrides", [])) == list(req.overrides)
+            )
             if not same:
                 continue
             run_dir = path.parent.parent
@@ -140,8 +176,10 @@ class BatchRun:
         if not run_dir.is_dir():
             raise InputError(f"The batch run folder {run_dir} to resume does not exist.")
         if not path.is_file():
-            raise InputError(f"{run_dir} is not a batch run folder (it has no {BATCH_DIR}/{MANIFEST}); "
-                             f"resume the results folder of a batch run (such as bioflow_runs/batch/results/batch_1).")
+            raise InputError(
+                f"{run_dir} is not a batch run folder (it has no {BATCH_DIR}/{MANIFEST}); "
+                f"resume the results folder of a batch run (such as bioflow_runs/batch/results/batch_1)."
+            )
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError) as e:
@@ -155,9 +193,15 @@ class BatchRun:
         return self._cancel.is_set()
 
     def context(self, torch_threads: int = 0, topic: str = "", cancel_event: str = "") -> TaskContext:
-        return TaskContext(str(Path(self.request.checkpoint).absolute()), self.loaded.config.model_dump(mode="json"),
-                           str(self.run_dir.absolute()), self.request.device if self.request.distributed else self.device,
-                           torch_threads, topic, cancel_event)
+        return TaskContext(
+            str(Path(self.request.checkpoint).absolute()),
+            self.loaded.config.model_dump(mode="json"),
+            str(self.run_dir.absolute()),
+            self.request.device if self.request.distributed else self.device,
+            torch_threads,
+            topic,
+            cancel_event,
+        )
 
     def _executor(self) -> Executor:
         """This process, or dask (a scheduler address, local workers). No cluster: a new run folder with nothing in
@@ -180,9 +224,16 @@ class BatchRun:
         work = plan_run(self.items, self.run_dir, self.request, self.loaded, self.resumed)
         progress = Progress(self.run_dir, work.todo, start)
         executor = self._executor()
-        yield BatchStarted(self.run_dir, self.config_path, [it.name for it in self.items], [it.name for it in work.todo],
-                           [it.name for it in work.earlier], self.resumed, executor.describe(),
-                           getattr(self, "unfinished_earlier", None))
+        yield BatchStarted(
+            self.run_dir,
+            self.config_path,
+            [it.name for it in self.items],
+            [it.name for it in work.todo],
+            [it.name for it in work.earlier],
+            self.resumed,
+            executor.describe(),
+            getattr(self, "unfinished_earlier", None),
+        )
         for it in work.unreadable:
             yield progress.unreadable(it)
         try:

@@ -1,12 +1,12 @@
 """The end of a batch run: its tables (metrics.csv, predictions.csv, batch_summary.csv), written atomically from
 the records of every finished file of the run folder (earlier runs' included), and the BatchSummary."""
+
 from __future__ import annotations
 
 import csv
 import os
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -34,7 +34,7 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def write_metrics_csv(run_dir: Path, records: list[tuple[FileItem, FileRecord]]) -> Optional[Path]:
+def write_metrics_csv(run_dir: Path, records: list[tuple[FileItem, FileRecord]]) -> Path | None:
     """metrics.csv as predict_files writes it: one row per file, then the set (IoU from pooled pixel counts)."""
     rows = [{"image": it.name, **rec.metrics} for it, rec in records if rec.metrics]
     if not rows:
@@ -52,14 +52,17 @@ def write_metrics_csv(run_dir: Path, records: list[tuple[FileItem, FileRecord]])
     return write_csv(run_dir / "metrics.csv", rows)
 
 
-def write_predictions_csv(run_dir: Path, records: list[tuple[FileItem, FileRecord]], column: str = "image") -> Optional[Path]:
+def write_predictions_csv(
+    run_dir: Path, records: list[tuple[FileItem, FileRecord]], column: str = "image"
+) -> Path | None:
     """predictions.csv of a per-image workflow: a row per file, named in `column` by its path inside the input folder."""
     rows = [{column: it.name, **rec.prediction} for it, rec in records if rec.prediction]
     return write_csv(run_dir / "predictions.csv", rows) if rows else None
 
 
-def summarize(run_dir: Path, items: list[FileItem], plan: Plan, progress: Progress, loaded, cancelled: bool,
-              start: float) -> BatchSummary:
+def summarize(
+    run_dir: Path, items: list[FileItem], plan: Plan, progress: Progress, loaded, cancelled: bool, start: float
+) -> BatchSummary:
     """Write the run's tables and return its summary."""
     done_here = progress.records
     failed_names = {n for n, _ in progress.failed}
@@ -74,21 +77,37 @@ def summarize(run_dir: Path, items: list[FileItem], plan: Plan, progress: Progre
     metrics_csv = write_metrics_csv(run_dir, records)
     wf = loaded.workflow  # e.g. classification: rows named "file", metrics and confusion matrix over the set
     predictions_csv = write_predictions_csv(run_dir, records, wf.rows_column)
-    metrics_csv = wf.write_set_metrics(run_dir, [rec.prediction for _, rec in records if rec.prediction],
-                                       loaded.config) or metrics_csv
+    metrics_csv = (
+        wf.write_set_metrics(run_dir, [rec.prediction for _, rec in records if rec.prediction], loaded.config)
+        or metrics_csv
+    )
     reasons = dict(progress.failed)
     rows = []
     for it in items:
         if it.name in reasons:
             rows.append({"image": it.name, "status": "failed", "seconds": "", "reason": reasons[it.name]})
         elif it.stem in done_here:
-            rows.append({"image": it.name, "status": "done", "seconds": f"{done_here[it.stem].seconds:.3f}", "reason": ""})
+            rows.append(
+                {"image": it.name, "status": "done", "seconds": f"{done_here[it.stem].seconds:.3f}", "reason": ""}
+            )
         elif it in plan.earlier:
             rows.append({"image": it.name, "status": "done earlier", "seconds": "", "reason": ""})
         else:
-            rows.append({"image": it.name, "status": "not run", "seconds": "", "reason": "cancelled: a resumed run predicts it"})
+            rows.append(
+                {"image": it.name, "status": "not run", "seconds": "", "reason": "cancelled: a resumed run predicts it"}
+            )
     summary_csv = write_csv(run_dir / "batch_summary.csv", rows)
     megapixels = sum(it.pixels for it in plan.todo if it.stem in done_here) / 1e6
-    return BatchSummary(run_dir, list(progress.done), [it.name for it in plan.earlier], list(progress.failed), not_run,
-                        cancelled and bool(not_run), time.perf_counter() - start, megapixels,
-                        metrics_csv, predictions_csv, summary_csv)
+    return BatchSummary(
+        run_dir,
+        list(progress.done),
+        [it.name for it in plan.earlier],
+        list(progress.failed),
+        not_run,
+        cancelled and bool(not_run),
+        time.perf_counter() - start,
+        megapixels,
+        metrics_csv,
+        predictions_csv,
+        summary_csv,
+    )

@@ -2,6 +2,7 @@
 into the run folder (predict_item), or one block of a split image (predict_block) and, once every block is in,
 the image's outputs (finish_blocks); each ends by writing the file's completion marker. A file's own problem never
 raises: it comes back as Unfinished, so one bad file never stops a batch (a full disk does: DiskFull)."""
+
 from __future__ import annotations
 
 import json
@@ -9,16 +10,30 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 
 from ..errors import Cancelled, InputError
 from ..storage import raise_if_disk_full
-from .records import (BATCH_DIR, BLOCK_CHUNK, BLOCKS_DIR, Block, BlockDone, BlockResult, FileItem, FileRecord,
-                      TaskContext, TaskResult, Unfinished, marker_path, write_json)
+from .records import (
+    BATCH_DIR,
+    BLOCK_CHUNK,
+    BLOCKS_DIR,
+    Block,
+    BlockDone,
+    BlockResult,
+    FileItem,
+    FileRecord,
+    TaskContext,
+    TaskResult,
+    Unfinished,
+    marker_path,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 _MODELS: dict[tuple, Any] = {}  # per process: a worker loads a checkpoint once
@@ -65,7 +80,9 @@ def open_channels_last(path: str, cfg, name: str, checkpoint: str = ""):
         raise InputError(f"File {path} cannot be read as an image: it holds no pixels (shape {tuple(arr.shape)}).")
     while len(arr.shape) > cfg.ndim + 1 and arr.shape[0] == 1:
         arr = lazy_array(arr)[0]
-    return to_channels_last(arr, cfg.ndim, cfg.data.in_channels, name, f"checkpoint {checkpoint}" if checkpoint else "the checkpoint")
+    return to_channels_last(
+        arr, cfg.ndim, cfg.data.in_channels, name, f"checkpoint {checkpoint}" if checkpoint else "the checkpoint"
+    )
 
 
 def clear_partial(run_dir: Path, stem: str) -> None:
@@ -83,7 +100,7 @@ def _relative(run_dir: Path, path: Path) -> str:
     return str(Path(path).relative_to(run_dir))
 
 
-def _zarr_path(arr) -> Optional[Path]:
+def _zarr_path(arr) -> Path | None:
     store = getattr(arr, "store", None)
     root = getattr(store, "root", None)
     if root is None:
@@ -95,15 +112,17 @@ def _files_of(run_dir: Path, stem: str) -> list[Path]:
     """The files written for `stem` beside its zarr store (per_image/<stem>.tif, per_image_binarized/..., ...)."""
     out = []
     for sub in sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name not in (BATCH_DIR, BLOCKS_DIR)):
-        out += sorted(p for p in sub.iterdir() if p.is_file() and p.name.split(".")[0] == stem
-                      and not p.name.endswith(".part"))
+        out += sorted(
+            p for p in sub.iterdir() if p.is_file() and p.name.split(".")[0] == stem and not p.name.endswith(".part")
+        )
         if sub.name == "MAE_checks":
             out += sorted(p for p in sub.glob(f"{stem}_*.tif"))
     return out
 
 
-def finish_record(run_dir: Path, item: FileItem, outputs: dict, metrics: dict, counts, prediction, seconds: float,
-                  pixels: int) -> FileRecord:
+def finish_record(
+    run_dir: Path, item: FileItem, outputs: dict, metrics: dict, counts, prediction, seconds: float, pixels: int
+) -> FileRecord:
     """Write the completion marker of a file (last, atomically) and return its record."""
     arrays = {}
     for key, value in outputs.items():
@@ -113,11 +132,19 @@ def finish_record(run_dir: Path, item: FileItem, outputs: dict, metrics: dict, c
     fallback = run_dir / "per_image" / f"{item.stem}.zarr" / "prediction"
     if not arrays and fallback.exists():  # outputs held in memory only (self-supervision): the blended prediction
         arrays["prediction"] = _relative(run_dir, fallback)
-    record = FileRecord(item.name, item.raw, item.label, item.stem, arrays,
-                        [_relative(run_dir, p) for p in _files_of(run_dir, item.stem)],
-                        {k: float(v) for k, v in (metrics or {}).items()},
-                        [np.asarray(c).tolist() for c in counts] if counts is not None else None,
-                        prediction, seconds, pixels)
+    record = FileRecord(
+        item.name,
+        item.raw,
+        item.label,
+        item.stem,
+        arrays,
+        [_relative(run_dir, p) for p in _files_of(run_dir, item.stem)],
+        {k: float(v) for k, v in (metrics or {}).items()},
+        [np.asarray(c).tolist() for c in counts] if counts is not None else None,
+        prediction,
+        seconds,
+        pixels,
+    )
     write_json(marker_path(run_dir, item.stem), record.to_json())
     return record
 
@@ -138,9 +165,14 @@ def _failure(ctx: TaskContext, item: FileItem, error: Exception, what: str = "",
 # --------------------------------------------------------------------------------------------------
 
 
-def predict_item(ctx: TaskContext, item: FileItem, loaded=None, cancel: Optional[Callable[[], bool]] = None,
-                 progress: Optional[Callable[[int, int], None]] = None,
-                 on_start: Optional[Callable[[Any], None]] = None) -> TaskResult:
+def predict_item(
+    ctx: TaskContext,
+    item: FileItem,
+    loaded=None,
+    cancel: Callable[[], bool] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    on_start: Callable[[Any], None] | None = None,
+) -> TaskResult:
     """Predict one file into the run folder and mark it finished; the per-file step of every executor.
     Returns its FileRecord, or Unfinished (failed or cancelled)."""
     start = time.perf_counter()
@@ -163,8 +195,16 @@ def predict_item(ctx: TaskContext, item: FileItem, loaded=None, cancel: Optional
             if on_start is not None:
                 on_start(None)
             out = wf.predict_file(loaded, image, item.raw, run_dir, item.stem, device, target) or {}
-            return finish_record(run_dir, item, {}, out.get("metrics", {}), None, out.get("prediction"),
-                                 time.perf_counter() - start, pixels)
+            return finish_record(
+                run_dir,
+                item,
+                {},
+                out.get("metrics", {}),
+                None,
+                out.get("prediction"),
+                time.perf_counter() - start,
+                pixels,
+            )
         from ..predict.predictor import Predictor
 
         clear_partial(run_dir, item.stem)
@@ -174,8 +214,9 @@ def predict_item(ctx: TaskContext, item: FileItem, loaded=None, cancel: Optional
         result = job.run(cancel=cancel, progress=progress)
         job.cleanup()
         counts = result.outputs.pop("counts", None)
-        return finish_record(run_dir, item, result.outputs, result.metrics, counts, None,
-                             time.perf_counter() - start, pixels)
+        return finish_record(
+            run_dir, item, result.outputs, result.metrics, counts, None, time.perf_counter() - start, pixels
+        )
     except Cancelled:
         return Unfinished.cancelled(item.name)
     except Exception as e:  # a bug or an I/O error on one file: reported, the batch goes on
@@ -196,12 +237,14 @@ def create_block_store(run_dir: Path, item: FileItem, loaded, block: list[int]):
     store = run_dir / "per_image" / f"{item.stem}.zarr"
     channels = loaded.workflow.prediction_channels(cfg)
     chunks = (channels, *(min(chunk, b, s) for b, s in zip(block, item.shape)))
-    return zarr.create_array(store=str(store / "prediction"), shape=(channels, *item.shape), chunks=chunks,
-                             dtype="float32", fill_value=0.0)
+    return zarr.create_array(
+        store=str(store / "prediction"), shape=(channels, *item.shape), chunks=chunks, dtype="float32", fill_value=0.0
+    )
 
 
-def predict_block(ctx: TaskContext, item: FileItem, blk: Block, loaded=None,
-                  cancel: Optional[Callable[[], bool]] = None) -> BlockResult:
+def predict_block(
+    ctx: TaskContext, item: FileItem, blk: Block, loaded=None, cancel: Callable[[], bool] | None = None
+) -> BlockResult:
     """Predict one block (with its halo) through ImagePrediction and copy its core into the image's zarr."""
     import zarr
 
@@ -214,11 +257,14 @@ def predict_block(ctx: TaskContext, item: FileItem, blk: Block, loaded=None,
         run_dir = Path(ctx.run_dir)
         image = open_channels_last(item.raw, cfg, item.raw, ctx.checkpoint)
         crop = image[(*blk.outer, slice(None))]
-        quiet = replace(loaded, config=cfg.model_copy(update={"predict": cfg.predict.model_copy(update={"save_tiff": False})}))
+        quiet = replace(
+            loaded, config=cfg.model_copy(update={"predict": cfg.predict.model_copy(update={"save_tiff": False})})
+        )
         scratch = run_dir / BLOCKS_DIR / item.stem / f"b{blk.index}"
         shutil.rmtree(scratch, ignore_errors=True)
-        job = ImagePrediction(quiet, crop, f"{item.raw} (block {blk.index})", scratch, "block",
-                              loaded_device(loaded, ctx.device))
+        job = ImagePrediction(
+            quiet, crop, f"{item.raw} (block {blk.index})", scratch, "block", loaded_device(loaded, ctx.device)
+        )
         job.run(cancel=cancel)
         prediction = zarr.open_array(store=str(job.store / "prediction"), mode="r")
         inner = tuple(slice(c.start - o.start, c.stop - o.start) for c, o in zip(blk.core, blk.outer))

@@ -16,6 +16,7 @@ as before), the pixels stay where the batch is (a GPU resamples them). On the CP
 and noise at probability 0.5 cost about 14 ms per batch of 4 256x256 patches on one thread, against a 1.3 s step
 (benchmarks/README.md, issue 14).
 """
+
 from __future__ import annotations
 
 import torch
@@ -75,8 +76,7 @@ def _geometry(x, y, cfg, generator, target_is_image):
     return x, y
 
 
-def augment_batch(x: torch.Tensor, y, cfg=None, *, generator: torch.Generator, target_is_image: bool = False,
-                  **fields):
+def augment_batch(x: torch.Tensor, y, cfg=None, *, generator: torch.Generator, target_is_image: bool = False, **fields):
     """`augment` with an AugmentConfig, or its defaults changed by `fields` (e.g. flips=False, intensity=0.2)."""
     from ...config import AugmentConfig
 
@@ -84,4 +84,3 @@ def augment_batch(x: torch.Tensor, y, cfg=None, *, generator: torch.Generator, t
     if fields:
         cfg = cfg.model_copy(update=fields)
     return augment(x, y, cfg, generator, target_is_image)
-

@@ -7,6 +7,7 @@ image targets, nearest for labels, so raw and label stay aligned and labels keep
 Coordinates are in pixels from the patch centre (pixel i at i + 0.5 - n / 2), the convention of
 grid_sample(align_corners=False); the grid is normalized at the end.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,9 @@ def device_generator(g: torch.Generator, device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**62, (), generator=g)))
 
 
-def sampling_grid(cfg, batch: int, spatial: tuple[int, ...], g: torch.Generator,
-                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor] | None:
+def sampling_grid(
+    cfg, batch: int, spatial: tuple[int, ...], g: torch.Generator, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(indices of the samples that move, their normalized grid (n, *spatial, ndim)), both on `device`, or None
     when none moves. The random draws come from the CPU generator `g`; the grid is computed on `device`."""
     ndim = len(spatial)

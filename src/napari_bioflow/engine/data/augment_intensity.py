@@ -2,6 +2,7 @@
 brightness, contrast, Gaussian and Poisson noise, dropout, cutout (optionally on the label too) and, in 3D, damaged
 sections. Each is drawn per sample with its probability and applied to the chosen samples of the batch at once.
 x is (B, C, *spatial) float; every function returns a new tensor."""
+
 from __future__ import annotations
 
 import math
@@ -28,10 +29,17 @@ def _extent(x: torch.Tensor):
 
 def raw_transforms(x: torch.Tensor, cfg, g: torch.Generator) -> torch.Tensor:
     ndim, batch = x.ndim - 2, x.shape[0]
-    steps = ((cfg.g_blur_prob, _gaussian_blur), (cfg.median_blur_prob, _median_blur),
-             (cfg.gamma_contrast_prob, _gamma), (cfg.brightness_prob, _brightness), (cfg.contrast_prob, _contrast),
-             (cfg.gaussian_noise_prob, _gaussian_noise), (cfg.poisson_noise_prob, _poisson_noise),
-             (cfg.dropout_prob, _dropout), (cfg.missing_sections_prob if ndim == 3 else 0.0, _missing_sections))
+    steps = (
+        (cfg.g_blur_prob, _gaussian_blur),
+        (cfg.median_blur_prob, _median_blur),
+        (cfg.gamma_contrast_prob, _gamma),
+        (cfg.brightness_prob, _brightness),
+        (cfg.contrast_prob, _contrast),
+        (cfg.gaussian_noise_prob, _gaussian_noise),
+        (cfg.poisson_noise_prob, _poisson_noise),
+        (cfg.dropout_prob, _dropout),
+        (cfg.missing_sections_prob if ndim == 3 else 0.0, _missing_sections),
+    )
     for p, transform in steps:
         on = chosen(p, batch, g)
         if bool(on.any()):
@@ -75,7 +83,7 @@ def _median_blur(x, cfg, g):
         per = max(1, MEDIAN_CHUNK // ((2 * r + 1) ** 2 * H * W))
         done = []
         for i in range(0, len(planes), per):  # in chunks: the unfolded neighbourhoods are (2r+1)^2 times the data
-            win = padded[i:i + per].unfold(2, 2 * r + 1, 1).unfold(3, 2 * r + 1, 1)
+            win = padded[i : i + per].unfold(2, 2 * r + 1, 1).unfold(3, 2 * r + 1, 1)
             done.append(win.reshape(*win.shape[:4], -1).median(-1).values)
         out[sel] = torch.cat(done).view(x[sel].shape)
     return out
@@ -131,8 +139,11 @@ def _missing_sections(x, cfg, g):
     x0, y0 = torch.where(vertical, col[0], 0.0), torch.where(vertical, 0.0, row[0])
     x1, y1 = torch.where(vertical, col[1], float(W - 1)), torch.where(vertical, float(H - 1), row[1])
     dx, dy = (x1 - x0)[..., None, None], (y1 - y0)[..., None, None]
-    yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float32, device=dev),
-                            torch.arange(W, dtype=torch.float32, device=dev), indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(H, dtype=torch.float32, device=dev),
+        torch.arange(W, dtype=torch.float32, device=dev),
+        indexing="ij",
+    )
     cross = dx * (yy - y0[..., None, None]) - dy * (xx - x0[..., None, None])
     dist = cross.abs() / torch.hypot(dx, dy).clamp_min(1e-6)  # from the line
     mask = (dist <= width[..., None, None]) & hit[..., None, None]  # (n, Z, H, W)

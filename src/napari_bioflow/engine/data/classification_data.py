@@ -1,11 +1,12 @@
 """Classification data: folders with one sub-folder per class (or layers given a class each), checked before any
 training step, and the TrainingData that feeds whole images, brought to the patch size, with their class."""
+
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -30,11 +31,15 @@ def class_subfolders(root: Path, role: str) -> dict[str, list[Path]]:
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"The {role} folder {root} does not exist.")
-    subs = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.suffix.lower() != ".zarr"),
-                  key=lambda p: natural_key(p.name))
+    subs = sorted(
+        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.suffix.lower() != ".zarr"),
+        key=lambda p: natural_key(p.name),
+    )
     if not subs:
-        raise InputError(f"The {role} folder {root} holds no class sub-folders: put the images of each class in a "
-                         f"sub-folder named after the class.")
+        raise InputError(
+            f"The {role} folder {root} holds no class sub-folders: put the images of each class in a "
+            f"sub-folder named after the class."
+        )
     out = {}
     for sub in subs:
         files = sorted(p for p in sub.iterdir() if is_image_path(p))
@@ -50,8 +55,9 @@ def resolve_class_names(found: Sequence[str], cfg, where: str) -> list[str]:
         raise InputError(f"The {where} holds a single class ({found[0]}); classification needs at least two classes.")
     if cfg.class_names:
         if set(cfg.class_names) != set(found):
-            raise InputError(f"class_names {cfg.class_names} do not match the class sub-folders of the {where}: "
-                             f"{list(found)}.")
+            raise InputError(
+                f"class_names {cfg.class_names} do not match the class sub-folders of the {where}: {list(found)}."
+            )
         return list(cfg.class_names)
     return list(found)
 
@@ -63,7 +69,7 @@ def set_classes(cfg, names: list[str]) -> None:
     cfg.class_names = list(names)
 
 
-def image_dims(shape, in_channels: int, ndim: int) -> Optional[int]:
+def image_dims(shape, in_channels: int, ndim: int) -> int | None:
     """2 or 3: the dimensionality of an image of this shape, read the same way for every file of a set. A trailing
     axis of at most 4 (RGB, RGBA) is the channels of a 2D image; so is a leading one of that length when it is
     in_channels (> 1) or when the config is 2D (channels first, as napari keeps them); otherwise three axes are a
@@ -94,16 +100,20 @@ def check_dims(named_shapes: Sequence[tuple[object, tuple]], cfg, role: str, sou
             found[d] = (name, tuple(shape))
     if len(found) == 2:
         (n2, s2), (n3, s3) = found[2], found[3]
-        raise InputError(f"The {role} set mixes 2D and 3D images: {n2} is 2D (shape {'x'.join(map(str, s2))}"
-                         f"{_channels_note(s2)}) and {n3} is 3D (shape {'x'.join(map(str, s3))}); a classification "
-                         f"set must be all 2D or all 3D.")
+        raise InputError(
+            f"The {role} set mixes 2D and 3D images: {n2} is 2D (shape {'x'.join(map(str, s2))}"
+            f"{_channels_note(s2)}) and {n3} is 3D (shape {'x'.join(map(str, s3))}); a classification "
+            f"set must be all 2D or all 3D."
+        )
     if len(found) == 1:
         d, (name, shape) = next(iter(found.items()))
         if d != cfg.ndim:
             what = "every one" if len(named_shapes) > 1 else "it"
             but = f"{source} is {cfg.ndim}D." if source else f"the config is {cfg.ndim}D: set ndim: {d}."
-            raise InputError(f"The {role} images are {d}D ({what}, e.g. {name} of shape {'x'.join(map(str, shape))}"
-                             f"{_channels_note(shape)}), but {but}")
+            raise InputError(
+                f"The {role} images are {d}D ({what}, e.g. {name} of shape {'x'.join(map(str, shape))}"
+                f"{_channels_note(shape)}), but {but}"
+            )
 
 
 def checked(raw, path, cfg, source: str = ""):
@@ -111,8 +121,10 @@ def checked(raw, path, cfg, source: str = ""):
     shape = tuple(raw.shape)
     d = image_dims(shape, cfg.data.in_channels, cfg.ndim)
     if d is not None and d != cfg.ndim:
-        raise InputError(f"{path} is a {d}D image (shape {'x'.join(map(str, shape))}{_channels_note(shape)}), but "
-                         f"{source or 'the config'} is {cfg.ndim}D (ndim: {cfg.ndim}).")
+        raise InputError(
+            f"{path} is a {d}D image (shape {'x'.join(map(str, shape))}{_channels_note(shape)}), but "
+            f"{source or 'the config'} is {cfg.ndim}D (ndim: {cfg.ndim})."
+        )
     arr = to_channels_last(raw, cfg.ndim, cfg.data.in_channels, str(path), source)
     check_finite(arr, str(path))
     return arr
@@ -131,18 +143,22 @@ def open_set(paths: Sequence[Path], cfg, role: str, source: str = "") -> list:
     return [checked(r, p, cfg, source) for p, r in zip(paths, raws)]
 
 
-def samples_from_class_folders(root: Path, cfg, role: str, class_names: Optional[list[str]] = None) -> list[ClassSample]:
+def samples_from_class_folders(root: Path, cfg, role: str, class_names: list[str] | None = None) -> list[ClassSample]:
     """Samples of a class-folder tree; with `class_names` (the model's), an unknown sub-folder is an error."""
     folders = class_subfolders(root, role)
     names = class_names if class_names is not None else list(folders)
     files, classes = [], []
     for cls, found in folders.items():
         if cls not in names:
-            raise InputError(f"The {role} sub-folder {Path(root) / cls} is not one of the model's classes "
-                             f"({', '.join(names)}).")
+            raise InputError(
+                f"The {role} sub-folder {Path(root) / cls} is not one of the model's classes ({', '.join(names)})."
+            )
         files += found
         classes += [names.index(cls)] * len(found)
-    return [ClassSample(name=str(f), raw=raw, class_index=c) for f, raw, c in zip(files, open_set(files, cfg, role), classes)]
+    return [
+        ClassSample(name=str(f), raw=raw, class_index=c)
+        for f, raw, c in zip(files, open_set(files, cfg, role), classes)
+    ]
 
 
 def stratified_split(samples: list[ClassSample], fraction: float, seed: int, notes: list[str]):
@@ -161,13 +177,17 @@ def stratified_split(samples: list[ClassSample], fraction: float, seed: int, not
     return train, val
 
 
-def build_class_dataset(cfg, train: Optional[list[ClassSample]] = None, val: Optional[list[ClassSample]] = None) -> Dataset:
+def build_class_dataset(cfg, train: list[ClassSample] | None = None, val: list[ClassSample] | None = None) -> Dataset:
     notes: list[str] = []
     d = cfg.data
     if train is None:
         if d.train_raw is None:
-            raise InputError("No training data: set data.train_raw to a folder with one sub-folder per class (or choose layers).")
-        names = resolve_class_names(list(class_subfolders(d.train_raw, "training")), cfg, f"training folder {d.train_raw}")
+            raise InputError(
+                "No training data: set data.train_raw to a folder with one sub-folder per class (or choose layers)."
+            )
+        names = resolve_class_names(
+            list(class_subfolders(d.train_raw, "training")), cfg, f"training folder {d.train_raw}"
+        )
         set_classes(cfg, names)
         train = samples_from_class_folders(d.train_raw, cfg, "training", names)
     else:
@@ -175,21 +195,27 @@ def build_class_dataset(cfg, train: Optional[list[ClassSample]] = None, val: Opt
             raise InputError("No training images were given.")
         classes = {s.class_index for s in train}
         if len(classes) < 2:
-            raise InputError(f"All training images are of class {cfg.class_label(next(iter(classes)))}; classification "
-                             f"needs at least two classes.")
+            raise InputError(
+                f"All training images are of class {cfg.class_label(next(iter(classes)))}; classification "
+                f"needs at least two classes."
+            )
         if max(classes) >= cfg.n_classes or min(classes) < 0:
             raise InputError(f"A training image has class index {max(classes)}, but there are {cfg.n_classes} classes.")
     if val is None and d.val_raw is not None:
-        val = samples_from_class_folders(d.val_raw, cfg, "validation", [cfg.class_label(i) for i in range(cfg.n_classes)])
+        val = samples_from_class_folders(
+            d.val_raw, cfg, "validation", [cfg.class_label(i) for i in range(cfg.n_classes)]
+        )
     if val is None:
         train, val = stratified_split(train, d.val_split, cfg.seed, notes)
     counts = np.bincount([s.class_index for s in train], minlength=cfg.n_classes)
-    notes.append("Training images per class: " + ", ".join(f"{cfg.class_label(i)} {n}" for i, n in enumerate(counts)) + ".")
+    notes.append(
+        "Training images per class: " + ", ".join(f"{cfg.class_label(i)} {n}" for i, n in enumerate(counts)) + "."
+    )
     return Dataset(train=train, val=val, notes=notes)
 
 
 # --- bringing images to the patch size --------------------------------------------------------------------
-def fit_to_patch(x: np.ndarray, patch: Sequence[int], mode: str, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+def fit_to_patch(x: np.ndarray, patch: Sequence[int], mode: str, rng: np.random.Generator | None = None) -> np.ndarray:
     """A normalized channel-last image (..., C) -> float32 channels-first (C, *patch). resize: bilinear/trilinear;
     pad: zero-pad what is smaller, crop what is larger (randomly with `rng`, else the centre)."""
     patch = tuple(int(p) for p in patch)
@@ -203,8 +229,11 @@ def fit_to_patch(x: np.ndarray, patch: Sequence[int], mode: str, rng: Optional[n
         from skimage.transform import resize
 
         shrink = any(p < d for p, d in zip(patch, spatial))
-        return np.ascontiguousarray(resize(x, (x.shape[0], *patch), order=1, mode="edge", anti_aliasing=shrink,
-                                           preserve_range=True).astype(np.float32))
+        return np.ascontiguousarray(
+            resize(x, (x.shape[0], *patch), order=1, mode="edge", anti_aliasing=shrink, preserve_range=True).astype(
+                np.float32
+            )
+        )
     index, pads = [slice(None)], [(0, 0)]
     for d, p in zip(spatial, patch):
         if d > p:
@@ -244,8 +273,11 @@ class ImageData(TrainingData):
             return fitted
         raw = read_image(s.raw)
         x = fit_to_patch(self.normalize(raw), self.patch, self.mode, rng)
-        random_crop = rng is not None and self.mode != "resize" and any(
-            d > p for d, p in zip(raw.shape[:len(self.patch)], self.patch))
+        random_crop = (
+            rng is not None
+            and self.mode != "resize"
+            and any(d > p for d, p in zip(raw.shape[: len(self.patch)], self.patch))
+        )
         if not random_crop and self._fitted_bytes + x.nbytes <= FITTED_CACHE_BYTES:
             x.setflags(write=False)  # batches are stacked copies: a cached image is never changed
             self._fitted[id(s)] = x
@@ -259,7 +291,7 @@ class ImageData(TrainingData):
 
     def validation(self, batch_size: int):
         for k in range(0, len(self.val), batch_size):
-            part = self.val[k:k + batch_size]
+            part = self.val[k : k + batch_size]
             yield np.stack([self.item(s) for s in part]), np.array([s.class_index for s in part], dtype=np.int64)
 
     def steps_per_epoch(self, batch_size: int) -> int:

@@ -5,9 +5,10 @@ notifications), never refused.
   values together, so an 8-bit image looks nearly black next to 16-bit ones;
 - a training set whose every image holds a single value has nothing to learn from.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -19,7 +20,7 @@ def _kind(dtype) -> str:
     return dtype.name
 
 
-def mixed_types_note(images: Sequence[tuple[str, object]], what: str) -> Optional[str]:
+def mixed_types_note(images: Sequence[tuple[str, object]], what: str) -> str | None:
     """A note when (name, dtype) pairs hold several data types, naming one image of each; else None."""
     first: dict[np.dtype, str] = {}
     for name, dtype in images:
@@ -27,8 +28,10 @@ def mixed_types_note(images: Sequence[tuple[str, object]], what: str) -> Optiona
     if len(first) < 2:
         return None
     listed = ", ".join(f"{_kind(dtype)} as {name}" for dtype, name in first.items())
-    return (f"The {what} mix data types ({listed}): they share one normalisation of their raw values, so an image of "
-            f"a smaller type looks dim next to the others; convert them to one type if that is not meant.")
+    return (
+        f"The {what} mix data types ({listed}): they share one normalisation of their raw values, so an image of "
+        f"a smaller type looks dim next to the others; convert them to one type if that is not meant."
+    )
 
 
 def _varies(block) -> bool:
@@ -36,7 +39,7 @@ def _varies(block) -> bool:
     return bool(block.size) and block.min() != block.max()
 
 
-def _single_value(raw) -> Optional[float]:
+def _single_value(raw) -> float | None:
     """The value of an image (channel last) that holds only one, else None: a small central crop first (a chunk or
     two), then a strided sample, and the whole image only when both are uniform."""
     from .normalize import _subsample
@@ -49,7 +52,7 @@ def _single_value(raw) -> Optional[float]:
     return low if low == high else None
 
 
-def uniform_set_note(samples: Sequence, what: str) -> Optional[str]:
+def uniform_set_note(samples: Sequence, what: str) -> str | None:
     """A note when every sample's raw image holds a single value, else None; `what` names one of them ("training
     image in FOLDER")."""
     if not samples:
@@ -60,5 +63,7 @@ def uniform_set_note(samples: Sequence, what: str) -> Optional[str]:
         if value is None:
             return None
         values.append(value)
-    return (f"Every {what} holds a single value ({samples[0].name} is all {values[0]:g}): the model has nothing to "
-            f"learn from them; check that these are the right images.")
+    return (
+        f"Every {what} holds a single value ({samples[0].name} is all {values[0]:g}): the model has nothing to "
+        f"learn from them; check that these are the right images."
+    )

@@ -1,4 +1,5 @@
 """Reading and writing images: TIFF, PNG, zarr. Reads are lazy where the format allows (memory-mapped TIFF, zarr)."""
+
 from __future__ import annotations
 
 import functools
@@ -182,8 +183,17 @@ def reserved_memmap(tmp: Path, shape, dtype, metadata=None, bigtiff: bool = Fals
     shape = tuple(int(n) for n in shape)
     nbytes = int(np.prod(shape)) * dtype.itemsize
     check_free(tmp.parent, nbytes, tmp.name.removesuffix(".part"))
-    offset = tifffile.imwrite(str(tmp), data=None, shape=shape, dtype=dtype, imagej=False, metadata=metadata,
-                              bigtiff=bigtiff, align=mmap.ALLOCATIONGRANULARITY, returnoffset=True)[0]
+    offset = tifffile.imwrite(
+        str(tmp),
+        data=None,
+        shape=shape,
+        dtype=dtype,
+        imagej=False,
+        metadata=metadata,
+        bigtiff=bigtiff,
+        align=mmap.ALLOCATIONGRANULARITY,
+        returnoffset=True,
+    )[0]
     fd = os.open(tmp, os.O_RDWR)
     try:
         reserve(fd, offset + nbytes, tmp.parent, tmp.name.removesuffix(".part"))
@@ -257,8 +267,16 @@ def _stream_tiff(tmp: Path, data, metadata) -> None:
                 slab = slab.compute() if hasattr(slab, "compute") else np.asarray(slab)
                 yield from slab
 
-    tifffile.imwrite(str(tmp), pages(), shape=shape, dtype=dtype, imagej=False, metadata=metadata,
-                     compression="zlib", bigtiff=bigtiff)
+    tifffile.imwrite(
+        str(tmp),
+        pages(),
+        shape=shape,
+        dtype=dtype,
+        imagej=False,
+        metadata=metadata,
+        compression="zlib",
+        bigtiff=bigtiff,
+    )
 
 
 def _source_blocks(data):

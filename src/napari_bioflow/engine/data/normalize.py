@@ -1,8 +1,9 @@
 """Intensity normalization whose statistics come from the training data and travel in the checkpoint."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -26,7 +27,7 @@ class Normalizer:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Normalizer":
+    def from_dict(cls, d: dict) -> Normalizer:
         return cls(**d)
 
 

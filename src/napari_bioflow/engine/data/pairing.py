@@ -7,11 +7,12 @@ compared with every run of digits read as a number (`img_1.tif` pairs with `img_
 `mask_img_1.tif`), without it. Names that cannot be matched one to one are refused with the files that have no
 partner. Two images given directly (an image file, a zarr store or a path inside one, instead of folders) are a pair.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 from ..errors import InputError
 from .io import given_image, list_images
@@ -48,17 +49,17 @@ def _affix_rules(longer: set[str], shorter: set[str]) -> list[tuple[str, str]]:
     for s in shorter:
         if len(first) > len(s):
             if first.startswith(s):
-                candidates.add(("suffix", first[len(s):]))
+                candidates.add(("suffix", first[len(s) :]))
             if first.endswith(s):
-                candidates.add(("prefix", first[:len(first) - len(s)]))
+                candidates.add(("prefix", first[: len(first) - len(s)]))
     out = []
     for kind, affix in candidates:
         if not re.search(r"[A-Za-z]", affix):
             continue  # a bare number is part of the name (img_1 + 0 is img_10), not an affix
         if kind == "suffix" and all(k.endswith(affix) for k in longer):
-            stripped = {k[:-len(affix)] for k in longer}
+            stripped = {k[: -len(affix)] for k in longer}
         elif kind == "prefix" and all(k.startswith(affix) for k in longer):
-            stripped = {k[len(affix):] for k in longer}
+            stripped = {k[len(affix) :] for k in longer}
         else:
             continue
         if stripped == shorter:
@@ -68,10 +69,10 @@ def _affix_rules(longer: set[str], shorter: set[str]) -> list[tuple[str, str]]:
 
 def _strip(key: str, rule: tuple[str, str]) -> str:
     kind, affix = rule
-    return key[:-len(affix)] if kind == "suffix" else key[len(affix):]
+    return key[: -len(affix)] if kind == "suffix" else key[len(affix) :]
 
 
-def _matcher(raw_keys: set[str], label_keys: set[str]) -> Optional[Callable[[str], str]]:
+def _matcher(raw_keys: set[str], label_keys: set[str]) -> Callable[[str], str] | None:
     """raw key -> label key when the two sets match one to one (equal, or one affix apart), else None."""
     if raw_keys == label_keys:
         return lambda k: k
@@ -85,7 +86,9 @@ def _matcher(raw_keys: set[str], label_keys: set[str]) -> Optional[Callable[[str
     return lambda k: _strip(k, on_raws[0])
 
 
-def pair_by_name(raws: Sequence[Path], labels: Sequence[Path], raw_where: str, label_where: str) -> list[tuple[Path, Path]]:
+def pair_by_name(
+    raws: Sequence[Path], labels: Sequence[Path], raw_where: str, label_where: str
+) -> list[tuple[Path, Path]]:
     """(raw, label) pairs in the order of `raws`, matched by name; `raw_where`/`label_where` name the two sets in
     the message ("the training raw folder DIR"). Raises InputError when they do not match one to one."""
     groups: dict[str, dict[str, list[Path]]] = {"raw": {}, "label": {}}
@@ -96,8 +99,10 @@ def pair_by_name(raws: Sequence[Path], labels: Sequence[Path], raw_where: str, l
     for side, where in (("raw", raw_where), ("label", label_where)):
         for same in groups[side].values():
             if len(same) > 1:
-                problems.append(f"{' and '.join(image_name(p) for p in same)} in {where} share one name "
-                                f"(extensions and leading zeros aside)")
+                problems.append(
+                    f"{' and '.join(image_name(p) for p in same)} in {where} share one name "
+                    f"(extensions and leading zeros aside)"
+                )
     match = None if problems else _matcher(set(groups["raw"]), set(groups["label"]))
     if match is not None:
         return [(p, groups["label"][match(pair_key(image_name(p)))][0]) for p in raws]
@@ -110,12 +115,14 @@ def pair_by_name(raws: Sequence[Path], labels: Sequence[Path], raw_where: str, l
         if lonely_labels:
             problems.append(f"no raw image for {_listed(lonely_labels)}")
     raw_head = raw_where[0].upper() + raw_where[1:]
-    raise InputError(f"{raw_head} holds {len(raws)} image(s) and {label_where} holds {len(labels)}, which do not pair "
-                     f"one to one by file name ({'; '.join(problems)}): give each label its raw image's name "
-                     f"(img_1 pairs with img_01; a suffix every label has, such as _mask, is allowed).")
+    raise InputError(
+        f"{raw_head} holds {len(raws)} image(s) and {label_where} holds {len(labels)}, which do not pair "
+        f"one to one by file name ({'; '.join(problems)}): give each label its raw image's name "
+        f"(img_1 pairs with img_01; a suffix every label has, such as _mask, is allowed)."
+    )
 
 
-def folder_pairs(raw_dir: Path, label_dir: Optional[Path], role: str) -> list[tuple[Path, Optional[Path]]]:
+def folder_pairs(raw_dir: Path, label_dir: Path | None, role: str) -> list[tuple[Path, Path | None]]:
     """The (raw, label) files of a raw folder and its label folder (None: no labels), paired by name; `role` names
     them in messages ("training", "test", "input"). Either may be a single image instead of a folder."""
     raws = list_images(raw_dir, f"{role} raw")
@@ -131,7 +138,7 @@ def folder_pairs(raw_dir: Path, label_dir: Optional[Path], role: str) -> list[tu
     return pair_by_name(raws, labels, where(raw_dir, "raw"), where(label_dir, "label"))
 
 
-def assign_stems(names: list[str], known: Optional[dict[str, str]] = None) -> dict[str, str]:
+def assign_stems(names: list[str], known: dict[str, str] | None = None) -> dict[str, str]:
     """Output stems by image name, one rule for predict and batch: the name up to its first dot, made unique
     (a.tif and a.png: a_tif, a_png); names an earlier run of the folder already had keep their stem."""
     known = dict(known or {})
@@ -153,9 +160,11 @@ def assign_stems(names: list[str], known: Optional[dict[str, str]] = None) -> di
     return out
 
 
-def refuse_labels_for_classifier(workflow, labels: Optional[Path], what: str) -> None:
+def refuse_labels_for_classifier(workflow, labels: Path | None, what: str) -> None:
     """One rule for predict and batch: a workflow with one value per image (classification) takes the true classes
     from the input's class sub-folders, so a labels folder (`what`: how the user gave it) is refused, not ignored."""
     if labels is not None and not getattr(workflow, "dense", True):
-        raise InputError(f"A classifier takes the true classes from the input's class sub-folders, not from {what} "
-                         f"{labels}: leave it out, or put each image in a sub-folder named after its class.")
+        raise InputError(
+            f"A classifier takes the true classes from the input's class sub-folders, not from {what} "
+            f"{labels}: leave it out, or put each image in a sub-folder named after its class."
+        )

@@ -3,13 +3,14 @@
 A background thread prepares the next batches while the model trains (torch releases the GIL in its kernels),
 so reading, normalizing and stacking patches costs the training loop almost nothing.
 """
+
 from __future__ import annotations
 
 import itertools
 import math
 import queue
 import threading
-from typing import Callable, Iterator, Optional, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -27,8 +28,15 @@ def grid_starts(length: int, patch: int) -> list[int]:
 
 
 class PatchSampler:
-    def __init__(self, samples: Sequence[Sample], patch_size: Sequence[int], normalize: Callable,
-                 seed: int = 0, foreground: float = 0.0, read_target: Optional[Callable] = None):
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        patch_size: Sequence[int],
+        normalize: Callable,
+        seed: int = 0,
+        foreground: float = 0.0,
+        read_target: Callable | None = None,
+    ):
         self.samples = list(samples)
         self.patch = tuple(patch_size)
         self.normalize = normalize
@@ -77,7 +85,7 @@ class PatchSampler:
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
-def _label_blocks(label) -> Optional[list[tuple[slice, ...]]]:
+def _label_blocks(label) -> list[tuple[slice, ...]] | None:
     """The chunk regions of a chunked (dask, zarr) label array with more than one chunk, else None."""
     if label is None or isinstance(label, np.ndarray):
         return None
@@ -122,7 +130,9 @@ def _foreground_by_chunks(label, blocks, rng: np.random.Generator) -> np.ndarray
     return pts
 
 
-def validation_patches(samples: Sequence[Sample], patch_size: Sequence[int], max_patches: int = 64) -> list[tuple[int, tuple[int, ...]]]:
+def validation_patches(
+    samples: Sequence[Sample], patch_size: Sequence[int], max_patches: int = 64
+) -> list[tuple[int, tuple[int, ...]]]:
     """Fixed (sample index, start) pairs tiling the validation images; evenly thinned to at most max_patches."""
     out = []
     for i, s in enumerate(samples):

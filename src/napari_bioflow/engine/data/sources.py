@@ -4,11 +4,13 @@ Raw arrays are brought to channel-last axes (Z,)Y,X,C without loading them (nump
 labels to (Z,)Y,X. All checks run before any training step, and each failure is one sentence naming
 the file or layer.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -67,16 +69,22 @@ def to_channels_last(arr, ndim: int, in_channels: int, name: str, source: str = 
         elif shape[0] <= MAX_CHANNELS:  # channels first, as napari and many TIFFs keep them
             out = np.moveaxis(lazy_array(arr), 0, -1)
         else:
-            raise InputError(f"{name} has shape {dims}: that is {len(shape)}D data, but the config is {ndim}D (set ndim: {len(shape)}).")
+            raise InputError(
+                f"{name} has shape {dims}: that is {len(shape)}D data, but the config is {ndim}D (set ndim: {len(shape)})."
+            )
     elif len(shape) < ndim:
         raise InputError(f"{name} has shape {dims}: that is 2D data, but the config is 3D (set ndim: 2).")
     else:
         raise InputError(f"{name} has shape {dims}: too many axes for {ndim}D images with channels.")
     if ndim == 3 and len(shape) == 3 and shape[-1] <= MAX_CHANNELS and in_channels == shape[-1] and in_channels > 1:
-        raise InputError(f"{name} has shape {dims}: that looks like a 2D image with {shape[-1]} channels, but the config is 3D.")
+        raise InputError(
+            f"{name} has shape {dims}: that looks like a 2D image with {shape[-1]} channels, but the config is 3D."
+        )
     if out.shape[-1] != in_channels:
-        raise InputError(f"{name} has {out.shape[-1]} channel(s) but {source or 'the config'} expects {in_channels}"
-                         f"{'' if source else ' (data.in_channels)'}.")
+        raise InputError(
+            f"{name} has {out.shape[-1]} channel(s) but {source or 'the config'} expects {in_channels}"
+            f"{'' if source else ' (data.in_channels)'}."
+        )
     return out
 
 
@@ -90,8 +98,9 @@ def check_finite(arr, name: str) -> None:
         raise InputError(f"{name} contains NaN or infinite values.")
 
 
-def make_sample(raw, name: str, cfg, label=None, label_name: str = "", notes: Optional[list[str]] = None,
-                need_label: bool = True) -> Sample:
+def make_sample(
+    raw, name: str, cfg, label=None, label_name: str = "", notes: list[str] | None = None, need_label: bool = True
+) -> Sample:
     """Build and check one sample from array-likes (layer data or opened files); the workflow checks the target."""
     from ..workflows import get_workflow
 
@@ -102,8 +111,9 @@ def make_sample(raw, name: str, cfg, label=None, label_name: str = "", notes: Op
     if label is not None:
         label = lazy_array(label) if not isinstance(label, np.ndarray) else label
         sample.label = label
-        flags = get_workflow(cfg).check_target(label, label_name or f"the labels of {name}",
-                                                         sample.spatial_shape, cfg, notes)
+        flags = get_workflow(cfg).check_target(
+            label, label_name or f"the labels of {name}", sample.spatial_shape, cfg, notes
+        )
         for k, v in flags.items():
             setattr(sample, k, v)
     elif need_label:
@@ -114,17 +124,23 @@ def make_sample(raw, name: str, cfg, label=None, label_name: str = "", notes: Op
 def check_patch_fits(samples: Sequence[Sample], patch_size: Sequence[int]) -> None:
     for s in samples:
         if any(p > d for p, d in zip(patch_size, s.spatial_shape)):
-            raise InputError(f"The patch size {'x'.join(map(str, patch_size))} is larger than {s.name} "
-                             f"({'x'.join(map(str, s.spatial_shape))}); lower data.patch_size.")
+            raise InputError(
+                f"The patch size {'x'.join(map(str, patch_size))} is larger than {s.name} "
+                f"({'x'.join(map(str, s.spatial_shape))}); lower data.patch_size."
+            )
 
 
-def samples_from_folders(raw_dir: Path, label_dir: Optional[Path], cfg, role: str, notes: list[str],
-                         need_label: bool = True) -> list[Sample]:
+def samples_from_folders(
+    raw_dir: Path, label_dir: Path | None, cfg, role: str, notes: list[str], need_label: bool = True
+) -> list[Sample]:
     out = []
     for raw_path, label_path in folder_pairs(raw_dir, label_dir, role):
         label = open_image(label_path) if label_path is not None else None
-        out.append(make_sample(open_image(raw_path), str(raw_path), cfg, label, str(label_path or ""), notes,
-                               need_label=need_label))
+        out.append(
+            make_sample(
+                open_image(raw_path), str(raw_path), cfg, label, str(label_path or ""), notes, need_label=need_label
+            )
+        )
     return out
 
 
@@ -138,25 +154,35 @@ def split_validation(samples: list[Sample], cfg, notes: list[str]) -> tuple[list
         n_val = max(1, int(round(split * len(samples))))
         order = rng.permutation(len(samples))
         val_idx = set(order[:n_val].tolist())
-        return ([s for i, s in enumerate(samples) if i not in val_idx], [s for i, s in enumerate(samples) if i in val_idx])
+        return (
+            [s for i, s in enumerate(samples) if i not in val_idx],
+            [s for i, s in enumerate(samples) if i in val_idx],
+        )
     (s,) = samples
     y_axis = cfg.ndim - 2  # Y in both (Y,X) and (Z,Y,X)
     height, patch = s.spatial_shape[y_axis], cfg.data.patch_size[y_axis]
     strip = max(int(round(split * height)), patch)
     if height - strip < patch:
-        raise InputError(f"{s.name} ({height} rows) is too small to hold aside a {strip}-row validation strip and still "
-                         f"train on {patch}-row patches: give validation data, a smaller patch size or val_split 0.")
+        raise InputError(
+            f"{s.name} ({height} rows) is too small to hold aside a {strip}-row validation strip and still "
+            f"train on {patch}-row patches: give validation data, a smaller patch size or val_split 0."
+        )
 
     def part(sl: slice, tag: str) -> Sample:
         index = (slice(None),) * y_axis + (sl,)
-        return Sample(name=f"{s.name} ({tag})", raw=s.raw[index], label=None if s.label is None else s.label[index],
-                      label_name=s.label_name, label_is_255=s.label_is_255)
+        return Sample(
+            name=f"{s.name} ({tag})",
+            raw=s.raw[index],
+            label=None if s.label is None else s.label[index],
+            label_name=s.label_name,
+            label_is_255=s.label_is_255,
+        )
 
     notes.append(f"Validation: the last {strip} rows of {s.name} are held aside.")
     return [part(slice(0, height - strip), "training part")], [part(slice(height - strip, None), "validation part")]
 
 
-def build_dataset(cfg, train: Optional[list[Sample]] = None, val: Optional[list[Sample]] = None) -> Dataset:
+def build_dataset(cfg, train: list[Sample] | None = None, val: list[Sample] | None = None) -> Dataset:
     """Training and validation samples from given samples (layers) or the config's folders, all checked."""
     from ..workflows import get_workflow
 
@@ -166,22 +192,33 @@ def build_dataset(cfg, train: Optional[list[Sample]] = None, val: Optional[list[
     train_from_folders = train is None
     if train is None:
         if d.train_raw is None or (needs_target and d.train_label is None):
-            raise InputError("No training data: set data.train_raw" + (" and data.train_label" if needs_target else "")
-                             + " (or choose layers).")
-        train = samples_from_folders(d.train_raw, d.train_label if needs_target else None, cfg, "training", notes,
-                                     need_label=needs_target)
+            raise InputError(
+                "No training data: set data.train_raw"
+                + (" and data.train_label" if needs_target else "")
+                + " (or choose layers)."
+            )
+        train = samples_from_folders(
+            d.train_raw, d.train_label if needs_target else None, cfg, "training", notes, need_label=needs_target
+        )
     if not train:
         raise InputError("No training data was given.")
     if val is None and d.val_raw is not None:
         if needs_target and d.val_label is None:
             raise InputError("data.val_raw is set but data.val_label is not.")
-        val = samples_from_folders(d.val_raw, d.val_label if needs_target else None, cfg, "validation", notes,
-                                   need_label=needs_target)
+        val = samples_from_folders(
+            d.val_raw, d.val_label if needs_target else None, cfg, "validation", notes, need_label=needs_target
+        )
     from .input_notes import mixed_types_note, uniform_set_note
 
     given = f"training image in {d.train_raw}" if train_from_folders else "training image"
-    notes += [n for n in (mixed_types_note([(s.name, s.raw.dtype) for s in train + (val or [])], "training and "
-                                           "validation images"), uniform_set_note(train, given)) if n]
+    notes += [
+        n
+        for n in (
+            mixed_types_note([(s.name, s.raw.dtype) for s in train + (val or [])], "training and validation images"),
+            uniform_set_note(train, given),
+        )
+        if n
+    ]
     if val is None:
         train, val = split_validation(train, cfg, notes)
     check_patch_fits(train + val, d.patch_size)

@@ -1,9 +1,10 @@
 """What the trainer draws batches from. A workflow returns one of these from `Workflow.training_data`, so the
 trainer never knows whether batches are random patches of big images (dense workflows) or whole images with a
 class each (classification)."""
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -37,8 +38,12 @@ class PatchData(TrainingData):
 
         self.patch = cfg.data.patch_size
         self.train = dataset.train
-        self.sampler = PatchSampler(dataset.train, self.patch, normalizer, cfg.seed, cfg.data.foreground_sampling, read_target)
-        self.val_sampler = PatchSampler(dataset.val, self.patch, normalizer, cfg.seed, 0.0, read_target) if dataset.val else None
+        self.sampler = PatchSampler(
+            dataset.train, self.patch, normalizer, cfg.seed, cfg.data.foreground_sampling, read_target
+        )
+        self.val_sampler = (
+            PatchSampler(dataset.val, self.patch, normalizer, cfg.seed, 0.0, read_target) if dataset.val else None
+        )
         self.positions = validation_patches(dataset.val, self.patch) if dataset.val else []
         self.has_validation = bool(self.positions)
 
@@ -47,7 +52,7 @@ class PatchData(TrainingData):
 
     def validation(self, batch_size: int):
         for k in range(0, len(self.positions), batch_size):
-            pairs = [self.val_sampler.read(i, start) for i, start in self.positions[k:k + batch_size]]
+            pairs = [self.val_sampler.read(i, start) for i, start in self.positions[k : k + batch_size]]
             yield np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
     def example(self):

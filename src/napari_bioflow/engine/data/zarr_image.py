@@ -9,17 +9,17 @@
 A group with several arrays and no multiscales metadata (`raw` and `mask` side by side) is refused with its arrays
 listed and the path to give; so is a group whose arrays sit only in nested groups.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from ..errors import InputError
 
 SHOWN = 6  # array names listed in a message
 
 
-def zarr_store_of(path: Path) -> Optional[tuple[Path, str]]:
+def zarr_store_of(path: Path) -> tuple[Path, str] | None:
     """(the .zarr store, the path inside it) when `path` is a zarr store or a path inside one, else None."""
     path = Path(path)
     for candidate in (path, *path.parents):
@@ -33,7 +33,7 @@ def _listed(names: list[str]) -> str:
     return ", ".join(names[:SHOWN]) + more
 
 
-def _multiscales(group) -> Optional[list]:
+def _multiscales(group) -> list | None:
     attrs = dict(group.attrs)
     ome = attrs.get("ome")
     if isinstance(ome, dict) and ome.get("multiscales"):  # zarr v3, NGFF 0.5
@@ -48,26 +48,36 @@ def _image_of_group(group, shown: str):
         try:
             level0 = multiscales[0]["datasets"][0]["path"]
         except (KeyError, IndexError, TypeError):
-            raise InputError(f"{shown} has OME-Zarr multiscales metadata without a dataset path for its full "
-                             f"resolution (multiscales[0].datasets[0].path).") from None
+            raise InputError(
+                f"{shown} has OME-Zarr multiscales metadata without a dataset path for its full "
+                f"resolution (multiscales[0].datasets[0].path)."
+            ) from None
         try:
             node = group[level0]
         except KeyError:
-            raise InputError(f"{shown} names its full resolution {level0} in its OME-Zarr metadata, but the store holds "
-                             f"no array {level0}.") from None
+            raise InputError(
+                f"{shown} names its full resolution {level0} in its OME-Zarr metadata, but the store holds "
+                f"no array {level0}."
+            ) from None
         if not hasattr(node, "shape"):
-            raise InputError(f"{shown}: the full resolution {level0} named by its OME-Zarr metadata is a group, not an array.")
+            raise InputError(
+                f"{shown}: the full resolution {level0} named by its OME-Zarr metadata is a group, not an array."
+            )
         return node
     arrays = sorted(group.array_keys())
     if len(arrays) == 1:
         return group[arrays[0]]
     if len(arrays) > 1:
-        raise InputError(f"{shown} is a zarr group with several arrays ({_listed(arrays)}) and no OME-Zarr multiscales "
-                         f"metadata: append the array to use to the path, e.g. {shown}/{arrays[0]}.")
+        raise InputError(
+            f"{shown} is a zarr group with several arrays ({_listed(arrays)}) and no OME-Zarr multiscales "
+            f"metadata: append the array to use to the path, e.g. {shown}/{arrays[0]}."
+        )
     nested = sorted(name for name, node in group.members(max_depth=None) if hasattr(node, "shape"))
     if nested:
-        raise InputError(f"{shown} is a zarr group whose arrays sit in nested groups ({_listed(nested)}): give the "
-                         f"path of the array to use, e.g. {shown}/{nested[0]}.")
+        raise InputError(
+            f"{shown} is a zarr group whose arrays sit in nested groups ({_listed(nested)}): give the "
+            f"path of the array to use, e.g. {shown}/{nested[0]}."
+        )
     raise InputError(f"{shown} is a zarr group with no array.")
 
 
@@ -88,6 +98,8 @@ def open_zarr_image(path: Path):
             node = root[inner]
         except KeyError:
             arrays = sorted(name for name, n in root.members(max_depth=None) if hasattr(n, "shape"))
-            raise InputError(f"The zarr store {store} holds no array or group {inner}"
-                             + (f"; its arrays: {_listed(arrays)}." if arrays else ".")) from None
+            raise InputError(
+                f"The zarr store {store} holds no array or group {inner}"
+                + (f"; its arrays: {_listed(arrays)}." if arrays else ".")
+            ) from None
     return node if hasattr(node, "shape") else _image_of_group(node, str(path))

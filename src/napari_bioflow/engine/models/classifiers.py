@@ -3,12 +3,14 @@
 ``vit`` reuses the MAE's encoder class (timm ``Block``s over 2D or 3D tokens) under the name ``encoder``, so an
 MAE checkpoint's encoder starts a classifier through ``model.start_from``.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .blocks import activation, conv, dropout as channel_dropout, max_pool, norm_layer
+from .blocks import activation, conv, max_pool, norm_layer
+from .blocks import dropout as channel_dropout
 from .registry import register_model
 from .vit import ViTEncoder, check_positive_int
 
@@ -25,14 +27,36 @@ def auto_token_size(img_size, ndim: int) -> int:
 
 
 class ViTClassifier(nn.Module):
-    def __init__(self, ndim, in_channels, out_channels, *, img_size, patch_size, embed_dim, depth, num_heads,
-                 mlp_ratio, pool, drop_rate):
+    def __init__(
+        self,
+        ndim,
+        in_channels,
+        out_channels,
+        *,
+        img_size,
+        patch_size,
+        embed_dim,
+        depth,
+        num_heads,
+        mlp_ratio,
+        pool,
+        drop_rate,
+    ):
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
         token = patch_size or auto_token_size(img_size, ndim)
-        self.encoder = ViTEncoder(ndim, in_channels, patch_size=token, embed_dim=embed_dim, depth=depth,
-                                  num_heads=num_heads, mlp_ratio=mlp_ratio, img_size=img_size, pos_embed="learned")
+        self.encoder = ViTEncoder(
+            ndim,
+            in_channels,
+            patch_size=token,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            img_size=img_size,
+            pos_embed="learned",
+        )
         self.pool = pool
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, out_channels)
@@ -46,13 +70,35 @@ class ViTClassifier(nn.Module):
 
 
 @register_model("vit", ndims=(2, 3), task="classification")
-def vit(*, ndim, in_channels, out_channels, img_size=64, patch_size=0, embed_dim=192, depth=6, num_heads=3,
-        mlp_ratio=4.0, pool="cls", drop_rate=0.0):
+def vit(
+    *,
+    ndim,
+    in_channels,
+    out_channels,
+    img_size=64,
+    patch_size=0,
+    embed_dim=192,
+    depth=6,
+    num_heads=3,
+    mlp_ratio=4.0,
+    pool="cls",
+    drop_rate=0.0,
+):
     """ViT classifier. img_size: the training patch size (set by the workflow); patch_size: token size
     (0 = about 8 tokens along the shortest axis); a small ViT-Tiny-like default that trains on a CPU."""
-    return ViTClassifier(ndim, in_channels, out_channels, img_size=img_size, patch_size=patch_size,
-                         embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, pool=pool,
-                         drop_rate=drop_rate)
+    return ViTClassifier(
+        ndim,
+        in_channels,
+        out_channels,
+        img_size=img_size,
+        patch_size=patch_size,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_ratio=mlp_ratio,
+        pool=pool,
+        drop_rate=drop_rate,
+    )
 
 
 class SimpleCNN(nn.Module):
@@ -78,9 +124,11 @@ class SimpleCNN(nn.Module):
 
 
 @register_model("simple_cnn", ndims=(2, 3), task="classification")
-def simple_cnn(*, ndim, in_channels, out_channels, feature_maps=(32, 64, 128), norm="group", activation="relu",
-               dropout=0.1):
+def simple_cnn(
+    *, ndim, in_channels, out_channels, feature_maps=(32, 64, 128), norm="group", activation="relu", dropout=0.1
+):
     """A small CNN; group norm by default, since batch norm's running statistics mislead predictions after the
     few steps of a small training set (measured on the 3D test set: all volumes given one class)."""
-    return SimpleCNN(ndim, in_channels, out_channels, feature_maps=list(feature_maps), norm=norm, act=activation,
-                     dropout=dropout)
+    return SimpleCNN(
+        ndim, in_channels, out_channels, feature_maps=list(feature_maps), norm=norm, act=activation, dropout=dropout
+    )

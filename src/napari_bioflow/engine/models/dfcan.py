@@ -67,8 +67,12 @@ class ResidualGroup(nn.Module):
 class DFCAN(nn.Module):
     def __init__(self, in_channels, out_channels, *, n_feats, n_groups, n_blocks, reduction):
         super().__init__()
-        for value, name in ((n_feats, "n_feats"), (n_groups, "n_groups"), (n_blocks, "n_blocks"),
-                            (reduction, "reduction")):
+        for value, name in (
+            (n_feats, "n_feats"),
+            (n_groups, "n_groups"),
+            (n_blocks, "n_blocks"),
+            (reduction, "reduction"),
+        ):
             check_positive_int(value, name)
         self.head = nn.Conv2d(in_channels, n_feats, 3, padding=1)
         self.body = nn.Sequential(*[ResidualGroup(n_feats, n_blocks, reduction) for _ in range(n_groups)])
@@ -86,5 +90,4 @@ class DFCAN(nn.Module):
 @register_model("dfcan", ndims=(2,), tags=("restoration",))
 def dfcan(*, ndim, in_channels, out_channels, n_feats=64, n_groups=4, n_blocks=4, reduction=16):
     """DFCAN (Qiao et al. 2021), scale x1: residual groups of Fourier channel-attention blocks."""
-    return DFCAN(in_channels, out_channels, n_feats=n_feats, n_groups=n_groups, n_blocks=n_blocks,
-                 reduction=reduction)
+    return DFCAN(in_channels, out_channels, n_feats=n_feats, n_groups=n_groups, n_blocks=n_blocks, reduction=reduction)

@@ -3,6 +3,7 @@
 timm derives each size's head width from its width multiplier (B0 1280 ... B7 2560 features), which is what
 BiaPy 3.7.1 gets wrong for B2 to B7; a test builds and trains every size.
 """
+
 from __future__ import annotations
 
 from .registry import register_model
@@ -14,8 +15,14 @@ def _builder(size: str):
     def build(*, ndim, in_channels, out_channels, drop_rate=0.2, drop_path_rate=0.0):
         import timm  # lazy: importing timm costs seconds
 
-        model = timm.create_model(f"efficientnet_{size}", pretrained=False, num_classes=out_channels,
-                                  in_chans=in_channels, drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+        model = timm.create_model(
+            f"efficientnet_{size}",
+            pretrained=False,
+            num_classes=out_channels,
+            in_chans=in_channels,
+            drop_rate=drop_rate,
+            drop_path_rate=drop_path_rate,
+        )
         model.size_divisor = 1
         return model
 

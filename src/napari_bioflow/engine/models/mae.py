@@ -82,11 +82,26 @@ class MAEDecoder(nn.Module):
     """Light decoder: project the encoded visible tokens, put the mask token at the hidden positions, add
     position embeddings, ``Block``s, LayerNorm and a linear prediction of each token's pixels."""
 
-    def __init__(self, ndim, out_channels, *, patch_size, embed_dim, decoder_embed_dim, depth, num_heads, mlp_ratio,
-                 pos_embed, grid):
+    def __init__(
+        self,
+        ndim,
+        out_channels,
+        *,
+        patch_size,
+        embed_dim,
+        decoder_embed_dim,
+        depth,
+        num_heads,
+        mlp_ratio,
+        pos_embed,
+        grid,
+    ):
         super().__init__()
-        for value, name in ((decoder_embed_dim, "decoder_embed_dim"), (depth, "decoder_depth"),
-                            (num_heads, "decoder_num_heads")):
+        for value, name in (
+            (decoder_embed_dim, "decoder_embed_dim"),
+            (depth, "decoder_depth"),
+            (num_heads, "decoder_num_heads"),
+        ):
             check_positive_int(value, name)
         if decoder_embed_dim % num_heads:
             raise ValueError(f"decoder_embed_dim {decoder_embed_dim} is not divisible by decoder_num_heads {num_heads}")
@@ -120,9 +135,25 @@ class MAEDecoder(nn.Module):
 
 
 class MaskedAutoencoder(nn.Module):
-    def __init__(self, ndim, in_channels, out_channels, *, patch_size, embed_dim, depth, num_heads,
-                 decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio, mask_ratio, mask_type, img_size,
-                 pos_embed):
+    def __init__(
+        self,
+        ndim,
+        in_channels,
+        out_channels,
+        *,
+        patch_size,
+        embed_dim,
+        depth,
+        num_heads,
+        decoder_embed_dim,
+        decoder_depth,
+        decoder_num_heads,
+        mlp_ratio,
+        mask_ratio,
+        mask_type,
+        img_size,
+        pos_embed,
+    ):
         super().__init__()
         if mask_type not in MASK_TYPES:
             raise ValueError(f"mask_type must be one of {', '.join(MASK_TYPES)}, got {mask_type!r}")
@@ -131,12 +162,29 @@ class MaskedAutoencoder(nn.Module):
         self.ndim, self.out_channels, self.patch_size = ndim, out_channels, patch_size
         self.mask_ratio, self.mask_type = float(mask_ratio), mask_type
         self.size_divisor = patch_size
-        self.encoder = ViTEncoder(ndim, in_channels, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
-                                  num_heads=num_heads, mlp_ratio=mlp_ratio, img_size=img_size, pos_embed=pos_embed)
-        self.decoder = MAEDecoder(ndim, out_channels, patch_size=patch_size, embed_dim=embed_dim,
-                                  decoder_embed_dim=decoder_embed_dim, depth=decoder_depth,
-                                  num_heads=decoder_num_heads, mlp_ratio=mlp_ratio, pos_embed=pos_embed,
-                                  grid=self.encoder.grid)
+        self.encoder = ViTEncoder(
+            ndim,
+            in_channels,
+            patch_size=patch_size,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            img_size=img_size,
+            pos_embed=pos_embed,
+        )
+        self.decoder = MAEDecoder(
+            ndim,
+            out_channels,
+            patch_size=patch_size,
+            embed_dim=embed_dim,
+            decoder_embed_dim=decoder_embed_dim,
+            depth=decoder_depth,
+            num_heads=decoder_num_heads,
+            mlp_ratio=mlp_ratio,
+            pos_embed=pos_embed,
+            grid=self.encoder.grid,
+        )
 
     # -- masks ------------------------------------------------------------------------------------------------
     def make_mask(self, batch: int, grid, device=None) -> torch.Tensor:
@@ -154,11 +202,11 @@ class MaskedAutoencoder(nn.Module):
 
     def _token_mask(self, mask, batch, grid, spatial):
         mask = torch.as_tensor(mask)
-        if tuple(mask.shape[-self.ndim:]) == tuple(spatial) and tuple(spatial) != tuple(grid):
+        if tuple(mask.shape[-self.ndim :]) == tuple(spatial) and tuple(spatial) != tuple(grid):
             # a pixel mask (B, 1, *spatial), e.g. the one forward_mae returns: one value per token
             if mask.ndim == self.ndim + 2:
                 mask = mask[:, 0]
-            mask = mask.reshape(*mask.shape[:-self.ndim], *[v for g in grid for v in (g, self.patch_size)])
+            mask = mask.reshape(*mask.shape[: -self.ndim], *[v for g in grid for v in (g, self.patch_size)])
             mask = mask[(...,) + (slice(None), 0) * self.ndim]
         mask = mask.reshape(-1, math.prod(grid)) if mask.ndim != 2 or mask.shape[-1] != math.prod(grid) else mask
         mask = mask.bool().expand(batch, -1)
@@ -218,22 +266,78 @@ def _build(ndim, in_channels, out_channels, **options):
 
 
 @register_model("mae", ndims=(2, 3), tags=("masked_autoencoder",))
-def mae(*, ndim, in_channels, out_channels, patch_size=16, embed_dim=256, depth=6, num_heads=4, decoder_embed_dim=128,
-        decoder_depth=2, decoder_num_heads=4, mlp_ratio=4.0, mask_ratio=0.5, mask_type="grid", img_size=256,
-        pos_embed="sincos"):
+def mae(
+    *,
+    ndim,
+    in_channels,
+    out_channels,
+    patch_size=16,
+    embed_dim=256,
+    depth=6,
+    num_heads=4,
+    decoder_embed_dim=128,
+    decoder_depth=2,
+    decoder_num_heads=4,
+    mlp_ratio=4.0,
+    mask_ratio=0.5,
+    mask_type="grid",
+    img_size=256,
+    pos_embed="sincos",
+):
     """Masked autoencoder sized for a CPU: 16-pixel tokens, ViT 256 wide x 6 deep (4 heads), decoder 128 x 2."""
-    return _build(ndim, in_channels, out_channels, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
-                  num_heads=num_heads, decoder_embed_dim=decoder_embed_dim, decoder_depth=decoder_depth,
-                  decoder_num_heads=decoder_num_heads, mlp_ratio=mlp_ratio, mask_ratio=mask_ratio,
-                  mask_type=mask_type, img_size=img_size, pos_embed=pos_embed)
+    return _build(
+        ndim,
+        in_channels,
+        out_channels,
+        patch_size=patch_size,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        decoder_embed_dim=decoder_embed_dim,
+        decoder_depth=decoder_depth,
+        decoder_num_heads=decoder_num_heads,
+        mlp_ratio=mlp_ratio,
+        mask_ratio=mask_ratio,
+        mask_type=mask_type,
+        img_size=img_size,
+        pos_embed=pos_embed,
+    )
 
 
 @register_model("mae_vit_base", ndims=(2, 3), tags=("masked_autoencoder",))
-def mae_vit_base(*, ndim, in_channels, out_channels, patch_size=16, embed_dim=768, depth=12, num_heads=12,
-                 decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0, mask_ratio=0.5,
-                 mask_type="grid", img_size=256, pos_embed="sincos"):
+def mae_vit_base(
+    *,
+    ndim,
+    in_channels,
+    out_channels,
+    patch_size=16,
+    embed_dim=768,
+    depth=12,
+    num_heads=12,
+    decoder_embed_dim=512,
+    decoder_depth=8,
+    decoder_num_heads=16,
+    mlp_ratio=4.0,
+    mask_ratio=0.5,
+    mask_type="grid",
+    img_size=256,
+    pos_embed="sincos",
+):
     """BiaPy's default MAE: ViT-B/16 encoder (768 wide, 12 deep, 12 heads), MAE's decoder (512 x 8, 16 heads)."""
-    return _build(ndim, in_channels, out_channels, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
-                  num_heads=num_heads, decoder_embed_dim=decoder_embed_dim, decoder_depth=decoder_depth,
-                  decoder_num_heads=decoder_num_heads, mlp_ratio=mlp_ratio, mask_ratio=mask_ratio,
-                  mask_type=mask_type, img_size=img_size, pos_embed=pos_embed)
+    return _build(
+        ndim,
+        in_channels,
+        out_channels,
+        patch_size=patch_size,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        decoder_embed_dim=decoder_embed_dim,
+        decoder_depth=decoder_depth,
+        decoder_num_heads=decoder_num_heads,
+        mlp_ratio=mlp_ratio,
+        mask_ratio=mask_ratio,
+        mask_type=mask_type,
+        img_size=img_size,
+        pos_embed=pos_embed,
+    )

@@ -88,7 +88,7 @@ class MultiResUNet(nn.Module):
         n = len(feature_maps)
         scales, self.divisors = level_scales(ndim, z_down, n - 1)
         self.ndim, self.size_divisor = ndim, max(self.divisors)
-        kw = dict(alpha=alpha, norm=norm, act=act)
+        kw = {"alpha": alpha, "norm": norm, "act": act}
         self.encoder = nn.ModuleList()
         channels = in_channels
         for width in feature_maps:
@@ -96,8 +96,18 @@ class MultiResUNet(nn.Module):
             channels = self.encoder[-1].out_channels
         self.pools = nn.ModuleList(max_pool(ndim)(s) for s in scales)
         self.res_paths = nn.ModuleList(
-            nn.Sequential(*[ResPathStep(ndim, self.encoder[i].out_channels if step == 0 else feature_maps[i],
-                                        feature_maps[i], norm=norm, act=act) for step in range(n - 1 - i)])
+            nn.Sequential(
+                *[
+                    ResPathStep(
+                        ndim,
+                        self.encoder[i].out_channels if step == 0 else feature_maps[i],
+                        feature_maps[i],
+                        norm=norm,
+                        act=act,
+                    )
+                    for step in range(n - 1 - i)
+                ]
+            )
             for i in range(n - 1)
         )
         self.ups, self.decoder = nn.ModuleList(), nn.ModuleList()
@@ -120,8 +130,25 @@ class MultiResUNet(nn.Module):
 
 
 @register_model("multiresunet")
-def multiresunet(*, ndim, in_channels, out_channels, feature_maps=(32, 64, 128, 256, 512), alpha=1.67, norm="batch",
-                 activation="relu", z_down=True):
+def multiresunet(
+    *,
+    ndim,
+    in_channels,
+    out_channels,
+    feature_maps=(32, 64, 128, 256, 512),
+    alpha=1.67,
+    norm="batch",
+    activation="relu",
+    z_down=True,
+):
     """MultiResUNet (Ibtehaz & Rahman 2020): MultiRes blocks and Res-path skips; the paper's sizes."""
-    return MultiResUNet(ndim, in_channels, out_channels, feature_maps=feature_maps, alpha=alpha, norm=norm,
-                        act=activation, z_down=z_down)
+    return MultiResUNet(
+        ndim,
+        in_channels,
+        out_channels,
+        feature_maps=feature_maps,
+        alpha=alpha,
+        norm=norm,
+        act=activation,
+        z_down=z_down,
+    )

@@ -57,8 +57,12 @@ class ResidualGroup(nn.Module):
 class RCAN(nn.Module):
     def __init__(self, in_channels, out_channels, *, n_resgroups, n_resblocks, n_feats, reduction):
         super().__init__()
-        for value, name in ((n_resgroups, "n_resgroups"), (n_resblocks, "n_resblocks"), (n_feats, "n_feats"),
-                            (reduction, "reduction")):
+        for value, name in (
+            (n_resgroups, "n_resgroups"),
+            (n_resblocks, "n_resblocks"),
+            (n_feats, "n_feats"),
+            (reduction, "reduction"),
+        ):
             check_positive_int(value, name)
         self.head = nn.Conv2d(in_channels, n_feats, 3, padding=1)
         self.body = nn.Sequential(*[ResidualGroup(n_feats, n_resblocks, reduction) for _ in range(n_resgroups)])
@@ -75,5 +79,11 @@ class RCAN(nn.Module):
 @register_model("rcan", ndims=(2,), tags=("restoration",))
 def rcan(*, ndim, in_channels, out_channels, n_resgroups=4, n_resblocks=4, n_feats=64, reduction=16):
     """RCAN (Zhang et al. 2018), scale x1: residual-in-residual groups of channel-attention blocks."""
-    return RCAN(in_channels, out_channels, n_resgroups=n_resgroups, n_resblocks=n_resblocks, n_feats=n_feats,
-                reduction=reduction)
+    return RCAN(
+        in_channels,
+        out_channels,
+        n_resgroups=n_resgroups,
+        n_resblocks=n_resblocks,
+        n_feats=n_feats,
+        reduction=reduction,
+    )

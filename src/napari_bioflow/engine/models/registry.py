@@ -112,12 +112,13 @@ def create_model(name: str, *, ndim: int, in_channels: int, out_channels: int, *
 def list_models(ndim: int | None = None, task: str | None = "dense") -> list[str]:
     """Registered model names, sorted; with ``ndim``, only those that support it; with ``task`` ("dense",
     "classification"), only that kind (None: all)."""
-    return sorted(name for name, e in _REGISTRY.items()
-                  if (ndim is None or ndim in e.ndims) and (task is None or e.task == task))
+    return sorted(
+        name for name, e in _REGISTRY.items() if (ndim is None or ndim in e.ndims) and (task is None or e.task == task)
+    )
 
 
 def model_task(name: str) -> str:
-    """"dense" or "classification"."""
+    """ "dense" or "classification"."""
     return _entry(name).task
 
 

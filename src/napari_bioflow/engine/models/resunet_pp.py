@@ -24,8 +24,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import (SqueezeExcite, activation, check_input_size, conv, conv_transpose, dropout, level_scales,
-                     max_pool, norm_layer)
+from .blocks import (
+    SqueezeExcite,
+    activation,
+    check_input_size,
+    conv,
+    conv_transpose,
+    dropout,
+    level_scales,
+    max_pool,
+    norm_layer,
+)
 from .registry import register_model
 from .unet import FEATURE_MAPS, UPSAMPLE_MODES, _per_level
 
@@ -38,8 +47,9 @@ class PreActBlock(nn.Module):
         self.conv1 = Conv(in_ch, out_ch, kernel_size, stride=stride, padding=pad)
         self.mid = nn.Sequential(norm_layer(norm, ndim, out_ch), activation(act), dropout(ndim, drop))
         self.conv2 = Conv(out_ch, out_ch, kernel_size, padding=pad)
-        self.shortcut = nn.Sequential(Conv(in_ch, out_ch, kernel_size, stride=stride, padding=pad),
-                                      norm_layer(norm, ndim, out_ch))
+        self.shortcut = nn.Sequential(
+            Conv(in_ch, out_ch, kernel_size, stride=stride, padding=pad), norm_layer(norm, ndim, out_ch)
+        )
 
     def forward(self, x):
         return self.conv2(self.mid(self.conv1(self.pre(x)))) + self.shortcut(x)
@@ -49,8 +59,9 @@ class ASPP(nn.Module):
     def __init__(self, ndim, in_ch, out_ch, *, rates, norm, act):
         super().__init__()
         self.branches = nn.ModuleList(
-            nn.Sequential(conv(ndim)(in_ch, out_ch, 3, padding=r, dilation=r), norm_layer(norm, ndim, out_ch),
-                          activation(act))
+            nn.Sequential(
+                conv(ndim)(in_ch, out_ch, 3, padding=r, dilation=r), norm_layer(norm, ndim, out_ch), activation(act)
+            )
             for r in rates
         )
         self.project = conv(ndim)(out_ch, out_ch, 1)
@@ -63,10 +74,12 @@ class SkipAttention(nn.Module):
     def __init__(self, ndim, enc_ch, dec_ch, *, scale, norm, act):
         super().__init__()
         Conv = conv(ndim)
-        self.encoder = nn.Sequential(norm_layer(norm, ndim, enc_ch), activation(act),
-                                     Conv(enc_ch, dec_ch, 3, padding=1), max_pool(ndim)(scale))
-        self.decoder = nn.Sequential(norm_layer(norm, ndim, dec_ch), activation(act),
-                                     Conv(dec_ch, dec_ch, 3, padding=1))
+        self.encoder = nn.Sequential(
+            norm_layer(norm, ndim, enc_ch), activation(act), Conv(enc_ch, dec_ch, 3, padding=1), max_pool(ndim)(scale)
+        )
+        self.decoder = nn.Sequential(
+            norm_layer(norm, ndim, dec_ch), activation(act), Conv(dec_ch, dec_ch, 3, padding=1)
+        )
         self.attend = nn.Sequential(norm_layer(norm, ndim, dec_ch), activation(act), Conv(dec_ch, 1, 1))
 
     def forward(self, skip, x):
@@ -74,8 +87,22 @@ class SkipAttention(nn.Module):
 
 
 class ResUNetPlusPlus(nn.Module):
-    def __init__(self, ndim, in_channels, out_channels, *, feature_maps, norm, act, drop, kernel_size, upsample,
-                 z_down, aspp_rates, se_reduction):
+    def __init__(
+        self,
+        ndim,
+        in_channels,
+        out_channels,
+        *,
+        feature_maps,
+        norm,
+        act,
+        drop,
+        kernel_size,
+        upsample,
+        z_down,
+        aspp_rates,
+        se_reduction,
+    ):
         super().__init__()
         fm = list(feature_maps)
         if len(fm) < 3 or any(isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in fm):
@@ -90,18 +117,23 @@ class ResUNetPlusPlus(nn.Module):
         drops = _per_level(drop, len(fm), "dropout")
         scales, self.divisors = level_scales(ndim, z_down, depth)
         self.ndim, self.size_divisor, self.interpolate = ndim, max(self.divisors), upsample != "transpose"
-        block = dict(kernel_size=kernel_size, norm=norm, act=act)
+        block = {"kernel_size": kernel_size, "norm": norm, "act": act}
         self.stem = PreActBlock(ndim, in_channels, fm[0], stride=1, drop=drops[0], first=True, **block)
         self.se = nn.ModuleList(SqueezeExcite(fm[k], se_reduction) for k in range(depth))
-        self.encoder = nn.ModuleList(PreActBlock(ndim, fm[k - 1], fm[k], stride=scales[k - 1], drop=drops[k], **block)
-                                     for k in range(1, depth + 1))
+        self.encoder = nn.ModuleList(
+            PreActBlock(ndim, fm[k - 1], fm[k], stride=scales[k - 1], drop=drops[k], **block)
+            for k in range(1, depth + 1)
+        )
         self.bridge = ASPP(ndim, fm[depth], fm[-1], rates=aspp_rates, norm=norm, act=act)
         self.attention, self.ups, self.decoder = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         channels = fm[-1]
         for k in reversed(range(1, depth + 1)):
             self.attention.append(SkipAttention(ndim, fm[k - 1], channels, scale=scales[k - 1], norm=norm, act=act))
-            self.ups.append(nn.Identity() if self.interpolate else
-                            conv_transpose(ndim)(channels, channels, scales[k - 1], stride=scales[k - 1]))
+            self.ups.append(
+                nn.Identity()
+                if self.interpolate
+                else conv_transpose(ndim)(channels, channels, scales[k - 1], stride=scales[k - 1])
+            )
             self.decoder.append(PreActBlock(ndim, channels + fm[k - 1], fm[k], stride=1, drop=drops[k], **block))
             channels = fm[k]
         self.out_aspp = ASPP(ndim, fm[1], fm[0], rates=aspp_rates, norm=norm, act=act)
@@ -120,8 +152,9 @@ class ResUNetPlusPlus(nn.Module):
             skip = skips[-1 - k]
             x = attend(skip, x)
             if self.interpolate:
-                x = F.interpolate(x, size=skip.shape[2:], mode="bilinear" if self.ndim == 2 else "trilinear",
-                                  align_corners=False)
+                x = F.interpolate(
+                    x, size=skip.shape[2:], mode="bilinear" if self.ndim == 2 else "trilinear", align_corners=False
+                )
             else:
                 x = up(x)
             x = block(torch.cat([x, skip], dim=1))
@@ -129,10 +162,33 @@ class ResUNetPlusPlus(nn.Module):
 
 
 @register_model("resunet++")
-def resunet_plus_plus(*, ndim, in_channels, out_channels, feature_maps=FEATURE_MAPS, norm="instance",
-                      activation="elu", dropout=0.0, kernel_size=3, upsample="transpose", z_down=True,
-                      aspp_rates=(6, 12, 18), se_reduction=16):
+def resunet_plus_plus(
+    *,
+    ndim,
+    in_channels,
+    out_channels,
+    feature_maps=FEATURE_MAPS,
+    norm="instance",
+    activation="elu",
+    dropout=0.0,
+    kernel_size=3,
+    upsample="transpose",
+    z_down=True,
+    aspp_rates=(6, 12, 18),
+    se_reduction=16,
+):
     """ResUNet++ (Jha et al. 2019): residual levels, squeeze-and-excitation, ASPP and attention on the skips."""
-    return ResUNetPlusPlus(ndim, in_channels, out_channels, feature_maps=feature_maps, norm=norm, act=activation,
-                           drop=dropout, kernel_size=kernel_size, upsample=upsample, z_down=z_down,
-                           aspp_rates=aspp_rates, se_reduction=se_reduction)
+    return ResUNetPlusPlus(
+        ndim,
+        in_channels,
+        out_channels,
+        feature_maps=feature_maps,
+        norm=norm,
+        act=activation,
+        drop=dropout,
+        kernel_size=kernel_size,
+        upsample=upsample,
+        z_down=z_down,
+        aspp_rates=aspp_rates,
+        se_reduction=se_reduction,
+    )

@@ -19,16 +19,63 @@ from .unet import FEATURE_MAPS, UNet
 
 
 @register_model("seunet")
-def seunet(*, ndim, in_channels, out_channels, feature_maps=FEATURE_MAPS, norm="instance", activation="elu",
-           dropout=0.0, kernel_size=3, upsample="transpose", z_down=True, se_reduction=16):
+def seunet(
+    *,
+    ndim,
+    in_channels,
+    out_channels,
+    feature_maps=FEATURE_MAPS,
+    norm="instance",
+    activation="elu",
+    dropout=0.0,
+    kernel_size=3,
+    upsample="transpose",
+    z_down=True,
+    se_reduction=16,
+):
     """SE U-Net: a U-Net with squeeze-and-excitation after every conv (BiaPy's SEUNet)."""
-    return UNet(ndim, in_channels, out_channels, feature_maps=feature_maps, norm=norm, act=activation, drop=dropout,
-                kernel_size=kernel_size, upsample=upsample, z_down=z_down, se=se_reduction)
+    return UNet(
+        ndim,
+        in_channels,
+        out_channels,
+        feature_maps=feature_maps,
+        norm=norm,
+        act=activation,
+        drop=dropout,
+        kernel_size=kernel_size,
+        upsample=upsample,
+        z_down=z_down,
+        se=se_reduction,
+    )
 
 
 @register_model("resunet_se")
-def resunet_se(*, ndim, in_channels, out_channels, feature_maps=FEATURE_MAPS, norm="instance", activation="elu",
-               dropout=0.0, kernel_size=3, upsample="transpose", z_down=True, se_reduction=16):
+def resunet_se(
+    *,
+    ndim,
+    in_channels,
+    out_channels,
+    feature_maps=FEATURE_MAPS,
+    norm="instance",
+    activation="elu",
+    dropout=0.0,
+    kernel_size=3,
+    upsample="transpose",
+    z_down=True,
+    se_reduction=16,
+):
     """Residual U-Net with squeeze-and-excitation on every residual branch (BiaPy's ResUNet SE)."""
-    return UNet(ndim, in_channels, out_channels, feature_maps=feature_maps, norm=norm, act=activation, drop=dropout,
-                kernel_size=kernel_size, upsample=upsample, z_down=z_down, residual=True, se=se_reduction)
+    return UNet(
+        ndim,
+        in_channels,
+        out_channels,
+        feature_maps=feature_maps,
+        norm=norm,
+        act=activation,
+        drop=dropout,
+        kernel_size=kernel_size,
+        upsample=upsample,
+        z_down=z_down,
+        residual=True,
+        se=se_reduction,
+    )

@@ -85,10 +85,12 @@ class AttentionGate(nn.Module):
 class UpBlock(ConvBlock):
     """Upsample the deeper features, (gate and) concatenate the skip, then this level's ConvBlock."""
 
-    def __init__(self, ndim, in_ch, out_ch, *, scale, upsample, attention, kernel_size, norm, act, drop, residual,
-                 se=0):
-        super().__init__(ndim, 2 * out_ch, out_ch, kernel_size=kernel_size, norm=norm, act=act, drop=drop,
-                         residual=residual, se=se)
+    def __init__(
+        self, ndim, in_ch, out_ch, *, scale, upsample, attention, kernel_size, norm, act, drop, residual, se=0
+    ):
+        super().__init__(
+            ndim, 2 * out_ch, out_ch, kernel_size=kernel_size, norm=norm, act=act, drop=drop, residual=residual, se=se
+        )
         self.scale = scale
         if upsample == "transpose":
             self.up = conv_transpose(ndim)(in_ch, out_ch, scale, stride=scale)
@@ -122,8 +124,23 @@ class UNet(nn.Module):
     """U-Net with optional residual levels (``residual``), attention-gated skips (``attention``) and
     squeeze-and-excitation in every level (``se``, a reduction ratio; 0 = none)."""
 
-    def __init__(self, ndim, in_channels, out_channels, *, feature_maps, norm, act, drop, kernel_size, upsample,
-                 z_down, residual=False, attention=False, se=0):
+    def __init__(
+        self,
+        ndim,
+        in_channels,
+        out_channels,
+        *,
+        feature_maps,
+        norm,
+        act,
+        drop,
+        kernel_size,
+        upsample,
+        z_down,
+        residual=False,
+        attention=False,
+        se=0,
+    ):
         super().__init__()
         if not feature_maps or any(isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in feature_maps):
             raise ValueError(f"feature_maps must be a non-empty list of positive integers, got {feature_maps!r}")
@@ -143,7 +160,7 @@ class UNet(nn.Module):
         self.divisors = tuple(math.prod(axis) for axis in zip(*scales)) if scales else (1,) * ndim
         self.size_divisor = max(self.divisors)
 
-        block = dict(kernel_size=kernel_size, norm=norm, act=act, residual=residual, se=se)
+        block = {"kernel_size": kernel_size, "norm": norm, "act": act, "residual": residual, "se": se}
         self.encoder = nn.ModuleList()
         channels = in_channels
         for fm, p in zip(feature_maps, drops):
@@ -151,8 +168,16 @@ class UNet(nn.Module):
             channels = fm
         self.pools = nn.ModuleList(max_pool(ndim)(s) for s in scales)
         self.decoder = nn.ModuleList(
-            UpBlock(ndim, feature_maps[i + 1], feature_maps[i], scale=scales[i], upsample=upsample,
-                    attention=attention, drop=drops[i], **block)
+            UpBlock(
+                ndim,
+                feature_maps[i + 1],
+                feature_maps[i],
+                scale=scales[i],
+                upsample=upsample,
+                attention=attention,
+                drop=drops[i],
+                **block,
+            )
             for i in reversed(range(depth - 1))
         )
         self.head = conv(ndim)(feature_maps[0], out_channels, 1)
@@ -175,24 +200,89 @@ class UNet(nn.Module):
 
 
 @register_model("unet")
-def unet(*, ndim, in_channels, out_channels, feature_maps=FEATURE_MAPS, norm="instance", activation="elu",
-         dropout=0.0, kernel_size=3, upsample="transpose", z_down=True):
+def unet(
+    *,
+    ndim,
+    in_channels,
+    out_channels,
+    feature_maps=FEATURE_MAPS,
+    norm="instance",
+    activation="elu",
+    dropout=0.0,
+    kernel_size=3,
+    upsample="transpose",
+    z_down=True,
+):
     """U-Net (Ronneberger et al. 2015); the defaults are BiaPy's default U-Net."""
-    return UNet(ndim, in_channels, out_channels, feature_maps=feature_maps, norm=norm, act=activation, drop=dropout,
-                kernel_size=kernel_size, upsample=upsample, z_down=z_down)
+    return UNet(
+        ndim,
+        in_channels,
+        out_channels,
+        feature_maps=feature_maps,
+        norm=norm,
+        act=activation,
+        drop=dropout,
+        kernel_size=kernel_size,
+        upsample=upsample,
+        z_down=z_down,
+    )
 
 
 @register_model("resunet")
-def resunet(*, ndim, in_channels, out_channels, feature_maps=FEATURE_MAPS, norm="instance", activation="elu",
-            dropout=0.0, kernel_size=3, upsample="transpose", z_down=True):
+def resunet(
+    *,
+    ndim,
+    in_channels,
+    out_channels,
+    feature_maps=FEATURE_MAPS,
+    norm="instance",
+    activation="elu",
+    dropout=0.0,
+    kernel_size=3,
+    upsample="transpose",
+    z_down=True,
+):
     """Residual U-Net: every level is a residual block (two convs plus a 1x1 projection shortcut)."""
-    return UNet(ndim, in_channels, out_channels, feature_maps=feature_maps, norm=norm, act=activation, drop=dropout,
-                kernel_size=kernel_size, upsample=upsample, z_down=z_down, residual=True)
+    return UNet(
+        ndim,
+        in_channels,
+        out_channels,
+        feature_maps=feature_maps,
+        norm=norm,
+        act=activation,
+        drop=dropout,
+        kernel_size=kernel_size,
+        upsample=upsample,
+        z_down=z_down,
+        residual=True,
+    )
 
 
 @register_model("attention_unet")
-def attention_unet(*, ndim, in_channels, out_channels, feature_maps=FEATURE_MAPS, norm="instance", activation="elu",
-                   dropout=0.0, kernel_size=3, upsample="transpose", z_down=True):
+def attention_unet(
+    *,
+    ndim,
+    in_channels,
+    out_channels,
+    feature_maps=FEATURE_MAPS,
+    norm="instance",
+    activation="elu",
+    dropout=0.0,
+    kernel_size=3,
+    upsample="transpose",
+    z_down=True,
+):
     """Attention U-Net (Oktay et al. 2018): additive attention gates on the skip connections."""
-    return UNet(ndim, in_channels, out_channels, feature_maps=feature_maps, norm=norm, act=activation, drop=dropout,
-                kernel_size=kernel_size, upsample=upsample, z_down=z_down, attention=True)
+    return UNet(
+        ndim,
+        in_channels,
+        out_channels,
+        feature_maps=feature_maps,
+        norm=norm,
+        act=activation,
+        drop=dropout,
+        kernel_size=kernel_size,
+        upsample=upsample,
+        z_down=z_down,
+        attention=True,
+    )

@@ -52,8 +52,23 @@ class UpProject(nn.Module):
 
 
 class UNETR(nn.Module):
-    def __init__(self, ndim, in_channels, out_channels, *, patch_size, embed_dim, depth, num_heads, mlp_ratio,
-                 img_size, pos_embed, feature_size, norm, act):
+    def __init__(
+        self,
+        ndim,
+        in_channels,
+        out_channels,
+        *,
+        patch_size,
+        embed_dim,
+        depth,
+        num_heads,
+        mlp_ratio,
+        img_size,
+        pos_embed,
+        feature_size,
+        norm,
+        act,
+    ):
         super().__init__()
         check_positive_int(patch_size, "patch_size")
         check_positive_int(feature_size, "feature_size")
@@ -61,16 +76,29 @@ class UNETR(nn.Module):
         if patch_size < 2 or 2**n != patch_size:
             raise ValueError(f"UNETR needs a power-of-two token size (patch_size) of at least 2, got {patch_size!r}")
         self.ndim, self.size_divisor = ndim, patch_size
-        self.encoder = ViTEncoder(ndim, in_channels, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
-                                  num_heads=num_heads, mlp_ratio=mlp_ratio, img_size=img_size, pos_embed=pos_embed)
+        self.encoder = ViTEncoder(
+            ndim,
+            in_channels,
+            patch_size=patch_size,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            img_size=img_size,
+            pos_embed=pos_embed,
+        )
         # 1-based encoder blocks feeding levels 1..n-1
         self.skip_blocks = [min(max(math.floor(depth * k / n + 0.5), 1), depth) for k in range(1, n)]
         ch = [feature_size * 2**k for k in range(n)] + [embed_dim]
-        block = dict(kernel_size=3, norm=norm, act=act, drop=0.0, residual=True)
+        block = {"kernel_size": 3, "norm": norm, "act": act, "drop": 0.0, "residual": True}
         self.stem = ConvBlock(ndim, in_channels, ch[0], **block)
         self.skips = nn.ModuleList(
-            nn.Sequential(*[UpProject(ndim, embed_dim if step == 0 else ch[k], ch[k], norm=norm, act=act)
-                            for step in range(n - k)])
+            nn.Sequential(
+                *[
+                    UpProject(ndim, embed_dim if step == 0 else ch[k], ch[k], norm=norm, act=act)
+                    for step in range(n - k)
+                ]
+            )
             for k in range(1, n)
         )
         self.decoder = nn.ModuleList(
@@ -85,8 +113,9 @@ class UNETR(nn.Module):
     def forward(self, x):
         tokens, collected, grid = self.encoder(x, collect=set(self.skip_blocks))
         by_block = dict(zip(sorted(set(self.skip_blocks)), collected))
-        skips = [self.stem(x)] + [proj(self._to_grid(by_block[b], grid))
-                                  for proj, b in zip(self.skips, self.skip_blocks)]
+        skips = [self.stem(x)] + [
+            proj(self._to_grid(by_block[b], grid)) for proj, b in zip(self.skips, self.skip_blocks)
+        ]
         y = self._to_grid(tokens[:, 1:], grid)
         for up, skip in zip(self.decoder, reversed(skips)):
             y = up(y, skip)
@@ -98,40 +127,143 @@ def _build(ndim, in_channels, out_channels, *, activation, **options):
 
 
 @register_model("unetr", ndims=(2, 3))
-def unetr(*, ndim, in_channels, out_channels, patch_size=16, embed_dim=256, depth=6, num_heads=4, mlp_ratio=4.0,
-          img_size=256, pos_embed="sincos", feature_size=16, norm="instance", activation="relu"):
+def unetr(
+    *,
+    ndim,
+    in_channels,
+    out_channels,
+    patch_size=16,
+    embed_dim=256,
+    depth=6,
+    num_heads=4,
+    mlp_ratio=4.0,
+    img_size=256,
+    pos_embed="sincos",
+    feature_size=16,
+    norm="instance",
+    activation="relu",
+):
     """UNETR whose encoder matches ``mae``'s default, so a default MAE checkpoint starts it."""
-    return _build(ndim, in_channels, out_channels, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
-                  num_heads=num_heads, mlp_ratio=mlp_ratio, img_size=img_size, pos_embed=pos_embed,
-                  feature_size=feature_size, norm=norm, activation=activation)
+    return _build(
+        ndim,
+        in_channels,
+        out_channels,
+        patch_size=patch_size,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_ratio=mlp_ratio,
+        img_size=img_size,
+        pos_embed=pos_embed,
+        feature_size=feature_size,
+        norm=norm,
+        activation=activation,
+    )
 
 
 @register_model("unetr_vit_base", ndims=(2, 3))
-def unetr_vit_base(*, ndim, in_channels, out_channels, patch_size=16, embed_dim=768, depth=12, num_heads=12,
-                   mlp_ratio=4.0, img_size=256, pos_embed="sincos", feature_size=16, norm="instance",
-                   activation="relu"):
+def unetr_vit_base(
+    *,
+    ndim,
+    in_channels,
+    out_channels,
+    patch_size=16,
+    embed_dim=768,
+    depth=12,
+    num_heads=12,
+    mlp_ratio=4.0,
+    img_size=256,
+    pos_embed="sincos",
+    feature_size=16,
+    norm="instance",
+    activation="relu",
+):
     """UNETR on a ViT-B/16 encoder (BiaPy's UNETR-Base), matching ``mae_vit_base``'s encoder."""
-    return _build(ndim, in_channels, out_channels, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
-                  num_heads=num_heads, mlp_ratio=mlp_ratio, img_size=img_size, pos_embed=pos_embed,
-                  feature_size=feature_size, norm=norm, activation=activation)
+    return _build(
+        ndim,
+        in_channels,
+        out_channels,
+        patch_size=patch_size,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_ratio=mlp_ratio,
+        img_size=img_size,
+        pos_embed=pos_embed,
+        feature_size=feature_size,
+        norm=norm,
+        activation=activation,
+    )
 
 
 register_model("unetr_base", ndims=(2, 3))(unetr_vit_base)  # BiaPy's name for the same network
 
 
 @register_model("unetr_mini", ndims=(2, 3))
-def unetr_mini(*, ndim, in_channels, out_channels, patch_size=16, embed_dim=192, depth=12, num_heads=3,
-               mlp_ratio=4.0, img_size=256, pos_embed="sincos", feature_size=16, norm="instance", activation="relu"):
+def unetr_mini(
+    *,
+    ndim,
+    in_channels,
+    out_channels,
+    patch_size=16,
+    embed_dim=192,
+    depth=12,
+    num_heads=3,
+    mlp_ratio=4.0,
+    img_size=256,
+    pos_embed="sincos",
+    feature_size=16,
+    norm="instance",
+    activation="relu",
+):
     """UNETR-Mini: UNETR on a ViT-Ti/16 encoder."""
-    return _build(ndim, in_channels, out_channels, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
-                  num_heads=num_heads, mlp_ratio=mlp_ratio, img_size=img_size, pos_embed=pos_embed,
-                  feature_size=feature_size, norm=norm, activation=activation)
+    return _build(
+        ndim,
+        in_channels,
+        out_channels,
+        patch_size=patch_size,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_ratio=mlp_ratio,
+        img_size=img_size,
+        pos_embed=pos_embed,
+        feature_size=feature_size,
+        norm=norm,
+        activation=activation,
+    )
 
 
 @register_model("unetr_small", ndims=(2, 3))
-def unetr_small(*, ndim, in_channels, out_channels, patch_size=16, embed_dim=384, depth=12, num_heads=6,
-                mlp_ratio=4.0, img_size=256, pos_embed="sincos", feature_size=16, norm="instance", activation="relu"):
+def unetr_small(
+    *,
+    ndim,
+    in_channels,
+    out_channels,
+    patch_size=16,
+    embed_dim=384,
+    depth=12,
+    num_heads=6,
+    mlp_ratio=4.0,
+    img_size=256,
+    pos_embed="sincos",
+    feature_size=16,
+    norm="instance",
+    activation="relu",
+):
     """UNETR-Small: UNETR on a ViT-S/16 encoder."""
-    return _build(ndim, in_channels, out_channels, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
-                  num_heads=num_heads, mlp_ratio=mlp_ratio, img_size=img_size, pos_embed=pos_embed,
-                  feature_size=feature_size, norm=norm, activation=activation)
+    return _build(
+        ndim,
+        in_channels,
+        out_channels,
+        patch_size=patch_size,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_ratio=mlp_ratio,
+        img_size=img_size,
+        pos_embed=pos_embed,
+        feature_size=feature_size,
+        norm=norm,
+        activation=activation,
+    )

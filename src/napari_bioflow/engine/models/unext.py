@@ -60,8 +60,20 @@ class ConvNeXtBlock(nn.Module):
 
 
 class UNeXt(nn.Module):
-    def __init__(self, ndim, in_channels, out_channels, *, feature_maps, cn_layers, kernel_size, layer_scale,
-                 drop_path, stem_size, z_down):
+    def __init__(
+        self,
+        ndim,
+        in_channels,
+        out_channels,
+        *,
+        feature_maps,
+        cn_layers,
+        kernel_size,
+        layer_scale,
+        drop_path,
+        stem_size,
+        z_down,
+    ):
         super().__init__()
         fm, n = list(feature_maps), len(feature_maps)
         if not fm or any(isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in fm):
@@ -83,22 +95,27 @@ class UNeXt(nn.Module):
         self.size_divisor = max(self.divisors)
         total = sum(layers)
         rates = [drop_path * i / max(total - 1, 1) for i in range(total)]
-        per_level = [rates[sum(layers[:i]):sum(layers[:i + 1])] for i in range(n)]
+        per_level = [rates[sum(layers[:i]) : sum(layers[: i + 1])] for i in range(n)]
 
         def stage(i):
-            return nn.Sequential(*[ConvNeXtBlock(ndim, fm[i], kernel_size=kernel_size, layer_scale=layer_scale,
-                                                 drop_path=p) for p in per_level[i]])
+            return nn.Sequential(
+                *[
+                    ConvNeXtBlock(ndim, fm[i], kernel_size=kernel_size, layer_scale=layer_scale, drop_path=p)
+                    for p in per_level[i]
+                ]
+            )
 
         Conv, Up = conv(ndim), conv_transpose(ndim)
         self.stem = nn.Sequential(Conv(in_channels, fm[0], stem, stride=stem), ChannelNorm(fm[0]))
         self.encoder = nn.ModuleList(stage(i) for i in range(n - 1))
         self.downs = nn.ModuleList(
-            nn.Sequential(ChannelNorm(fm[i]), Conv(fm[i], fm[i + 1], scales[i], stride=scales[i]))
-            for i in range(n - 1))
+            nn.Sequential(ChannelNorm(fm[i]), Conv(fm[i], fm[i + 1], scales[i], stride=scales[i])) for i in range(n - 1)
+        )
         self.bottleneck = stage(n - 1)
         levels = list(reversed(range(n - 1)))
         self.ups = nn.ModuleList(
-            nn.Sequential(ChannelNorm(fm[i + 1]), Up(fm[i + 1], fm[i], scales[i], stride=scales[i])) for i in levels)
+            nn.Sequential(ChannelNorm(fm[i + 1]), Up(fm[i + 1], fm[i], scales[i], stride=scales[i])) for i in levels
+        )
         self.merges = nn.ModuleList(Conv(2 * fm[i], fm[i], 1) for i in levels)
         self.decoder = nn.ModuleList(stage(i) for i in levels)
         self.unstem = nn.Sequential(Up(fm[0], fm[0], stem, stride=stem), ChannelNorm(fm[0]))
@@ -128,9 +145,29 @@ def _init(m):
 
 
 @register_model("unext_v1")
-def unext_v1(*, ndim, in_channels, out_channels, feature_maps=(32, 64, 128, 256), cn_layers=(2, 2, 2, 2),
-             kernel_size=7, layer_scale=1e-6, drop_path=0.1, stem_size=2, z_down=True):
+def unext_v1(
+    *,
+    ndim,
+    in_channels,
+    out_channels,
+    feature_maps=(32, 64, 128, 256),
+    cn_layers=(2, 2, 2, 2),
+    kernel_size=7,
+    layer_scale=1e-6,
+    drop_path=0.1,
+    stem_size=2,
+    z_down=True,
+):
     """U-NeXt V1: a U-Net of ConvNeXt blocks with a patchifying stem (BiaPy's unext_v1 defaults)."""
-    return UNeXt(ndim, in_channels, out_channels, feature_maps=feature_maps, cn_layers=cn_layers,
-                 kernel_size=kernel_size, layer_scale=layer_scale, drop_path=drop_path, stem_size=stem_size,
-                 z_down=z_down)
+    return UNeXt(
+        ndim,
+        in_channels,
+        out_channels,
+        feature_maps=feature_maps,
+        cn_layers=cn_layers,
+        kernel_size=kernel_size,
+        layer_scale=layer_scale,
+        drop_path=drop_path,
+        stem_size=stem_size,
+        z_down=z_down,
+    )

@@ -66,8 +66,9 @@ def learned_pos_embed(kind: str, dim: int, grid: tuple[int, ...]) -> nn.Paramete
     return nn.Parameter(_sincos(tuple(grid), dim).unsqueeze(0).clone()) if kind == "learned" else None
 
 
-def pos_embedding(weight: torch.Tensor | None, base_grid: tuple[int, ...], grid: tuple[int, ...], dim: int,
-                  like: torch.Tensor) -> torch.Tensor:
+def pos_embedding(
+    weight: torch.Tensor | None, base_grid: tuple[int, ...], grid: tuple[int, ...], dim: int, like: torch.Tensor
+) -> torch.Tensor:
     """(1, L, dim) position embedding for the token ``grid``, in ``like``'s dtype and device: fixed sin-cos
     when ``weight`` is None, else the learned ``weight`` (made for ``base_grid``), resized bicubic / trilinear
     when the grid differs, so any input whose size is a multiple of the token size runs."""
@@ -103,11 +104,14 @@ class PatchEmbed(nn.Module):
 class ViTEncoder(nn.Module):
     """ViT over 2D/3D tokens: patch embedding + position embedding, a cls token, timm ``Block``s, LayerNorm."""
 
-    def __init__(self, ndim, in_channels, *, patch_size, embed_dim, depth, num_heads, mlp_ratio, img_size,
-                 pos_embed):
+    def __init__(self, ndim, in_channels, *, patch_size, embed_dim, depth, num_heads, mlp_ratio, img_size, pos_embed):
         super().__init__()
-        for value, name in ((patch_size, "patch_size"), (embed_dim, "embed_dim"), (depth, "depth"),
-                            (num_heads, "num_heads")):
+        for value, name in (
+            (patch_size, "patch_size"),
+            (embed_dim, "embed_dim"),
+            (depth, "depth"),
+            (num_heads, "num_heads"),
+        ):
             check_positive_int(value, name)
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")

@@ -52,8 +52,9 @@ class WDSR(nn.Module):
         if isinstance(expansion, bool) or not isinstance(expansion, (int, float)) or round(n_feats * expansion) < 1:
             raise ValueError(f"expansion must be a positive number, got {expansion!r}")
         self.head = _wn_conv(in_channels, n_feats, 3, 1.0)
-        self.body = nn.Sequential(*[WideBlock(n_feats, expansion, 1 / math.sqrt(n_resblocks))
-                                    for _ in range(n_resblocks)])
+        self.body = nn.Sequential(
+            *[WideBlock(n_feats, expansion, 1 / math.sqrt(n_resblocks)) for _ in range(n_resblocks)]
+        )
         self.tail = _wn_conv(n_feats, out_channels, 3, 1.0)
         self.skip = _wn_conv(in_channels, out_channels, 5, 1.0) if in_channels != out_channels else None
 

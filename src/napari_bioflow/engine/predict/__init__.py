@@ -5,8 +5,15 @@ Re-exports what callers use from sliding_window. Those names load on first use (
 module such as predict.tiling or predict.inference does not import torch through this package."""
 
 _FROM_SLIDING_WINDOW = (
-    "BAND_BYTES", "PredictionCancelled", "TilePlan", "ZarrAccumulator", "argmax_labels", "plan_tiles",
-    "prediction_plan", "sliding_window_predict", "write_labels_zarr",
+    "BAND_BYTES",
+    "PredictionCancelled",
+    "TilePlan",
+    "ZarrAccumulator",
+    "argmax_labels",
+    "plan_tiles",
+    "prediction_plan",
+    "sliding_window_predict",
+    "write_labels_zarr",
 )
 
 __all__ = list(_FROM_SLIDING_WINDOW)

@@ -245,8 +245,11 @@ class _LiveView:
         acc = self.acc
         chunks = acc.chunks
         spatial = sel[1:]
-        keys = list(itertools.product(*(range(s.start // c, max(s.start, s.stop - 1) // c + 1)
-                                        for s, c in zip(spatial, chunks))))
+        keys = list(
+            itertools.product(
+                *(range(s.start // c, max(s.start, s.stop - 1) // c + 1) for s, c in zip(spatial, chunks))
+            )
+        )
         overlays = {}
         with acc._lock:  # snapshot what is still in RAM before reading the disk (a chunk moves RAM -> disk)
             for k in keys:
@@ -316,8 +319,14 @@ class ZarrAccumulator:
         return tuple(self.sum.chunks[1:])
 
     @classmethod
-    def create(cls, path: str | Path, shape: Sequence[int], chunks: Sequence[int] | None = None, *,
-               array_path: str | Path | None = None) -> ZarrAccumulator:
+    def create(
+        cls,
+        path: str | Path,
+        shape: Sequence[int],
+        chunks: Sequence[int] | None = None,
+        *,
+        array_path: str | Path | None = None,
+    ) -> ZarrAccumulator:
         """New accumulator of output ``shape`` (C, *spatial) with spatial ``chunks`` (use ``TilePlan.chunks``).
         The result array is ``<path>/prob`` unless ``array_path`` puts it elsewhere (then ``path`` is only
         created if chunks must be spilled). Neither may exist yet."""
@@ -330,8 +339,14 @@ class ZarrAccumulator:
                 raise FileExistsError(f"{p} already exists")
         shape = tuple(int(s) for s in shape)
         chunks = tuple(int(c) for c in (chunks or shape[1:]))
-        arr = zarr.create_array(store=str(array_path), shape=shape, chunks=(shape[0], *chunks), dtype="float32",
-                                fill_value=0.0, compressors=_fast_codec())
+        arr = zarr.create_array(
+            store=str(array_path),
+            shape=shape,
+            chunks=(shape[0], *chunks),
+            dtype="float32",
+            fill_value=0.0,
+            compressors=_fast_codec(),
+        )
         return cls(root, arr, None, array_path)
 
     @classmethod
@@ -340,8 +355,12 @@ class ZarrAccumulator:
 
         root = Path(path)
         if (root / "weight").exists():  # written by an earlier version: running sum and weight
-            return cls(root, zarr.open_array(store=str(root / "sum"), mode="r+"),
-                       zarr.open_array(store=str(root / "weight"), mode="r+"), root / "sum")
+            return cls(
+                root,
+                zarr.open_array(store=str(root / "sum"), mode="r+"),
+                zarr.open_array(store=str(root / "weight"), mode="r+"),
+                root / "sum",
+            )
         return cls(root, zarr.open_array(store=str(root / "prob"), mode="r+"), None, root / "prob")
 
     # --- filling (called by sliding_window_predict) ------------------------------------------------
@@ -411,8 +430,9 @@ class ZarrAccumulator:
     def _unspill(self, entry: _Pending) -> None:
         with np.load(entry.spill) as f:
             n = len([k for k in f.files if k.startswith("d")])
-            entry.boxes = [[tuple(int(v) for v in f[f"lo{i}"]), tuple(int(v) for v in f[f"hi{i}"]), f[f"d{i}"]]
-                           for i in range(n)]
+            entry.boxes = [
+                [tuple(int(v) for v in f[f"lo{i}"]), tuple(int(v) for v in f[f"hi{i}"]), f[f"d{i}"]] for i in range(n)
+            ]
         entry.spill.unlink()
         entry.spill = None
         self._pending_bytes += entry.nbytes
@@ -453,8 +473,14 @@ class ZarrAccumulator:
             s = da.from_zarr(self.sum)
             w = da.from_zarr(self.weight)[None]
             return da.where(w > 0, s / da.maximum(w, np.float32(1e-30)), np.float32(0)).astype(np.float32)
-        return da.from_array(_LiveView(self), chunks=self.sum.chunks, name=f"bioflow-prediction-{uuid.uuid4().hex}",
-                             asarray=True, fancy=False, meta=np.empty((0,) * len(self.shape), np.float32))
+        return da.from_array(
+            _LiveView(self),
+            chunks=self.sum.chunks,
+            name=f"bioflow-prediction-{uuid.uuid4().hex}",
+            asarray=True,
+            fancy=False,
+            meta=np.empty((0,) * len(self.shape), np.float32),
+        )
 
     def finalize(self, path: str | Path):
         """The result as a zarr array at ``path``: the array itself when ``path`` is where it lives, else a
@@ -463,8 +489,15 @@ class ZarrAccumulator:
 
         if self.weight is None and Path(path).absolute() == self.path.absolute():
             return self.sum
-        out = zarr.create_array(store=str(path), shape=self.shape, chunks=self.sum.chunks, dtype="float32",
-                                fill_value=0.0, compressors=_fast_codec(), overwrite=True)
+        out = zarr.create_array(
+            store=str(path),
+            shape=self.shape,
+            chunks=self.sum.chunks,
+            dtype="float32",
+            fill_value=0.0,
+            compressors=_fast_codec(),
+            overwrite=True,
+        )
         for region in chunk_regions(self.shape[1:], self.chunks):
             s = self.sum[(slice(None), *region)]
             if self.weight is not None:

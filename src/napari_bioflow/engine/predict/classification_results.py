@@ -1,12 +1,13 @@
 """Classification metrics and prediction: class probabilities per image, predictions.csv, and with known classes
 accuracy, precision, recall, F1 (macro and per class) and the confusion matrix (CSV and PNG)."""
+
 from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -37,24 +38,44 @@ class ClassificationMetrics:
         total = self.confusion.sum()
         pc = self.per_class()
         present = pc["support"] > 0  # macro averages over the classes that occur in the ground truth
-        return {"accuracy": float(np.trace(self.confusion) / total) if total else float("nan"),
-                "precision_macro": float(pc["precision"][present].mean()) if present.any() else float("nan"),
-                "recall_macro": float(pc["recall"][present].mean()) if present.any() else float("nan"),
-                "f1_macro": float(pc["f1"][present].mean()) if present.any() else float("nan")}
+        return {
+            "accuracy": float(np.trace(self.confusion) / total) if total else float("nan"),
+            "precision_macro": float(pc["precision"][present].mean()) if present.any() else float("nan"),
+            "recall_macro": float(pc["recall"][present].mean()) if present.any() else float("nan"),
+            "f1_macro": float(pc["f1"][present].mean()) if present.any() else float("nan"),
+        }
 
     def write(self, out_dir: Path, class_names: Sequence[str]) -> dict[str, Path]:
         """metrics.csv (overall and per class), confusion_matrix.csv and confusion_matrix.png in `out_dir`."""
         out_dir.mkdir(parents=True, exist_ok=True)
         pc, overall = self.per_class(), self.compute()
-        paths = {"metrics": out_dir / "metrics.csv", "confusion_csv": out_dir / "confusion_matrix.csv",
-                 "confusion_png": out_dir / "confusion_matrix.png"}
+        paths = {
+            "metrics": out_dir / "metrics.csv",
+            "confusion_csv": out_dir / "confusion_matrix.csv",
+            "confusion_png": out_dir / "confusion_matrix.png",
+        }
         with open(paths["metrics"], "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["class", "precision", "recall", "f1", "support"])
             for i, name in enumerate(class_names):
-                w.writerow([name, f"{pc['precision'][i]:.6f}", f"{pc['recall'][i]:.6f}", f"{pc['f1'][i]:.6f}", int(pc["support"][i])])
-            w.writerow(["macro", f"{overall['precision_macro']:.6f}", f"{overall['recall_macro']:.6f}",
-                        f"{overall['f1_macro']:.6f}", int(self.confusion.sum())])
+                w.writerow(
+                    [
+                        name,
+                        f"{pc['precision'][i]:.6f}",
+                        f"{pc['recall'][i]:.6f}",
+                        f"{pc['f1'][i]:.6f}",
+                        int(pc["support"][i]),
+                    ]
+                )
+            w.writerow(
+                [
+                    "macro",
+                    f"{overall['precision_macro']:.6f}",
+                    f"{overall['recall_macro']:.6f}",
+                    f"{overall['f1_macro']:.6f}",
+                    int(self.confusion.sum()),
+                ]
+            )
             w.writerow(["accuracy", "", "", f"{overall['accuracy']:.6f}", int(self.confusion.sum())])
         with open(paths["confusion_csv"], "w", newline="") as f:
             w = csv.writer(f)
@@ -68,23 +89,29 @@ class ClassificationMetrics:
         """The confusion matrix, precision, recall and F1 of every class, and the overall values as aligned text
         (printed by the CLI)."""
         width = max(8, *(len(n) for n in class_names)) + 1
-        lines = ["true \\ predicted".ljust(width) + "".join(n[:width - 1].rjust(width) for n in class_names)]
-        lines += [n.ljust(width) + "".join(str(v).rjust(width) for v in row) for n, row in zip(class_names, self.confusion)]
+        lines = ["true \\ predicted".ljust(width) + "".join(n[: width - 1].rjust(width) for n in class_names)]
+        lines += [
+            n.ljust(width) + "".join(str(v).rjust(width) for v in row) for n, row in zip(class_names, self.confusion)
+        ]
         lines.append("")
         lines.append("class".ljust(width) + "".join(h.rjust(10) for h in ("precision", "recall", "f1", "support")))
         for name, p, r, f, n in self.per_class_rows(class_names):
             lines.append(name.ljust(width) + f"{p:10.4f}{r:10.4f}{f:10.4f}{n:10d}")
         m = self.compute()
-        lines.append("macro".ljust(width) + f"{m['precision_macro']:10.4f}{m['recall_macro']:10.4f}{m['f1_macro']:10.4f}"
-                     f"{int(self.confusion.sum()):10d}")
+        lines.append(
+            "macro".ljust(width) + f"{m['precision_macro']:10.4f}{m['recall_macro']:10.4f}{m['f1_macro']:10.4f}"
+            f"{int(self.confusion.sum()):10d}"
+        )
         lines.append(" ".join(f"{k}={v:.4f}" for k, v in m.items()))
         return "\n".join(lines)
 
     def per_class_rows(self, class_names: Sequence[str]) -> list[tuple[str, float, float, float, int]]:
         """(class, precision, recall, F1, support) of every class."""
         pc = self.per_class()
-        return [(name, float(pc["precision"][i]), float(pc["recall"][i]), float(pc["f1"][i]), int(pc["support"][i]))
-                for i, name in enumerate(class_names)]
+        return [
+            (name, float(pc["precision"][i]), float(pc["recall"][i]), float(pc["f1"][i]), int(pc["support"][i]))
+            for i, name in enumerate(class_names)
+        ]
 
 
 def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path: Path) -> Path:
@@ -99,8 +126,14 @@ def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path: Path
     ax.imshow(confusion, cmap="Blues")
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, str(confusion[i, j]), ha="center", va="center",
-                    color="white" if confusion[i, j] > confusion.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(confusion[i, j]),
+                ha="center",
+                va="center",
+                color="white" if confusion[i, j] > confusion.max() / 2 else "black",
+            )
     ax.set_xticks(range(n), class_names, rotation=45, ha="right")
     ax.set_yticks(range(n), class_names)
     ax.set_xlabel("predicted")
@@ -118,7 +151,7 @@ class ClassPrediction:
     name: str
     probabilities: np.ndarray  # (n_classes,)
     predicted: int
-    true: Optional[int] = None
+    true: int | None = None
 
     def label(self, class_names: Sequence[str]) -> str:
         return class_names[self.predicted]
@@ -136,8 +169,9 @@ def classify_batch(loaded, images: Sequence[np.ndarray], device: str = "cpu") ->
     def probabilities(v):
         return torch.softmax(model(v).float(), dim=1)
 
-    x = np.stack([fit_to_patch(loaded.normalizer(read_image(im)), cfg.data.patch_size, cfg.classification.fit)
-                  for im in images])
+    x = np.stack(
+        [fit_to_patch(loaded.normalizer(read_image(im)), cfg.data.patch_size, cfg.classification.fit) for im in images]
+    )
     was_training = model.training
     model.eval()
     try:
@@ -160,24 +194,29 @@ def classify_array(loaded, image, device: str = "cpu", name: str = "image") -> n
     return classify_batch(loaded, [arr], device)[0]
 
 
-def class_test_items(folder: Path, class_names: Sequence[str], role: str = "test") -> list[tuple[Path, Optional[int]]]:
+def class_test_items(folder: Path, class_names: Sequence[str], role: str = "test") -> list[tuple[Path, int | None]]:
     """(file, true class index or None) of a test folder: class sub-folders (known classes) or flat."""
     from ..data.classification_data import class_subfolders
     from ..data.io import is_image_path, list_images
 
     folder = Path(folder)
-    if folder.is_dir() and any(p.is_dir() and not p.name.startswith(".") and p.suffix.lower() != ".zarr"
-                               for p in folder.iterdir()):
+    if folder.is_dir() and any(
+        p.is_dir() and not p.name.startswith(".") and p.suffix.lower() != ".zarr" for p in folder.iterdir()
+    ):
         items = []
         for cls, files in class_subfolders(folder, role).items():
             if cls not in class_names:
-                raise InputError(f"The {role} sub-folder {folder / cls} is not one of the model's classes "
-                                 f"({', '.join(class_names)}).")
+                raise InputError(
+                    f"The {role} sub-folder {folder / cls} is not one of the model's classes "
+                    f"({', '.join(class_names)})."
+                )
             items += [(f, list(class_names).index(cls)) for f in files]
         loose = [p.name for p in folder.iterdir() if is_image_path(p)]
         if loose:
-            raise InputError(f"The {role} folder {folder} mixes class sub-folders with loose images (e.g. {loose[0]}): "
-                             f"put every image in a class sub-folder, or none.")
+            raise InputError(
+                f"The {role} folder {folder} mixes class sub-folders with loose images (e.g. {loose[0]}): "
+                f"put every image in a class sub-folder, or none."
+            )
         return items
     return [(f, None) for f in list_images(folder, role)]
 
@@ -186,18 +225,26 @@ def check_test_items(loaded, items, source: str = "") -> None:
     """Open and check every test image (the set's 2D/3D as a whole, then each file) before anything is written."""
     from ..data.classification_data import open_set
 
-    open_set([path for path, _ in items], loaded.config, "test", source or f"the model ({loaded.path or 'just trained'})")
+    open_set(
+        [path for path, _ in items], loaded.config, "test", source or f"the model ({loaded.path or 'just trained'})"
+    )
 
 
-def item_names(items: Sequence[tuple[Path, Optional[int]]]) -> list[str]:
+def item_names(items: Sequence[tuple[Path, int | None]]) -> list[str]:
     """predictions.csv names: the file name in a flat folder, the path inside the folder (class/file) when the
     images sit in class sub-folders (where file names may repeat), as batch mode names them."""
     return [f"{Path(p).parent.name}/{Path(p).name}" if true is not None else Path(p).name for p, true in items]
 
 
-def predict_class_files(loaded, items: list[tuple[Path, Optional[int]]], out_dir: Path, device: str = "cpu",
-                        cancel: Optional[Callable[[], bool]] = None, batch_size: Optional[int] = None,
-                        names: Optional[Sequence[str]] = None) -> Iterator[ClassPrediction]:
+def predict_class_files(
+    loaded,
+    items: list[tuple[Path, int | None]],
+    out_dir: Path,
+    device: str = "cpu",
+    cancel: Callable[[], bool] | None = None,
+    batch_size: int | None = None,
+    names: Sequence[str] | None = None,
+) -> Iterator[ClassPrediction]:
     """Predict (file, true class or None) items, yielding each; then write predictions.csv in `out_dir` and, when
     every true class is known, metrics.csv and the confusion matrix. Use `finish_predictions` for the summary."""
     from ..data.classification_data import open_checked
@@ -206,32 +253,38 @@ def predict_class_files(loaded, items: list[tuple[Path, Optional[int]]], out_dir
     for k in range(0, len(items), bs):
         if cancel is not None and cancel():
             raise Cancelled("prediction cancelled")
-        part = items[k:k + bs]
+        part = items[k : k + bs]
         probs = classify_batch(loaded, [open_checked(p, loaded.config, "test") for p, _ in part], device)
         for j, ((path, true), pr) in enumerate(zip(part, probs)):
             yield ClassPrediction((names[k + j] if names else Path(path).name), pr, int(pr.argmax()), true)
 
 
-def prediction_row(probs: np.ndarray, class_names: Sequence[str], true: Optional[int] = None) -> dict:
+def prediction_row(probs: np.ndarray, class_names: Sequence[str], true: int | None = None) -> dict:
     """One image's row of predictions.csv (after its file column)."""
     k = int(np.argmax(probs))
-    row = {"class": class_names[k], "confidence": f"{probs[k]:.6f}", **{f"p_{n}": f"{p:.6f}" for n, p in zip(class_names, probs)}}
+    row = {
+        "class": class_names[k],
+        "confidence": f"{probs[k]:.6f}",
+        **{f"p_{n}": f"{p:.6f}" for n, p in zip(class_names, probs)},
+    }
     if true is not None:
         row["true_class"] = class_names[true]
     return row
 
 
-def rows_metrics(rows: Sequence[dict], class_names: Sequence[str]) -> Optional[ClassificationMetrics]:
+def rows_metrics(rows: Sequence[dict], class_names: Sequence[str]) -> ClassificationMetrics | None:
     """The metrics of batch rows (prediction_row, or predictions.csv read back) when every row has its true class."""
     if not rows or any(not r.get("true_class") for r in rows):
         return None
     m = ClassificationMetrics(len(class_names))
     index = {n: i for i, n in enumerate(class_names)}
-    m.update(np.eye(len(class_names))[[index[r["class"]] for r in rows]], np.array([index[r["true_class"]] for r in rows]))
+    m.update(
+        np.eye(len(class_names))[[index[r["class"]] for r in rows]], np.array([index[r["true_class"]] for r in rows])
+    )
     return m
 
 
-def write_batch_metrics(out_dir: Path, rows: Sequence[dict], class_names: Sequence[str]) -> Optional[Path]:
+def write_batch_metrics(out_dir: Path, rows: Sequence[dict], class_names: Sequence[str]) -> Path | None:
     """metrics.csv and the confusion matrix of batch rows (prediction_row) when every row has its true class."""
     m = rows_metrics(rows, class_names)
     return None if m is None else m.write(out_dir, class_names)["metrics"]
@@ -254,21 +307,37 @@ def write_predictions(results: Sequence[ClassPrediction], class_names: Sequence[
     tmp = path.with_name(path.name + ".part")
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["file", "class", "confidence", *[f"p_{n}" for n in class_names], *(["true_class"] if known else [])])
+        w.writerow(
+            ["file", "class", "confidence", *[f"p_{n}" for n in class_names], *(["true_class"] if known else [])]
+        )
         for r in results:
-            w.writerow([r.name, class_names[r.predicted], f"{r.probabilities[r.predicted]:.6f}",
-                        *[f"{p:.6f}" for p in r.probabilities], *([class_names[r.true]] if known else [])])
+            w.writerow(
+                [
+                    r.name,
+                    class_names[r.predicted],
+                    f"{r.probabilities[r.predicted]:.6f}",
+                    *[f"{p:.6f}" for p in r.probabilities],
+                    *([class_names[r.true]] if known else []),
+                ]
+            )
     tmp.replace(path)
     out = {"predictions": path, "metrics": {}, "files": {}}
     if known:
         m = ClassificationMetrics(len(class_names))
         m.update(np.stack([r.probabilities for r in results]), np.array([r.true for r in results]))
-        out.update(metrics=m.compute(), files=m.write(out_dir, class_names), confusion=m.confusion,
-                   per_class=m.per_class_rows(class_names), text=m.text(class_names))
+        out.update(
+            metrics=m.compute(),
+            files=m.write(out_dir, class_names),
+            confusion=m.confusion,
+            per_class=m.per_class_rows(class_names),
+            text=m.text(class_names),
+        )
     return out
 
 
-def run_class_prediction(loaded, items, out_dir: Path, device: str = "cpu", cancel=None, report: Optional[Callable] = None) -> dict:
+def run_class_prediction(
+    loaded, items, out_dir: Path, device: str = "cpu", cancel=None, report: Callable | None = None
+) -> dict:
     """predict_class_files + write_predictions; `report(i, n, prediction)` after each image."""
     start, results = time.perf_counter(), []
     names = loaded.config.class_names or [loaded.config.class_label(i) for i in range(loaded.config.n_classes)]

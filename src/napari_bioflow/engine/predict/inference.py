@@ -4,20 +4,21 @@
 dask-backed layer over the prediction (`lazy()`) and watch tiles land while a worker runs it. Memory is bounded by the
 tiles, not the image (see engine/predict/sliding_window.py and benchmarks/README.md section c).
 """
+
 from __future__ import annotations
 
 import csv
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 import numpy as np
 
 from ..errors import Cancelled, InputError
 from ..storage import writing
-
 
 TILE_CAP = {2: 2048, 3: 128}  # per axis: a 2048x2048 image is one tile, so tiling costs nothing there
 # voxels per forward pass: bounds activation memory whatever the tile size. 3D activations cost several hundred
@@ -47,19 +48,30 @@ class ImageResult:
 
 
 class ImagePrediction:
-    def __init__(self, loaded, image, name: str, out_dir: Path, stem: str, device: str = "cpu",
-                 target=None, target_name: str = "", finite_checked: bool = False):
+    def __init__(
+        self,
+        loaded,
+        image,
+        name: str,
+        out_dir: Path,
+        stem: str,
+        device: str = "cpu",
+        target=None,
+        target_name: str = "",
+        finite_checked: bool = False,
+    ):
         """`finite_checked`: the caller has just scanned `image` for NaN/inf (check_inputs, a dock's worker), so a
         second full read of the pixels is skipped."""
+        from ..data.sources import check_finite, lazy_array, to_channels_last
         from .accumulator import ZarrAccumulator
         from .tiling import prediction_plan
-        from ..data.sources import check_finite, lazy_array, to_channels_last
 
         cfg = loaded.config
         self.loaded, self.name, self.out_dir, self.stem, self.device = loaded, name, Path(out_dir), stem, device
         self.cfg, self.workflow = cfg, loaded.workflow
-        self.image = to_channels_last(image, cfg.ndim, cfg.data.in_channels, name,
-                                      f"checkpoint {loaded.path}" if loaded.path else "")
+        self.image = to_channels_last(
+            image, cfg.ndim, cfg.data.in_channels, name, f"checkpoint {loaded.path}" if loaded.path else ""
+        )
         if not finite_checked:
             check_finite(self.image, name)
         spatial = tuple(self.image.shape[:-1])
@@ -83,14 +95,20 @@ class ImagePrediction:
         # The blended result is written straight into its final array (by whole chunks, aligned with the tiles);
         # "accumulator" only holds overlaps spilled to disk while tiles are predicted.
         with writing(self.store.parent, f"the prediction of {name}"):
-            self.accumulator = ZarrAccumulator.create(self.store / "accumulator", (self.out_channels, *spatial),
-                                                      self.plan.chunks, array_path=self.store / "prediction")
+            self.accumulator = ZarrAccumulator.create(
+                self.store / "accumulator",
+                (self.out_channels, *spatial),
+                self.plan.chunks,
+                array_path=self.store / "prediction",
+            )
 
     def lazy(self):
         """The prediction as a dask array, readable at any time while tiles are written."""
         return self.accumulator.lazy()
 
-    def run(self, cancel: Optional[Callable[[], bool]] = None, progress: Optional[Callable[[int, int], None]] = None) -> ImageResult:
+    def run(
+        self, cancel: Callable[[], bool] | None = None, progress: Callable[[int, int], None] | None = None
+    ) -> ImageResult:
         """Predict and write the outputs; a full disk is a DiskFull naming the folder (no `.part` file left)."""
         with writing(self.out_dir, f"the prediction of {self.name}"):
             return self._run(cancel, progress)
@@ -105,10 +123,19 @@ class ImagePrediction:
 
         image, inputs = wf.prediction_input(self.image, self.cfg, self.out_dir, self.stem)
         try:
-            sliding_window_predict(image, wf.prediction_forward(model, self.cfg), out_channels=self.out_channels,
-                                   plan=self.plan, batch_size=tile_batch(self.cfg, self.tile),
-                                   tta=self.tta, device=self.device, preprocess=self.loaded.normalizer,
-                                   out=self.accumulator, cancel=cancel, progress=progress)
+            sliding_window_predict(
+                image,
+                wf.prediction_forward(model, self.cfg),
+                out_channels=self.out_channels,
+                plan=self.plan,
+                batch_size=tile_batch(self.cfg, self.tile),
+                tta=self.tta,
+                device=self.device,
+                preprocess=self.loaded.normalizer,
+                out=self.accumulator,
+                cancel=cancel,
+                progress=progress,
+            )
         except PredictionCancelled:
             raise Cancelled(f"prediction of {self.name} cancelled") from None
         except Exception as e:  # noqa: BLE001  (a failed allocation becomes one sentence; anything else is re-raised)
@@ -117,8 +144,9 @@ class ImagePrediction:
             if not is_out_of_memory(e):
                 raise
             e.__traceback__ = None  # let the tiles held by its frames go
-            raise InputError(prediction_failure(self.name, self.plan.tile_shape, tile_batch(self.cfg, self.tile),
-                                                self.device)) from None
+            raise InputError(
+                prediction_failure(self.name, self.plan.tile_shape, tile_batch(self.cfg, self.tile), self.device)
+            ) from None
         prob = self.accumulator.finalize(self.store / "prediction")  # the array itself: nothing to copy
         outputs = wf.write_outputs(prob, self.store, self.out_dir, self.stem, self.cfg, self.target, inputs)
         return ImageResult(self.name, outputs, outputs.pop("metrics", {}), time.perf_counter() - start)
@@ -128,15 +156,14 @@ class ImagePrediction:
         shutil.rmtree(self.store / "accumulator", ignore_errors=True)
 
 
-def check_inputs(cfg, files: list[tuple[Path, Optional[Path]]], source: str = "") -> list[str]:
+def check_inputs(cfg, files: list[tuple[Path, Path | None]], source: str = "") -> list[str]:
     """Open and check every (raw, optional label) file as ImagePrediction will, so a bad file stops a run before
     anything is written or trained. `cfg` gives ndim, channels and classes; `source` names what fixed them
     (e.g. "checkpoint PATH"). Returns notes for the user (0/255 masks)."""
+    from ..data.input_notes import mixed_types_note
     from ..data.io import open_image
     from ..data.sources import check_finite, lazy_array, to_channels_last
     from ..workflows import get_workflow
-
-    from ..data.input_notes import mixed_types_note
 
     notes: list[str] = []
     workflow = get_workflow(cfg)
@@ -146,13 +173,21 @@ def check_inputs(cfg, files: list[tuple[Path, Optional[Path]]], source: str = ""
         types.append((str(raw_path), image.dtype))
         check_finite(image, str(raw_path))
         if label_path is not None:
-            workflow.check_target(lazy_array(open_image(label_path)), str(label_path), tuple(image.shape[:-1]), cfg, notes)
+            workflow.check_target(
+                lazy_array(open_image(label_path)), str(label_path), tuple(image.shape[:-1]), cfg, notes
+            )
     mixed = mixed_types_note(types, "images to predict")
     return notes + ([mixed] if mixed else [])
 
 
-def predict_files(loaded, files: list[tuple[Path, Optional[Path]]], out_dir: Path, device: str = "cpu",
-                  cancel: Optional[Callable[[], bool]] = None, finite_checked: bool = False) -> Iterator[ImageResult]:
+def predict_files(
+    loaded,
+    files: list[tuple[Path, Path | None]],
+    out_dir: Path,
+    device: str = "cpu",
+    cancel: Callable[[], bool] | None = None,
+    finite_checked: bool = False,
+) -> Iterator[ImageResult]:
     """Predict each (raw, optional label) file into `out_dir`; writes metrics.csv when labels are given.
     `finite_checked`: check_inputs has just scanned these files for NaN/inf."""
     from ..data.io import open_image
@@ -166,8 +201,17 @@ def predict_files(loaded, files: list[tuple[Path, Optional[Path]]], out_dir: Pat
         if cancel is not None and cancel():
             raise Cancelled("prediction cancelled")
         target = open_image(label_path) if label_path is not None else None
-        job = ImagePrediction(loaded, open_image(raw_path), str(raw_path), out_dir, stems[image_name(raw_path)],
-                              device, target, str(label_path or ""), finite_checked)
+        job = ImagePrediction(
+            loaded,
+            open_image(raw_path),
+            str(raw_path),
+            out_dir,
+            stems[image_name(raw_path)],
+            device,
+            target,
+            str(label_path or ""),
+            finite_checked,
+        )
         result = job.run(cancel)
         job.cleanup()
         counts = result.outputs.pop("counts", None)
@@ -182,19 +226,21 @@ def predict_files(loaded, files: list[tuple[Path, Optional[Path]]], out_dir: Pat
         if totals is not None:  # IoU over the set pools the pixels rather than averaging per-image IoUs
             rows.append({"image": "ALL (pixels pooled)", **iou_from_counts(*totals)})
         else:
-            rows.append({"image": "ALL (mean)", **{k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "image"}})
+            rows.append(
+                {"image": "ALL (mean)", **{k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "image"}}
+            )
         with writing(out_dir, "metrics.csv"), open(out_dir / "metrics.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
 
 
-def predict_array(loaded, image, device: str = "cpu", tile_size: Optional[list[int]] = None) -> np.ndarray:
+def predict_array(loaded, image, device: str = "cpu", tile_size: list[int] | None = None) -> np.ndarray:
     """Predict a small in-memory image ((Z,)Y,X[,C], any layout `to_channels_last` accepts) to a numpy array
     (C, (Z,)Y,X): the training preview and quick checks. Big images go through ImagePrediction instead."""
 
-    from .sliding_window import sliding_window_predict
     from ..data.sources import to_channels_last
+    from .sliding_window import sliding_window_predict
 
     cfg, wf, model = loaded.config, loaded.workflow, loaded.model
     image = to_channels_last(image, cfg.ndim, cfg.data.in_channels, "image")
@@ -204,8 +250,15 @@ def predict_array(loaded, image, device: str = "cpu", tile_size: Optional[list[i
     model.eval()
     try:
         return sliding_window_predict(
-            image, wf.prediction_forward(model, cfg), out_channels=wf.prediction_channels(cfg),
-            tile_size=tile, overlap=overlap, batch_size=tile_batch(cfg, tile), device=device,
-            divisor=model.size_divisor, preprocess=loaded.normalizer)
+            image,
+            wf.prediction_forward(model, cfg),
+            out_channels=wf.prediction_channels(cfg),
+            tile_size=tile,
+            overlap=overlap,
+            batch_size=tile_batch(cfg, tile),
+            device=device,
+            divisor=model.size_divisor,
+            preprocess=loaded.normalizer,
+        )
     finally:
         model.train(was_training)

@@ -9,11 +9,13 @@ rules (no TTA for a masked autoencoder, label filters for 3D segmentation only) 
 It then checks inputs before anything is written, creates the experiment, and predicts images into the workflow's
 typed outputs (dense: ImagePrediction; one class per image: classification_results).
 """
+
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any
 
 from ..errors import InputError
 
@@ -23,12 +25,17 @@ DATA_FIELDS = ("test_raw", "test_label")
 
 def _allowed(workflow, path: str) -> bool:
     section, _, field = path.partition(".")
-    return (section == "predict" or path in RUN_FIELDS or (section == "data" and field in DATA_FIELDS)
-            or path in workflow.predict_section_options)
+    return (
+        section == "predict"
+        or path in RUN_FIELDS
+        or (section == "data" and field in DATA_FIELDS)
+        or path in workflow.predict_section_options
+    )
 
 
-def prediction_config(loaded, settings: Optional[dict] = None, overrides: Sequence[str] = (),
-                      source: str = "prediction settings"):
+def prediction_config(
+    loaded, settings: dict | None = None, overrides: Sequence[str] = (), source: str = "prediction settings"
+):
     """The checkpoint's config with this run's prediction `settings` (nested, as a config: fields that are not
     prediction settings are ignored, so a full run config can be given) and `overrides` ('section.field=value',
     refused unless they are prediction settings). Validated: a setting the workflow cannot honour is refused."""
@@ -49,17 +56,27 @@ def prediction_config(loaded, settings: Optional[dict] = None, overrides: Sequen
     for item in overrides:
         path = item.split("=", 1)[0].strip()
         if not _allowed(workflow, path):
-            raise InputError(f"Only prediction settings (predict.FIELD, {', '.join(RUN_FIELDS)}, data.test_raw, "
-                             f"data.test_label{''.join(', ' + p for p in workflow.predict_section_options)}) can be "
-                             f"set for a prediction, not {path} ({source}).")
+            raise InputError(
+                f"Only prediction settings (predict.FIELD, {', '.join(RUN_FIELDS)}, data.test_raw, "
+                f"data.test_label{''.join(', ' + p for p in workflow.predict_section_options)}) can be "
+                f"set for a prediction, not {path} ({source})."
+            )
     return RunConfig.from_dict(base, list(overrides), source=source)
 
 
 class Predictor:
     """A checkpoint opened for prediction (see the module's description)."""
 
-    def __init__(self, checkpoint, device: str = "auto", settings: Optional[dict] = None, overrides: Sequence[str] = (),
-                 source: str = "prediction settings", loaded=None, expect_workflow: Optional[str] = None):
+    def __init__(
+        self,
+        checkpoint,
+        device: str = "auto",
+        settings: dict | None = None,
+        overrides: Sequence[str] = (),
+        source: str = "prediction settings",
+        loaded=None,
+        expect_workflow: str | None = None,
+    ):
         from ..train.checkpoint import load_model
         from ..train.trainer import resolve_device
 
@@ -72,7 +89,7 @@ class Predictor:
         loaded.config = self.config  # the model predicts with this run's settings
 
     @classmethod
-    def of(cls, loaded, checkpoint=None) -> "Predictor":
+    def of(cls, loaded, checkpoint=None) -> Predictor:
         """A predictor over a model already loaded with its run config (a batch worker's, the dock's)."""
         self = cls.__new__(cls)
         self.checkpoint = Path(checkpoint or loaded.path or "")
@@ -97,8 +114,9 @@ class Predictor:
         return f"checkpoint {self.checkpoint}"
 
     # --- checks: everything that can be checked before anything is written ----------------------------------
-    def folder_items(self, raw_dir: Path, label_dir: Optional[Path], labels_field: str = "data.test_label",
-                     role: str = "test") -> list[tuple[Path, Any]]:
+    def folder_items(
+        self, raw_dir: Path, label_dir: Path | None, labels_field: str = "data.test_label", role: str = "test"
+    ) -> list[tuple[Path, Any]]:
         """The (image, label file or class index) pairs of a folder. Dense workflows pair images with label files by
         name; one-class-per-image workflows read class sub-folders (or a flat folder) and refuse a labels folder."""
         from ..data.pairing import folder_pairs, refuse_labels_for_classifier
@@ -148,7 +166,7 @@ class Predictor:
         return experiment
 
     @staticmethod
-    def discard(experiment, made: Optional[list[Path]] = None) -> None:
+    def discard(experiment, made: list[Path] | None = None) -> None:
         """Take a refused run's experiment away again: its results, config and the folders made for it."""
         shutil.rmtree(experiment.results, ignore_errors=True)
         experiment.config_path.unlink(missing_ok=True)
@@ -158,15 +176,26 @@ class Predictor:
             except OSError:
                 pass
 
-    def image(self, image, name: str, out_dir: Path, stem: str, target=None, target_name: str = "",
-              finite_checked: bool = False):
+    def image(
+        self,
+        image,
+        name: str,
+        out_dir: Path,
+        stem: str,
+        target=None,
+        target_name: str = "",
+        finite_checked: bool = False,
+    ):
         """A dense prediction of one image, set up (tile plan, prediction zarr) and ready to run."""
         from .inference import ImagePrediction
 
-        return ImagePrediction(self.loaded, image, name, out_dir, stem, self.device, target, target_name, finite_checked)
+        return ImagePrediction(
+            self.loaded, image, name, out_dir, stem, self.device, target, target_name, finite_checked
+        )
 
-    def files(self, items: list[tuple[Path, Any]], out_dir: Path, cancel=None, finite_checked: bool = False,
-              report=None) -> Iterator[Any]:
+    def files(
+        self, items: list[tuple[Path, Any]], out_dir: Path, cancel=None, finite_checked: bool = False, report=None
+    ) -> Iterator[Any]:
         """Predict checked folder items into `out_dir`: ImageResults (dense, metrics.csv with labels), or the class
         predictions (predictions.csv, metrics and the confusion matrix with classes) as one dict."""
         if self.dense:

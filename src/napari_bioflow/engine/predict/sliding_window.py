@@ -138,8 +138,11 @@ def _shared_mmap(image):
     while obj is not None and seen < 16:
         if isinstance(obj, np.memmap):
             m = getattr(obj, "_mmap", None)
-            return m if m is not None and getattr(obj, "mode", "c") in ("r", "r+", "w+", "readonly", "readwrite",
-                                                                          "write") else None
+            return (
+                m
+                if m is not None and getattr(obj, "mode", "c") in ("r", "r+", "w+", "readonly", "readwrite", "write")
+                else None
+            )
         obj = getattr(obj, "base", None)
         seen += 1
     return None
@@ -385,8 +388,9 @@ def write_labels_zarr(prob_zarr, path: str | Path):
 
     shape = tuple(prob_zarr.shape[1:])
     chunks = tuple(prob_zarr.chunks[1:])
-    out = zarr.open_array(store=str(path), mode="w", shape=shape, chunks=chunks,
-                          dtype=_labels_dtype(prob_zarr.shape[0]), fill_value=0)
+    out = zarr.open_array(
+        store=str(path), mode="w", shape=shape, chunks=chunks, dtype=_labels_dtype(prob_zarr.shape[0]), fill_value=0
+    )
 
     def one(region) -> None:
         out[region] = _argmax_block(np.asarray(prob_zarr[(slice(None), *region)]))

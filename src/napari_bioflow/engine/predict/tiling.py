@@ -139,9 +139,7 @@ def plan_tiles(
         axes[-2:] = [_plan_axis(L, T, overlap, divisor, max(ty, tx)) for L, T in zip(shape[-2:], tile_size[-2:])]
     tile_shape = tuple(a[0] for a in axes)
     starts = tuple(tuple(a[1]) for a in axes)
-    tiles = [
-        tuple(slice(s, s + t) for s, t in zip(origin, tile_shape)) for origin in itertools.product(*starts)
-    ]
+    tiles = [tuple(slice(s, s + t) for s, t in zip(origin, tile_shape)) for origin in itertools.product(*starts)]
     return TilePlan(shape, tuple(a[2] for a in axes), tile_shape, starts, tiles)
 
 

@@ -9,6 +9,7 @@ per-image outputs (class probabilities) need no turning back.
 
 No Qt / napari here: this runs in worker threads and headless scripts.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence

@@ -1,4 +1,5 @@
 """Training charts as PNG files (matplotlib without a screen)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,10 +1,11 @@
 """Checkpoints: weights plus everything needed to predict again (config, normalization, class names)."""
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..errors import InputError
 
@@ -80,8 +81,10 @@ def verify_weights(path: Path, ckpt: dict) -> None:
     names = list(weights)
     bad = next((names[i] for i, (a, b) in enumerate(zip(found, stored)) if a != b), None)
     which = f"tensor '{bad}' differs" if bad else f"{len(found)} tensors where {len(stored)} were saved"
-    raise InputError(f"Checkpoint {path} is damaged: its weights do not match the checksum stored when it was saved "
-                     f"({which}); use an intact copy or train again.")
+    raise InputError(
+        f"Checkpoint {path} is damaged: its weights do not match the checksum stored when it was saved "
+        f"({which}); use an intact copy or train again."
+    )
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -93,7 +96,9 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise InputError(f"Checkpoint {path} cannot be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}.") from None
+        raise InputError(
+            f"Checkpoint {path} cannot be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}."
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise InputError(f"{path} is not a napari-bioflow checkpoint.")
     verify_weights(path, ckpt)
@@ -114,18 +119,26 @@ def read_weights(path: Path) -> tuple[dict, str]:
 
             return load_file(str(path)), "unknown (safetensors weights)"
         except Exception as e:
-            raise InputError(f"Weights file {path} cannot be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}.") from None
+            raise InputError(
+                f"Weights file {path} cannot be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}."
+            ) from None
     try:
         data = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise InputError(f"Checkpoint {path} cannot be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}.") from None
+        raise InputError(
+            f"Checkpoint {path} cannot be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}."
+        ) from None
     if isinstance(data, dict) and data.get("format") == FORMAT:
         verify_weights(path, data)
         return data["state_dict"], (data.get("model") or {}).get("name", "unknown")
     for key in ("state_dict", "model"):
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
-    if isinstance(data, dict) and data and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()):
+    if (
+        isinstance(data, dict)
+        and data
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items())
+    ):
         return data, "unknown (plain weights file)"
     raise InputError(f"{path} is neither a napari-bioflow checkpoint nor a file of model weights (a state dict).")
 
@@ -133,10 +146,11 @@ def read_weights(path: Path) -> tuple[dict, str]:
 @dataclass
 class LoadedModel:
     """A trained model ready to predict, with the config, normalization and class names it was trained with."""
+
     model: Any
     config: Any  # RunConfig
     normalizer: Any  # Normalizer
-    path: Optional[Path] = None
+    path: Path | None = None
     epoch: int = 0
     workflow: Any = None  # the Workflow with its fitted state; built from the config when not given
 
@@ -147,30 +161,39 @@ class LoadedModel:
             self.workflow = get_workflow(self.config)
 
 
-def load_model(path: Path, device: str = "cpu", expect_workflow: Optional[str] = None,
-               expect_channels: Optional[int] = None) -> LoadedModel:
+def load_model(
+    path: Path, device: str = "cpu", expect_workflow: str | None = None, expect_channels: int | None = None
+) -> LoadedModel:
     from pydantic import ValidationError
 
     from ...config import RunConfig
-    from ..models import create_model
     from ..data.normalize import Normalizer
+    from ..models import create_model
     from ..workflows import list_workflows
 
     ckpt = read_checkpoint(path)
     workflow = str(ckpt.get("config", {}).get("workflow", ""))
     if workflow not in list_workflows():
-        raise InputError(f"Checkpoint {path} was trained for {workflow.replace('_', ' ') or 'an unknown workflow'}, "
-                         f"which this version of napari-bioflow does not have ({', '.join(list_workflows())}).")
+        raise InputError(
+            f"Checkpoint {path} was trained for {workflow.replace('_', ' ') or 'an unknown workflow'}, "
+            f"which this version of napari-bioflow does not have ({', '.join(list_workflows())})."
+        )
     try:
         cfg = RunConfig.model_validate(ckpt["config"])
     except ValidationError as e:
         raise InputError(f"Checkpoint {path} holds an invalid config: {e.errors()[0]['msg']}.") from None
     if expect_workflow and cfg.workflow != expect_workflow:
-        raise InputError(f"Checkpoint {path} was trained for {cfg.workflow.replace('_', ' ')}, not {expect_workflow.replace('_', ' ')}.")
+        raise InputError(
+            f"Checkpoint {path} was trained for {cfg.workflow.replace('_', ' ')}, not {expect_workflow.replace('_', ' ')}."
+        )
     if expect_channels is not None and cfg.data.in_channels != expect_channels:
-        raise InputError(f"Checkpoint {path} expects {cfg.data.in_channels} input channel(s), but the image has {expect_channels}.")
+        raise InputError(
+            f"Checkpoint {path} expects {cfg.data.in_channels} input channel(s), but the image has {expect_channels}."
+        )
     m = ckpt["model"]
-    model = create_model(m["name"], ndim=cfg.ndim, in_channels=cfg.data.in_channels, out_channels=m["out_channels"], **m["options"])
+    model = create_model(
+        m["name"], ndim=cfg.ndim, in_channels=cfg.data.in_channels, out_channels=m["out_channels"], **m["options"]
+    )
     model.load_state_dict(ckpt["state_dict"])
     model.to(device).eval()
     loaded = LoadedModel(model, cfg, Normalizer.from_dict(ckpt["normalization"]), Path(path), ckpt.get("epoch", 0))

@@ -1,9 +1,10 @@
 """What a checkpoint is, read without loading its weights: the docks show the fields that apply to it."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class CheckpointInfo:
         return value
 
 
-def checkpoint_info(path) -> Optional[CheckpointInfo]:
+def checkpoint_info(path) -> CheckpointInfo | None:
     """The workflow, dimensions and config of a napari-bioflow checkpoint, read memory-mapped (the weights stay on
     disk); None when it cannot be read (prediction then says why, in full)."""
     try:

@@ -17,14 +17,16 @@ How one run is split so that its result matches the single-process run of the sa
 * rank 0 alone creates the experiment folder (run id), writes the config, checkpoints (the unwrapped model's
   state_dict: the same tensor names as a single-process run), the CSV log and the charts; it broadcasts the run.
 """
+
 from __future__ import annotations
 
 import atexit
 import functools
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 from ..errors import InputError
 
@@ -77,9 +79,9 @@ class Distributed:
         if not self.enabled:
             return x, y, 1.0
         n = x.shape[0]
-        x = x[self.rank::self.world_size]
+        x = x[self.rank :: self.world_size]
         if y is not None:
-            y = y[self.rank::self.world_size]
+            y = y[self.rank :: self.world_size]
         self.steps += 1
         self.samples += x.shape[0]
         return x, y, x.shape[0] / n
@@ -121,7 +123,7 @@ class Distributed:
         import torch.distributed as dist
 
         box: list = [None]
-        error: Optional[BaseException] = None
+        error: BaseException | None = None
         if self.is_main:
             try:
                 box[0] = ("ok", fn())
@@ -140,8 +142,10 @@ class Distributed:
 
     def summary(self) -> str:
         mean = self.local_loss / self.steps if self.steps else float("nan")
-        return (f"[rank {self.rank}/{self.world_size}] trained {self.steps} steps on {self.samples} patches "
-                f"({self.backend}, {self.device}); mean loss of its own patches {mean:.6f}")
+        return (
+            f"[rank {self.rank}/{self.world_size}] trained {self.steps} steps on {self.samples} patches "
+            f"({self.backend}, {self.device}); mean loss of its own patches {mean:.6f}"
+        )
 
 
 @functools.cache
@@ -181,16 +185,20 @@ def setup(device: str, batch_size: int) -> Distributed:
     if world <= 1:
         return Distributed(device=device)
     if batch_size < world:
-        raise InputError(f"train.batch_size is {batch_size} but there are {world} processes: each process needs at "
-                         f"least one patch of the batch (the batch is split across the processes).")
+        raise InputError(
+            f"train.batch_size is {batch_size} but there are {world} processes: each process needs at "
+            f"least one patch of the batch (the batch is split across the processes)."
+        )
     import torch
     import torch.distributed as dist
 
     cuda = device.startswith("cuda")
     if cuda:
         if local >= torch.cuda.device_count():
-            raise InputError(f"Process {rank} has LOCAL_RANK {local} but this machine has {torch.cuda.device_count()} "
-                             f"CUDA GPU(s); start at most one process per GPU (torchrun --nproc_per_node).")
+            raise InputError(
+                f"Process {rank} has LOCAL_RANK {local} but this machine has {torch.cuda.device_count()} "
+                f"CUDA GPU(s); start at most one process per GPU (torchrun --nproc_per_node)."
+            )
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
     backend = "nccl" if cuda else "gloo"
@@ -215,7 +223,7 @@ def shutdown() -> None:
         _wait_for_idle_threads("pt_gloo_runloop")
 
 
-def _thread_states(name: str) -> Optional[list[str]]:
+def _thread_states(name: str) -> list[str] | None:
     """The scheduler states (R, S, D, ...) of this process's threads called `name`; None where /proc cannot tell."""
     try:
         tasks = os.listdir("/proc/self/task")

@@ -13,6 +13,7 @@ Against the peak RSS of real steps in a fresh process, the CPU estimate is 1.1-1
 0.5-5 GB (more for smaller ones, where the fixed reserve dominates; benchmarks/README.md, issue 9), so a run that
 passes is not killed for memory, and the batch the refusal suggests is within about a third of the largest that fits.
 """
+
 from __future__ import annotations
 
 import copy
@@ -232,8 +233,15 @@ class StepMemory:
     def _run(self, batch: int, patch: tuple, device: str = "meta") -> int | None:
         model = self.meta if device == "meta" else self._model
         y_shape = None if self.y is None else (batch, *self._shape(self.y[0], patch))
-        return step_peak(model, self.loss, (batch, *self._shape(self.x[0], patch)), self.x[1], y_shape,
-                         None if self.y is None else self.y[1], device)
+        return step_peak(
+            model,
+            self.loss,
+            (batch, *self._shape(self.x[0], patch)),
+            self.x[1],
+            y_shape,
+            None if self.y is None else self.y[1],
+            device,
+        )
 
     def peak(self, batch: int, patch: tuple | None = None) -> int | None:
         patch = tuple(patch or self.patch)
@@ -288,6 +296,7 @@ class StepMemory:
         """A patch of the same proportions (multiples of the model's size divisor), close to the largest whose step
         fits in `room` bytes at `batch` (memory grows about with the voxels); None when none does or the model
         takes only its own patch size."""
+
         def scaled(f: float) -> tuple:
             return tuple(max(self.divisor, int(p * f) // self.divisor * self.divisor) for p in self.patch)
 
@@ -344,16 +353,22 @@ def check_training(model, workflow, cfg, data, loss_fn, device: str, world: int 
     fits = estimate.largest_batch(room, device, per_process) * world
     said = f"train.batch_size {batch}" + (f" ({per_process} per process, {world} processes)" if world > 1 else "")
     free_words = f"{_size(free)} of RAM are free" if where == "of RAM" else f"{_size(free)} are free {where}"
-    head = (f"A training step with {said} and data.patch_size {_dims(cfg.data.patch_size)} needs about "
-            f"{_size(need * sharing)} but {free_words}")
+    head = (
+        f"A training step with {said} and data.patch_size {_dims(cfg.data.patch_size)} needs about "
+        f"{_size(need * sharing)} but {free_words}"
+    )
     if fits >= world:
         raise InputError(f"{head}; train.batch_size {fits} (or a smaller data.patch_size) would fit.")
     patch = estimate.smaller_patch(room, device, 1)
     if patch is not None:
-        raise InputError(f"{head}; even train.batch_size {world} is too much: data.patch_size {_dims(patch)} with "
-                         f"train.batch_size {world} would fit.")
-    raise InputError(f"{head}; even train.batch_size {world} with a small data.patch_size is too much: use a "
-                     f"smaller model (model.options).")
+        raise InputError(
+            f"{head}; even train.batch_size {world} is too much: data.patch_size {_dims(patch)} with "
+            f"train.batch_size {world} would fit."
+        )
+    raise InputError(
+        f"{head}; even train.batch_size {world} with a small data.patch_size is too much: use a "
+        f"smaller model (model.options)."
+    )
 
 
 # --- allocation failures --------------------------------------------------------------------------------------
@@ -384,13 +399,17 @@ def _where(device: str) -> str:
 
 
 def training_failure(cfg, device: str) -> str:
-    return (f"Training ran out of memory ({_where(device)}) with train.batch_size {cfg.train.batch_size} and "
-            f"data.patch_size {_dims(cfg.data.patch_size)}: lower train.batch_size or data.patch_size.")
+    return (
+        f"Training ran out of memory ({_where(device)}) with train.batch_size {cfg.train.batch_size} and "
+        f"data.patch_size {_dims(cfg.data.patch_size)}: lower train.batch_size or data.patch_size."
+    )
 
 
 def prediction_failure(name: str, tile, per_pass: int, device: str) -> str:
-    return (f"Prediction of {name} ran out of memory ({_where(device)}) with tiles of {_dims(tile)}, {per_pass} per "
-            f"pass: lower predict.tile_size or predict.batch_size.")
+    return (
+        f"Prediction of {name} ran out of memory ({_where(device)}) with tiles of {_dims(tile)}, {per_pass} per "
+        f"pass: lower predict.tile_size or predict.batch_size."
+    )
 
 
 def local_world_size() -> int:
@@ -399,4 +418,3 @@ def local_world_size() -> int:
         return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     except ValueError:
         return 1
-

@@ -1,4 +1,5 @@
 """Metrics: IoU per class and mean, accumulated over batches or images (counts, not averages of averages)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +16,9 @@ class IoUAccumulator:
     def update(self, pred: np.ndarray, target: np.ndarray) -> None:
         pred, target = np.asarray(pred).ravel(), np.asarray(target).ravel()
         # one bincount over (pred, target) pairs gives the whole confusion matrix
-        cm = np.bincount(target.astype(np.int64) * self.n + pred.astype(np.int64), minlength=self.n * self.n).reshape(self.n, self.n)
+        cm = np.bincount(target.astype(np.int64) * self.n + pred.astype(np.int64), minlength=self.n * self.n).reshape(
+            self.n, self.n
+        )
         inter = np.diag(cm)
         self.inter += inter
         self.union += cm.sum(0) + cm.sum(1) - inter

@@ -4,20 +4,22 @@
 them; while the caller handles a report the trainer is paused, which is what lets a widget compute a preview with
 the current model between epochs. Cancelling is a flag checked at batch boundaries; the best checkpoint stays valid.
 """
+
 from __future__ import annotations
 
 import csv
 import math
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Union
 
 import numpy as np
 
-from .distributed import Distributed
 from ..errors import InputError
+from .distributed import Distributed
 
 
 @dataclass
@@ -59,7 +61,7 @@ class DoneReport:
     epochs_run: int
     best_epoch: int
     best_val_loss: float
-    checkpoint: Optional[Path]
+    checkpoint: Path | None
     experiment_dir: Path
 
 
@@ -87,10 +89,15 @@ def transfer_weights(model, path: Path, unused: list[str] | None = None) -> tupl
     if not matched:
         same = next((k for k in source if k in own), None)
         dims = lambda t: "x".join(map(str, t.shape)) or "scalar"  # noqa: E731
-        why = (f"its tensor names match but not their shapes ({same} is {dims(source[same])} there, {dims(own[same])} here)"
-               if same else "no tensor name matches")
-        raise InputError(f"Checkpoint {path} shares no weights with model '{model.model_name}' (it holds a "
-                         f"'{source_name}' model): {why}.")
+        why = (
+            f"its tensor names match but not their shapes ({same} is {dims(source[same])} there, {dims(own[same])} here)"
+            if same
+            else "no tensor name matches"
+        )
+        raise InputError(
+            f"Checkpoint {path} shares no weights with model '{model.model_name}' (it holds a "
+            f"'{source_name}' model): {why}."
+        )
     model.load_state_dict(matched, strict=False)
     if unused is not None:
         unused.extend(sorted(k for k in source if k not in matched))
@@ -119,7 +126,9 @@ def _scheduler(cfg, optimizer, steps_per_epoch: int):
     t = cfg.train
     total = t.epochs * steps_per_epoch
     if t.scheduler == "reduce_on_plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=max(1, t.patience // 2)), False
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=0.5, patience=max(1, t.patience // 2)
+        ), False
     if t.scheduler == "one_cycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=t.learning_rate, total_steps=total), True
     if t.scheduler == "warmup_cosine":
@@ -144,7 +153,7 @@ class Trainer:
         self.normalizer = None
         self.experiment = None
         self.dist = Distributed()  # under torchrun: this process's rank (engine/train/distributed.py)
-        self.best_checkpoint: Optional[Path] = None
+        self.best_checkpoint: Path | None = None
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -157,10 +166,10 @@ class Trainer:
     def _prepare(self):
         import torch
 
-        from .distributed import setup
-        from ..models import create_model
         from ..data.normalize import fit_normalizer
+        from ..models import create_model
         from ..workflows import get_workflow
+        from .distributed import setup
 
         cfg = self.cfg
         self.workflow = get_workflow(cfg)
@@ -169,41 +178,59 @@ class Trainer:
         self.device = self.dist.device  # under torchrun on GPUs: this process's GPU
         self.dataset = self.workflow.build_dataset(cfg, *self._given)
         torch.manual_seed(cfg.seed)
-        self.normalizer = fit_normalizer([s.raw for s in self.dataset.train], cfg.data.normalization,
-                                         cfg.data.percentile_low, cfg.data.percentile_high)
+        self.normalizer = fit_normalizer(
+            [s.raw for s in self.dataset.train],
+            cfg.data.normalization,
+            cfg.data.percentile_low,
+            cfg.data.percentile_high,
+        )
         self.workflow.prepare(self.dataset, cfg, self.normalizer)
         try:
-            self.model = create_model(cfg.model.name, ndim=cfg.ndim, in_channels=cfg.data.in_channels,
-                                      out_channels=self.workflow.out_channels(cfg),
-                                      **{**self.workflow.model_defaults(cfg), **cfg.model.options})
+            self.model = create_model(
+                cfg.model.name,
+                ndim=cfg.ndim,
+                in_channels=cfg.data.in_channels,
+                out_channels=self.workflow.out_channels(cfg),
+                **{**self.workflow.model_defaults(cfg), **cfg.model.options},
+            )
         except (KeyError, ValueError) as e:
             raise InputError(f"model: {e.args[0] if e.args else e}") from None
         if any(p % self.model.size_divisor for p in cfg.data.patch_size):
-            raise InputError(f"The patch size {'x'.join(map(str, cfg.data.patch_size))} must be a multiple of "
-                             f"{self.model.size_divisor} for model '{cfg.model.name}'.")
+            raise InputError(
+                f"The patch size {'x'.join(map(str, cfg.data.patch_size))} must be a multiple of "
+                f"{self.model.size_divisor} for model '{cfg.model.name}'."
+            )
         resume = None
         if cfg.train.resume is not None:
             from .checkpoint import read_checkpoint
 
             resume = read_checkpoint(cfg.train.resume)
             if resume["config"]["workflow"] != cfg.workflow or resume["model"]["name"] != cfg.model.name:
-                raise InputError(f"Checkpoint {cfg.train.resume} is a {resume['model']['name']} for "
-                                 f"{resume['config']['workflow']}; it cannot resume this run.")
+                raise InputError(
+                    f"Checkpoint {cfg.train.resume} is a {resume['model']['name']} for "
+                    f"{resume['config']['workflow']}; it cannot resume this run."
+                )
             channels = resume["config"]["data"]["in_channels"]
             if channels != cfg.data.in_channels:
-                raise InputError(f"Checkpoint {cfg.train.resume} was trained on {channels} input channel(s), but this run "
-                                 f"has {cfg.data.in_channels} (data.in_channels); it cannot resume this run.")
+                raise InputError(
+                    f"Checkpoint {cfg.train.resume} was trained on {channels} input channel(s), but this run "
+                    f"has {cfg.data.in_channels} (data.in_channels); it cannot resume this run."
+                )
             try:
                 self.model.load_state_dict(resume["state_dict"])
             except RuntimeError:
-                raise InputError(f"Checkpoint {cfg.train.resume} does not fit this run's model (other classes or model "
-                                 f"options); it cannot resume this run.") from None
+                raise InputError(
+                    f"Checkpoint {cfg.train.resume} does not fit this run's model (other classes or model "
+                    f"options); it cannot resume this run."
+                ) from None
         elif cfg.model.start_from is not None:
             unused: list[str] = []
             loaded, skipped = transfer_weights(self.model, cfg.model.start_from, unused)
-            self.dataset.notes.append(f"Started from {cfg.model.start_from}: {loaded} tensors loaded, "
-                                      f"{len(skipped)} initialised{_names(skipped)}; {len(unused)} of the "
-                                      f"checkpoint's tensors skipped{_names(unused)}.")
+            self.dataset.notes.append(
+                f"Started from {cfg.model.start_from}: {loaded} tensors loaded, "
+                f"{len(skipped)} initialised{_names(skipped)}; {len(unused)} of the "
+                f"checkpoint's tensors skipped{_names(unused)}."
+            )
         self.model.to(self.device)
         return resume
 
@@ -258,7 +285,9 @@ class Trainer:
         exp = self.experiment
         log = _Log(exp.folder("train_logs") / f"{exp.run_name}_log.csv") if main else _Nothing()
         charts = _Charts(exp.folder("charts"), exp.run_name, wf.chart_metric) if main else _Nothing()
-        yield StartReport(exp.run_name, exp.root, steps, len(self.dataset.train), len(self.dataset.val), self.dataset.notes)
+        yield StartReport(
+            exp.run_name, exp.root, steps, len(self.dataset.train), len(self.dataset.val), self.dataset.notes
+        )
 
         reason, epoch, epoch_times = "finished", first_epoch - 1, []
         for epoch in range(first_epoch, t.epochs + 1):
@@ -285,8 +314,14 @@ class Trainer:
                 elapsed = time.perf_counter() - start
                 remaining_epochs = t.epochs - epoch
                 per_epoch = np.median(epoch_times) if epoch_times else elapsed / step * steps
-                yield StepReport(epoch, t.epochs, step, steps, losses[-1],
-                                 elapsed / step * (steps - step) + remaining_epochs * per_epoch)
+                yield StepReport(
+                    epoch,
+                    t.epochs,
+                    step,
+                    steps,
+                    losses[-1],
+                    elapsed / step * (steps - step) + remaining_epochs * per_epoch,
+                )
             batches.close()
             if self.dist.any(self.cancelled):
                 reason = "cancelled"
@@ -309,11 +344,27 @@ class Trainer:
             seconds = time.perf_counter() - start
             epoch_times.append(seconds)
             lr = optimizer.param_groups[0]["lr"]
-            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "learning_rate": lr, "seconds": seconds, **metrics}
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "learning_rate": lr,
+                "seconds": seconds,
+                **metrics,
+            }
             log.write(row)
             charts.update(row)
-            yield EpochReport(epoch, t.epochs, train_loss, val_loss, metrics, lr, seconds,
-                              float(np.median(epoch_times)) * (t.epochs - epoch), improved)
+            yield EpochReport(
+                epoch,
+                t.epochs,
+                train_loss,
+                val_loss,
+                metrics,
+                lr,
+                seconds,
+                float(np.median(epoch_times)) * (t.epochs - epoch),
+                improved,
+            )
             if t.patience and since_best >= t.patience:
                 reason = "early_stopped"
                 break
@@ -345,8 +396,11 @@ class Trainer:
         return {
             "workflow": cfg.workflow,
             "config": cfg.model_dump(mode="json"),
-            "model": {"name": self.model.model_name, "options": self.model.model_options,
-                      "out_channels": self.workflow.out_channels(cfg)},
+            "model": {
+                "name": self.model.model_name,
+                "options": self.model.model_options,
+                "out_channels": self.workflow.out_channels(cfg),
+            },
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "normalization": self.normalizer.to_dict(),
             "workflow_state": self.workflow.state,
@@ -359,7 +413,7 @@ class Trainer:
         }
 
     @staticmethod
-    def _save(path: Path, payload: Optional[dict]) -> Path:
+    def _save(path: Path, payload: dict | None) -> Path:
         from .checkpoint import save_checkpoint
 
         return path if payload is None else save_checkpoint(path, payload)  # None: not rank 0, writes nothing
@@ -375,11 +429,19 @@ def _check_memory(trainer, data, loss_fn) -> None:
     from .memory import check_training, local_world_size
 
     dist = trainer.dist
-    check_training(trainer.model, trainer.workflow, trainer.cfg, data, loss_fn, trainer.device, dist.world_size,
-                   local_world_size() if dist.enabled else 1)
+    check_training(
+        trainer.model,
+        trainer.workflow,
+        trainer.cfg,
+        data,
+        loss_fn,
+        trainer.device,
+        dist.world_size,
+        local_world_size() if dist.enabled else 1,
+    )
 
 
-def _claim_run(cfg, created: Optional[list] = None):
+def _claim_run(cfg, created: list | None = None):
     from ..experiment import folders_to_create, new_experiment
 
     if created is not None:

@@ -3,19 +3,21 @@
 The trainer and predictor only call these methods, so a new workflow is a new file with a registered
 subclass and never a change to the trainer.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
 
-_WORKFLOWS: dict[tuple[str, str], type["Workflow"]] = {}
+_WORKFLOWS: dict[tuple[str, str], type[Workflow]] = {}
 
 
-def register_workflow(cls: type["Workflow"]) -> type["Workflow"]:
+def register_workflow(cls: type[Workflow]) -> type[Workflow]:
     """Register a workflow class under its config name (and variant value, e.g. a self-supervised pretext)."""
     key = (cls.name, cls.variant[1] if cls.variant else "")
     if key in _WORKFLOWS and _WORKFLOWS[key] is not cls:
@@ -24,7 +26,7 @@ def register_workflow(cls: type["Workflow"]) -> type["Workflow"]:
     return cls
 
 
-def unregister_workflow(cls: type["Workflow"]) -> None:
+def unregister_workflow(cls: type[Workflow]) -> None:
     """Take a registered workflow away again (a plugin unloaded, a test's own workflow)."""
     _WORKFLOWS.pop((cls.name, cls.variant[1] if cls.variant else ""), None)
 
@@ -53,7 +55,7 @@ def _config_value(cfg, path: str):
     return value
 
 
-def workflow_class(name: str, variant: Optional[str] = None) -> type["Workflow"]:
+def workflow_class(name: str, variant: str | None = None) -> type[Workflow]:
     """The class registered for config name `name` and, for names with variants, `variant` (the first registered
     variant, the config's default, when None)."""
     _builtin()
@@ -69,7 +71,7 @@ def workflow_class(name: str, variant: Optional[str] = None) -> type["Workflow"]
     raise KeyError(f"unknown {field} '{variant}' for {name}; available: {', '.join(c.variant[1] for c in classes)}")
 
 
-def get_workflow(spec, variant: Optional[str] = None) -> "Workflow":
+def get_workflow(spec, variant: str | None = None) -> Workflow:
     """A fresh workflow for a config (a RunConfig or its dict: `workflow` and, when the workflow has variants,
     the field naming the variant) or for a workflow name (its default variant unless `variant` is given)."""
     if isinstance(spec, str):
@@ -87,13 +89,13 @@ def list_workflows() -> list[str]:
     return list(dict.fromkeys(c.name for c in workflow_classes()))
 
 
-def workflow_classes() -> list[type["Workflow"]]:
+def workflow_classes() -> list[type[Workflow]]:
     """Every registered workflow class (one per variant), in their `order`."""
     _builtin()
     return sorted(_WORKFLOWS.values(), key=lambda c: c.order)  # stable: registration order within one rank
 
 
-def variants(name: str) -> tuple[Optional[str], list[str]]:
+def variants(name: str) -> tuple[str | None, list[str]]:
     """(config field, values) of a workflow's variants; (None, []) when it has none."""
     classes = [c for c in workflow_classes() if c.name == name]
     if not classes or classes[0].variant is None:
@@ -105,7 +107,7 @@ class Workflow:
     # --- what the front ends read (the CLI, the docks, the preview and batch never branch on names) ----------------
     name: str = ""  # the config's `workflow:` value
     order = 100  # where it is listed (CLI choices, the Train dock's workflow list)
-    variant: Optional[tuple[str, str]] = None  # (config field, value) when several classes share `name`
+    variant: tuple[str, str] | None = None  # (config field, value) when several classes share `name`
     title: str = ""  # as the docks and messages name it: "semantic segmentation"
     variant_title: str = ""  # the variant's own words: "masking (masked autoencoder)"
     default_variant = False  # the variant a name alone stands for (the config field's default)
@@ -115,7 +117,9 @@ class Workflow:
     model_tasks: tuple[str, ...] = ("dense",)  # registry tasks that fit
     excluded_model_tags: tuple[str, ...] = ("masked_autoencoder",)  # registry tags that do not fit
     required_model_tags: tuple[str, ...] = ()  # registry tags a model must have
-    prediction_options: tuple[str, ...] = ("tta",)  # predict.* options that apply (tile_size, overlap, batch_size: dense)
+    prediction_options: tuple[str, ...] = (
+        "tta",
+    )  # predict.* options that apply (tile_size, overlap, batch_size: dense)
     prediction_options_3d: tuple[str, ...] = ()  # more options that apply to 3D checkpoints only
     section_options: tuple[str, ...] = ()  # config fields of its own section shown in the Train dock
     predict_section_options: tuple[str, ...] = ()  # ... and in the Predict dock
@@ -148,10 +152,12 @@ class Workflow:
             task, tags = model_task(name), set(model_tags(name))
         except KeyError:
             return False
-        return task in cls.model_tasks and not tags & set(cls.excluded_model_tags) and set(cls.required_model_tags) <= tags
+        return (
+            task in cls.model_tasks and not tags & set(cls.excluded_model_tags) and set(cls.required_model_tags) <= tags
+        )
 
     @classmethod
-    def models(cls, ndim: Optional[int] = None) -> list[str]:
+    def models(cls, ndim: int | None = None) -> list[str]:
         """The registered models that fit this workflow in `ndim` dimensions."""
         from ..models import list_models
 
@@ -169,7 +175,7 @@ class Workflow:
 
     rows_column = "image"  # the first column of predictions.csv (one row per predicted image)
 
-    def write_set_metrics(self, run_dir: Path, rows: list[dict], cfg) -> Optional[Path]:
+    def write_set_metrics(self, run_dir: Path, rows: list[dict], cfg) -> Path | None:
         """Metrics over a whole set of per-image predictions (predictions.csv rows), written into `run_dir`; the
         file written, or None (dense workflows pool their metrics image by image)."""
         return None
@@ -183,14 +189,17 @@ class Workflow:
         except KeyError as e:
             raise InputError(f"model: {e}") from None
         if not self.fits_model(cfg.model.name):
-            raise InputError(f"Model '{cfg.model.name}' does not fit {self.full_title()}; use "
-                             f"{', '.join(self.models(cfg.ndim))} (model.name).")
+            raise InputError(
+                f"Model '{cfg.model.name}' does not fit {self.full_title()}; use "
+                f"{', '.join(self.models(cfg.ndim))} (model.name)."
+            )
 
     def check_config(self, cfg) -> None:
         """Refuse settings this workflow cannot honour (ValueError, worded with config keys); run by RunConfig."""
         if cfg.train.loss not in self.losses:
-            raise ValueError(f"train.loss '{cfg.train.loss}' does not fit {self.full_title()}; use one of "
-                             f"{', '.join(self.losses)}")
+            raise ValueError(
+                f"train.loss '{cfg.train.loss}' does not fit {self.full_title()}; use one of {', '.join(self.losses)}"
+            )
         from ...config import PredictConfig
 
         defaults = PredictConfig()
@@ -298,8 +307,9 @@ class Workflow:
         return (t > 0).astype(np.int64) if flags.get("label_is_255") else t.astype(np.int64)
 
     # --- outputs ------------------------------------------------------------------------------------
-    def write_outputs(self, prediction, store: Path, out_dir: Path, stem: str, cfg, target=None,
-                      inputs: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    def write_outputs(
+        self, prediction, store: Path, out_dir: Path, stem: str, cfg, target=None, inputs: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Write the results of one predicted image (prediction: channel-first zarr array inside the zarr folder
         `store`; files under the run's results folder `out_dir`). `target(region)` reads the ground truth of a
         region when there is one; `inputs` is what prediction_input handed on. Return {output key: array-like}

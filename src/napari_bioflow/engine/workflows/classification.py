@@ -2,6 +2,7 @@
 
 Plugs into the shared trainer through the data hooks (whole images brought to the patch size, not patches);
 prediction is one probability vector per image (engine/predict/classification_results.py), not a sliding window."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -30,13 +31,21 @@ class Classification(Workflow):
         "data.val_raw (optional) and data.test_raw the same, or a flat test folder for predictions only.",
         "Images are brought to data.patch_size by classification.fit: resize or pad (crop when larger).",
         "Models: vit (default, 2D and 3D), simple_cnn (2D and 3D), efficientnet_b0 ... efficientnet_b7 (2D).",
-        "Results: predictions.csv; with test classes metrics.csv and confusion_matrix.csv/.png.")
+        "Results: predictions.csv; with test classes metrics.csv and confusion_matrix.csv/.png.",
+    )
 
     @classmethod
     def init_values(cls, ndim: int) -> dict:
-        return {"name": f"my_classification_{ndim}d", "model": {"name": "vit"},
-                "data": {"train_raw": "path/to/train", "patch_size": [16, 32, 32] if ndim == 3 else [64, 64],
-                         "val_split": 0.2}, "train": {"batch_size": 16}}
+        return {
+            "name": f"my_classification_{ndim}d",
+            "model": {"name": "vit"},
+            "data": {
+                "train_raw": "path/to/train",
+                "patch_size": [16, 32, 32] if ndim == 3 else [64, 64],
+                "val_split": 0.2,
+            },
+            "train": {"batch_size": 16},
+        }
 
     def build_dataset(self, cfg, train=None, val=None):
         from ..data.classification_data import build_class_dataset
@@ -47,8 +56,10 @@ class Classification(Workflow):
         except KeyError as e:
             raise InputError(f"model: {e}") from None
         if task != "classification":
-            raise InputError(f"Model '{cfg.model.name}' is not a classifier; for classification use vit, simple_cnn "
-                             f"or efficientnet_b0 ... efficientnet_b7 (model.name).")
+            raise InputError(
+                f"Model '{cfg.model.name}' is not a classifier; for classification use vit, simple_cnn "
+                f"or efficientnet_b0 ... efficientnet_b7 (model.name)."
+            )
         return build_class_dataset(cfg, train, val)
 
     def training_data(self, dataset, cfg, normalizer):

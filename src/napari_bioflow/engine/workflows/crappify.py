@@ -2,6 +2,7 @@
 (BiaPy's defaults: Gaussian noise of sigma = noise x the image maximum, clipped to [0, max], then bilinear
 down-sampling by sqrt(downsample_area) per axis, Z included in 3D, and back up). Degraded copies are made on the fly
 in training; at prediction they are written to the run's results folder, never next to the user's data."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,18 +21,24 @@ class Crappify(SelfSupervised):
     variant_title = "crappify (restore degraded images)"
     default_variant = True
     losses = ("auto", "l1", "mse")
-    section_options = ("self_supervised.noise", "self_supervised.downsample_area",
-                       "self_supervised.degrade_at_prediction")
+    section_options = (
+        "self_supervised.noise",
+        "self_supervised.downsample_area",
+        "self_supervised.degrade_at_prediction",
+    )
     predict_section_options = ("self_supervised.degrade_at_prediction",)
-    outputs = (Output("degraded", "degraded", contrast="source"),
-               Output("reconstruction", "restored", contrast="source", live=True))
+    outputs = (
+        Output("degraded", "degraded", contrast="source"),
+        Output("reconstruction", "restored", contrast="source", live=True),
+    )
     metric_keys = ("psnr", "ssim", "psnr_degraded_input")
     init_notes = (
         "Self-supervised pretraining, crappify: the model learns to restore raw images (data.train_raw only) degraded",
         "by Gaussian noise (self_supervised.noise x the image maximum) and down/up-sampling (downsample_area).",
         "Results: degraded/ (the degraded test inputs), per_image/ (restorations), metrics.csv (PSNR of both).",
         "Start a segmentation or image-to-image U-Net from its checkpoint with model.start_from.",
-        "The other pretext: napari-bioflow init self_supervised --pretext masking")
+        "The other pretext: napari-bioflow init self_supervised --pretext masking",
+    )
 
     @classmethod
     def init_values(cls, ndim: int) -> dict:
@@ -82,8 +89,9 @@ class Crappify(SelfSupervised):
         write_tiff(out_dir / "degraded" / f"{stem}.tif", degraded, "C" + ("ZYX" if cfg.ndim == 3 else "YX"))
         return np.moveaxis(degraded, 0, -1), {"clean": clean, "degraded": degraded}
 
-    def write_outputs(self, prediction, store: Path, out_dir: Path, stem: str, cfg, target=None,
-                      inputs=None) -> dict[str, Any]:
+    def write_outputs(
+        self, prediction, store: Path, out_dir: Path, stem: str, cfg, target=None, inputs=None
+    ) -> dict[str, Any]:
         """The restoration in intensities (zarr, TIFF) and PSNR/SSIM against the clean image, by chunks."""
         import dask.array as da
 
@@ -92,8 +100,9 @@ class Crappify(SelfSupervised):
 
         norm = Normalizer.from_dict(self.state["normalization"])
         clean, degraded = (inputs or {}).get("clean"), (inputs or {}).get("degraded")
-        written = write_image_outputs(prediction, norm, store, out_dir, stem, cfg,
-                                      lambda region: _channels_first(clean, region))
+        written = write_image_outputs(
+            prediction, norm, store, out_dir, stem, cfg, lambda region: _channels_first(clean, region)
+        )
         out: dict[str, Any] = {"reconstruction": da.from_zarr(written["image"]), "metrics": written["metrics"]}
         if degraded is not None:
             out["metrics"]["psnr_degraded_input"] = psnr(degraded, np.moveaxis(clean, -1, 0))

@@ -3,6 +3,7 @@
 Targets are normalized with their own statistics (fitted on the training targets, kept in the checkpoint), so the
 model works on comparable scales; predictions are mapped back to the target's intensities when written.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,13 +16,17 @@ from .base import Workflow, register_workflow
 from .spec import Output
 
 
-def psnr(prediction: np.ndarray, target: np.ndarray, data_range: float | None = None, count: int | None = None) -> float:
+def psnr(
+    prediction: np.ndarray, target: np.ndarray, data_range: float | None = None, count: int | None = None
+) -> float:
     """Peak signal-to-noise ratio in dB; the data range defaults to the target's. `count`: the number of pixels the
     error is averaged over, when the arrays hold zero error elsewhere (the MAE's hidden tokens alone)."""
     prediction, target = np.asarray(prediction), np.asarray(target)
     rng = float(target.max() - target.min()) if data_range is None else data_range
     # one float32 difference squared in place, summed in float64: no float64 copies of whole images
-    d = np.subtract(prediction, target, dtype=np.float32 if prediction.dtype == target.dtype == np.float32 else np.float64)
+    d = np.subtract(
+        prediction, target, dtype=np.float32 if prediction.dtype == target.dtype == np.float32 else np.float64
+    )
     np.square(d, out=d)
     mse = float(d.sum(dtype=np.float64)) / max(1, d.size if count is None else count)
     if mse == 0:
@@ -88,7 +93,8 @@ class ImageToImage(Workflow):
         "Pairs: each raw image in data.train_raw has its target (same size) in data.train_label, paired by file",
         "name; set data.target_channels for multi-channel targets. Test targets (data.test_label) give PSNR/SSIM.",
         "Models: unet, resunet, attention_unet (2D and 3D); edsr, rcan, dfcan (2D). Loss: l1 or mse.",
-        "Results: per_image/ (TIFF and zarr per test image) and metrics.csv.")
+        "Results: per_image/ (TIFF and zarr per test image) and metrics.csv.",
+    )
 
     @classmethod
     def init_values(cls, ndim: int) -> dict:
@@ -105,16 +111,19 @@ class ImageToImage(Workflow):
 
         target = to_channels_last(target, cfg.ndim, cfg.data.target_channels, name, source="data.target_channels")
         if tuple(target.shape[:-1]) != tuple(spatial_shape):
-            raise InputError(f"{name} has shape {'x'.join(map(str, target.shape[:-1]))} but its raw image has "
-                             f"{'x'.join(map(str, spatial_shape))}.")
+            raise InputError(
+                f"{name} has shape {'x'.join(map(str, target.shape[:-1]))} but its raw image has "
+                f"{'x'.join(map(str, spatial_shape))}."
+            )
         check_finite(target, name)
         return {"label": target}
 
     def prepare(self, dataset, cfg, normalizer) -> None:
         from ..data.normalize import fit_normalizer
 
-        norm = fit_normalizer([s.label for s in dataset.train], cfg.data.normalization,
-                              cfg.data.percentile_low, cfg.data.percentile_high)
+        norm = fit_normalizer(
+            [s.label for s in dataset.train], cfg.data.normalization, cfg.data.percentile_low, cfg.data.percentile_high
+        )
         self.state = {"target_normalization": norm.to_dict()}
 
     def _target_normalizer(self):
@@ -140,12 +149,15 @@ class ImageToImage(Workflow):
     def metrics(self, cfg):
         return PSNRMetrics()
 
-    def write_outputs(self, prediction, store: Path, out_dir: Path, stem: str, cfg, target=None,
-                      inputs=None) -> dict[str, Any]:
+    def write_outputs(
+        self, prediction, store: Path, out_dir: Path, stem: str, cfg, target=None, inputs=None
+    ) -> dict[str, Any]:
         return write_image_outputs(prediction, self._target_normalizer(), store, out_dir, stem, cfg, target)
 
 
-def write_image_outputs(prediction, normalizer, store: Path, out_dir: Path, stem: str, cfg, target=None) -> dict[str, Any]:
+def write_image_outputs(
+    prediction, normalizer, store: Path, out_dir: Path, stem: str, cfg, target=None
+) -> dict[str, Any]:
     """Map a normalized (C, ...) prediction back to intensities chunk by chunk into `store/image`, a TIFF when it
     fits, and PSNR/SSIM against `target(region)` (channel first) when given."""
     import zarr
@@ -156,7 +168,9 @@ def write_image_outputs(prediction, normalizer, store: Path, out_dir: Path, stem
 
     scale = np.asarray(normalizer.scale, np.float32).reshape(-1, *([1] * cfg.ndim))
     offset = np.asarray(normalizer.offset, np.float32).reshape(-1, *([1] * cfg.ndim))
-    image = zarr.open_array(store=str(store / "image"), mode="w", shape=prediction.shape, chunks=prediction.chunks, dtype="float32")
+    image = zarr.open_array(
+        store=str(store / "image"), mode="w", shape=prediction.shape, chunks=prediction.chunks, dtype="float32"
+    )
     for region in chunk_regions(prediction.shape[1:], prediction.chunks[1:]):
         full = (slice(None), *region)
         image[full] = np.asarray(prediction[full]) * scale + offset
@@ -191,5 +205,7 @@ def chunked_image_metrics(image, target, ndim: int) -> dict[str, float]:
             ssim_sum += sum(structural_similarity(a, b, data_range=rng) for a, b in zip(p, t)) / len(p) * p[0].size
             n += p[0].size
     mse = sse / max(1, int(np.prod(image.shape)))
-    return {"psnr": float("inf") if mse == 0 else float(10 * np.log10(rng ** 2 / mse)),
-            "ssim": ssim_sum / n if n else float("nan")}
+    return {
+        "psnr": float("inf") if mse == 0 else float(10 * np.log10(rng**2 / mse)),
+        "ssim": ssim_sum / n if n else float("nan"),
+    }

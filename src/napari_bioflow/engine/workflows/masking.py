@@ -1,6 +1,7 @@
 """Self-supervised pretext `masking`: a masked autoencoder (a model registered with the "masked_autoencoder" tag,
 e.g. mae) learns to fill in hidden tokens of raw images. Prediction writes the MAE checks (original, masked input,
 reconstruction, reconstruction with the visible tokens) chunk by chunk."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,26 +37,32 @@ class Masking(SelfSupervised):
     excluded_model_tags = ()
     required_model_tags = ("masked_autoencoder",)
     prediction_options = ()  # the masks, not flips, decide what it sees: no TTA
-    outputs = (Output("mae_original", "MAE original", contrast="source"),
-               Output("mae_masked", "MAE masked input", contrast="source"),
-               Output("reconstruction", "MAE reconstruction", contrast="source", live=True),
-               Output("mae_reconstruction_and_visible", "MAE reconstruction and visible", contrast="source"))
+    outputs = (
+        Output("mae_original", "MAE original", contrast="source"),
+        Output("mae_masked", "MAE masked input", contrast="source"),
+        Output("reconstruction", "MAE reconstruction", contrast="source", live=True),
+        Output("mae_reconstruction_and_visible", "MAE reconstruction and visible", contrast="source"),
+    )
     metric_keys = ("psnr_masked_patches",)
     init_notes = (
         "Self-supervised pretraining, masking: a masked autoencoder learns to fill in hidden tokens of raw images",
         "(data.train_raw only). model mae is sized for a CPU; mae_vit_base is BiaPy's ViT-B (111 M parameters, a GPU).",
         "The token size model.options.patch_size must divide data.patch_size on every axis; mask_type: grid|random.",
         "Results: MAE_checks/ (original, masked, reconstruction, reconstruction_and_visible), per_image/, metrics.csv.",
-        "The other pretext: napari-bioflow init self_supervised --pretext crappify")
+        "The other pretext: napari-bioflow init self_supervised --pretext crappify",
+    )
 
     @classmethod
     def init_values(cls, ndim: int) -> dict:
         from ..models import model_info
 
         options = {k: v for k, v in model_info("mae").items() if k not in ("img_size", "pos_embed", "mlp_ratio")}
-        return {"name": f"my_self_supervised_masking_{ndim}d", "self_supervised": {"pretext": "masking"},
-                "data": {"patch_size": [32, 64, 64] if ndim == 3 else [128, 128]},
-                "model": {"name": "mae", "options": options}}
+        return {
+            "name": f"my_self_supervised_masking_{ndim}d",
+            "self_supervised": {"pretext": "masking"},
+            "data": {"patch_size": [32, 64, 64] if ndim == 3 else [128, 128]},
+            "model": {"name": "mae", "options": options},
+        }
 
     def prediction_channels(self, cfg) -> int:
         # the reconstruction and the mask that was hidden, blended together for the MAE checks
@@ -66,8 +73,9 @@ class Masking(SelfSupervised):
             raise InputError(f"The masking pretext needs a masked autoencoder (model: mae), not '{cfg.model.name}'.")
         token = _token_size(cfg)
         if any(p % token for p in cfg.data.patch_size):
-            raise InputError(f"The MAE token size {token} does not divide the patch size "
-                             f"{'x'.join(map(str, cfg.data.patch_size))}.")
+            raise InputError(
+                f"The MAE token size {token} does not divide the patch size {'x'.join(map(str, cfg.data.patch_size))}."
+            )
         self.state = {"normalization": normalizer.to_dict()}
 
     def read_target(self, sample, sl, x) -> np.ndarray:
@@ -117,21 +125,32 @@ class Masking(SelfSupervised):
         # the image itself, kept as it is (lazy) for the checks to read chunk by chunk
         return image, {"clean": image}
 
-    def write_outputs(self, prediction, store: Path, out_dir: Path, stem: str, cfg, target=None,
-                      inputs=None) -> dict[str, Any]:
+    def write_outputs(
+        self, prediction, store: Path, out_dir: Path, stem: str, cfg, target=None, inputs=None
+    ) -> dict[str, Any]:
         from ..data.normalize import Normalizer
 
         norm = Normalizer.from_dict(self.state["normalization"])
         axes = "C" + ("ZYX" if cfg.ndim == 3 else "YX")
         per_image = out_dir / "per_image" / f"{stem}.tif" if cfg.predict.save_tiff else None
-        return _mae_outputs(prediction, (inputs or {})["clean"], norm, cfg.data.in_channels, out_dir / "MAE_checks",
-                            stem, axes, per_image)
+        return _mae_outputs(
+            prediction,
+            (inputs or {})["clean"],
+            norm,
+            cfg.data.in_channels,
+            out_dir / "MAE_checks",
+            stem,
+            axes,
+            per_image,
+        )
 
 
 MAE_CHECK_NAMES = ("original", "masked", "reconstruction", "reconstruction_and_visible")
 
 
-def _mae_outputs(prediction, clean, norm, c: int, folder: Path, stem: str, axes: str, per_image: Path | None) -> dict[str, Any]:
+def _mae_outputs(
+    prediction, clean, norm, c: int, folder: Path, stem: str, axes: str, per_image: Path | None
+) -> dict[str, Any]:
     """The MAE checks of one image, chunk by chunk: the prediction zarr (reconstruction and hidden mask, normalized)
     and the clean channel-last image are read one chunk at a time, and each check is written into its own
     memory-mapped TIFF in `folder`, so memory stays a few chunks whatever the image size. Chunks go through two
@@ -153,7 +172,7 @@ def _mae_outputs(prediction, clean, norm, c: int, folder: Path, stem: str, axes:
         p = np.asarray(prediction[(slice(None), *region)], np.float32)
         original = _channels_first(clean, region)
         reconstruction = p[:c] * scale + offset
-        mask = p[c:c + 1] > 0.5
+        mask = p[c : c + 1] > 0.5
         hidden = np.broadcast_to(mask, original.shape)
         visible = np.where(hidden, reconstruction, original)
         key = (slice(None), *region)
@@ -163,8 +182,12 @@ def _mae_outputs(prediction, clean, norm, c: int, folder: Path, stem: str, axes:
         files["reconstruction_and_visible"][key] = visible
         # reconstruction_and_visible equals the original on the visible pixels: its error is the hidden ones'
         d = visible - original
-        return (float(np.square(d, out=d).sum(dtype=np.float64)), int(mask.sum()) * c,
-                float(original.min()), float(original.max()))
+        return (
+            float(np.square(d, out=d).sum(dtype=np.float64)),
+            int(mask.sum()) * c,
+            float(original.min()),
+            float(original.max()),
+        )
 
     regions = list(chunk_regions(prediction.shape[1:], prediction.chunks[1:]))
     chunk_bytes = 4 * c * int(np.prod(prediction.chunks[1:]))
@@ -173,7 +196,7 @@ def _mae_outputs(prediction, clean, norm, c: int, folder: Path, stem: str, axes:
     try:
         with ThreadPoolExecutor(2) as pool:
             for k in range(0, len(regions), group):
-                parts.extend(pool.map(one, regions[k:k + group]))
+                parts.extend(pool.map(one, regions[k : k + group]))
                 if k + group < len(regions):  # written pages stay in the page cache, not in this process
                     for f in files.values():
                         f.drop_pages()
@@ -191,10 +214,13 @@ def _mae_outputs(prediction, clean, norm, c: int, folder: Path, stem: str, axes:
     rng = (max(p[3] for p in parts) - min(p[2] for p in parts)) or 1.0
     mse = sse / max(1, hidden_count)
     # the hidden pixels alone, with the image's range as the peak (the visible ones would count as exact)
-    metrics = {"psnr_masked_patches": float("inf") if mse == 0 else float(10 * np.log10(rng ** 2 / mse))}
+    metrics = {"psnr_masked_patches": float("inf") if mse == 0 else float(10 * np.log10(rng**2 / mse))}
     checks = {name: tifffile.memmap(str(path), mode="r") for name, path in paths.items()}
-    return {"reconstruction": checks.pop("reconstruction"), **{f"mae_{k}": v for k, v in checks.items()},
-            "metrics": metrics}
+    return {
+        "reconstruction": checks.pop("reconstruction"),
+        **{f"mae_{k}": v for k, v in checks.items()},
+        "metrics": metrics,
+    }
 
 
 def _forward_patches(model, x, patch: tuple[int, ...], batch: int):
@@ -216,7 +242,7 @@ def _forward_patches(model, x, patch: tuple[int, ...], batch: int):
     # (B, C, g0, p0, g1, p1, ...) -> (B * g0 * g1 ..., C, p0, p1, ...)
     cut = x.reshape(b, c, *[v for g, p in zip(grid, patch) for v in (g, p)])
     cut = cut.permute(0, *[2 + 2 * i for i in range(n)], 1, *[3 + 2 * i for i in range(n)]).reshape(-1, c, *patch)
-    out = torch.cat([torch.cat(model.forward_mae(cut[k:k + batch]), dim=1) for k in range(0, len(cut), batch)])
+    out = torch.cat([torch.cat(model.forward_mae(cut[k : k + batch]), dim=1) for k in range(0, len(cut), batch)])
     co = out.shape[1]
     out = out.reshape(b, *grid, co, *patch)
     out = out.permute(0, n + 1, *[v for i in range(n) for v in (1 + i, n + 2 + i)])

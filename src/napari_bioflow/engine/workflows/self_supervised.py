@@ -5,6 +5,7 @@ crappify follows BiaPy's defaults: Gaussian noise of sigma = noise x the image m
 bilinear down-sampling by sqrt(downsample_area) per axis (Z included in 3D) and back up. Degraded copies are made
 on the fly in training; at prediction they are cached in the run's results folder, never next to the user's data.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,7 +17,6 @@ import numpy as np
 
 from .base import Workflow
 from .image_to_image import PSNRMetrics, l1_or_mse, psnr, restoration_defaults
-
 
 
 def crappify(x, noise: float, downsample_area: float, generator=None, top=None):
@@ -52,12 +52,13 @@ class HiddenPSNRMetrics(PSNRMetrics):
         if prediction.shape[1] == self.channels:
             return super().update(prediction, target)
         for p, t in zip(prediction, target):
-            hidden = np.broadcast_to(p[self.channels:] > 0.5, t.shape)
-            self.values.append(psnr(p[:self.channels][hidden], t[hidden], data_range=1.0))
+            hidden = np.broadcast_to(p[self.channels :] > 0.5, t.shape)
+            self.values.append(psnr(p[: self.channels][hidden], t[hidden], data_range=1.0))
 
 
 class SelfSupervised(Workflow):
     """What both pretexts share: trained on raw images alone, the target is the (clean) image itself."""
+
     name = "self_supervised"
     order = 2
     title = "self-supervised"

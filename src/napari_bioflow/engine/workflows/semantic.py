@@ -1,4 +1,5 @@
 """Semantic segmentation: a class per pixel/voxel; softmax probabilities, argmax labels, IoU."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,8 +26,10 @@ def _min_max(arr) -> tuple[int, int]:
 def check_label(label, name: str, spatial_shape: tuple[int, ...], n_classes: int, notes: list[str]) -> bool:
     """Check a label image's shape and values; return True when it is a 0/255 binary mask read as 0/1."""
     if tuple(label.shape) != tuple(spatial_shape):
-        raise InputError(f"{name} has shape {'x'.join(map(str, label.shape))} but its raw image has "
-                         f"{'x'.join(map(str, spatial_shape))}.")
+        raise InputError(
+            f"{name} has shape {'x'.join(map(str, label.shape))} but its raw image has "
+            f"{'x'.join(map(str, spatial_shape))}."
+        )
     if np.issubdtype(label.dtype, np.floating):
         frac = label != np.floor(label)
         frac = frac.any()
@@ -42,8 +45,10 @@ def check_label(label, name: str, spatial_shape: tuple[int, ...], n_classes: int
         if set(values.tolist()) <= {0, 255}:
             notes.append(f"{name} is a 0/255 binary mask: read as 0 = background, 1 = foreground.")
             return True
-    raise InputError(f"{name} holds label value {hi}, but there are only {n_classes} classes "
-                     f"(values 0 to {n_classes - 1}); set n_classes.")
+    raise InputError(
+        f"{name} holds label value {hi}, but there are only {n_classes} classes "
+        f"(values 0 to {n_classes - 1}); set n_classes."
+    )
 
 
 class SegmentationMetrics:
@@ -78,15 +83,23 @@ class SemanticSegmentation(Workflow):
     excluded_model_tags = ("masked_autoencoder", "restoration")
     prediction_options_3d = ("z_filter", "yz_filter")
     target_layer = "labels"
-    outputs = (Output("probabilities", "probabilities", colormap="magma", contrast="unit", live=True, class_axis=True,
-                      opacity=0.7),
-               Output("labels", "labels", layer="labels", live=True, opacity=0.5))
+    outputs = (
+        Output(
+            "probabilities", "probabilities", colormap="magma", contrast="unit", live=True, class_axis=True, opacity=0.7
+        ),
+        Output("labels", "labels", layer="labels", live=True, opacity=0.5),
+    )
     metric_keys = ("iou_foreground", "iou_mean")
     chart_metric = "iou_foreground"
     chart_title = "validation IoU"
-    init_notes = ("Pairs: each raw image in data.train_raw has its labels (same size, one integer class per pixel, "
-                  "0 = background)", "in data.train_label, paired by file name. Test labels (data.test_label) give IoU.",
-                  "Results: per_image/ (probabilities), per_image_binarized/ (labels), metrics.csv.")
+    init_notes = (
+        (
+            "Pairs: each raw image in data.train_raw has its labels (same size, one integer class per pixel, "
+            "0 = background)"
+        ),
+        "in data.train_label, paired by file name. Test labels (data.test_label) give IoU.",
+        "Results: per_image/ (probabilities), per_image_binarized/ (labels), metrics.csv.",
+    )
 
     def out_channels(self, cfg) -> int:
         return cfg.n_classes
@@ -119,8 +132,9 @@ class SemanticSegmentation(Workflow):
     def metrics(self, cfg):
         return SegmentationMetrics(cfg.n_classes)
 
-    def write_outputs(self, prediction, store: Path, out_dir: Path, stem: str, cfg, target=None,
-                      inputs=None) -> dict[str, Any]:
+    def write_outputs(
+        self, prediction, store: Path, out_dir: Path, stem: str, cfg, target=None, inputs=None
+    ) -> dict[str, Any]:
         """prediction: (C, (Z,)Y,X) probabilities (zarr). Writes labels into the store chunk by chunk, TIFFs when
         they fit, and IoU against `target` read chunk by chunk too, so huge volumes never load whole."""
         from ..data.io import write_tiff
@@ -155,8 +169,9 @@ def _filter_zarr(labels, path: Path, z_size: int, yz_size: int):
     import dask.array as da
 
     depth = {0: max(z_size, yz_size) // 2 + 1, 1: yz_size // 2 + 1, 2: 0}
-    lazy = da.from_zarr(labels).map_overlap(median_filter_labels, depth=depth, boundary="reflect",
-                                            z_size=z_size, yz_size=yz_size, dtype=labels.dtype)
+    lazy = da.from_zarr(labels).map_overlap(
+        median_filter_labels, depth=depth, boundary="reflect", z_size=z_size, yz_size=yz_size, dtype=labels.dtype
+    )
     lazy.to_zarr(str(path), overwrite=False)
     import zarr
 

@@ -3,6 +3,7 @@
 The CLI, the docks, the preview and batch read these declarations from the workflow (engine/workflows/base.py)
 instead of knowing the workflows by name.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ class Output:
     opacity: the layer's opacity;
     below: the key of the output this one is inserted under (the grid view then reads source, this, that).
     """
+
     key: str
     suffix: str
     layer: str = "image"
@@ -38,6 +40,7 @@ class Output:
 @dataclass(frozen=True)
 class Metric:
     """How a metric is shown: 'PSNR 23.41 dB'."""
+
     label: str
     unit: str = ""
 
@@ -47,9 +50,13 @@ class Metric:
 
 # the words every workflow's metrics take in the docks and the CLI's summaries
 METRICS = {
-    "psnr": Metric("PSNR", " dB"), "ssim": Metric("SSIM"), "psnr_degraded_input": Metric("PSNR of the degraded input", " dB"),
-    "psnr_masked_patches": Metric("PSNR on the hidden patches", " dB"), "iou_foreground": Metric("IoU (foreground)"),
-    "iou_mean": Metric("mean IoU"), "accuracy": Metric("accuracy"),
+    "psnr": Metric("PSNR", " dB"),
+    "ssim": Metric("SSIM"),
+    "psnr_degraded_input": Metric("PSNR of the degraded input", " dB"),
+    "psnr_masked_patches": Metric("PSNR on the hidden patches", " dB"),
+    "iou_foreground": Metric("IoU (foreground)"),
+    "iou_mean": Metric("mean IoU"),
+    "accuracy": Metric("accuracy"),
 }
 
 
