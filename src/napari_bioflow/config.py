@@ -54,7 +54,10 @@ class DataConfig(_Section):
         description="Folder of test raw images predicted after training (or by `predict`). Classification: class sub-folders (then metrics are computed) or a flat folder (predictions only).",
     )
     test_label: Path | None = Field(
-        None, description="Optional folder of test labels: when given, IoU is computed per image and over the set."
+        None,
+        description="Optional folder of test labels or targets, paired with test_raw by file name: when given, the "
+        "workflow's test metrics are computed per image and over the set (segmentation: IoU; image to image and "
+        "crappify: PSNR and SSIM). Classification takes the classes from test_raw's class sub-folders instead.",
     )
     patch_size: list[int] = Field(
         [256, 256], description="Patch size in pixels, (Y, X) in 2D or (Z, Y, X) in 3D. Must not exceed the images."
@@ -77,7 +80,11 @@ class DataConfig(_Section):
 
 class ModelConfig(_Section):
     name: str = Field(
-        "unet", description="Model from the registry: unet, resunet, attention_unet (see `napari-bioflow models`)."
+        "unet",
+        description="Model from the registry; `napari-bioflow models` lists every model under the workflows it fits "
+        "(e.g. segmentation: unet, resunet, attention_unet, seunet, resunet_se, resunet++, multiresunet, unext_v1, "
+        "unetr, unetr_mini/small/base; image to image adds edsr, rcan, dfcan, wdsr; masking: mae, mae_vit_base; "
+        "classification: vit, simple_cnn, efficientnet_b0..b7).",
     )
     options: dict[str, Any] = Field(
         default_factory=dict,
