@@ -40,7 +40,9 @@ def variant_choices() -> dict[str, list[tuple[str, str]]]:
     out: dict[str, list[tuple[str, str]]] = {}
     for c in workflow_classes():
         if c.variant:
-            out.setdefault(c.variant[0], []).append((c.variant_title or c.variant[1], c.variant[1]))
+            # the short value as the choice: a long title widened the dock past a 1366 px screen (the field's tooltip, the
+            # config description, says what each does)
+            out.setdefault(c.variant[0], []).append((c.variant[1], c.variant[1]))
     return out
 
 

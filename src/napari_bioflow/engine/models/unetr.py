@@ -126,144 +126,50 @@ def _build(ndim, in_channels, out_channels, *, activation, **options):
     return UNETR(ndim, in_channels, out_channels, act=activation, **options)
 
 
-@register_model("unetr", ndims=(2, 3))
-def unetr(
-    *,
-    ndim,
-    in_channels,
-    out_channels,
-    patch_size=16,
+def _preset(name: str, doc: str, *, embed_dim: int, depth: int, num_heads: int):
+    """Register a UNETR builder whose keyword-only options (the registry's schema) default to this encoder size."""
+    import inspect
+
+    defaults = {
+        "patch_size": 16,
+        "embed_dim": embed_dim,
+        "depth": depth,
+        "num_heads": num_heads,
+        "mlp_ratio": 4.0,
+        "img_size": 256,
+        "pos_embed": "sincos",
+        "feature_size": 16,
+        "norm": "instance",
+        "activation": "relu",
+    }
+
+    def builder(*, ndim, in_channels, out_channels, **options):
+        return _build(ndim, in_channels, out_channels, **{**defaults, **options})
+
+    kw = inspect.Parameter.KEYWORD_ONLY
+    builder.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, kw) for n in ("ndim", "in_channels", "out_channels")]
+        + [inspect.Parameter(k, kw, default=v) for k, v in defaults.items()]
+    )
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = doc
+    return register_model(name, ndims=(2, 3))(builder)
+
+
+unetr = _preset(
+    "unetr",
+    "UNETR whose encoder matches ``mae``'s default, so a default MAE checkpoint starts it.",
     embed_dim=256,
     depth=6,
     num_heads=4,
-    mlp_ratio=4.0,
-    img_size=256,
-    pos_embed="sincos",
-    feature_size=16,
-    norm="instance",
-    activation="relu",
-):
-    """UNETR whose encoder matches ``mae``'s default, so a default MAE checkpoint starts it."""
-    return _build(
-        ndim,
-        in_channels,
-        out_channels,
-        patch_size=patch_size,
-        embed_dim=embed_dim,
-        depth=depth,
-        num_heads=num_heads,
-        mlp_ratio=mlp_ratio,
-        img_size=img_size,
-        pos_embed=pos_embed,
-        feature_size=feature_size,
-        norm=norm,
-        activation=activation,
-    )
-
-
-@register_model("unetr_vit_base", ndims=(2, 3))
-def unetr_vit_base(
-    *,
-    ndim,
-    in_channels,
-    out_channels,
-    patch_size=16,
+)
+unetr_vit_base = _preset(
+    "unetr_vit_base",
+    "UNETR on a ViT-B/16 encoder (BiaPy's UNETR-Base), matching ``mae_vit_base``'s encoder.",
     embed_dim=768,
     depth=12,
     num_heads=12,
-    mlp_ratio=4.0,
-    img_size=256,
-    pos_embed="sincos",
-    feature_size=16,
-    norm="instance",
-    activation="relu",
-):
-    """UNETR on a ViT-B/16 encoder (BiaPy's UNETR-Base), matching ``mae_vit_base``'s encoder."""
-    return _build(
-        ndim,
-        in_channels,
-        out_channels,
-        patch_size=patch_size,
-        embed_dim=embed_dim,
-        depth=depth,
-        num_heads=num_heads,
-        mlp_ratio=mlp_ratio,
-        img_size=img_size,
-        pos_embed=pos_embed,
-        feature_size=feature_size,
-        norm=norm,
-        activation=activation,
-    )
-
-
+)
 register_model("unetr_base", ndims=(2, 3))(unetr_vit_base)  # BiaPy's name for the same network
-
-
-@register_model("unetr_mini", ndims=(2, 3))
-def unetr_mini(
-    *,
-    ndim,
-    in_channels,
-    out_channels,
-    patch_size=16,
-    embed_dim=192,
-    depth=12,
-    num_heads=3,
-    mlp_ratio=4.0,
-    img_size=256,
-    pos_embed="sincos",
-    feature_size=16,
-    norm="instance",
-    activation="relu",
-):
-    """UNETR-Mini: UNETR on a ViT-Ti/16 encoder."""
-    return _build(
-        ndim,
-        in_channels,
-        out_channels,
-        patch_size=patch_size,
-        embed_dim=embed_dim,
-        depth=depth,
-        num_heads=num_heads,
-        mlp_ratio=mlp_ratio,
-        img_size=img_size,
-        pos_embed=pos_embed,
-        feature_size=feature_size,
-        norm=norm,
-        activation=activation,
-    )
-
-
-@register_model("unetr_small", ndims=(2, 3))
-def unetr_small(
-    *,
-    ndim,
-    in_channels,
-    out_channels,
-    patch_size=16,
-    embed_dim=384,
-    depth=12,
-    num_heads=6,
-    mlp_ratio=4.0,
-    img_size=256,
-    pos_embed="sincos",
-    feature_size=16,
-    norm="instance",
-    activation="relu",
-):
-    """UNETR-Small: UNETR on a ViT-S/16 encoder."""
-    return _build(
-        ndim,
-        in_channels,
-        out_channels,
-        patch_size=patch_size,
-        embed_dim=embed_dim,
-        depth=depth,
-        num_heads=num_heads,
-        mlp_ratio=mlp_ratio,
-        img_size=img_size,
-        pos_embed=pos_embed,
-        feature_size=feature_size,
-        norm=norm,
-        activation=activation,
-    )
+unetr_mini = _preset("unetr_mini", "UNETR-Mini: UNETR on a ViT-Ti/16 encoder.", embed_dim=192, depth=12, num_heads=3)
+unetr_small = _preset("unetr_small", "UNETR-Small: UNETR on a ViT-S/16 encoder.", embed_dim=384, depth=12, num_heads=6)
