@@ -1,6 +1,11 @@
-"""Shared by the widget tests (the engine and CLI tests use helpers.py)."""
+"""Shared fixtures of every test layer (engine/, cli/, widgets/); plain helpers live in helpers.py."""
+
+import sys
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # `from helpers import ...` from every sub-folder
 
 from napari_bioflow.widgets.shared import load_triton_safely
 

@@ -1,6 +1,6 @@
 """Small shared helpers for the engine and CLI tests: real sample data cropped into tmp folders, tiny configs.
 
-Imported as `from helpers import ...` (pytest puts tests/ on sys.path; conftest.py belongs to the widget tests).
+Imported as `from helpers import ...` (tests/conftest.py puts tests/ on sys.path). Tests live by layer: engine/, cli/, widgets/; cross-layer tests at the top.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from napari_bioflow.widgets.classes import META_KEY
 from napari_bioflow.widgets.predict import JUST_TRAINED, PredictWidget
 from napari_bioflow.widgets.train import TrainWidget
 
-C2D = Path(__file__).parent / "data" / "classification_2d"
+C2D = Path(__file__).parents[1] / "data" / "classification_2d"
 CLASSES = ("cryo_et", "he_histology")
 
 

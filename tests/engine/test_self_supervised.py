@@ -27,7 +27,7 @@ from napari_bioflow.engine.train import DoneReport, EpochReport, StartReport, Tr
 from napari_bioflow.engine.train.checkpoint import load_model
 from napari_bioflow.engine.workflows.self_supervised import crappify
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 TIMELAPSE = DATA / "timelapse_2d_crops.tif"  # four real 160x160 crops of the time-lapse (see data/ATTRIBUTION.md)
 TOMOGRAM = DATA / "tomo_3d_crop.tif"  # a real 16x64x64 cryo-ET crop
 

@@ -14,7 +14,7 @@ from napari_bioflow.config import (
 )
 from napari_bioflow.engine.errors import InputError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def non_default_config(tmp_path) -> RunConfig:

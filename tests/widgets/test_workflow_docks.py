@@ -19,7 +19,7 @@ from napari.layers import Image, Labels
 from napari_bioflow.widgets.predict import JUST_TRAINED, PredictWidget
 from napari_bioflow.widgets.train import TrainWidget
 
-TIMELAPSE = Path(__file__).parent / "data" / "timelapse_2d_consecutive.tif"  # frames 15-18 of one crop
+TIMELAPSE = Path(__file__).parents[1] / "data" / "timelapse_2d_consecutive.tif"  # frames 15-18 of one crop
 TINY_MAE = "embed_dim: 32, depth: 1, num_heads: 2, decoder_embed_dim: 16, decoder_depth: 1, decoder_num_heads: 2"
 MAE_CHECKS = ("MAE original", "MAE masked input", "MAE reconstruction", "MAE reconstruction and visible")
 

@@ -1,7 +1,7 @@
 """Run by tests/test_distributed.py under torchrun (2 CPU processes, gloo): Trainer runs that must keep the ranks
 in step. Prints one line per rank and scenario, `[rank R] SCENARIO key=value ...`.
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py CONFIG.yaml OUTPUT_DIR
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/engine/ddp_worker.py CONFIG.yaml OUTPUT_DIR
 
 cancel:      rank 1 alone cancels after its first step of epoch 2; both ranks must stop at the same batch.
 uneven:      a batch of 3 split 2 + 1 (losses weighted by share), SGD: compared tensor by tensor with one process.

@@ -14,7 +14,7 @@ from helpers import crop_folders, read_csv, write_image
 from napari_bioflow.cli import main
 from napari_bioflow.config import RunConfig
 
-TIMELAPSE = Path(__file__).parent / "data" / "timelapse_2d_consecutive.tif"  # frames 15-18 of one crop
+TIMELAPSE = Path(__file__).parents[1] / "data" / "timelapse_2d_consecutive.tif"  # frames 15-18 of one crop
 TINY_MAE = {
     "patch_size": 8,
     "embed_dim": 32,

@@ -27,7 +27,7 @@ from napari_bioflow.engine.predict.classification_results import (
 from napari_bioflow.engine.train import DoneReport, EpochReport, StartReport, Trainer, transfer_weights
 from napari_bioflow.engine.train.checkpoint import load_model, save_checkpoint
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 C2D, C3D = DATA / "classification_2d", DATA / "classification_3d"
 CLASSES_2D = ["cryo_et", "fluorescence_nuclei", "he_histology", "timelapse"]
 

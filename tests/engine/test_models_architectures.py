@@ -19,7 +19,7 @@ from napari_bioflow.engine.predict.inference import predict_array
 from napari_bioflow.engine.train import EpochReport, Trainer
 from napari_bioflow.engine.train.checkpoint import load_model
 
-TIMELAPSE = Path(__file__).parent / "data" / "timelapse_2d_crops.tif"  # four real 160x160 crops
+TIMELAPSE = Path(__file__).parents[1] / "data" / "timelapse_2d_crops.tif"  # four real 160x160 crops
 
 UNETR_TINY = {"patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 32, "feature_size": 4}
 TINY = {  # small options: the defaults are BiaPy's sizes, for real use

@@ -21,7 +21,7 @@ from napari_bioflow.engine.predict.inference import predict_array, predict_files
 from napari_bioflow.engine.train import DoneReport, EpochReport, StartReport, Trainer
 from napari_bioflow.engine.train.checkpoint import load_model, read_checkpoint
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 TIMELAPSE = DATA / "timelapse_2d_crops.tif"  # four real 160x160 crops of the time-lapse (see data/ATTRIBUTION.md)
 
 # tiny restoration networks (the defaults are sized for real use)

@@ -20,7 +20,7 @@ from napari_bioflow.engine.data.pairing import folder_pairs
 from napari_bioflow.engine.data.sources import build_dataset
 from napari_bioflow.engine.errors import InputError
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 
 
 def crop(index: int, size: int, origin: int = 100) -> tuple[np.ndarray, np.ndarray]:

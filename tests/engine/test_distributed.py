@@ -163,7 +163,7 @@ def test_result_matches_the_single_process_run(runs):
 
 @pytest.fixture(scope="module")
 def worker(config, tmp_path_factory):
-    """tests/ddp_worker.py under torchrun: Trainer runs driven from Python (cancel, uneven batch, early stop)."""
+    """tests/engine/ddp_worker.py under torchrun: Trainer runs driven from Python (cancel, uneven batch, early stop)."""
     out_dir = tmp_path_factory.mktemp("ddp_worker")
     (out,) = launch([*TORCHRUN, str(WORKER), str(config), str(out_dir)], cwd=config.parent)
     return sorted(ln for ln in out.splitlines() if ln.startswith("[rank ")), out_dir

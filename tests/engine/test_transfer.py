@@ -20,7 +20,7 @@ from napari_bioflow.engine.errors import InputError
 from napari_bioflow.engine.train import DoneReport, EpochReport, StartReport, Trainer
 from napari_bioflow.engine.train.checkpoint import read_checkpoint
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 TIMELAPSE = DATA / "timelapse_2d_crops.tif"  # four real 160x160 crops of the time-lapse (see data/ATTRIBUTION.md)
 
 # the tiny MAE and the UNETR with the same encoder: 8-pixel tokens, ViT 64 wide x 2 deep, 2 heads, 32x32 images

@@ -405,7 +405,7 @@ def test_exit_status_3_is_documented(capsys):
         main(["batch", "--help"])
     assert e.value.code == 0
     assert "3 finished, but some files failed" in " ".join(capsys.readouterr().out.split())
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert "exit status 3" in readme
 
 

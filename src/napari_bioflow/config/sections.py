@@ -1,0 +1,178 @@
+"""The sections of the run config (data, model, train, predict, self_supervised, classification)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NAME_RULE = "letters, digits, '-', '_' and '.', not only dots, at most 200 characters"
+_NAME_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+
+def run_name_problem(name) -> str | None:
+    """Why `name` cannot be an experiment name, else None. The name is a folder under output_dir and the start of
+    file names, so it must stay one path component: no separators, no '.' or '..', no control characters."""
+    if not isinstance(name, str) or not name:
+        return f"the experiment name is empty; it may hold {NAME_RULE}"
+    if len(name) > 200 or not set(name) <= _NAME_CHARACTERS or set(name) == {"."}:
+        return f"the experiment name {name!r} may hold only {NAME_RULE}"
+    return None
+
+
+class _Section(BaseModel):
+    # unknown keys are typos in a YAML file: refuse them rather than silently ignore them
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    train_raw: Path | None = Field(
+        None,
+        description="Folder of training raw images (TIFF, PNG or zarr), paired with train_label by file name (img_1 pairs with img_01; a suffix every label has, such as _mask, is allowed); one image, or an array inside a zarr store (store.zarr/raw), may be given instead of a folder. Classification: a folder with one sub-folder of images per class.",
+    )
+    train_label: Path | None = Field(
+        None,
+        description="Folder of training labels (segmentation: one integer class per pixel/voxel, 0 = background) or target images (image-to-image). Not used by self-supervision.",
+    )
+    val_raw: Path | None = Field(
+        None, description="Folder of validation raw images. When empty, val_split of the training data is held aside."
+    )
+    val_label: Path | None = Field(None, description="Folder of validation label images, paired with val_raw.")
+    val_split: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of the training data held aside for validation when no validation folder is given: whole images when there are several, else a strip at the end of the single image.",
+    )
+    test_raw: Path | None = Field(
+        None,
+        description="Folder of test raw images predicted after training (or by `predict`). Classification: class sub-folders (then metrics are computed) or a flat folder (predictions only).",
+    )
+    test_label: Path | None = Field(
+        None,
+        description="Optional folder of test labels or targets, paired with test_raw by file name: when given, the "
+        "workflow's test metrics are computed per image and over the set (segmentation: IoU; image to image and "
+        "crappify: PSNR and SSIM). Classification takes the classes from test_raw's class sub-folders instead.",
+    )
+    patch_size: list[int] = Field(
+        [256, 256], description="Patch size in pixels, (Y, X) in 2D or (Z, Y, X) in 3D. Must not exceed the images."
+    )
+    in_channels: int = Field(1, ge=1, description="Number of channels of the raw images (grayscale = 1, RGB = 3).")
+    target_channels: int = Field(1, ge=1, description="Image-to-image: number of channels of the target images.")
+    normalization: Literal["percentile", "meanstd", "none"] = Field(
+        "percentile",
+        description="percentile: scale each channel so its low/high percentiles of the training data map to 0/1; meanstd: subtract the training mean and divide by the standard deviation; none: use raw values. The statistics are stored in the checkpoint and reused at prediction.",
+    )
+    percentile_low: float = Field(1.0, ge=0, le=100, description="Low percentile for percentile normalization.")
+    percentile_high: float = Field(99.8, ge=0, le=100, description="High percentile for percentile normalization.")
+    foreground_sampling: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Probability that a training patch is centred on a foreground (non-background) pixel rather than drawn uniformly. Helps with sparse objects.",
+    )
+
+
+class ModelConfig(_Section):
+    name: str = Field(
+        "unet",
+        description="Model from the registry; `napari-bioflow models` lists every model under the workflows it fits "
+        "(e.g. segmentation: unet, resunet, attention_unet, seunet, resunet_se, resunet++, multiresunet, unext_v1, "
+        "unetr, unetr_mini/small/base; image to image adds edsr, rcan, dfcan, wdsr; masking: mae, mae_vit_base; "
+        "classification: vit, simple_cnn, efficientnet_b0..b7).",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Model options, e.g. feature_maps: [16, 32, 64, 128, 256], norm: instance|batch|group|none, activation: elu|relu|leaky_relu|gelu|silu, dropout: 0.1. Empty = the model's defaults (BiaPy's default U-Net); image-to-image and self-supervised U-Nets default to norm: none, since instance norm erases the brightness they must restore.",
+    )
+    start_from: Path | None = Field(
+        None,
+        description="A checkpoint whose matching weights start this model (transfer learning); the rest is initialised.",
+    )
+
+
+class TrainConfig(_Section):
+    enable: bool = Field(True, description="Train the model. Set false to only predict with `checkpoint`.")
+    epochs: int = Field(100, ge=1, description="Maximum number of epochs.")
+    patience: int = Field(
+        20,
+        ge=0,
+        description="Stop when the validation loss has not improved for this many epochs (0 = never stop early).",
+    )
+    batch_size: int = Field(4, ge=1, description="Patches per training step.")
+    steps_per_epoch: int | None = Field(
+        None, ge=1, description="Training steps per epoch. Empty = enough steps to see the training data's area once."
+    )
+    optimizer: Literal["ADAM", "ADAMW", "SGD"] = Field("ADAMW", description="Optimizer.")
+    learning_rate: float = Field(1e-3, gt=0, description="Initial (peak) learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay (L2 for ADAM/SGD, decoupled for ADAMW).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum for SGD.")
+    scheduler: Literal["none", "reduce_on_plateau", "one_cycle", "warmup_cosine"] = Field(
+        "none",
+        description="Learning-rate schedule: none, reduce_on_plateau (halve on a validation-loss plateau), one_cycle, warmup_cosine (linear warm-up then cosine decay).",
+    )
+    warmup_epochs: int = Field(1, ge=0, description="Warm-up epochs for warmup_cosine.")
+    loss: Literal["auto", "ce", "ce_dice", "l1", "mse"] = Field(
+        "auto",
+        description="Loss. auto: cross-entropy for segmentation, L1 for image-to-image and crappify, MSE on the masked patches for masking. ce_dice adds soft Dice to cross-entropy.",
+    )
+    resume: Path | None = Field(None, description="Resume training from this checkpoint (weights, optimizer, epoch).")
+
+
+class PredictConfig(_Section):
+    checkpoint: Path | None = Field(
+        None, description="Checkpoint to predict with. Empty = the best checkpoint of this run."
+    )
+    tile_size: list[int] | None = Field(
+        None,
+        description="Largest tile fed to the model. Empty = the whole image up to 2048 per axis in 2D, 128 in 3D (at least the patch size).",
+    )
+    overlap: float = Field(
+        0.0625, ge=0, lt=0.5, description="Tile overlap as a fraction of the tile; overlaps are blended smoothly."
+    )
+    batch_size: int = Field(
+        4,
+        ge=1,
+        description="Tiles per forward pass (lowered automatically for big tiles: at most 4 M voxels per pass).",
+    )
+    tta: bool = Field(
+        False, description="Test-time augmentation: average the predictions over flips and 90-degree rotations."
+    )
+    z_filter: int = Field(
+        0, ge=0, description="3D only: median filter of this size along Z on the argmax labels (0 = off)."
+    )
+    yz_filter: int = Field(
+        0, ge=0, description="3D only: median filter of this size over Y and Z on the argmax labels (0 = off)."
+    )
+    save_tiff: bool = Field(
+        True, description="Also write TIFFs of the probabilities and labels (the zarr stores are always written)."
+    )
+
+
+class SelfSupervisedConfig(_Section):
+    pretext: str = Field(
+        "crappify",
+        description="Pretext task. crappify: learn to restore images degraded by noise and down/up-sampling; masking: a masked autoencoder (model mae) learns to fill in hidden patches.",
+    )
+    noise: float = Field(
+        0.2,
+        ge=0,
+        description="crappify: standard deviation of the added Gaussian noise, as a fraction of the image maximum (the result is clipped to [0, max]).",
+    )
+    degrade_at_prediction: bool = Field(
+        True,
+        description="crappify: degrade images before predicting them and report the PSNR of the degraded input and of the restoration against the original (as BiaPy's test). Turn off to restore images as they are.",
+    )
+    downsample_area: float = Field(
+        4.0,
+        ge=1,
+        description="crappify: area factor of the bilinear down-sampling (4 = 2x per axis, Z included in 3D), followed by up-sampling back.",
+    )
+
+
+class ClassificationConfig(_Section):
+    fit: Literal["resize", "pad"] = Field(
+        "resize",
+        description="How an image whose size differs from data.patch_size is brought to it: resize (bilinear, all of the image seen, aspect ratio not kept) or pad (zero-pad a smaller image, crop a larger one: the centre at validation and prediction, a random crop in training; pixel size kept).",
+    )
