@@ -160,7 +160,7 @@ def case_3d_layer_for_a_2d_config(viewer, tmp, crop, volume, ckpt):
     w = train_dock(viewer, tmp / "runs", image, labels)
     assert w.form["ndim"].value == 3  # followed the layer; the user sets 2D
     w.form["ndim"].value = 2
-    return w, tmp / "runs", [], ["image layer 'volume'", "16x64x64", "3D data, but the config is 2D"]
+    return w, tmp / "runs", [], ["image layer 'volume'", "16x64x64", "3D data, but the dock is set to 2D"]
 
 
 def case_2d_layer_for_a_3d_config(viewer, tmp, crop, volume, ckpt):
@@ -169,7 +169,7 @@ def case_2d_layer_for_a_3d_config(viewer, tmp, crop, volume, ckpt):
     w = train_dock(viewer, tmp / "runs", image, labels)
     w.form["ndim"].value = 3
     w.patch_z.value = 4
-    return w, tmp / "runs", [], ["image layer 'nuclei'", "2D data, but the config is 3D"]
+    return w, tmp / "runs", [], ["image layer 'nuclei'", "2D data, but the dock is set to 3D"]
 
 
 def case_wrong_channels(viewer, tmp, crop, volume, ckpt):

@@ -52,7 +52,7 @@ def tiny(widget: TrainWidget, out, epochs: int = 2, steps: int = 2, patch: int =
 
 
 def names(combo) -> list[str]:
-    return [layer.name for layer in combo.choices]
+    return [layer.name for layer in combo.choices if layer is not None]  # None: the empty choice
 
 
 def test_widgets_open_from_the_manifest(make_napari_viewer):

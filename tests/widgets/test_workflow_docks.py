@@ -307,7 +307,7 @@ def test_bad_input_is_one_sentence_naming_the_layer(
     assert train.form["data.target_channels"].value == 2  # followed the layer; set it back to the model's 1
     train.form["data.target_channels"].value = 1
     train.start()
-    assert "'two channels' has 2 channel(s)" in errors[-1] and "target_channels" in errors[-1] and not train.running
+    assert "'two channels' has 2 channel(s)" in errors[-1] and "target channels" in errors[-1] and not train.running
 
     # masking: a token size that does not divide the patch (found as the training sets up, before any write)
     pair.image_layer.value = t0

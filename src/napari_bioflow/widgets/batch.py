@@ -20,7 +20,7 @@ from ..engine.batch import BatchStarted, BatchSummary, FileDone, FileFailed, Fil
 from ..engine.errors import InputError
 from .batch_form import FROM_FILE, HERE, JUST_TRAINED, LOCAL_DASK, SCHEDULER, BatchForm  # noqa: F401 (public names)
 from .batch_layers import BatchLayers
-from .fields import format_seconds
+from .fields import format_seconds, in_dock_words
 from .jobs import TrainingFailed, batch_job
 from .layers import connect_while_alive
 from .shared import last_trained, load_triton_safely
@@ -56,6 +56,16 @@ class BatchWidget(BatchForm, BatchLayers, QWidget):
             self._on_trained(last_trained.checkpoint)
         self._update_visibility()
 
+    # --- messages: the last one stays in the dock, in full; a notification shows it too ---------------------
+    def _error(self, text: str) -> None:
+        words = {path: w.label for path, w in self.form.widgets.items()}
+        self.message.value = text = in_dock_words(text, words, config_is="the model is")
+        show_error(text)
+
+    def _info(self, text: str) -> None:
+        self.message.value = text
+        show_info(text)
+
     @property
     def running(self) -> bool:
         return self._worker is not None
@@ -70,7 +80,7 @@ class BatchWidget(BatchForm, BatchLayers, QWidget):
         try:
             run = self._make_run()
         except InputError as e:
-            show_error(str(e))
+            self._error(str(e))
             return
         self.run, self.started, self.summary, self.failures, self._errors_shown = run, None, None, [], 0
         self.status.value, self.summary_label.value = f"starting: {run.run_dir}", ""
@@ -101,7 +111,7 @@ class BatchWidget(BatchForm, BatchLayers, QWidget):
             earlier = f" ({len(r.finished_earlier)} finished earlier)" if r.finished_earlier else ""
             self.status.value = f"{len(r.to_do)} file(s) to predict on {r.mode}{earlier}"
             if r.unfinished_earlier is not None:
-                show_info(f"Note: {r.hint()}: choose its folder as 'resume run'.")
+                self._info(f"Note: {r.hint()}: choose its folder as 'resume run'.")
             self.open_button.enabled = True
         elif isinstance(r, FileStarted):
             self.file_progress.max, self.file_progress.value = max(1, r.tiles), 0
@@ -124,12 +134,12 @@ class BatchWidget(BatchForm, BatchLayers, QWidget):
             self._show_overall(r.overall, r.eta_seconds, r.name, r.index)
             if self._errors_shown < MAX_ERROR_NOTES:
                 self._errors_shown += 1
-                show_error(r.reason)
+                self._error(r.reason)
         elif isinstance(r, BatchSummary):
             self._on_summary(r)
         elif isinstance(r, TrainingFailed):
-            self.status.value = "failed: see the message"
-            show_error(str(r))
+            self.status.value = "failed"
+            self._error(str(r))
 
     def _position(self, index: int) -> str:
         names = self.started.names if self.started else []
@@ -153,13 +163,15 @@ class BatchWidget(BatchForm, BatchLayers, QWidget):
         self.summary_label.value = "\n".join(lines)
         self.status.value = "cancelled" if s.cancelled else f"done: {s.run_dir}"
         if s.failed:
-            show_warning(f"{s.text()}; see {s.summary_csv}.")
+            self.message.value = f"{s.text()}; see {s.summary_csv}."
+            show_warning(self.message.value)
         else:
-            show_info(s.text() + ".")
+            self._info(s.text() + ".")
 
     def _on_error(self, e: BaseException) -> None:
         log.error("batch failed", exc_info=(type(e), e, e.__traceback__))
-        self.status.value = f"failed: {type(e).__name__}: {e}"
+        self.status.value = "failed"
+        self.message.value = f"Batch failed: {type(e).__name__}: {e}"
 
     def _on_finished(self) -> None:
         self._worker = None

@@ -6,11 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, ProgressBar, PushButton, SpinBox
-from qtpy.QtWidgets import QVBoxLayout
-from superqt import QCollapsible
 
 from ..engine.errors import InputError
-from .fields import ConfigForm, compact, config_field, form, group, status_label
+from .fields import ConfigForm, compact, config_field, dock_layout, form, group, section, status_label
 from .shared import last_trained
 
 JUST_TRAINED, FROM_FILE = "model just trained", "checkpoint file"
@@ -26,12 +24,18 @@ class BatchForm:
     """Mixin of BatchWidget: its fields, what shows, and the request they make."""
 
     def _build_form(self) -> None:
-
-        self.model_source = ComboBox(choices=[FROM_FILE, JUST_TRAINED], value=FROM_FILE, label="model")
+        self.model_source = ComboBox(
+            choices=[FROM_FILE, JUST_TRAINED],
+            value=FROM_FILE,
+            label="model",
+            tooltip="A checkpoint file, or the best checkpoint of the training just done in the Train dock",
+        )
         self.checkpoint = compact(
             FileEdit(mode="r", filter="*.pth", label="checkpoint", tooltip="A napari-bioflow checkpoint (.pth)")
         )
-        self.trained = status_label("none yet: train one in the Train dock", label="trained")
+        self.trained = status_label(
+            "none yet: train one in the Train dock", label="trained", tooltip="The checkpoint of the last training"
+        )
         self.input = compact(
             FileEdit(
                 mode="d", label="input folder", tooltip="The folder of images to predict: TIFF, PNG, zarr and OME-Zarr"
@@ -75,7 +79,9 @@ class BatchForm:
             tooltip="This process; a dask LocalCluster of worker processes on this machine; or the "
             "dask cluster behind a scheduler address (files on a shared file system)",
         )
-        self.workers = SpinBox(value=2, min=1, max=256, label="dask workers")
+        self.workers = SpinBox(
+            value=2, min=1, max=256, label="dask workers", tooltip="Worker processes of the local dask cluster"
+        )
         self.scheduler = LineEdit(value="", label="scheduler address", tooltip="e.g. tcp://head-node:8786")
         self.block_size = SpinBox(
             value=0,
@@ -86,9 +92,13 @@ class BatchForm:
             tooltip="dask: images larger than this per axis are split into blocks predicted in "
             "parallel (auto: 2048 in 2D, 256 in 3D)",
         )
-        self.show_current = CheckBox(value=True, label="show each result as it is produced")
-        self.run_button = PushButton(text="Run batch")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.show_current = CheckBox(
+            value=True,
+            label="show each result as it is produced",
+            tooltip="One layer shows the current file's result while it is computed",
+        )
+        self.run_button = PushButton(text="Run batch", tooltip="Predict every file of the input folder")
+        self.cancel_button = PushButton(text="Cancel", enabled=False, tooltip="Stop after the current tile")
         self.open_button = PushButton(
             text="Open results",
             enabled=False,
@@ -99,18 +109,10 @@ class BatchForm:
         self.overall.native.setFormat("%p%")
         self.status = status_label()
         self.summary_label = status_label()
+        self.message = status_label(tooltip="The last message of this dock, in full (select to copy)")
 
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(4, 4, 4, 4)
-        layout.addWidget(
-            group(
-                "Model and images",
-                form(self.model_source, self.checkpoint, self.trained, self.input, self.labels, f["predict.tta"]),
-            )
-        )
-        layout.addWidget(group("Output", form(f["name"], f["output_dir"], self.resume)))
-        self.advanced = QCollapsible("Advanced")
-        self.advanced.addWidget(
+        self.advanced = section(
+            "Advanced",
             form(
                 self.tile,
                 f["predict.batch_size"],
@@ -119,28 +121,36 @@ class BatchForm:
                 self.workers,
                 self.scheduler,
                 self.block_size,
-            ).native
-        )
-        layout.addWidget(self.advanced)
-        buttons = Container(
-            widgets=[self.run_button, self.cancel_button, self.open_button], layout="horizontal", labels=False
-        )
-        layout.addWidget(
-            group(
-                "Run",
-                buttons,
-                self.show_current,
-                form(self.file_progress, self.overall),
-                self.status,
-                self.summary_label,
-            )
+            ),
+            expanded=False,
         )
         from .classes import ResultsTable
 
         self.classes = ResultsTable()  # classification: a row per file as it is classified
         self.classes.setVisible(False)
-        layout.addWidget(self.classes)
-        layout.addStretch(1)
+        sections = [
+            section(
+                "Model and images",
+                form(self.model_source, self.checkpoint, self.trained, self.input, self.labels, f["predict.tta"]),
+            ),
+            section("Output", form(f["name"], f["output_dir"], self.resume)),
+            self.advanced,
+            self.classes,
+        ]
+        buttons = Container(
+            widgets=[self.run_button, self.cancel_button, self.open_button], layout="horizontal", labels=False
+        )
+        buttons.margins = (0, 0, 0, 0)
+        run = group(
+            "Run",
+            buttons,
+            self.show_current,
+            form(self.file_progress, self.overall),
+            self.status,
+            self.message,
+            self.summary_label,
+        )
+        self._scroll = dock_layout(self, sections, [run])
         self.setMinimumWidth(320)
 
     def _update_visibility(self, *_) -> None:

@@ -8,6 +8,7 @@ import time
 from napari.utils.notifications import show_info
 
 from ..engine.batch import FileDone
+from .layers import prediction_colormap  # noqa: E402
 
 
 class BatchLayers:
@@ -36,6 +37,7 @@ class BatchLayers:
         if layer is None or layer not in self.viewer.layers or not isinstance(layer, kind):
             if segmentation:
                 layer = self.viewer.add_labels(data, name=title, opacity=0.6, cache=False)
+                layer.colormap = prediction_colormap()
             else:
                 layer = self.viewer.add_image(data, name=title, colormap="gray", cache=False)
             self.current_layer = layer
@@ -107,6 +109,7 @@ class BatchLayers:
                     layer = self.viewer.add_labels(
                         da.stack([results[n][key] for n in names]), name=f"batch {key} ({tag})", opacity=0.6
                     )
+                    layer.colormap = prediction_colormap()
                 elif key == "probabilities" and segmentation:
                     layer = self.viewer.add_image(
                         stacked([results[n][key] for n in names]),

@@ -74,6 +74,9 @@ class ConfigForm:
                 **({"min": 0} if optional else {}),
             }  # 0 = not set
             widget = SpinBox(value=default or 0, **{**bounds, **options}, **kw)
+        elif annotation is float and options.get("step", 0.01) < 1e-3:  # small numbers (learning rate) as 1e-3
+            options.pop("step")
+            widget = NumberEdit(value=default, **kw, **options)
         elif annotation is float:
             step = options.pop("step", 0.01)
             decimals = options.pop("decimals", 7 if step < 1e-3 else 3)
@@ -104,6 +107,36 @@ class ConfigForm:
         for path in self.widgets:
             put(out, path, self.value(path))
         return out
+
+
+def human_number(value: float) -> str:
+    """A number as people write it: 1e-3, 2.5e-4, 0.05, 10 (not 0.0010000)."""
+    value = float(value)
+    if value != 0 and abs(value) < 0.01:
+        mantissa, exponent = f"{value:.3e}".split("e")
+        return f"{float(mantissa):g}e{int(exponent)}"
+    return f"{value:g}"
+
+
+class NumberEdit(LineEdit):
+    """A float field typed as text, shown as people write it (human_number); `value` is the float, or the text
+    itself when it is not a number (the config then says so, naming the field)."""
+
+    def __init__(self, value: float = 0.0, **kwargs):
+        kwargs.pop("min", None), kwargs.pop("max", None)
+        super().__init__(value=human_number(value), **kwargs)
+
+    @property
+    def value(self):
+        text = LineEdit.value.fget(self).strip()
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+    @value.setter
+    def value(self, value) -> None:
+        LineEdit.value.fset(self, value if isinstance(value, str) else human_number(value))
 
 
 def put(tree: dict, path: str, value: Any) -> None:
@@ -137,10 +170,43 @@ def compact(file_edit: FileEdit) -> FileEdit:
 
 def status_label(value: str = "", **kwargs) -> Label:
     """A status line that wraps instead of widening the dock (long paths, long messages)."""
+    from qtpy.QtCore import Qt
+
     label = Label(value=value, **kwargs)
     label.native.setWordWrap(True)
+    label.native.setTextInteractionFlags(Qt.TextSelectableByMouse)  # a message can be copied
     label.native.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
     return label
+
+
+def in_dock_words(text: str, words: dict[str, str], config_is: str = "the dock is set to") -> str:
+    """An engine or config message in a dock's words: config keys (data.val_split, val_split, n_classes) become the
+    dock's field labels ("validation fraction", "classes"), as `words` maps them (config path -> label). The
+    config's "Source: field 'a.b': problem." becomes "label: problem."; a hint to set a key the dock has no field for
+    goes, and "the config is" becomes `config_is`."""
+    import re
+
+    def label(key: str) -> str | None:
+        if key in words:
+            return words[key]
+        matches = [w for path, w in words.items() if path.split(".")[-1] == key.split(".")[-1]]
+        return matches[0] if len(set(matches)) == 1 else None
+
+    def field(m: re.Match) -> str:
+        found = label(m.group(1))
+        return f"{found}:" if found else m.group(0)
+
+    text = re.sub(r"^\w+: field '([\w.]+)':", field, text)
+    for key in sorted(words, key=len, reverse=True):
+        short = key.split(".")[-1]
+        for pattern in {rf"\b{re.escape(key)}\b", *([rf"\b{re.escape(short)}\b"] if "_" in short else [])}:
+            text = re.sub(rf"set {pattern}: (\w+)", lambda m, k=key: f'set "{words[k]}" to {m.group(1)}', text)
+            text = re.sub(rf"set {pattern}\b", lambda m, k=key: f'set "{words[k]}"', text)
+            if "." in key or "_" in key:  # a plain word (name, device) stays a word
+                text = re.sub(pattern, lambda m, k=key: words[k], text)
+    text = re.sub(r"\s*\(set [a-z_.]+: \w+\)", "", text)  # a field this dock does not have
+    text = re.sub(r"; set [a-z_.]+\.", ".", text)
+    return text.replace("the config is", config_is)
 
 
 def group(title: str, *widgets: Widget | Container) -> QGroupBox:
@@ -153,6 +219,55 @@ def group(title: str, *widgets: Widget | Container) -> QGroupBox:
         layout.addWidget(w.native)
     box.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Maximum)
     return box
+
+
+def section(title: str, *widgets, expanded: bool = True):
+    """A section that folds (superqt QCollapsible) around magicgui or Qt widgets; open unless `expanded` is False."""
+    from superqt import QCollapsible
+
+    box = QCollapsible(title)
+    box.setDuration(0)  # no animation: folding is instant, and renders and tests see the final layout
+    for w in widgets:
+        box.addWidget(getattr(w, "native", w))
+    box.layout().setContentsMargins(0, 0, 0, 0)
+    if expanded:
+        box.expand(animate=False)
+    else:
+        box.collapse(animate=False)
+    return box
+
+
+def dock_layout(owner, sections: list, footer: list):
+    """The docks' layout: the sections scroll (a dock never asks for more height than the window has), the footer
+    (buttons, progress, messages, chart) stays in view below them. Returns the scroll area."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QScrollArea, QVBoxLayout, QWidget
+
+    content = QWidget()
+    layout = QVBoxLayout(content)
+    layout.setContentsMargins(4, 4, 4, 4)
+    layout.setSpacing(2)
+    for w in sections:
+        layout.addWidget(getattr(w, "native", w))
+    layout.addStretch(1)
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+    scroll.setFrameShape(QScrollArea.NoFrame)
+    scroll.setWidget(content)
+    scroll.setMinimumHeight(120)
+    outer = QVBoxLayout(owner)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.setSpacing(2)
+    outer.addWidget(scroll, 1)
+    for w in footer:
+        outer.addWidget(getattr(w, "native", w))
+    return scroll
+
+
+def fit_width(scroll) -> None:
+    """As wide as the scrolled fields need once styled (the theme's style sheet applies only when shown)."""
+    scroll.setMinimumWidth(scroll.widget().minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width())
 
 
 def form(*widgets: Widget) -> Container:

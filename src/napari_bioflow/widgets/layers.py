@@ -5,18 +5,56 @@ from __future__ import annotations
 import numpy as np
 from magicgui.widgets import ComboBox, Container, PushButton
 from napari.layers import Image, Labels
+from psygnal import Signal
 
 from ..engine.data.sources import MAX_CHANNELS
 
 
-def layer_combo(viewer, kind, **kwargs) -> ComboBox:
-    """A ComboBox of the viewer's layers of `kind`; long layer names do not widen the dock."""
-    from qtpy.QtWidgets import QComboBox
+class LayerCombo(ComboBox):
+    """A ComboBox of the viewer's layers of `kind` that never switches silently to another layer: when the chosen
+    layer is deleted it empties (None) and emits `lost` with a sentence saying so, and it stays empty until the user
+    chooses. `auto`: take the first layer of the kind while nothing was ever chosen (a fresh dock picks up the
+    layers already loaded). Long layer names do not widen the dock."""
 
-    combo = ComboBox(choices=layer_choices(viewer, kind), **kwargs)
-    combo.native.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-    combo.native.setMinimumContentsLength(8)
-    return combo
+    lost = Signal(str)
+
+    def __init__(self, viewer, kind, what: str = "layer", auto: bool = True, **kwargs):
+        from qtpy.QtWidgets import QComboBox
+
+        self._viewer, self._what, self._auto, self._emptied = viewer, what, auto, False
+        kwargs.pop("nullable", None)
+        super().__init__(choices=layer_choices(viewer, kind), nullable=True, **kwargs)
+        self.native.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.native.setMinimumContentsLength(8)
+        self._take_first()
+        self.native.activated.connect(self._on_user_choice)
+
+    def _take_first(self) -> None:
+        if self._auto and not self._emptied and self.value is None:
+            first = next((c for c in self.choices if c is not None), None)
+            if first is not None:
+                self.value = first
+
+    def _on_user_choice(self, *_) -> None:
+        self._emptied = False  # the user chose (a layer, or none on purpose)
+
+    def reset_choices(self, *_) -> None:
+        previous = self.value
+        super().reset_choices()
+        if previous is not None and previous not in self._viewer.layers:
+            self._emptied = True
+            if self.value is not None:
+                self.value = None
+            self.lost.emit(f"The {self._what} '{previous.name}' was deleted: choose another.")
+        elif previous is not None and self.value is not previous:
+            self.value = previous
+        else:
+            self._take_first()
+
+
+def layer_combo(viewer, kind, **kwargs) -> LayerCombo:
+    """A LayerCombo of the viewer's layers of `kind` (see there)."""
+    return LayerCombo(viewer, kind, **kwargs)
 
 
 def layer_choices(viewer, kind):
@@ -132,13 +170,23 @@ def images_fit(image, target) -> bool:
 class LayerPair(Container):
     """One training pair: an Image layer and, by `mode`, a Labels layer (segmentation), a target Image layer
     (image to image) or nothing (self-supervision). When the chosen second layer does not fit the image, one of
-    its shape is picked, if there is one (preferring one whose name starts with the image's)."""
+    its shape is picked, if there is one (preferring one whose name starts with the image's), never the image itself.
+    A deleted layer empties its chooser and emits `lost`."""
+
+    lost = Signal(str)
 
     def __init__(self, viewer, removable: bool = True, mode: str = "labels"):
-        self.image_layer = layer_combo(viewer, Image, tooltip="Image layer (raw data)")
-        self.labels_layer = layer_combo(viewer, Labels, tooltip="Labels layer (0 = background)")
+        self.image_layer = layer_combo(viewer, Image, what="image layer", tooltip="Image layer (raw data)")
+        self.labels_layer = layer_combo(
+            viewer, Labels, what="labels layer", auto=False, tooltip="Labels layer (0 = background)"
+        )
         self.target_layer = layer_combo(
-            viewer, Image, tooltip="Target Image layer: what the model should output for the raw image (same size)"
+            viewer,
+            Image,
+            what="target layer",
+            auto=False,
+            tooltip="Target Image layer: what the model should output for the raw image (same size, not the raw "
+            "image itself)",
         )
         self.remove_button = PushButton(text="−", tooltip="Remove this pair")
         self.remove_button.max_width = 28
@@ -150,6 +198,8 @@ class LayerPair(Container):
         )
         self.margins = (0, 0, 0, 0)
         self.mode = "labels"
+        for combo in (self.image_layer, self.labels_layer, self.target_layer):
+            combo.lost.connect(self.lost.emit)
         self.image_layer.changed.connect(self._match_labels)
         self.set_mode(mode)
 
@@ -176,14 +226,19 @@ class LayerPair(Container):
             return
         combo = self.labels_layer if self.mode == "labels" else self.target_layer
         fits = labels_fit if self.mode == "labels" else images_fit
-        candidates = [layer for layer in combo.choices if layer is not image and fits(image, layer)]
+        if combo._emptied:  # its layer was deleted: the user chooses the next one
+            return
+        candidates = [c for c in combo.choices if c is not None and c is not image and fits(image, c)]
         if candidates and combo.value not in candidates:
             named = [c for c in candidates if c.name.startswith(image.name)]
             combo.value = (named or candidates)[0]
 
 
 class PairList(Container):
-    """One or several training pairs (or single images, in self-supervision) with + / − buttons."""
+    """One or several training pairs (or single images, in self-supervision) with + / − buttons; `lost` relays a
+    pair's deleted layer."""
+
+    lost = Signal(str)
 
     def __init__(self, viewer):
         self.viewer = viewer
@@ -212,6 +267,7 @@ class PairList(Container):
 
     def add_pair(self, *_) -> LayerPair:
         row = LayerPair(self.viewer, mode=self.mode)
+        row.lost.connect(self.lost.emit)
         row.remove_button.changed.connect(lambda *_: self.remove_pair(row))
         self.insert(len(self) - 1, row)
         self._update_buttons()
@@ -226,3 +282,12 @@ class PairList(Container):
         pairs = self.pairs
         for p in pairs:
             p.remove_button.enabled = len(pairs) > 1
+
+
+def prediction_colormap():
+    """The colours of predicted Labels layers: magenta, cyan, yellow, ... (napari's default colours are left to the
+    ground truth), so a prediction and its ground truth are told apart at a glance."""
+    from napari.utils.colormaps import CyclicLabelColormap
+
+    colors = [[0, 0, 0, 0], [1, 0, 1, 1], [0, 1, 1, 1], [1, 1, 0, 1], [0.5, 1, 0, 1], [1, 0.5, 0, 1]]
+    return CyclicLabelColormap(colors=np.array(colors, float), background_value=0, name="bioflow prediction")

@@ -16,10 +16,11 @@ from __future__ import annotations
 import logging
 import threading
 
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import QWidget
 
 from ..engine.errors import Cancelled, InputError
+from .fields import in_dock_words
 from .jobs import ProgressRelay, Stopped, prediction_job, setup_job
 from .layers import (
     connect_while_alive,
@@ -49,6 +50,8 @@ class PredictWidget(PredictForm, PredictSetup, PredictLayers, QWidget):
         self._relay.progress.connect(self._on_progress)
         self.destroyed.connect(self._cancel.set)  # a closed dock stops its prediction
         self._build_form(viewer)
+        for chooser in (self.image, self.target):  # a deleted layer empties its chooser: say so
+            chooser.lost.connect(self._on_lost)
 
         self.model_source.changed.connect(self._update_visibility)
         self.checkpoint.changed.connect(self._update_visibility)
@@ -59,6 +62,20 @@ class PredictWidget(PredictForm, PredictSetup, PredictLayers, QWidget):
         if last_trained.checkpoint is not None:
             self._on_trained(last_trained.checkpoint)
         self._update_visibility()
+
+    # --- messages: the last one stays in the dock, in full; a notification shows it too ---------------------
+    def _error(self, text: str) -> None:
+        words = {path: w.label for path, w in self.form.widgets.items()} | {"predict.tile_size": self.tile.label}
+        self.message.value = text = in_dock_words(text, words, config_is="the model is")
+        show_error(text)
+
+    def _info(self, text: str) -> None:
+        self.message.value = text
+        show_info(text)
+
+    def _on_lost(self, text: str) -> None:
+        self.message.value = text
+        show_warning(text)
 
     @property
     def running(self) -> bool:
@@ -81,7 +98,7 @@ class PredictWidget(PredictForm, PredictSetup, PredictLayers, QWidget):
             pending = self._make_job()
             created = self._create_job(pending) if is_in_memory(pending.data) else None
         except InputError as e:
-            show_error(str(e))
+            self._error(str(e))
             return
         if created is not None:
             return self._launch(*created, pending.layer)
@@ -97,8 +114,8 @@ class PredictWidget(PredictForm, PredictSetup, PredictLayers, QWidget):
 
     def _on_created(self, result, layer) -> None:
         if isinstance(result, Stopped):
-            self.status.value = "not started: see the message"
-            show_error(str(result.error))
+            self.status.value = "not started"
+            self._error(str(result.error))
             return
         self._launch(*result, layer)
 
@@ -135,7 +152,7 @@ class PredictWidget(PredictForm, PredictSetup, PredictLayers, QWidget):
             predictor = self._predictor(expect_workflow=self.kind.workflow.name if self.kind else None)
             self.classify.start(predictor.loaded, make_experiment, predictor.device, self._on_classified)
         except InputError as e:
-            show_error(str(e))
+            self._error(str(e))
             return
         self.status.value = "classifying…"
         self.predict_button.enabled, self.cancel_button.enabled = False, True
@@ -150,11 +167,11 @@ class PredictWidget(PredictForm, PredictSetup, PredictLayers, QWidget):
         result = result.error if isinstance(result, Stopped) else result
         if isinstance(result, Cancelled):
             self.status.value = "cancelled: the layers keep the tiles computed so far"
-            show_info(f"Prediction cancelled; the partial result stays in {self.job.store}.")
+            self._info(f"Prediction cancelled; the partial result stays in {self.job.store}.")
             return
         if isinstance(result, InputError):
-            self.status.value = "failed: see the message"
-            show_error(str(result))
+            self.status.value = "failed"
+            self._error(str(result))
             return
         self.result = result
         self._show_outputs(result.outputs)
@@ -163,7 +180,7 @@ class PredictWidget(PredictForm, PredictSetup, PredictLayers, QWidget):
         self.status.value = f"done in {result.seconds:.1f} s: {self.experiment.results}"
         self.metrics.value = format_metrics(result.metrics)
         message = f"Prediction of {self.source.name} written to {self.experiment.results}."
-        show_info(message + (f" {self.metrics.value}." if self.metrics.value else ""))
+        self._info(message + (f" {self.metrics.value}." if self.metrics.value else ""))
 
     def cancel(self, *_) -> None:
         if self.classify.running:
@@ -176,7 +193,8 @@ class PredictWidget(PredictForm, PredictSetup, PredictLayers, QWidget):
     def _on_error(self, e: BaseException) -> None:
         # napari's worker already shows the error as a notification with its traceback; log it as well
         log.error("prediction failed", exc_info=(type(e), e, e.__traceback__))
-        self.status.value = f"failed: {type(e).__name__}: {e}"
+        self.status.value = "failed"
+        self.message.value = f"Prediction failed: {type(e).__name__}: {e}"
 
     def _on_finished(self) -> None:
         self._worker = None

@@ -9,6 +9,7 @@ from napari.layers import Image, Labels
 
 from .layers import (
     placement,
+    prediction_colormap,
     spatial_axes,
 )
 from .preview import intensity_mapping, to_intensity
@@ -54,6 +55,7 @@ class PredictLayers:
         name = f"{self.source.name} {output.suffix}"
         if output.layer == "labels":
             layer = Labels(data, name=name, scale=scale, translate=translate, opacity=output.opacity, **kwargs)
+            layer.colormap = prediction_colormap()  # not the ground truth's colours
         else:
             if output.class_axis:
                 scale, translate = (1.0, *scale), (0.0, *translate)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 
 from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QWidget
 
 from ..engine.errors import InputError
 from ..engine.workflows import get_workflow
-from .fields import format_seconds
+from .fields import fit_width, format_seconds
 from .jobs import InputsNotSaved, TrainingFailed, training_job
 from .layers import (
     connect_while_alive,
@@ -24,6 +25,8 @@ from .layers import (
 )
 from .preview import Preview, PreviewFailed, PreviewResult, camera, visible_region
 from .shared import last_trained, load_triton_safely
+from .train_checks import TrainChecks
+from .train_config import TrainConfigLoader
 from .train_form import TrainForm
 from .train_inputs import TrainInputs
 from .train_view import TrainView
@@ -31,7 +34,7 @@ from .train_view import TrainView
 log = logging.getLogger(__name__)
 
 
-class TrainWidget(TrainForm, TrainView, TrainInputs, QWidget):
+class TrainWidget(TrainForm, TrainView, TrainInputs, TrainChecks, TrainConfigLoader, QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
         self.viewer = viewer = napari_viewer
@@ -56,9 +59,23 @@ class TrainWidget(TrainForm, TrainView, TrainInputs, QWidget):
         f["ndim"].changed.connect(self._on_ndim)
         self.pairs.changed.connect(self._adapt)
         self.class_layers.changed.connect(self._adapt)
+        self.validation.changed.connect(self._adapt)
+        self.val_pair.changed.connect(self._adapt)
+        for chooser in (self.pairs, self.val_pair):  # a deleted layer empties its chooser: say so
+            chooser.lost.connect(self._on_lost)
+        self._check_timer = QTimer(self)
+        self._check_timer.setSingleShot(True)
+        self._check_timer.setInterval(150)
+        self._check_timer.timeout.connect(self.run_check)
+        for widget in [*f.widgets.values(), self.patch_z, self.patch_yx, self.token_size, self.feature_maps]:
+            widget.changed.connect(self._schedule_check)
+        for widget in (self.source, self.validation, self.pairs, self.val_pair, self.class_layers, self.model_options):
+            widget.changed.connect(self._schedule_check)
         self.train_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
+        self.load_button.changed.connect(self.choose_config)
         follow_layers(self, viewer, self.reset_choices)
+        follow_layers(self, viewer, self._schedule_check)
         cam = camera(viewer)  # the preview follows the field of view
         events = [cam.events.center, cam.events.zoom, viewer.dims.events.current_step, viewer.dims.events.ndisplay]
         if hasattr(getattr(viewer, "canvas", None), "events"):
@@ -67,14 +84,28 @@ class TrainWidget(TrainForm, TrainView, TrainInputs, QWidget):
         self._on_workflow()
         self._adapt()
         self._on_ndim(f["ndim"].value)
+        self.run_check()
 
     def showEvent(self, event) -> None:
-        # as wide as the fields need once styled (the theme's style sheet applies only when shown); taller scrolls
-        content = self._scroll.widget()
-        self._scroll.setMinimumWidth(
-            content.minimumSizeHint().width() + self._scroll.verticalScrollBar().sizeHint().width()
-        )
+        fit_width(self._scroll)
         super().showEvent(event)
+
+    # --- messages: the last one stays in the dock, in full; a notification shows it too ---------------------
+    def _error(self, text: str) -> None:
+        self.message.value = text = self.in_words(text)
+        show_error(text)
+
+    def _warn(self, text: str) -> None:
+        self.message.value = text
+        show_warning(text)
+
+    def _on_lost(self, text: str) -> None:
+        if text != self.message.value:  # the same layer in two choosers: said once
+            self._warn(text)
+
+    def _info(self, text: str) -> None:
+        self.message.value = text
+        show_info(text)
 
     # --- fields -----------------------------------------------------------------------------------------
     @property
@@ -105,10 +136,10 @@ class TrainWidget(TrainForm, TrainView, TrainInputs, QWidget):
                 val = self._samples(cfg, [self.val_pair], notes) if self.validation.value == "layers" else None
             inputs = self._inputs_to_save(cfg)
         except InputError as e:
-            show_error(str(e))
+            self._error(str(e))
             return
         for note in notes:
-            show_info(note)
+            self._info(note)
         self.trainer = Trainer(cfg, train=train, val=val)
         self.preview = self._make_preview(cfg, train)
         self.result = None
@@ -167,27 +198,28 @@ class TrainWidget(TrainForm, TrainView, TrainInputs, QWidget):
             self.progress.max = max(1, r.steps_per_epoch * self.trainer.cfg.train.epochs)
             self.status.value = f"run {r.run_name}: {r.n_train} training / {r.n_val} validation image(s)"
             for note in r.notes:
-                show_info(note)
+                self._info(note)
         elif isinstance(r, DoneReport):
             self.result = r
             self.status.value = f"{r.reason.replace('_', ' ')} after {r.epochs_run} epoch(s); best epoch {r.best_epoch}"
             if r.checkpoint is not None:
                 last_trained.set(r.checkpoint)
-            show_info(
+            self._info(
                 f"Training {r.reason.replace('_', ' ')}. Best checkpoint: {r.checkpoint or 'none (no epoch finished)'}"
             )
         elif isinstance(r, PreviewFailed):
-            show_warning(r.message)
+            self._warn(r.message)
         elif isinstance(r, InputsNotSaved):
-            show_warning(str(r))
+            self._warn(str(r))
         elif isinstance(r, TrainingFailed):
-            self.status.value = "not started: see the message"
-            show_error(str(r))
+            self.status.value = "not started"
+            self._error(str(r))
 
     def _on_error(self, e: BaseException) -> None:
         # napari's worker already shows the error as a notification with its traceback; log it as well
         log.error("training failed", exc_info=(type(e), e, e.__traceback__))
-        self.status.value = f"failed: {type(e).__name__}: {e}"
+        self.status.value = "failed"
+        self.message.value = f"Training failed: {type(e).__name__}: {e}"
 
     def _on_finished(self) -> None:
         self._worker = self._running["trainer"] = None

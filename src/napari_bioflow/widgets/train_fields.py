@@ -81,3 +81,19 @@ def parse_options(text: str) -> dict:
 
 def _floor16(n: int, cap: int) -> int:
     return min(cap, n // 16 * 16) if n >= 16 else n
+
+
+def fit_patch(shapes: list[tuple[int, ...]], ndim: int, hold_strip: bool) -> tuple[int, int, float | None]:
+    """(patch Z, patch Y and X, validation fraction or None) that fit images of the given spatial shapes: the patch
+    fits every image and, when a strip of the only image is held aside for validation (`hold_strip`), both the
+    strip and the rest hold a patch. The fraction then says how much the strip takes (the engine holds aside at
+    least one patch of rows); None: leave the fraction as it is."""
+    cap = 256 if ndim == 2 else 128
+    height, width = min(s[-2] for s in shapes), min(s[-1] for s in shapes)
+    patch = _floor16(min(height // 3 if hold_strip else height, width), cap)
+    if hold_strip and patch < 64:  # a small image: the strip may take up to half of it
+        patch = _floor16(min(height // 2, width), cap)
+    patch = max(8, patch)
+    depth = _floor16(min(s[0] for s in shapes), 32) if ndim == 3 else 0
+    fraction = max(0.05, int(patch / height / 0.05) * 0.05) if hold_strip else None
+    return depth, patch, None if fraction is None else round(fraction, 2)

@@ -6,13 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, ProgressBar, PushButton, RadioButtons, SpinBox
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QScrollArea, QVBoxLayout, QWidget
-from superqt import QCollapsible
 
 from .chart import TrainingChart, theme_colors
 from .classes import ClassLayerList
-from .fields import ConfigForm, form, group, status_label
+from .fields import ConfigForm, dock_layout, form, group, section, status_label
 from .layers import (
     LayerPair,
     PairList,
@@ -45,7 +42,11 @@ class TrainForm:
             )
         # --- data -------------------------------------------------------------------------------------
         self.source = RadioButtons(
-            choices=["layers", "folders"], value="layers", orientation="horizontal", label="from"
+            choices=["layers", "folders"],
+            value="layers",
+            orientation="horizontal",
+            label="from",
+            tooltip="Train on layers of the viewer, or on folders of images (as the CLI does)",
         )
         self.pairs = PairList(viewer)
         self.class_layers = ClassLayerList(viewer)  # classification: Image layers given a class
@@ -155,10 +156,19 @@ class TrainForm:
         ]
         advanced[0:0] = [self.feature_maps, self.model_options]
         # --- run --------------------------------------------------------------------------------------
-        self.train_button = PushButton(text="Train")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.train_button = PushButton(text="Train", tooltip="Train with these fields (checked beside the button)")
+        self.cancel_button = PushButton(
+            text="Cancel", enabled=False, tooltip="Stop after the current batch; the best checkpoint stays"
+        )
+        self.load_button = PushButton(
+            text="Load config…", tooltip="Set the fields from a saved run config (config_files/<run>.yaml)"
+        )
         self.progress = ProgressBar(value=0, min=0, max=1, label="")
         self.status = status_label()
+        self.check_label = status_label(tooltip="What would stop a run with these fields, checked as they change")
+        self.check_label.native.setStyleSheet("color: #ff8a80;")
+        self.check_label.visible = False
+        self.message = status_label(tooltip="The last message of this dock, in full (select to copy)")
         self.chart = TrainingChart(*theme_colors(viewer))
 
         main = (
@@ -176,12 +186,14 @@ class TrainForm:
                 )
             ]
         )
-        content = QWidget()
-        layout = QVBoxLayout(content)
-        layout.setContentsMargins(4, 4, 4, 4)
-        layout.addWidget(group("Workflow", form(f["workflow"], *(f[p] for p in self.variant_fields))))
-        layout.addWidget(
-            group(
+        self._ssl_paths = [p for p in section_options() if p.startswith("self_supervised.")]
+        self.ssl_group = section(
+            "Self-supervision", form(*(f[p] for p in self._ssl_paths), self.mask_type, self.mask_ratio)
+        )
+        self.advanced = section("Advanced", form(*advanced), expanded=False)
+        sections = [
+            section("Workflow", form(f["workflow"], *(f[p] for p in self.variant_fields)), self.load_button),
+            section(
                 "Training data",
                 form(self.source),
                 self.pairs,
@@ -190,27 +202,16 @@ class TrainForm:
                 form(self.validation, f["data.val_split"]),
                 self.val_pair,
                 self.val_folders,
-            )
-        )
-        layout.addWidget(group("Model and training", form(*main)))
-        self._ssl_paths = [p for p in section_options() if p.startswith("self_supervised.")]
-        self.ssl_group = group(
-            "Self-supervision", form(*(f[p] for p in self._ssl_paths), self.mask_type, self.mask_ratio)
-        )
-        layout.addWidget(self.ssl_group)
-        layout.addWidget(group("Output", form(f["name"], f["output_dir"])))
-        self.advanced = QCollapsible("Advanced")
-        self.advanced.addWidget(form(*advanced).native)
-        layout.addWidget(self.advanced)
+            ),
+            section("Model and training", form(*main)),
+            self.ssl_group,
+            section("Output", form(f["name"], f["output_dir"])),
+            self.advanced,
+        ]
         buttons = Container(widgets=[self.train_button, self.cancel_button], layout="horizontal", labels=False)
-        layout.addWidget(group("Run", buttons, self.progress, self.status))
-        layout.addWidget(self.chart)
-        layout.addStretch(1)
-        self._scroll = scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-        scroll.setWidget(content)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
+        buttons.margins = (0, 0, 0, 0)
+        self.chart.setMinimumHeight(110)
+        self.chart.setMaximumHeight(150)  # compact: the buttons and progress stay in view on a 768 px screen
+        run = group("Run", buttons, self.check_label, self.progress, self.status, self.message)
+        self._scroll = dock_layout(self, sections, [run, self.chart])
         self.setMinimumWidth(340)

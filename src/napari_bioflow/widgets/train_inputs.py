@@ -20,6 +20,7 @@ from .layers import (
 from .preview import Preview
 from .train_fields import (
     _floor16,
+    fit_patch,
     model_options_of,
     parse_options,
 )
@@ -29,26 +30,40 @@ class TrainInputs:
     """Mixin of TrainWidget: the config and samples of a run."""
 
     def _adapt(self, *_) -> None:
-        """Dimensions, channels, patch size, classes and target channels follow the first pair's layers (until the
-        user edits them)."""
+        """Dimensions and channels follow the first pair's image; patch size and validation fraction fit every chosen
+        image (and the validation strip of a single one, see fit_patch); classes and target channels follow the first
+        pair's second layer. Each time the chosen layers or the validation change."""
         if self.workflow_class.trains_from == "classes":
             return self._adapt_classes()
         first = self.pairs.pairs[0]
         image, second = first.image_layer.value, first.second
-        if image is not None and image is not self._adapted[0]:
+        val_image = self.val_pair.image_layer.value if self.validation.value == "layers" else None
+        images = [p.image_layer.value for p in self.pairs.pairs] + [val_image]
+        key = (tuple(id(i) for i in images), self.validation.value)
+        if image is not None and key != self._adapted[0]:
             ndim = guess_ndim(image)
             self.form["ndim"].value = ndim
             self.form["data.in_channels"].value = layer_channels(image, ndim) or 1
-            shape = [layer_array(image).shape[a] for a in spatial_axes(image, ndim) or []]
-            if shape:
-                self.patch_yx.value = max(8, _floor16(min(shape[-2:]), 256 if ndim == 2 else 128))
-                self.patch_z.value = _floor16(shape[0], 32) if ndim == 3 else self.patch_z.value
+            shapes = [
+                tuple(layer_array(i).shape[a] for a in axes)
+                for i in images
+                if i is not None and (axes := spatial_axes(i, ndim)) is not None
+            ]
+            if shapes:
+                hold_strip = self.validation.value == "split" and len(self.pairs.pairs) == 1
+                depth, patch, fraction = fit_patch(shapes, ndim, hold_strip)
+                self.patch_yx.value = patch
+                self.patch_z.value = depth if ndim == 3 else self.patch_z.value
+                if fraction is not None:
+                    self.form["data.val_split"].value = fraction
+        elif image is None:
+            key = None
         if second is not None and second is not self._adapted[1]:
             if first.mode == "labels":
                 self.form["n_classes"].value = max(2, guess_classes(second) or 2)
             else:
                 self.form["data.target_channels"].value = layer_channels(second, self.form["ndim"].value) or 1
-        self._adapted = (image, second)
+        self._adapted = (key, second)
 
     def _adapt_classes(self) -> None:
         """Dimensions, channels and patch size follow the first class row's image (a slice when split)."""
@@ -103,6 +118,11 @@ class TrainInputs:
                 continue
             if second is None:
                 raise InputError(f"Choose a {'Labels' if pair.mode == 'labels' else 'target Image'} layer for {name}.")
+            if second is image:
+                raise InputError(
+                    f"The target layer is image layer '{image.name}' itself: choose the image the model should "
+                    "output for it (image to image learns to turn one into the other)."
+                )
             kind = "labels layer" if pair.mode == "labels" else "target layer"
             out.append(
                 make_sample(
@@ -170,7 +190,6 @@ class TrainInputs:
             )
         except InputError:
             return None
-        preview = Preview(layer, image, self.preview_budget)
-        if self.preview is not None and self.preview.name == preview.name:
-            preview.layer = self.preview.layer  # keep updating the same preview layer
-        return preview
+        if self.preview_ms.value <= 0:  # no preview (Advanced: preview budget 0)
+            return None
+        return Preview(layer, image, cfg.n_classes)
