@@ -8,8 +8,9 @@ from pathlib import Path
 
 from .batch import cmd_batch
 from .common import FAILED_FILES
+from .export import add_parser as add_export_parser
 from .info import cmd_docs, cmd_init, cmd_models
-from .predict import cmd_predict
+from .predict import cmd_predict, output_options
 from .train import cmd_sample, cmd_train
 
 
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--input", type=Path, help="folder of images to predict")
     sp.add_argument("--labels", type=Path, help="folder of ground-truth labels (metrics)")
     sp.add_argument("--output", type=Path, help="output folder (default: the config's output_dir)")
+    output_options(sp)
     sp.set_defaults(func=cmd_predict)
     sp = sub.add_parser(
         "batch",
@@ -84,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="predict.FIELD=VALUE",
         help="override a prediction setting, e.g. --set predict.tta=true (repeatable)",
     )
+    output_options(sp)
     sp.set_defaults(func=cmd_batch)
     sp = sub.add_parser("init", help="write a commented starting config")
     from ..engine.workflows.base import list_workflows, workflow_classes
@@ -111,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_docs)
     sp = sub.add_parser("models", help="list the registered models and their options")
     sp.set_defaults(func=cmd_models)
+    add_export_parser(sub)
     return p
 
 

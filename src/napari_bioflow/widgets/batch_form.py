@@ -31,7 +31,12 @@ class BatchForm:
             tooltip="A checkpoint file, or the best checkpoint of the training just done in the Train dock",
         )
         self.checkpoint = compact(
-            FileEdit(mode="r", filter="*.pth", label="checkpoint", tooltip="A napari-bioflow checkpoint (.pth)")
+            FileEdit(
+                mode="r",
+                filter="*.pth *.zip",
+                label="checkpoint",
+                tooltip="A napari-bioflow checkpoint (.pth) or a BioImage Model Zoo package it exported (.zip)",
+            )
         )
         self.trained = status_label(
             "none yet: train one in the Train dock", label="trained", tooltip="The checkpoint of the last training"

@@ -90,7 +90,11 @@ def verify_weights(path: Path, ckpt: dict) -> None:
 def read_checkpoint(path: Path) -> dict[str, Any]:
     import torch
 
+    from ..export.package import is_package, read_package_checkpoint
+
     path = Path(path)
+    if is_package(path):  # a BioImage Model Zoo package napari-bioflow exported
+        return read_package_checkpoint(path)
     if not path.is_file():
         raise InputError(f"Checkpoint {path} does not exist.")
     try:
@@ -110,7 +114,12 @@ def read_weights(path: Path) -> tuple[dict, str]:
     e.g. timm's, possibly under 'state_dict' or 'model'; or .safetensors) for model.start_from. No download."""
     import torch
 
+    from ..export.package import is_package, read_package_checkpoint
+
     path = Path(path)
+    if is_package(path):  # a BioImage Model Zoo package napari-bioflow exported
+        data = read_package_checkpoint(path)
+        return data["state_dict"], data["model"]["name"]
     if not path.is_file():
         raise InputError(f"Checkpoint {path} does not exist.")
     if path.suffix == ".safetensors":
