@@ -3,144 +3,28 @@
 `Trainer.run()` is a generator of typed reports. The caller (CLI, widget worker, test) decides what to do with
 them; while the caller handles a report the trainer is paused, which is what lets a widget compute a preview with
 the current model between epochs. Cancelling is a flag checked at batch boundaries; the best checkpoint stays valid.
+The reports are in reports.py, the model's set-up in model_setup.py, optimizer and schedule in optim.py, the run's
+folder, log and charts in run_files.py.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 
 from ..errors import InputError
 from .distributed import Distributed
+from .model_setup import build_model, resolve_device, transfer_weights  # noqa: F401  (re-exported)
+from .optim import build_optimizer, build_scheduler
+from .reports import DoneReport, EpochReport, Report, StartReport, StepReport  # noqa: F401  (re-exported)
+from .run_files import Charts, EpochLog, Nothing, claim_run, discard_unsaved_run
 
-
-@dataclass
-class StartReport:
-    run_name: str
-    experiment_dir: Path
-    steps_per_epoch: int
-    n_train: int
-    n_val: int
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class StepReport:
-    epoch: int
-    epochs: int
-    step: int
-    steps: int
-    loss: float
-    eta_seconds: float
-
-
-@dataclass
-class EpochReport:
-    epoch: int
-    epochs: int
-    train_loss: float
-    val_loss: float
-    metrics: dict[str, float]
-    learning_rate: float
-    seconds: float
-    eta_seconds: float
-    improved: bool
-
-
-@dataclass
-class DoneReport:
-    reason: str  # finished | early_stopped | cancelled
-    epochs_run: int
-    best_epoch: int
-    best_val_loss: float
-    checkpoint: Path | None
-    experiment_dir: Path
-
-
-Report = Union[StartReport, StepReport, EpochReport, DoneReport]
-
-
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("device is 'cuda' but no CUDA GPU is available; use 'auto' or 'cpu'.")
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-def transfer_weights(model, path: Path, unused: list[str] | None = None) -> tuple[int, list[str]]:
-    """Load the tensors of a checkpoint whose names and shapes match; return (loaded count, names of the model's
-    tensors left initialised). `unused`, when given, receives the checkpoint's tensors that were not loaded."""
-    from .checkpoint import read_weights
-
-    source, source_name = read_weights(path)
-    own = model.state_dict()
-    matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
-    if not matched:
-        same = next((k for k in source if k in own), None)
-        dims = lambda t: "x".join(map(str, t.shape)) or "scalar"  # noqa: E731
-        why = (
-            f"its tensor names match but not their shapes ({same} is {dims(source[same])} there, {dims(own[same])} here)"
-            if same
-            else "no tensor name matches"
-        )
-        raise InputError(
-            f"Checkpoint {path} shares no weights with model '{model.model_name}' (it holds a "
-            f"'{source_name}' model): {why}."
-        )
-    model.load_state_dict(matched, strict=False)
-    if unused is not None:
-        unused.extend(sorted(k for k in source if k not in matched))
-    return len(matched), sorted(k for k in own if k not in matched)
-
-
-def _names(names: list[str], shown: int = 8) -> str:
-    """': a, b, c ...' for a note (the first `shown` names), '' for none."""
-    return (": " + ", ".join(names[:shown]) + (" ..." if len(names) > shown else "")) if names else ""
-
-
-def _optimizer(cfg, params):
-    import torch
-
-    t = cfg.train
-    if t.optimizer == "SGD":
-        return torch.optim.SGD(params, lr=t.learning_rate, momentum=t.momentum, weight_decay=t.weight_decay)
-    cls = torch.optim.AdamW if t.optimizer == "ADAMW" else torch.optim.Adam
-    return cls(params, lr=t.learning_rate, weight_decay=t.weight_decay)
-
-
-def _scheduler(cfg, optimizer, steps_per_epoch: int):
-    """Return (scheduler, per_step): per-step schedules advance every batch, reduce-on-plateau every epoch."""
-    import torch
-
-    t = cfg.train
-    total = t.epochs * steps_per_epoch
-    if t.scheduler == "reduce_on_plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, factor=0.5, patience=max(1, t.patience // 2)
-        ), False
-    if t.scheduler == "one_cycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=t.learning_rate, total_steps=total), True
-    if t.scheduler == "warmup_cosine":
-        warm = t.warmup_epochs * steps_per_epoch
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
-    return None, False
+_optimizer = build_optimizer  # the name tests and benchmarks use
 
 
 class Trainer:
@@ -167,7 +51,6 @@ class Trainer:
         import torch
 
         from ..data.normalize import fit_normalizer
-        from ..models import create_model
         from ..workflows import get_workflow
         from .distributed import setup
 
@@ -185,52 +68,7 @@ class Trainer:
             cfg.data.percentile_high,
         )
         self.workflow.prepare(self.dataset, cfg, self.normalizer)
-        try:
-            self.model = create_model(
-                cfg.model.name,
-                ndim=cfg.ndim,
-                in_channels=cfg.data.in_channels,
-                out_channels=self.workflow.out_channels(cfg),
-                **{**self.workflow.model_defaults(cfg), **cfg.model.options},
-            )
-        except (KeyError, ValueError) as e:
-            raise InputError(f"model: {e.args[0] if e.args else e}") from None
-        if any(p % self.model.size_divisor for p in cfg.data.patch_size):
-            raise InputError(
-                f"The patch size {'x'.join(map(str, cfg.data.patch_size))} must be a multiple of "
-                f"{self.model.size_divisor} for model '{cfg.model.name}'."
-            )
-        resume = None
-        if cfg.train.resume is not None:
-            from .checkpoint import read_checkpoint
-
-            resume = read_checkpoint(cfg.train.resume)
-            if resume["config"]["workflow"] != cfg.workflow or resume["model"]["name"] != cfg.model.name:
-                raise InputError(
-                    f"Checkpoint {cfg.train.resume} is a {resume['model']['name']} for "
-                    f"{resume['config']['workflow']}; it cannot resume this run."
-                )
-            channels = resume["config"]["data"]["in_channels"]
-            if channels != cfg.data.in_channels:
-                raise InputError(
-                    f"Checkpoint {cfg.train.resume} was trained on {channels} input channel(s), but this run "
-                    f"has {cfg.data.in_channels} (data.in_channels); it cannot resume this run."
-                )
-            try:
-                self.model.load_state_dict(resume["state_dict"])
-            except RuntimeError:
-                raise InputError(
-                    f"Checkpoint {cfg.train.resume} does not fit this run's model (other classes or model "
-                    f"options); it cannot resume this run."
-                ) from None
-        elif cfg.model.start_from is not None:
-            unused: list[str] = []
-            loaded, skipped = transfer_weights(self.model, cfg.model.start_from, unused)
-            self.dataset.notes.append(
-                f"Started from {cfg.model.start_from}: {loaded} tensors loaded, "
-                f"{len(skipped)} initialised{_names(skipped)}; {len(unused)} of the "
-                f"checkpoint's tensors skipped{_names(unused)}."
-            )
+        self.model, resume = build_model(cfg, self.workflow, self.dataset.notes)
         self.model.to(self.device)
         return resume
 
@@ -251,7 +89,7 @@ class Trainer:
             if self._batches is not None:
                 self._batches.close()  # stops and joins the prefetch thread
         if self.experiment is not None and self.dist.is_main:
-            _discard_unsaved_run(self.experiment, self._created)
+            discard_unsaved_run(self.experiment, self._created)
         raise InputError(training_failure(self.cfg, getattr(self, "device", self.cfg.device)))
 
     def _run(self) -> Iterator[Report]:
@@ -265,11 +103,11 @@ class Trainer:
         net, main = self.dist.wrap(model), self.dist.is_main  # DDP under torchrun; only rank 0 writes files
         data = wf.training_data(self.dataset, cfg, self.normalizer)
         steps = t.steps_per_epoch or data.steps_per_epoch(t.batch_size)
-        optimizer = _optimizer(cfg, model.parameters())
-        scheduler, per_step = _scheduler(cfg, optimizer, steps)
+        optimizer = build_optimizer(cfg, model.parameters())
+        scheduler, per_step = build_scheduler(cfg, optimizer, steps)
         loss_fn = wf.loss(cfg)
         self.dist.from_main(lambda: _check_memory(self, data, loss_fn))  # refused before the run's folder exists
-        self.experiment = self.dist.from_main(lambda: _claim_run(cfg, self._created))  # rank 0 claims the run id
+        self.experiment = self.dist.from_main(lambda: claim_run(cfg, self._created))  # rank 0 claims the run id
         gen = torch.Generator().manual_seed(cfg.seed)
         first_epoch, best_loss, best_epoch, since_best = 1, math.inf, 0, 0
         if resume is not None:
@@ -283,8 +121,8 @@ class Trainer:
             first_epoch = resume["epoch"] + 1
             best_loss, best_epoch = resume.get("best_val_loss", math.inf), resume.get("best_epoch", 0)
         exp = self.experiment
-        log = _Log(exp.folder("train_logs") / f"{exp.run_name}_log.csv") if main else _Nothing()
-        charts = _Charts(exp.folder("charts"), exp.run_name, wf.chart_metric) if main else _Nothing()
+        log = EpochLog(exp.folder("train_logs") / f"{exp.run_name}_log.csv") if main else Nothing()
+        charts = Charts(exp.folder("charts"), exp.run_name, wf.chart_metric) if main else Nothing()
         yield StartReport(
             exp.run_name, exp.root, steps, len(self.dataset.train), len(self.dataset.val), self.dataset.notes
         )
@@ -439,78 +277,3 @@ def _check_memory(trainer, data, loss_fn) -> None:
         dist.world_size,
         local_world_size() if dist.enabled else 1,
     )
-
-
-def _claim_run(cfg, created: list | None = None):
-    from ..experiment import folders_to_create, new_experiment
-
-    if created is not None:
-        created.extend(folders_to_create(cfg.output_dir, cfg.name))
-    exp = new_experiment(cfg.output_dir, cfg.name)
-    cfg.save(exp.config_path)
-    return exp
-
-
-def _discard_unsaved_run(exp, created: list) -> None:
-    """Take away a run that ended before any checkpoint was written (its config, its results folder and the
-    folders its claim created, when empty): nothing of it would be worth keeping."""
-    import shutil
-
-    if exp.best_checkpoint.exists() or exp.last_checkpoint.exists():
-        return
-    exp.config_path.unlink(missing_ok=True)
-    shutil.rmtree(exp.results, ignore_errors=True)
-    for folder in reversed(created):
-        try:
-            folder.rmdir()
-        except OSError:  # not empty (another run), or gone already
-            pass
-
-
-class _Nothing:
-    """Stands in for the log and charts on the ranks that write nothing."""
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
-
-
-class _Log:
-    """Per-epoch CSV log; the header is fixed by the first row."""
-
-    def __init__(self, path: Path):
-        self.path, self.fields = path, None
-
-    def write(self, row: dict) -> None:
-        from ..storage import writing
-
-        new = self.fields is None
-        if new:
-            self.fields = list(row)
-        with writing(self.path.parent, self.path.name), open(self.path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow(row)
-
-
-class _Charts:
-    """Loss and metric charts (PNG), redrawn at most every `every` seconds so drawing never slows training."""
-
-    def __init__(self, folder: Path, run_name: str, metric: str, every: float = 30.0):
-        self.folder, self.run_name, self.metric, self.every = folder, run_name, metric, every
-        self.rows: list[dict] = []
-        self.last = -math.inf
-
-    def update(self, row: dict) -> None:
-        self.rows.append(row)
-        self.draw()
-
-    def draw(self, force: bool = False) -> None:
-        if not self.rows or (not force and time.perf_counter() - self.last < self.every):
-            return
-        from .charts import plot_history
-
-        plot_history(self.rows, self.folder / f"{self.run_name}_loss.png", ["train_loss", "val_loss"], "loss")
-        if self.metric and self.metric in self.rows[-1]:
-            plot_history(self.rows, self.folder / f"{self.run_name}_{self.metric}.png", [self.metric], self.metric)
-        self.last = time.perf_counter()
