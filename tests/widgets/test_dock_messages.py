@@ -58,7 +58,7 @@ def train_dock(viewer, out: Path, image=None, labels=None) -> TrainWidget:
     w.feature_maps.value = ", ".join(map(str, TINY_MODEL["feature_maps"]))
     f["train.epochs"].value, f["train.steps_per_epoch"].value, f["train.batch_size"].value = 1, 1, 2
     f["output_dir"].value, f["device"].value = str(out), "cpu"
-    w.preview_budget = 0.0  # no preview: these tests are about the input
+    w.preview_ms.value = 0  # no preview: these tests are about the input
     return w
 
 

@@ -91,7 +91,7 @@ def test_train_through_the_widget(make_napari_viewer, wait_idle, tmp_path, crop2
     viewer.add_labels(crop2d[1], name="nuclei mask")
     widget = dock(viewer, TrainWidget(viewer))
     tiny(widget, tmp_path)
-    widget.preview_budget = 100.0  # so short a training leaves no 5 % room for a preview; the budget is tested below
+    widget.keep_preview.value = True  # kept when the training ends (removed otherwise: tests/widgets/test_preview.py)
     widget.train_button.native.click()
     assert widget.running
     wait_idle(widget)
@@ -105,14 +105,14 @@ def test_train_through_the_widget(make_napari_viewer, wait_idle, tmp_path, crop2
     assert (root / "config_files" / f"{run}.yaml").is_file()
     assert (root / "results" / run / "train_logs" / f"{run}_log.csv").is_file()
     assert (root / "results" / run / "charts" / f"{run}_loss.png").is_file()
-    preview = viewer.layers["nuclei preview"]
+    preview = viewer.layers["nuclei preview (epoch 2)"]
     assert isinstance(preview, Labels)
     region = widget.preview.view
     assert preview.data.shape == tuple(s.stop - s.start for s in region.slices)
     assert all(64 <= n <= 256 for n in preview.data.shape)
     assert tuple(preview.translate) == tuple(float(s.start) for s in region.slices)
     assert set(np.unique(preview.data)) <= {0, 1}
-    assert widget.preview.budget.count == 2  # after each epoch
+    assert widget.preview.epochs == [1, 2]  # after each epoch
 
 
 def test_preview_follows_the_field_of_view_and_its_budget(make_napari_viewer, crop2d):
@@ -131,11 +131,12 @@ def test_preview_follows_the_field_of_view_and_its_budget(make_napari_viewer, cr
     assert region.translate == (10 + 2 * y.start, 5 + 2 * x.start) and region.scale == (2, 2)
     cam.zoom = 0.01  # everything visible: capped at 512 px per axis
     assert all(s.stop - s.start == 512 for s in visible_region(viewer, layer, [0, 1], [64, 64]).slices)
-    budget = PreviewBudget(0.05)
-    assert not budget.allow(10_000, training_seconds=1.0, training_seconds_per_pixel=1e-4)  # 0.33 s > 0.05 s
-    assert budget.allow(10_000, training_seconds=10.0, training_seconds_per_pixel=1e-4)
-    budget.record(10_000, 0.4)
-    assert not budget.allow(10_000, training_seconds=10.0, training_seconds_per_pixel=0)  # 0.4 + 0.4 > 0.5
+    budget = PreviewBudget(ms=100)  # 0.1 s per epoch
+    assert abs(budget.pixels(3e-5) - 10_000) <= 1  # before any preview: a third of a training step's cost per pixel
+    budget.record(10_000, 0.4)  # then the measured cost: 40 us per pixel
+    assert abs(budget.pixels(0) - 2_500) <= 1
+    assert not PreviewBudget(ms=0).due(1)  # 0: no preview
+    assert PreviewBudget(ms=10, every=2).due(2) and not PreviewBudget(ms=10, every=2).due(1)
 
 
 def test_predict_through_the_widget(make_napari_viewer, wait_idle, tmp_path, crop2d, checkpoint_2d):
@@ -177,11 +178,11 @@ def test_train_and_predict_3d(make_napari_viewer, wait_idle, tmp_path, crop3d):
     assert train.form["ndim"].value == 3 and train.patch_z.native.isVisibleTo(train)
     tiny(train, tmp_path)
     train.patch_z.value = 16
-    train.preview_budget = 100.0
+    train.keep_preview.value = True
     train.train_button.native.click()
     wait_idle(train)
     assert train.result.reason == "finished" and train.result.checkpoint.is_file()
-    preview = viewer.layers["volume preview"]
+    preview = viewer.layers["volume preview (epoch 2)"]
     assert isinstance(preview, Labels) and preview.data.ndim == 3 and preview.data.shape[0] == 16
     predict = dock(viewer, PredictWidget(viewer))
     assert predict.model_source.value == JUST_TRAINED

@@ -43,7 +43,7 @@ def tiny(widget: TrainWidget, out, epochs: int = 2, steps: int = 2, patch: int =
     widget.feature_maps.value = ", ".join(map(str, TINY_MODEL["feature_maps"]))
     f["train.epochs"].value, f["train.steps_per_epoch"].value, f["train.batch_size"].value = epochs, steps, 2
     f["output_dir"].value, f["device"].value = str(out), "cpu"
-    widget.preview_budget = 100.0  # so short a training leaves no 5 % room for a preview
+    widget.keep_preview.value = True  # the preview layer stays when the training ends
 
 
 def tiny_mae(widget: TrainWidget, token: int = 8) -> None:
@@ -144,7 +144,7 @@ def test_image_to_image_train_and_predict(make_napari_viewer, wait_idle, tmp_pat
     assert (
         train.chart.metric == "psnr" and len(train.chart.val_metric) == 2 and np.isfinite(train.chart.val_metric).all()
     )
-    preview = viewer.layers["t0 preview"]  # the predicted image of the field of view, in target intensities
+    preview = viewer.layers["t0 preview (epoch 2)"]  # the predicted image of the field of view, in target intensities
     assert isinstance(preview, Image) and preview.data.dtype == np.float32 and preview.data.ndim == 2
     assert tuple(preview.scale) == (2, 2)
 
@@ -176,7 +176,7 @@ def test_crappify_train_predict_and_transfer(make_napari_viewer, wait_idle, mess
     wait_idle(train)
     pretrained = train.result.checkpoint
     assert train.result.reason == "finished" and train.chart.metric == "psnr"
-    preview = viewer.layers["nuclei preview"]
+    preview = viewer.layers["nuclei preview (epoch 2)"]
     assert isinstance(preview, Image) and preview.data.dtype == np.float32
 
     predict = predict_with_last(viewer, image, tmp_path)
@@ -232,7 +232,7 @@ def test_masking_train_and_predict(make_napari_viewer, wait_idle, tmp_path, nucl
     train.train_button.native.click()
     wait_idle(train)
     assert train.result.reason == "finished" and train.chart.metric == "psnr"
-    preview = viewer.layers["nuclei preview"]  # the MAE's reconstruction of the view
+    preview = viewer.layers["nuclei preview (epoch 2)"]  # the MAE's reconstruction of the view
     assert isinstance(preview, Image) and preview.data.dtype == np.float32 and preview.data.ndim == 2
 
     predict = predict_with_last(viewer, image, tmp_path)

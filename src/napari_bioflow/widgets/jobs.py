@@ -3,8 +3,8 @@ thread as a value, not as an exception: napari would show an exception as a cras
 
 from __future__ import annotations
 
+import logging
 import threading
-import time
 from typing import TYPE_CHECKING
 
 from qtpy.QtCore import QObject, Signal
@@ -13,6 +13,8 @@ from ..engine.errors import Cancelled, InputError
 
 if TYPE_CHECKING:
     from .preview import Preview
+
+log = logging.getLogger(__name__)
 
 
 class TrainingFailed(str):
@@ -57,36 +59,36 @@ def save_inputs(trainer, inputs: dict) -> str | None:
     return None
 
 
-def training_job(trainer, preview: Preview | None, inputs: dict | None = None):
-    """Runs in the worker thread: relay the trainer's reports; between epochs (trainer paused) maybe preview.
-    `inputs`: layer arrays by config data field, written with the run once it has its folder (see save_inputs)."""
-    from ..engine.train.trainer import EpochReport, StartReport
+class TrainingCrashed(str):
+    """The training's process crashed or was killed (out of memory, ...): one sentence for the dock."""
 
-    reports = trainer.run()
-    training_seconds = 0.0
-    try:
-        while True:
-            start = time.perf_counter()
-            try:
-                report = next(reports)
-            except StopIteration:
-                return
-            training_seconds += time.perf_counter() - start
-            yield report
-            if isinstance(report, StartReport) and inputs:
-                warning = save_inputs(trainer, inputs)
-                if warning:
-                    yield InputsNotSaved(warning)
-            if preview is not None and isinstance(report, StartReport):
-                preview.steps_per_epoch = report.steps_per_epoch
-            elif preview is not None and isinstance(report, EpochReport):
-                result = preview.maybe_predict(trainer, report, training_seconds)
-                if result is not None:
-                    yield result
-    except InputError as e:
-        yield TrainingFailed(str(e))
-    finally:
-        reports.close()
+
+def training_job(trainer, preview: Preview | None = None, inputs: dict | None = None):
+    """Runs in the worker thread: relay the reports of a training in its own process (engine/train/child.py's
+    TrainingProcess: the preview is computed there, between epochs); write the layers trained on with the run once
+    it has its folder (see save_inputs). `inputs`: layer arrays by config data field."""
+    from ..engine.train import StartReport
+    from ..engine.train.child import ChildFailed, ChildStopped
+
+    for report in trainer.run():
+        if isinstance(report, ChildFailed):
+            if report.input_error:
+                yield TrainingFailed(report.message)
+            else:
+                log.error("training failed in its process:\n%s", report.traceback)
+                yield TrainingCrashed(report.message)
+            continue
+        if isinstance(report, ChildStopped):
+            exp = trainer.experiment
+            best = exp.best_checkpoint if exp is not None and exp.best_checkpoint.is_file() else None
+            kept = f"; its best checkpoint so far is kept: {best}" if best is not None else ""
+            yield TrainingCrashed(report.message.rstrip(".") + kept + ".")
+            continue
+        yield report
+        if isinstance(report, StartReport) and inputs:
+            warning = save_inputs(trainer, inputs)
+            if warning:
+                yield InputsNotSaved(warning)
 
 
 class ProgressRelay(QObject):

@@ -1,57 +1,46 @@
-"""The training preview: the current model's prediction on the part of an image the user is looking at.
+"""The training preview in the viewer: the current model's prediction of the part of an image the user is looking at,
+after each epoch, as a layer named after its epoch ("nuclei preview (epoch 3)", updated in place).
 
-Segmentation shows argmax labels (a Labels layer); image to image and self-supervision show the predicted image in
-the target's (or raw image's) intensities (an Image layer). crappify previews the restoration of the degraded view,
-as it is trained; masking previews the MAE's reconstruction (every token predicted, visible ones included).
-
-The field of view is read on the GUI thread (`visible_region`) and handed to the worker through `Preview.view`
-(a lock-guarded value); the worker predicts between epochs while the trainer is paused (`Preview.maybe_predict`),
-and only when the preview's estimated cost keeps all previews within `budget` (5 %) of the training time.
+The field of view is read on the GUI thread (`visible_region`, on every pan, zoom, slice or resize) and sent to the
+training's process (`Preview.view` forwards it to `sink`); there, between epochs, the model predicts it within the
+time budget of the dock's Advanced section (engine/train/live_preview.py) and the small result comes back to `show`.
+The preview has its own colours (not the ground truth's); it goes when the training ends unless the user keeps it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import threading
-import time
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import numpy as np
 
+from ..engine.train.live_preview import (  # noqa: F401  (re-exported: the preview's computation)
+    PreviewBudget,
+    PreviewFailed,
+    PreviewResult,
+    ViewRegion,
+    intensity_mapping,
+    preview_output,
+    to_intensity,
+)
 from .layers import layer_array, placement
 
 log = logging.getLogger(__name__)
 
 MAX_SIZE = 512  # pixels per displayed axis: the preview stays a small fraction of an epoch
+PALETTE = ("#ff00ff", "#ffd600", "#00e5ff", "#ff6d00", "#76ff03", "#2979ff", "#ff1744", "#e0e0e0")
+IMAGE_COLORMAP = "magma"  # not the raw image's gray
 
 
-@dataclass(frozen=True)
-class ViewRegion:
-    slices: tuple[slice, ...]  # over the spatial axes of the image
-    scale: tuple[float, ...]  # of the preview layer
-    translate: tuple[float, ...]
+def preview_colormap(n_classes: int):
+    """Labels colours of their own: class k in PALETTE's k-th colour, background transparent (napari's default
+    label colours, which ground truth layers have, are random per value)."""
+    from napari.utils.colormaps import DirectLabelColormap
 
-    @property
-    def pixels(self) -> int:
-        return int(np.prod([s.stop - s.start for s in self.slices]))
-
-
-@dataclass
-class PreviewResult:
-    data: np.ndarray  # labels (spatial) or an image (C, spatial), by `kind`
-    region: ViewRegion
-    seconds: float
-    kind: str = "labels"  # labels | image
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.data
-
-
-@dataclass
-class PreviewFailed:
-    message: str
+    colors = {None: PALETTE[-1], 0: "transparent"}
+    colors.update({k: PALETTE[(k - 1) % len(PALETTE)] for k in range(1, max(2, n_classes))})
+    return DirectLabelColormap(color_dict=colors)
 
 
 def camera(viewer):
@@ -101,109 +90,30 @@ def visible_region(viewer, layer, axes: list[int], patch: list[int], max_size: i
     return ViewRegion(tuple(slices), scale, translate)
 
 
-class PreviewBudget:
-    """Allow a preview only while all previews together stay within `fraction` of the training time.
-    Before the first preview its cost is estimated from the training speed (an inference forward pass costs
-    about a third of a training step per pixel); afterwards from the measured preview speed."""
-
-    def __init__(self, fraction: float = 0.05):
-        self.fraction = fraction
-        self.spent = 0.0
-        self.count = 0
-        self.seconds_per_pixel: float | None = None
-
-    def allow(self, pixels: int, training_seconds: float, training_seconds_per_pixel: float) -> bool:
-        rate = self.seconds_per_pixel if self.seconds_per_pixel is not None else training_seconds_per_pixel / 3
-        return self.spent + pixels * rate <= self.fraction * training_seconds
-
-    def record(self, pixels: int, seconds: float) -> None:
-        self.spent += seconds
-        self.count += 1
-        self.seconds_per_pixel = seconds / max(1, pixels)
-
-
-def intensity_mapping(workflow) -> tuple[np.ndarray, np.ndarray] | None:
-    """(scale, offset) per output channel that map a workflow's normalized output back to intensities: the
-    target's normalization (image to image) or the raw images' (self-supervision); None for label outputs."""
-    from ..engine.data.normalize import Normalizer
-
-    state = getattr(workflow, "state", {}) or {}
-    fitted = state.get("target_normalization") or state.get("normalization")
-    if fitted is None:
-        return None
-    norm = Normalizer.from_dict(fitted)
-    return np.asarray(norm.scale, np.float32), np.asarray(norm.offset, np.float32)
-
-
-def to_intensity(prediction, mapping, ndim: int):
-    """A channel-first normalized prediction (numpy or dask) in intensities (lazy for dask)."""
-    if mapping is None:
-        return prediction
-    scale, offset = (m.reshape(-1, *([1] * ndim))[: prediction.shape[0]] for m in mapping)
-    return (prediction * scale + offset).astype(np.float32)
-
-
-def preview_output(loaded, crop: np.ndarray, device: str = "cpu") -> tuple[np.ndarray, str]:
-    """(data, kind) the preview shows for a channel-last crop: argmax labels, or the predicted image (C, ...)."""
-    from ..engine.predict.inference import predict_array
-    from ..engine.predict.sliding_window import argmax_labels
-
-    cfg, wf = loaded.config, loaded.workflow
-    if not wf.target_is_image:
-        return argmax_labels(predict_array(loaded, crop, device=device)), "labels"
-    crop = wf.preview_input(crop, cfg, loaded.normalizer)
-    out = predict_array(loaded, crop, device=device)[: wf.out_channels(cfg)]
-    return to_intensity(out, intensity_mapping(wf), cfg.ndim), "image"
-
-
 class Preview:
-    """Shared between the GUI (sets `view`, shows results) and the training worker (predicts)."""
+    """The Train dock's side of a preview: the previewed Image layer, its channels-last data (sent to the training's
+    process), the field of view (forwarded to `sink`), the preview layer once shown."""
 
-    def __init__(self, source, image, budget: float = 0.05):
+    def __init__(self, source, image, n_classes: int = 2):
         self.source = source  # the previewed Image layer
         self.image = image  # channels-last (Z,)Y,X,C view of its data
-        self.name = f"{source.name} preview"  # of the preview layer
-        self.budget = PreviewBudget(budget)
-        self.steps_per_epoch = 1
+        self.name = f"{source.name} preview"  # the preview layer's name, before "(epoch N)"
+        self.n_classes = n_classes
         self.layer = None  # the preview Labels or Image layer, once shown
-        self._lock = threading.Lock()
+        self.epochs: list[int] = []  # the epochs shown
+        self.sink: Callable | None = None  # where a new field of view goes (the training process)
         self._view: ViewRegion | None = None
 
     @property
     def view(self) -> ViewRegion | None:
-        with self._lock:
-            return self._view
+        return self._view
 
     @view.setter
     def view(self, region: ViewRegion | None) -> None:
-        with self._lock:
-            self._view = region
+        self._view = region
+        if self.sink is not None:
+            self.sink(region)
 
-    # --- worker thread ---------------------------------------------------------------------------------
-    def maybe_predict(self, trainer, report, training_seconds: float):
-        """Predict the current view with the trainer's current model if the budget allows; None otherwise."""
-        region = self.view
-        if region is None:
-            return None
-        cfg = trainer.cfg
-        per_pixel = report.seconds / max(
-            1, self.steps_per_epoch * cfg.train.batch_size * int(np.prod(cfg.data.patch_size))
-        )
-        if not self.budget.allow(region.pixels, training_seconds, per_pixel):
-            return None
-        start = time.perf_counter()
-        try:
-            crop = np.asarray(self.image[region.slices])
-            data, kind = preview_output(trainer.loaded_model(), crop, trainer.device)
-        except Exception as e:  # a preview must never stop a training
-            log.exception("training preview failed")
-            self.view = None
-            return PreviewFailed(f"The training preview stopped: {e}")
-        seconds = time.perf_counter() - start
-        self.budget.record(region.pixels, seconds)
-        return PreviewResult(data, region, seconds, kind)
-
-    # --- GUI thread ------------------------------------------------------------------------------------
     def show(self, viewer, result: PreviewResult) -> None:
         from napari.layers import Image, Labels
 
@@ -215,16 +125,35 @@ class Preview:
             else:  # several target channels: a channel axis in front, as the prediction layers have it
                 scale, translate = (1.0, *scale), (0.0, *translate)
         kind = Labels if result.kind == "labels" else Image
+        name = f"{self.name} (epoch {result.epoch})"
         if self.layer is None or self.layer not in viewer.layers or not isinstance(self.layer, kind):
             active = viewer.layers.selection.active
             if result.kind == "labels":
-                self.layer = viewer.add_labels(data, name=self.name, scale=scale, translate=translate, opacity=0.6)
+                self.layer = viewer.add_labels(
+                    data,
+                    name=name,
+                    scale=scale,
+                    translate=translate,
+                    opacity=0.6,
+                    colormap=preview_colormap(self.n_classes),
+                )
             else:
-                self.layer = viewer.add_image(data, name=self.name, scale=scale, translate=translate, colormap="gray")
+                self.layer = viewer.add_image(
+                    data, name=name, scale=scale, translate=translate, colormap=IMAGE_COLORMAP
+                )
             if active is not None and active in viewer.layers:
                 viewer.layers.selection.active = active  # keep the user's selection
         else:
             self.layer.data = data
             self.layer.scale, self.layer.translate = scale, translate
+            self.layer.name = name
             if result.kind == "image":  # early epochs predict other intensities than later ones
                 self.layer.reset_contrast_limits()
+        self.epochs.append(result.epoch)
+
+    def finish(self, viewer, keep: bool) -> None:
+        """The training ended: the preview layer goes, unless kept (then it is the user's: never updated again)."""
+        self.sink = None
+        layer, self.layer = self.layer, None
+        if layer is not None and not keep and layer in viewer.layers:
+            viewer.layers.remove(layer)

@@ -1,5 +1,6 @@
-"""The Train dock: builds a RunConfig and samples from its fields and layers, runs the engine's Trainer in a napari
-thread worker, and turns its reports into progress, a live chart and a preview layer. No training logic here.
+"""The Train dock: builds a RunConfig and samples from its fields and layers, runs the engine's Trainer in a child
+process (engine/train/child.py) driven from a napari thread worker, and turns its reports into progress, a live
+chart and a preview layer. No training logic here.
 
 The workflow chosen at the top decides which fields show: segmentation trains on (Image, Labels) pairs with classes;
 image to image on (raw Image, target Image) pairs with target channels and an L1/MSE loss; self-supervision on raw
@@ -17,7 +18,7 @@ from qtpy.QtWidgets import QWidget
 from ..engine.errors import InputError
 from ..engine.workflows import get_workflow
 from .fields import fit_width, format_seconds
-from .jobs import InputsNotSaved, TrainingFailed, training_job
+from .jobs import InputsNotSaved, TrainingCrashed, TrainingFailed, training_job
 from .layers import (
     connect_while_alive,
     follow_layers,
@@ -41,7 +42,6 @@ class TrainWidget(TrainForm, TrainView, TrainInputs, TrainChecks, TrainConfigLoa
         self.trainer = None
         self.preview: Preview | None = None
         self.result = None  # the DoneReport of the last training
-        self.preview_budget = 0.05  # previews may cost at most this fraction of the training time
         self._worker = None
         self._adapted = (None, None)
         self._running: dict = {"trainer": None}  # a closed dock stops its training (the best checkpoint stays)
@@ -121,7 +121,7 @@ class TrainWidget(TrainForm, TrainView, TrainInputs, TrainChecks, TrainConfigLoa
     def start(self, *_) -> None:
         from napari.qt.threading import create_worker
 
-        from ..engine.train.trainer import Trainer
+        from ..engine.train.child import TrainingProcess
 
         if self.running:
             return
@@ -140,8 +140,17 @@ class TrainWidget(TrainForm, TrainView, TrainInputs, TrainChecks, TrainConfigLoa
             return
         for note in notes:
             self._info(note)
-        self.trainer = Trainer(cfg, train=train, val=val)
-        self.preview = self._make_preview(cfg, train)
+        self.preview = preview = self._make_preview(cfg, train)
+        self.trainer = TrainingProcess(  # the trainer runs in a child process (engine/train/child.py)
+            cfg,
+            train=train,
+            val=val,
+            preview_image=preview.image if preview is not None else None,
+            preview_ms=self.preview_ms.value,
+            preview_every=self.preview_every.value,
+        )
+        if preview is not None:
+            preview.sink = self.trainer.set_view
         self.result = None
         self.chart.set_metric(get_workflow(cfg).chart_metric)
         self.chart.clear()
@@ -214,6 +223,9 @@ class TrainWidget(TrainForm, TrainView, TrainInputs, TrainChecks, TrainConfigLoa
         elif isinstance(r, TrainingFailed):
             self.status.value = "not started"
             self._error(str(r))
+        elif isinstance(r, TrainingCrashed):  # the training's process crashed or was killed: napari goes on
+            self.status.value = "failed"
+            self._error(str(r))
 
     def _on_error(self, e: BaseException) -> None:
         # napari's worker already shows the error as a notification with its traceback; log it as well
@@ -223,4 +235,6 @@ class TrainWidget(TrainForm, TrainView, TrainInputs, TrainChecks, TrainConfigLoa
 
     def _on_finished(self) -> None:
         self._worker = self._running["trainer"] = None
+        if self.preview is not None:  # the preview layer goes, unless the user keeps it
+            self.preview.finish(self.viewer, self.keep_preview.value)
         self.train_button.enabled, self.cancel_button.enabled = True, False

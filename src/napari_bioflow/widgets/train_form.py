@@ -27,7 +27,10 @@ class TrainForm:
     """Mixin of TrainWidget: builds its fields and layout."""
 
     def _build_form(self, viewer) -> None:
+        from magicgui.widgets import CheckBox
+
         from ..engine.models import list_models
+        from ..engine.train.live_preview import DEFAULT_PREVIEW_MS
 
         f = self.form = ConfigForm()
 
@@ -155,6 +158,19 @@ class TrainForm:
             )
         ]
         advanced[0:0] = [self.feature_maps, self.model_options]
+        self.preview_ms = SpinBox(
+            value=DEFAULT_PREVIEW_MS,
+            min=0,
+            max=600_000,
+            step=100,
+            label="preview ms per epoch",
+            tooltip="After each epoch the model predicts the part of the image on screen in at most about this many "
+            "milliseconds (a larger view is cut down around its centre, never below one patch); 0: no preview",
+        )
+        self.preview_every = SpinBox(
+            value=1, min=1, max=100_000, label="preview every (epochs)", tooltip="Preview after every N-th epoch"
+        )
+        advanced += [self.preview_ms, self.preview_every]
         # --- run --------------------------------------------------------------------------------------
         self.train_button = PushButton(text="Train", tooltip="Train with these fields (checked beside the button)")
         self.cancel_button = PushButton(
@@ -169,6 +185,9 @@ class TrainForm:
         self.check_label.native.setStyleSheet("color: #ff8a80;")
         self.check_label.visible = False
         self.message = status_label(tooltip="The last message of this dock, in full (select to copy)")
+        self.keep_preview = CheckBox(
+            value=False, text="keep preview", tooltip="Keep the preview layer when the training ends"
+        )
         self.chart = TrainingChart(*theme_colors(viewer))
 
         main = (
@@ -212,6 +231,6 @@ class TrainForm:
         buttons.margins = (0, 0, 0, 0)
         self.chart.setMinimumHeight(110)
         self.chart.setMaximumHeight(150)  # compact: the buttons and progress stay in view on a 768 px screen
-        run = group("Run", buttons, self.check_label, self.progress, self.status, self.message)
+        run = group("Run", buttons, self.check_label, self.progress, self.status, self.message, self.keep_preview)
         self._scroll = dock_layout(self, sections, [run, self.chart])
         self.setMinimumWidth(340)
