@@ -41,6 +41,13 @@ class BioflowDock(QWidget):
         self.train.form["output_dir"].changed.connect(self._follow_output)
         self._follow_output()
 
+    def sizeHint(self):
+        """As wide as the widest tab's fields need (not as wide as the Runs table could be), so the viewer's canvas
+        keeps the room."""
+        from qtpy.QtCore import QSize
+
+        return QSize(max(360, self.minimumSizeHint().width() + 10), super().sizeHint().height())
+
     def _follow_output(self, *_) -> None:
         value = self.train.form.value("output_dir")
         if value:

@@ -83,6 +83,7 @@ class ConfigForm:
             bounds = {"min": 0.0, "max": 1e6, **_bounds(field, False, step)}
             widget = FloatSpinBox(value=default, step=step, **{**bounds, **options}, **kw)
             widget.native.setDecimals(decimals)
+            widget.value = default  # set again: magicgui's 2 decimals had rounded it (0.0625 showed 0.06)
         elif annotation is Path:
             widget = compact(FileEdit(mode=options.pop("mode", "d"), value=default or "", **kw, **options))
         else:
@@ -238,30 +239,43 @@ def section(title: str, *widgets, expanded: bool = True):
 
 
 def dock_layout(owner, sections: list, footer: list):
-    """The docks' layout: the sections scroll (a dock never asks for more height than the window has), the footer
-    (buttons, progress, messages, chart) stays in view below them. Returns the scroll area."""
-    from qtpy.QtCore import Qt
-    from qtpy.QtWidgets import QScrollArea, QVBoxLayout, QWidget
+    """The docks' layout: the sections scroll; the footer (buttons, progress, messages, chart) sits below them at its
+    full height while the dock has room, and scrolls too when it has not, so a dock asks for little height: several
+    docks stacked never make the window taller than the screen. Returns the sections' scroll area."""
+    from qtpy.QtCore import QSize, Qt
+    from qtpy.QtWidgets import QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
-    content = QWidget()
-    layout = QVBoxLayout(content)
-    layout.setContentsMargins(4, 4, 4, 4)
-    layout.setSpacing(2)
-    for w in sections:
-        layout.addWidget(getattr(w, "native", w))
+    class Footer(QScrollArea):
+        def sizeHint(self):  # its content's full height (a scroll area's hint is capped at 24 lines)
+            hint = self.widget().sizeHint()
+            return QSize(hint.width(), hint.height() + 2)
+
+    def scrolled(widgets, cls=QScrollArea):
+        content = QWidget()
+        layout = QVBoxLayout(content)
+        layout.setContentsMargins(4, 2, 4, 2)
+        layout.setSpacing(2)
+        for w in widgets:
+            layout.addWidget(getattr(w, "native", w))
+        scroll = cls()
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        scroll.setFrameShape(QScrollArea.NoFrame)
+        scroll.setWidget(content)
+        return scroll, layout
+
+    scroll, layout = scrolled(sections)
     layout.addStretch(1)
-    scroll = QScrollArea()
-    scroll.setWidgetResizable(True)
-    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-    scroll.setFrameShape(QScrollArea.NoFrame)
-    scroll.setWidget(content)
-    scroll.setMinimumHeight(120)
+    scroll.setMinimumHeight(60)
+    scroll.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Expanding)
+    bottom, _ = scrolled(footer, Footer)
+    bottom.setMinimumHeight(60)
+    bottom.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Preferred)
     outer = QVBoxLayout(owner)
     outer.setContentsMargins(0, 0, 0, 0)
     outer.setSpacing(2)
     outer.addWidget(scroll, 1)
-    for w in footer:
-        outer.addWidget(getattr(w, "native", w))
+    outer.addWidget(bottom, 0)
     return scroll
 
 

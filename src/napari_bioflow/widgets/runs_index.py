@@ -164,16 +164,17 @@ def list_runs(output_dir: Path) -> list[RunInfo]:
 
 
 def lazy_arrays(store: Path) -> dict[str, object]:
-    """{array name: dask array} of a prediction's zarr store (its working arrays left out); nothing is read."""
+    """{array name: dask array} of a prediction's zarr store (its arrays are sub-folders; working arrays such as the
+    accumulator left out); nothing is read."""
     import dask.array as da
     import zarr
 
-    try:
-        group = zarr.open_group(str(store), mode="r")
-    except Exception:
-        return {}
-    return {
-        name: da.from_zarr(array)
-        for name, array in sorted(group.arrays())
-        if name != "accumulator" and not name.startswith(".")
-    }
+    out = {}
+    for folder in sorted(p for p in Path(store).iterdir() if p.is_dir()):
+        if folder.name == "accumulator" or not any((folder / m).is_file() for m in ("zarr.json", ".zarray")):
+            continue
+        try:
+            out[folder.name] = da.from_zarr(zarr.open_array(str(folder), mode="r"))
+        except Exception:  # an unfinished or foreign array: not shown
+            continue
+    return out
