@@ -156,7 +156,7 @@ def test_the_batch_package_imports_module_by_module_without_cycles_and_stays_sma
 
 
 ENGINE_ROOT_FILES = {"__init__.py", "errors.py", "experiment.py", "storage.py"}
-ENGINE_PACKAGES = {"data", "train", "predict", "batch", "workflows", "models"}
+ENGINE_PACKAGES = {"data", "train", "predict", "batch", "workflows", "models", "export"}
 
 
 def test_engine_layout_shows_the_flow():

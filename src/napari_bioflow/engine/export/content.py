@@ -58,7 +58,7 @@ def test_tensors(loaded, layout, input_image: Path | None) -> tuple[np.ndarray, 
 
     cfg = loaded.config
     path = test_image(cfg, input_image)
-    image = to_channels_last(open_image(path), cfg.ndim, cfg.data.in_channels, str(path))
+    image = to_channels_last(open_image(path), cfg.ndim, cfg.data.in_channels, str(path), axes=cfg.data.axes)
     image = np.asarray(image.compute() if hasattr(image, "compute") else image, np.float32)
     if layout.fixed is not None:
         from ..data.classification_data import fit_to_patch

@@ -211,7 +211,7 @@ def export_model(
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bioflow-bmz-") as tmp:
         folder = Path(tmp)
-        converted = convert(net, x, folder, formats, other)
+        converted = convert(net, x, folder, formats, other, dynamic_spatial=layout.dense)
         if not converted.files:
             raise InputError(
                 f"No weight format of {checkpoint} converted ({'; '.join(converted.failed.values())}); "
