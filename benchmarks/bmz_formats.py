@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 SMALL = {  # option -> small value, applied where a model has the option
-    "feature_maps": lambda v: v[:2] if len(v) > 2 else v,
+    "feature_maps": lambda v: v[:3],  # three levels: ResUNet++ needs them
     "depth": lambda v: 2,
     "embed_dim": lambda v: 64,
     "num_heads": lambda v: 2,
@@ -53,7 +53,10 @@ def one(name: str, ndim: int) -> tuple[str, str, str]:
     opts = options(name)
     if "img_size" in opts and ndim == 3:
         opts["img_size"] = 32
-    model = create_model(name, ndim=ndim, in_channels=1, out_channels=2, **opts).eval()
+    try:
+        model = create_model(name, ndim=ndim, in_channels=1, out_channels=2, **opts).eval()
+    except ValueError:  # small options the model refuses: its defaults
+        model = create_model(name, ndim=ndim, in_channels=1, out_channels=2).eval()
     size = 64 if ndim == 2 else 32
     d = model.size_divisor
     size = max(d, size // d * d)

@@ -31,7 +31,11 @@ def _train(out: Path, cfg_dict: dict, samples) -> Path:
 
     base = {"name": "bmz", "output_dir": str(out), "device": "cpu", "seed": 0}
     cfg = RunConfig.from_dict({**base, **cfg_dict})
-    train = [make_sample(r, f"raw{i}", cfg, label=t) for i, (r, t) in enumerate(samples)] if samples else None
+    train = (
+        [make_sample(r, f"raw{i}", cfg, label=t, need_label=t is not None) for i, (r, t) in enumerate(samples)]
+        if samples
+        else None
+    )
     trainer = Trainer(cfg, train=train)
     for _ in trainer.run():
         pass
@@ -216,6 +220,45 @@ def test_classifier_roundtrip(tmp_path):
     np.testing.assert_allclose(b, a, atol=1e-6)
 
 
+def _foreign(package: Path, out: Path, drop=("pytorch_state_dict",)) -> Path:
+    """The package as another tool would ship it: no napari-bioflow section, without the weights `drop`."""
+    with zipfile.ZipFile(package) as src, zipfile.ZipFile(out, "w") as dst:
+        for item in src.namelist():
+            data = src.read(item)
+            if item == "rdf.yaml":
+                rdf = yaml.safe_load(data)
+                rdf["config"].pop("napari_bioflow")
+                for fmt in drop:
+                    rdf["weights"].pop(fmt)
+                for entry in rdf["weights"].values():
+                    if entry.get("parent") in drop:
+                        entry.pop("parent")
+                data = yaml.safe_dump(rdf).encode()
+            dst.writestr(item, data)
+    return out
+
+
+def test_a_package_of_another_tool_predicts_through_its_torchscript_or_onnx(seg2d, tmp_path):
+    """No napari-bioflow section, no PyTorch state dict: prediction only, through bioimageio.core with the
+    package's own preprocessing, tiled by napari-bioflow (an image not a multiple of the step is padded)."""
+    from napari_bioflow.engine.predict.inference import predict_array
+    from napari_bioflow.engine.train.checkpoint import load_model
+
+    ckpt, result, image = seg2d
+    raw = tifffile.imread(image)[:100, :126]
+    ours = predict_array(load_model(ckpt), raw)
+    for drop in (("pytorch_state_dict",), ("pytorch_state_dict", "torchscript")):  # torchscript, then onnx
+        loaded = load_model(_foreign(result.path, tmp_path / f"{len(drop)}.zip", drop))
+        assert loaded.workflow.target_is_image and loaded.config.data.target_channels == 2
+        theirs = predict_array(loaded, raw)
+        assert theirs.shape == ours.shape == (2, 100, 126)
+        inner = (slice(None), slice(16, -16), slice(16, -16))  # bioimageio.core pads the border by the halo
+        np.testing.assert_allclose(theirs[inner], ours[inner], atol=1e-4)
+    only_state = _foreign(result.path, tmp_path / "state.zip", ("torchscript", "onnx"))
+    with pytest.raises(InputError, match="holds neither TorchScript nor ONNX weights"):
+        load_model(only_state)
+
+
 @pytest.mark.parametrize(
     "kwargs, words",
     [
@@ -244,17 +287,37 @@ def test_export_never_overwrites_and_foreign_packages_are_refused_for_training(s
     with pytest.raises(InputError, match="exists already"):
         export_model(ckpt, result.path, authors=AUTHOR)
     assert result.path.read_bytes() == before
-    foreign = tmp_path / "foreign.zip"  # the same package without napari-bioflow's section
-    with zipfile.ZipFile(result.path) as src, zipfile.ZipFile(foreign, "w") as dst:
-        for item in src.namelist():
-            data = src.read(item)
-            if item == "rdf.yaml":
-                rdf = yaml.safe_load(data)
-                rdf["config"].pop("napari_bioflow")
-                data = yaml.safe_dump(rdf).encode()
-            dst.writestr(item, data)
+    foreign = _foreign(result.path, tmp_path / "foreign.zip")
     with pytest.raises(InputError, match="was not exported by napari-bioflow"):
         read_weights(foreign)
     (tmp_path / "broken.zip").write_text("not a zip")
     with pytest.raises(InputError, match="not a readable zip file"):
         read_weights(tmp_path / "broken.zip")
+
+
+def test_crappify_pretraining_exports_its_restoration_network(tmp_path):
+    from napari_bioflow.engine.export.exporter import export_model
+
+    frame = tifffile.imread(TIMELAPSE)[0, 100:260, 100:260]
+    ckpt = _train(
+        tmp_path,
+        _train_cfg(
+            workflow="self_supervised", data={"patch_size": [64, 64], "val_split": 0.25}, model={"options": TINY_MODEL}
+        ),
+        [(frame, None)],
+    )
+    tifffile.imwrite(tmp_path / "frame.tif", frame)
+    result = export_model(ckpt, tmp_path / "crappify.zip", authors=AUTHOR, input_image=tmp_path / "frame.tif")
+    rdf = _rdf(result.path)
+    assert rdf["outputs"][0]["id"] == "image" and rdf["outputs"][0]["postprocessing"][0]["id"] == "scale_linear"
+    _roundtrip(ckpt, result.path, frame)
+
+
+def test_a_workflow_that_predicts_by_more_than_its_network_is_refused():
+    from napari_bioflow.engine.export.exporter import _activation
+    from napari_bioflow.engine.workflows.base import get_workflow
+
+    with pytest.raises(InputError, match="cannot describe; it is not exported"):
+        _activation(get_workflow("self_supervised", "masking"))
+    assert _activation(get_workflow("semantic_segmentation")) == "softmax"
+    assert _activation(get_workflow("image_to_image")) == "none"

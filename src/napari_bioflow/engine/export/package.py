@@ -25,6 +25,12 @@ def is_package(path) -> bool:
     return path.suffix.lower() == ".zip"
 
 
+def foreign_package(path) -> bool:
+    """Whether `path` is a BioImage Model Zoo package napari-bioflow did not export (InputError when it is a package
+    that cannot be read)."""
+    return is_package(path) and Package(path).bioflow() is None
+
+
 class Package:
     """The files of a package, read from its zip or folder."""
 

@@ -177,9 +177,14 @@ def load_model(
 
     from ...config import RunConfig
     from ..data.normalize import Normalizer
+    from ..export.package import foreign_package
     from ..models import create_model
     from ..workflows import list_workflows
 
+    if foreign_package(path):  # a BioImage Model Zoo package of another tool: prediction only
+        from ..export.foreign import load_package_model
+
+        return load_package_model(path, device, expect_workflow, expect_channels)
     ckpt = read_checkpoint(path)
     workflow = str(ckpt.get("config", {}).get("workflow", ""))
     if workflow not in list_workflows():
