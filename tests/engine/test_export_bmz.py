@@ -321,3 +321,27 @@ def test_a_workflow_that_predicts_by_more_than_its_network_is_refused():
         _activation(get_workflow("self_supervised", "masking"))
     assert _activation(get_workflow("semantic_segmentation")) == "softmax"
     assert _activation(get_workflow("image_to_image")) == "none"
+
+
+def test_a_package_starts_a_fine_tuning(seg2d, tmp_path):
+    """model.start_from: a package napari-bioflow exported loads as its checkpoint would (every tensor)."""
+    from napari_bioflow.config import RunConfig
+    from napari_bioflow.engine.data.sources import make_sample
+    from napari_bioflow.engine.train import StartReport, Trainer
+
+    ckpt, result, _ = seg2d
+    raw, lab = (tifffile.imread(p)[:128, :128] for p in bbbc_pairs()[2])
+    cfg = RunConfig.from_dict(
+        {
+            "name": "finetune",
+            "output_dir": str(tmp_path),
+            "device": "cpu",
+            "data": {"patch_size": [64, 64], "val_split": 0.25},
+            "model": {"options": {**TINY_MODEL, "norm": "batch"}, "start_from": str(result.path)},
+            "train": {"epochs": 1, "steps_per_epoch": 1, "batch_size": 2},
+        }
+    )
+    trainer = Trainer(cfg, train=[make_sample(raw, "raw", cfg, label=(lab > 0).astype(np.uint8))])
+    reports = list(trainer.run())
+    (note,) = [n for r in reports if isinstance(r, StartReport) for n in r.notes if n.startswith("Started from")]
+    assert note.startswith(f"Started from {result.path}: ") and " 0 initialised" in note
