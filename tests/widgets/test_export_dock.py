@@ -63,3 +63,32 @@ def test_export_dock_refuses_a_package_without_author(make_napari_viewer, shown,
     assert not widget.running
     assert shown["error"] == ["Give at least one author (authors, separated by commas)."]
     assert widget.status.value == shown["error"][0] and not (tmp_path / "m.zip").exists()
+
+
+def test_the_predict_and_batch_docks_take_the_package(make_napari_viewer, qtbot, wait_idle, checkpoint, tmp_path):
+    from napari_bioflow.engine.export.exporter import export_model
+    from napari_bioflow.widgets.batch import FROM_FILE, BatchWidget
+    from napari_bioflow.widgets.predict import PredictWidget
+
+    ckpt, image = checkpoint
+    package = export_model(ckpt, tmp_path / "m.zip", authors=["A B"], input_image=image).path
+    viewer = make_napari_viewer()
+    viewer.add_image(tifffile.imread(image), name="nuclei")
+    predict = dock(viewer, PredictWidget(viewer))
+    assert "*.zip" in predict.checkpoint.filter
+    predict.model_source.value = "checkpoint file"
+    predict.checkpoint.value = package
+    predict.form["output_dir"].value, predict.form["device"].value = tmp_path / "p", "cpu"
+    predict.predict_button.native.click()
+    qtbot.waitUntil(lambda: "nuclei labels" in viewer.layers, timeout=60_000)
+    wait_idle(predict)
+    assert viewer.layers["nuclei probabilities"].data.shape == (2, 128, 128)
+    batch = dock(viewer, BatchWidget(viewer))
+    assert "*.zip" in batch.checkpoint.filter
+    batch.model_source.value = FROM_FILE
+    batch.checkpoint.value = package
+    batch.input.value = image.parent
+    batch.form["output_dir"].value, batch.form["device"].value = tmp_path / "b", "cpu"
+    batch.run_button.native.click()
+    wait_idle(batch, 120)
+    assert batch.summary is not None and next((tmp_path / "b").rglob("per_image_binarized/image.tif")).is_file()
