@@ -74,6 +74,7 @@ def test_each_workflow_shows_its_own_losses_and_chart_metric(make_napari_viewer)
         wf = workflow_class(name)
         assert list(train.form["train.loss"].choices) == list(wf.losses)
         assert train.chart.metric == wf.chart_metric
+        assert ("IoU" in train.chart.metric_title) == (name == "semantic_segmentation")  # before any training
     assert "l1" not in train.form["train.loss"].choices  # classification refuses l1/mse: not offered
 
 

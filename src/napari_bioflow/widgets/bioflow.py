@@ -37,7 +37,7 @@ class BioflowDock(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.tabs)
         self.tabs.currentChanged.connect(self._on_tab)
-        # the Runs tab follows the Train dock's output folder
+        # the Predict, Batch and Runs tabs follow the Train tab's output folder
         self.train.form["output_dir"].changed.connect(self._follow_output)
         self._follow_output()
 
@@ -50,8 +50,10 @@ class BioflowDock(QWidget):
 
     def _follow_output(self, *_) -> None:
         value = self.train.form.value("output_dir")
-        if value:
+        if value:  # one output folder for the tabs: the Runs tab lists what each of them wrote
             self.runs.folder.value = value
+            for dock in (self.predict, self.batch):
+                dock.form["output_dir"].value = value
 
     def _on_tab(self, index: int) -> None:
         if self.tabs.widget(index) is self.runs:

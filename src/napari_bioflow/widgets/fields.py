@@ -83,7 +83,8 @@ class ConfigForm:
             bounds = {"min": 0.0, "max": 1e6, **_bounds(field, False, step)}
             widget = FloatSpinBox(value=default, step=step, **{**bounds, **options}, **kw)
             widget.native.setDecimals(decimals)
-            widget.value = default  # set again: magicgui's 2 decimals had rounded it (0.0625 showed 0.06)
+            if default is not None:  # set again: magicgui's 2 decimals had rounded it (0.0625 showed 0.06)
+                widget.value = default
         elif annotation is Path:
             widget = compact(FileEdit(mode=options.pop("mode", "d"), value=default or "", **kw, **options))
         else:
@@ -176,6 +177,7 @@ def status_label(value: str = "", **kwargs) -> Label:
     label = Label(value=value, **kwargs)
     label.native.setWordWrap(True)
     label.native.setTextInteractionFlags(Qt.TextSelectableByMouse)  # a message can be copied
+    label.native.setAlignment(Qt.AlignLeft | Qt.AlignTop)
     label.native.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
     return label
 
@@ -242,13 +244,25 @@ def dock_layout(owner, sections: list, footer: list):
     """The docks' layout: the sections scroll; the footer (buttons, progress, messages, chart) sits below them at its
     full height while the dock has room, and scrolls too when it has not, so a dock asks for little height: several
     docks stacked never make the window taller than the screen. Returns the sections' scroll area."""
-    from qtpy.QtCore import QSize, Qt
+    from qtpy.QtCore import QEvent, QSize, Qt
     from qtpy.QtWidgets import QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
     class Footer(QScrollArea):
-        def sizeHint(self):  # its content's full height (a scroll area's hint is capped at 24 lines)
-            hint = self.widget().sizeHint()
-            return QSize(hint.width(), hint.height() + 2)
+        def sizeHint(self):  # its content's full height at its width (wrapped messages), not capped at 24 lines
+            content = self.widget()
+            hint = content.sizeHint()
+            width = self.viewport().width()
+            height = content.layout().heightForWidth(width) if content.layout().hasHeightForWidth() else -1
+            return QSize(hint.width(), max(hint.height(), height) + 2)
+
+        def eventFilter(self, obj, event):  # a longer message or a shown row: ask the dock for room again
+            if event.type() in (QEvent.LayoutRequest, QEvent.Resize):
+                self.updateGeometry()
+            return super().eventFilter(obj, event)
+
+    class Sections(QScrollArea):
+        def sizeHint(self):  # modest: the footer gets its full height first, the sections take what is left
+            return QSize(super().sizeHint().width(), 160)
 
     def scrolled(widgets, cls=QScrollArea):
         content = QWidget()
@@ -264,18 +278,20 @@ def dock_layout(owner, sections: list, footer: list):
         scroll.setWidget(content)
         return scroll, layout
 
-    scroll, layout = scrolled(sections)
+    scroll, layout = scrolled(sections, Sections)
     layout.addStretch(1)
     scroll.setMinimumHeight(60)
     scroll.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Expanding)
-    bottom, _ = scrolled(footer, Footer)
-    bottom.setMinimumHeight(60)
-    bottom.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Preferred)
     outer = QVBoxLayout(owner)
     outer.setContentsMargins(0, 0, 0, 0)
     outer.setSpacing(2)
     outer.addWidget(scroll, 1)
-    outer.addWidget(bottom, 0)
+    if footer:
+        bottom, _ = scrolled(footer, Footer)
+        bottom.widget().installEventFilter(bottom)
+        bottom.setMinimumHeight(60)
+        bottom.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Preferred)
+        outer.addWidget(bottom, 0)
     return scroll
 
 

@@ -13,7 +13,7 @@ from qtpy.QtGui import QDesktopServices
 from qtpy.QtWidgets import QAbstractItemView, QPlainTextEdit, QTableWidget, QTableWidgetItem, QTabWidget, QWidget
 
 from .chart import TrainingChart, theme_colors
-from .fields import compact, dock_layout, fit_width, form, group, section, status_label
+from .fields import compact, dock_layout, fit_width, form, section, status_label
 from .layers import prediction_colormap
 from .runs_index import RunInfo, lazy_arrays, list_runs, read_rows, workflow_of
 
@@ -68,10 +68,10 @@ class RunsWidget(QWidget):
         )
         buttons.margins = (0, 0, 0, 0)
         sections = [
-            section("Runs", form(self.folder), self.refresh_button, self.table),
+            section("Runs", form(self.folder), self.refresh_button, self.table, self.message),
             section("Opened run", buttons, self.chart, self.texts),
         ]
-        self._scroll = dock_layout(self, sections, [group("Messages", self.message)])
+        self._scroll = dock_layout(self, sections, [])
         self.folder.changed.connect(self.refresh)
         self.refresh_button.changed.connect(self.refresh)
         self.table.itemSelectionChanged.connect(self._on_select)
