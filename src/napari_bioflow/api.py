@@ -217,7 +217,7 @@ def _class_samples(cfg, images, labels, role: str):
     for i, (image, cls) in enumerate(zip(images, names)):
         if cls not in cfg.class_names:
             raise InputError(f"The class {cls!r} of {role} image {i} is not one of {', '.join(cfg.class_names)}.")
-        raw = to_channels_last(image, cfg.ndim, cfg.data.in_channels, f"{role} image {i}")
+        raw = to_channels_last(image, cfg.ndim, cfg.data.in_channels, f"{role} image {i}", axes=cfg.data.axes)
         check_finite(raw, f"{role} image {i}")
         out.append(ClassSample(name=f"{role} image {i}", raw=raw, class_index=cfg.class_names.index(cls)))
     return out

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .batch import cmd_batch
+from .classes import add_parser as add_class_folders_parser
 from .common import FAILED_FILES
 from .export import add_parser as add_export_parser
 from .info import cmd_docs, cmd_init, cmd_models
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("models", help="list the registered models and their options")
     sp.set_defaults(func=cmd_models)
     add_export_parser(sub)
+    add_class_folders_parser(sub)
     return p
 
 

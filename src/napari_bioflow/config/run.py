@@ -78,6 +78,8 @@ class RunConfig(_Section):
             )
         if self.augment.problem(self.ndim):
             raise ValueError(self.augment.problem(self.ndim))
+        if self.data.axes and (problem := _axes_problem(self.data.axes, self.data.in_channels, self.ndim)):
+            raise ValueError(problem)
         from ..engine.workflows import get_workflow
 
         try:
@@ -145,6 +147,12 @@ class RunConfig(_Section):
             given = [o for o in overrides or [] if o.split("=", 1)[0].strip() == where]  # the last one won
             origin = f" (from --set {given[-1]})" if given else ""
             raise InputError(f"{source}: field '{where}'{origin}: {msg}.") from None
+
+
+def _axes_problem(axes: str, in_channels: int, ndim: int) -> str | None:
+    from ..engine.data.axes import axes_problem
+
+    return axes_problem(axes, in_channels, ndim)
 
 
 def apply_override(data: dict, item: str) -> None:

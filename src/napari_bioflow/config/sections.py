@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NAME_RULE = "letters, digits, '-', '_' and '.', not only dots, at most 200 characters"
 _NAME_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
@@ -60,9 +60,21 @@ class DataConfig(_Section):
     )
     in_channels: int = Field(1, ge=1, description="Number of channels of the raw images (grayscale = 1, RGB = 3).")
     target_channels: int = Field(1, ge=1, description="Image-to-image: number of channels of the target images.")
-    normalization: Literal["percentile", "meanstd", "none"] = Field(
+    axes: str | None = Field(
+        None,
+        description="Axes of the raw images, e.g. CYX, YXC, CZYX, ZYXC or ZCYX (C = channels, none = one channel; as many spatial axes as ndim). Empty = from each file's metadata (OME-TIFF/ImageJ axes, OME-Zarr axes), else the first or last axis whose length is in_channels. Set it when the channels sit elsewhere or a file is ambiguous.",
+    )
+    normalization: Literal["percentile", "meanstd", "custom", "none"] = Field(
         "percentile",
-        description="percentile: scale each channel so its low/high percentiles of the training data map to 0/1; meanstd: subtract the training mean and divide by the standard deviation; none: use raw values. The statistics are stored in the checkpoint and reused at prediction.",
+        description="percentile: scale each channel so its low/high percentiles of the training data map to 0/1; meanstd: subtract the training mean and divide by the standard deviation; custom: subtract custom_mean and divide by custom_std (given values; image-to-image targets use their own mean/std), written as normalization_mean_value.npy / normalization_std_value.npy in the run's results folder; none: use raw values. The statistics are stored in the checkpoint and reused at prediction.",
+    )
+    custom_mean: list[float] | float | Path | None = Field(
+        None,
+        description="normalization: custom: the mean subtracted, one number for every channel, one per channel, or a .npy file holding either.",
+    )
+    custom_std: list[float] | float | Path | None = Field(
+        None,
+        description="normalization: custom: the standard deviation divided by (positive), one number, one per channel, or a .npy file.",
     )
     percentile_low: float = Field(1.0, ge=0, le=100, description="Low percentile for percentile normalization.")
     percentile_high: float = Field(99.8, ge=0, le=100, description="High percentile for percentile normalization.")
@@ -72,6 +84,41 @@ class DataConfig(_Section):
         le=1.0,
         description="Probability that a training patch is centred on a foreground (non-background) pixel rather than drawn uniformly. Helps with sparse objects.",
     )
+    multiple_raw: bool = Field(
+        False,
+        description="Image to image: several raw images per target. train_raw (and val_raw) then hold one sub-folder per sample with its raw images, each paired with the sample's one target in train_label: an image named after the sub-folder, or a sub-folder of that name holding one image (BiaPy's MULTIPLE_RAW_ONE_TARGET_LOADER). Validation holds aside whole samples.",
+    )
+
+    @field_validator("custom_mean", "custom_std", mode="before")
+    @classmethod
+    def _numbers_in_text(cls, v):
+        """Text as a dock or --set gives it: '0.5' a number, '1, 2.5, 3' (or '[1, 2.5, 3]') one per channel, else a
+        file path."""
+        if not isinstance(v, str):
+            return v
+        text = v.strip().strip("[]")
+        if not text:
+            return None
+        try:
+            values = [float(t) for t in text.replace(",", " ").split()]
+        except ValueError:
+            return v.strip()
+        return values[0] if len(values) == 1 else values
+
+    @field_validator("axes")
+    @classmethod
+    def _axes_letters(cls, v):
+        return v.strip().upper() or None if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _data_consistent(self):
+        from ..engine.data.axes import axes_problem
+
+        if self.axes and (problem := axes_problem(self.axes, self.in_channels)):
+            raise ValueError(problem)
+        if self.normalization == "custom" and (self.custom_mean is None or self.custom_std is None):
+            raise ValueError("normalization: custom needs data.custom_mean and data.custom_std (numbers or .npy files)")
+        return self
 
 
 class ModelConfig(_Section):

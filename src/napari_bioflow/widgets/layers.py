@@ -109,25 +109,34 @@ def guess_ndim(layer) -> int:
     return 3
 
 
-def spatial_axes(layer, ndim: int) -> list[int] | None:
+def spatial_axes(layer, ndim: int, in_channels: int | None = None, axes: str | None = None) -> list[int] | None:
     """The data axes of `layer` that are space for an `ndim` model (the channel axis left out), as the engine's
-    to_channels_last reads them; None when the layer does not fit `ndim` (the engine then says why)."""
+    to_channels_last reads them: by `axes` (data.axes), else the end axis of length `in_channels` (any count: a
+    multiplexed image of 5 to 40 channels too), else a short end axis (a guess for the dock's defaults); None when
+    the layer does not fit `ndim` (the engine then says why)."""
     shape = layer_array(layer).shape
     if getattr(layer, "rgb", False):
         return list(range(len(shape) - 1)) if len(shape) - 1 == ndim else None
+    if axes and len(axes) == len(shape):
+        space = [axes.index(a) for a in "ZYX" if a in axes]
+        return space if len(space) == ndim else None
     if len(shape) == ndim:
         return list(range(ndim))
     if len(shape) == ndim + 1:
-        if shape[-1] <= MAX_CHANNELS:
-            return list(range(ndim))
-        if shape[0] <= MAX_CHANNELS:
-            return list(range(1, ndim + 1))
+        for last, first in (
+            (shape[-1] == in_channels, shape[0] == in_channels),
+            (shape[-1] <= MAX_CHANNELS, shape[0] <= MAX_CHANNELS),
+        ):
+            if last:
+                return list(range(ndim))
+            if first:
+                return list(range(1, ndim + 1))
     return None
 
 
-def layer_channels(layer, ndim: int) -> int | None:
+def layer_channels(layer, ndim: int, in_channels: int | None = None) -> int | None:
     shape = layer_array(layer).shape
-    axes = spatial_axes(layer, ndim)
+    axes = spatial_axes(layer, ndim, in_channels)
     if axes is None:
         return None
     rest = [a for a in range(len(shape)) if a not in axes]

@@ -33,7 +33,8 @@ class PredictLayers:
     """Mixin of PredictWidget: its output layers."""
 
     def _placement(self):
-        return placement(self.source, spatial_axes(self.source, self.job.cfg.ndim))
+        cfg = self.job.cfg
+        return placement(self.source, spatial_axes(self.source, cfg.ndim, cfg.data.in_channels, cfg.data.axes))
 
     def _contrast(self, output):
         """Contrast limits of an image output: the source's ("source": same intensities, so degraded, restored and

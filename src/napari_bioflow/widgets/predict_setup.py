@@ -138,7 +138,7 @@ class PredictSetup:
             raise InputError("Choose an Image layer to predict (or load one into the viewer).")
         predictor = self._predictor()
         cfg, workflow = predictor.config, predictor.workflow
-        channels = layer_channels(layer, cfg.ndim)
+        channels = layer_channels(layer, cfg.ndim, cfg.data.in_channels)
         if channels is not None and channels != cfg.data.in_channels:
             raise InputError(
                 f"Checkpoint {predictor.checkpoint} expects {cfg.data.in_channels} input channel(s), but "

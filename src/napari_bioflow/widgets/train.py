@@ -180,7 +180,10 @@ class TrainWidget(TrainForm, TrainView, TrainInputs, TrainChecks, TrainConfigLoa
         try:
             cfg = self.trainer.cfg
             preview.view = visible_region(
-                self.viewer, preview.source, spatial_axes(preview.source, cfg.ndim), cfg.data.patch_size
+                self.viewer,
+                preview.source,
+                spatial_axes(preview.source, cfg.ndim, cfg.data.in_channels, cfg.data.axes),
+                cfg.data.patch_size,
             )
         except Exception:  # the view is a nicety; never break the viewer over it
             log.exception("could not read the field of view")

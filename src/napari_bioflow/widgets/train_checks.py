@@ -78,7 +78,7 @@ class TrainChecks:
                 f"The target layer is image layer '{image.name}' itself: choose the image the model should output "
                 "for it."
             )
-        axes = spatial_axes(image, cfg.ndim)
+        axes = spatial_axes(image, cfg.ndim, cfg.data.in_channels, cfg.data.axes)
         shape = layer_array(image).shape
         if axes is None:
             return f"Image layer '{image.name}' ({_size(shape)}) is not {cfg.ndim}D: change dimensions."
@@ -99,7 +99,7 @@ class TrainChecks:
 
     def _strip_problem(self, image, cfg) -> str | None:
         """The engine holds aside a strip at the end of a single image's Y axis, at least one patch high."""
-        axes = spatial_axes(image, cfg.ndim)
+        axes = spatial_axes(image, cfg.ndim, cfg.data.in_channels, cfg.data.axes)
         height = layer_array(image).shape[axes[-2]]
         patch = cfg.data.patch_size[-2]
         strip = max(int(round(cfg.data.val_split * height)), patch)

@@ -54,7 +54,9 @@ class TrainForm:
         self.pairs = PairList(viewer)
         self.class_layers = ClassLayerList(viewer)  # classification: Image layers given a class
         self.folders = form(
-            f.add("data.train_raw", label="raw folder"), f.add("data.train_label", label="label folder")
+            f.add("data.train_raw", label="raw folder"),
+            f.add("data.train_label", label="label folder"),
+            f.add("data.multiple_raw", label="several raws per target"),
         )
         self.validation = ComboBox(
             choices=["split", "layers", "folders"],
@@ -144,7 +146,10 @@ class TrainForm:
                 ("train.weight_decay", "weight decay", {"step": 1e-4}),
                 ("train.steps_per_epoch", "steps per epoch (0 = auto)", {}),
                 ("train.resume", "resume from checkpoint", {"mode": "r", "filter": "*.pth"}),
+                ("data.axes", "axes (e.g. CYX, ZCYX)", {}),
                 ("data.normalization", "normalization", {}),
+                ("data.custom_mean", "custom mean", {}),
+                ("data.custom_std", "custom std", {}),
                 ("data.percentile_low", "low percentile", {"step": 0.1}),
                 ("data.percentile_high", "high percentile", {"step": 0.1}),
                 ("data.foreground_sampling", "foreground sampling", {"step": 0.1}),

@@ -180,13 +180,16 @@ class TrainInputs:
         if not get_workflow(cfg).dense:  # a class per image: there is no map to preview
             return None
         layer = self.pairs.pairs[0].image_layer.value if train else self.viewer.layers.selection.active
-        if not isinstance(layer, Image) or spatial_axes(layer, cfg.ndim) is None:
+        axes = spatial_axes(layer, cfg.ndim, cfg.data.in_channels, cfg.data.axes) if isinstance(layer, Image) else None
+        if axes is None:
             return None
         try:
             image = (
                 train[0].raw
                 if train
-                else to_channels_last(layer_array(layer), cfg.ndim, cfg.data.in_channels, layer.name)
+                else to_channels_last(
+                    layer_array(layer), cfg.ndim, cfg.data.in_channels, layer.name, axes=cfg.data.axes
+                )
             )
         except InputError:
             return None

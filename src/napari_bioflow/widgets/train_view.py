@@ -81,7 +81,7 @@ class TrainView:
         f["n_classes"].visible = f["data.foreground_sampling"].visible = (
             labels  # classification: from the classes given
         )
-        f["data.target_channels"].visible = target
+        f["data.target_channels"].visible = f["data.multiple_raw"].visible = target
         f["train.loss"].visible = len(wf.losses) > 1  # e.g. the MAE's loss is the MSE on its hidden tokens
         options = model_options_of(f["model.name"].value)
         self.ssl_group.setVisible(any(p in self._ssl_paths for p in wf.section_options) or "mask_type" in options)
@@ -96,6 +96,7 @@ class TrainView:
         f["data.percentile_low"].visible = f["data.percentile_high"].visible = (
             f["data.normalization"].value == "percentile"
         )
+        f["data.custom_mean"].visible = f["data.custom_std"].visible = f["data.normalization"].value == "custom"
 
     def _on_ndim(self, ndim: int) -> None:
         self.patch_z.visible = ndim == 3

@@ -104,7 +104,8 @@ class BatchRun:
         classes = {} if self.loaded.workflow.dense else {str(p): c for p, c in found if c is not None}
         cfg = self.cfg
         # class sub-folders may repeat file names: name the files by their path inside the input folder
-        names = [str(Path(p).relative_to(req.input_dir)) if classes else image_name(p) for p, _ in pairs]
+        nested = not self.loaded.workflow.dense and Path(req.input_dir).is_dir()  # any layout without classes too
+        names = [str(Path(p).relative_to(req.input_dir)) if classes or nested else image_name(p) for p, _ in pairs]
         stems = assign_stems(names, manifest.get("stems") if manifest else None)
         self.items = [
             FileItem(

@@ -81,7 +81,12 @@ def open_channels_last(path: str, cfg, name: str, checkpoint: str = ""):
     while len(arr.shape) > cfg.ndim + 1 and arr.shape[0] == 1:
         arr = lazy_array(arr)[0]
     return to_channels_last(
-        arr, cfg.ndim, cfg.data.in_channels, name, f"checkpoint {checkpoint}" if checkpoint else "the checkpoint"
+        arr,
+        cfg.ndim,
+        cfg.data.in_channels,
+        name,
+        f"checkpoint {checkpoint}" if checkpoint else "the checkpoint",
+        cfg.data.axes,
     )
 
 

@@ -44,9 +44,62 @@ def class_subfolders(root: Path, role: str) -> dict[str, list[Path]]:
     for sub in subs:
         files = sorted(p for p in sub.iterdir() if is_image_path(p))
         if not files:
-            raise InputError(f"The class sub-folder {sub} of the {role} folder is empty (no TIFF, PNG or zarr image).")
+            raise InputError(
+                f"The class sub-folder {sub} of the {role} folder is empty (no TIFF, PNG, zarr or HDF5 image)."
+            )
         out[sub.name] = files
     return out
+
+
+def _subfolders(root: Path) -> list[Path]:
+    return [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.suffix.lower() != ".zarr"]
+
+
+def images_below(root: Path) -> list[Path]:
+    """Every image under `root`, at any depth (hidden folders skipped), sorted by its path inside `root`."""
+    found, todo = [], [Path(root)]
+    while todo:
+        folder = todo.pop()
+        for p in folder.iterdir():
+            if p.name.startswith("."):
+                continue
+            if is_image_path(p):
+                found.append(p)
+            elif p.is_dir():
+                todo.append(p)
+    return sorted(found, key=lambda p: [natural_key(part) for part in p.relative_to(root).parts])
+
+
+def items_of_test_folder(folder: Path, class_names: Sequence[str], role: str = "test") -> list[tuple[Path, int | None]]:
+    """(file, true class index or None) of a test folder. Sub-folders named after the model's classes (all of them
+    such, no loose image beside them): the true classes. Otherwise the classes are unknown and the layout does not
+    matter (the reference page's rule): one folder, or images spread over sub-folders at any depth. A folder whose
+    sub-folders are partly class names is refused, naming one of each: a misspelt class is not taken as no class."""
+    folder = Path(folder)
+    subs = _subfolders(folder) if folder.is_dir() and not is_image_path(folder) else []
+    if not subs:
+        from .io import list_images
+
+        return [(f, None) for f in list_images(folder, role)]
+    known = [p for p in subs if p.name in class_names]
+    if not known:
+        files = images_below(folder)
+        if not files:
+            raise InputError(f"The {role} folder {folder} and its sub-folders hold no TIFF, PNG, zarr or HDF5 image.")
+        return [(f, None) for f in files]
+    unknown = sorted(p.name for p in subs if p.name not in class_names)
+    if unknown:
+        raise InputError(
+            f"The {role} sub-folder {folder / unknown[0]} is not one of the model's classes ({', '.join(class_names)})"
+            f", but {known[0].name} is: name every sub-folder after a class for metrics, or none for predictions only."
+        )
+    loose = sorted(p.name for p in folder.iterdir() if is_image_path(p))
+    if loose:
+        raise InputError(
+            f"The {role} folder {folder} mixes class sub-folders with loose images (e.g. {loose[0]}): "
+            f"put every image in a class sub-folder, or none."
+        )
+    return [(f, list(class_names).index(cls)) for cls, files in class_subfolders(folder, role).items() for f in files]
 
 
 def resolve_class_names(found: Sequence[str], cfg, where: str) -> list[str]:
@@ -69,18 +122,22 @@ def set_classes(cfg, names: list[str]) -> None:
     cfg.class_names = list(names)
 
 
-def image_dims(shape, in_channels: int, ndim: int) -> int | None:
-    """2 or 3: the dimensionality of an image of this shape, read the same way for every file of a set. A trailing
-    axis of at most 4 (RGB, RGBA) is the channels of a 2D image; so is a leading one of that length when it is
-    in_channels (> 1) or when the config is 2D (channels first, as napari keeps them); otherwise three axes are a
-    grayscale volume and four a volume with channels. None: too many axes to tell."""
+def image_dims(shape, in_channels: int, ndim: int, axes: str | None = None) -> int | None:
+    """2 or 3: the dimensionality of an image of this shape, read the same way for every file of a set. With
+    data.axes, its spatial letters; else an end axis of length in_channels (> 1) is the channels of a 2D image, and
+    so (for the wording of a refusal) is a last axis of at most 4 (RGB, RGBA) or a first one when the config is 2D;
+    otherwise three axes are a grayscale volume and four a volume with channels. None: too many axes to tell."""
     shape = tuple(shape)
+    if axes and len(axes) == len(shape):
+        return len(axes) - ("C" in axes)
     if len(shape) == 2:
         return 2
     if len(shape) == 3:
+        if in_channels > 1 and in_channels in (shape[0], shape[-1]):
+            return 2
         if shape[-1] <= MAX_CHANNELS:
             return 2
-        if shape[0] <= MAX_CHANNELS and ((in_channels > 1 and shape[0] == in_channels) or ndim == 2):
+        if shape[0] <= MAX_CHANNELS and ndim == 2:
             return 2
         return 3
     return 3 if len(shape) == 4 else None
@@ -95,7 +152,7 @@ def check_dims(named_shapes: Sequence[tuple[object, tuple]], cfg, role: str, sou
     but not with ndim (of the config, or of `source`: the model)."""
     found: dict[int, tuple] = {}
     for name, shape in named_shapes:
-        d = image_dims(shape, cfg.data.in_channels, cfg.ndim)
+        d = image_dims(shape, cfg.data.in_channels, cfg.ndim, cfg.data.axes)
         if d is not None and d not in found:
             found[d] = (name, tuple(shape))
     if len(found) == 2:
@@ -119,13 +176,13 @@ def check_dims(named_shapes: Sequence[tuple[object, tuple]], cfg, role: str, sou
 def checked(raw, path, cfg, source: str = ""):
     """One opened image as (Z,)Y,X,C, checked (its dimensionality against the config's ndim first)."""
     shape = tuple(raw.shape)
-    d = image_dims(shape, cfg.data.in_channels, cfg.ndim)
+    d = image_dims(shape, cfg.data.in_channels, cfg.ndim, cfg.data.axes)
     if d is not None and d != cfg.ndim:
         raise InputError(
             f"{path} is a {d}D image (shape {'x'.join(map(str, shape))}{_channels_note(shape)}), but "
             f"{source or 'the config'} is {cfg.ndim}D (ndim: {cfg.ndim})."
         )
-    arr = to_channels_last(raw, cfg.ndim, cfg.data.in_channels, str(path), source)
+    arr = to_channels_last(raw, cfg.ndim, cfg.data.in_channels, str(path), source, cfg.data.axes)
     check_finite(arr, str(path))
     return arr
 

@@ -1,4 +1,5 @@
-"""Reading and writing images: TIFF, PNG, zarr. Reads are lazy where the format allows (memory-mapped TIFF, zarr)."""
+"""Reading and writing images: TIFF, PNG, zarr, HDF5. Reads are lazy where the format allows (memory-mapped TIFF,
+zarr, HDF5); the axes a file's metadata names (OME-TIFF, ImageJ, OME-Zarr) travel with the array (engine/data/axes.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from ..errors import InputError
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".zarr")
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".zarr", ".h5", ".hdf5")
 IN_MEMORY_BYTES = 256 * 2**20
 
 
@@ -20,13 +21,15 @@ def is_image_path(path: Path) -> bool:
 
 
 def given_image(path: Path) -> bool:
-    """Whether `path` is one image rather than a folder of them: an image file, a .zarr store or a path inside one."""
+    """Whether `path` is one image rather than a folder of them: an image file, a .zarr store, an HDF5 file or a path
+    inside one of these."""
+    from .hdf5_image import hdf5_file_of
     from .zarr_image import zarr_store_of
 
     path = Path(path)
     if path.is_file():
         return is_image_path(path)
-    store = zarr_store_of(path)
+    store = zarr_store_of(path) or hdf5_file_of(path)
     return store is not None and store[0].exists()
 
 
@@ -37,20 +40,21 @@ def list_images(folder: Path, role: str = "image") -> list[Path]:
     if given_image(folder):  # one image where a folder is expected: a file, a zarr store or a path inside one
         return [folder]
     if folder.is_file():
-        raise InputError(f"The {role} folder {folder} is a file, and not a TIFF, PNG or zarr image.")
+        raise InputError(f"The {role} folder {folder} is a file, and not a TIFF, PNG, zarr or HDF5 image.")
     if not folder.is_dir():
         raise InputError(f"The {role} folder {folder} does not exist.")
     files = sorted(p for p in folder.iterdir() if is_image_path(p))
     if not files:
         others = [p.name for p in folder.iterdir() if not p.name.startswith(".")]
         hint = f" (it holds {len(others)} other file(s), e.g. {others[0]})" if others else ""
-        raise InputError(f"The {role} folder {folder} holds no TIFF, PNG or zarr image{hint}.")
+        raise InputError(f"The {role} folder {folder} holds no TIFF, PNG or zarr image or HDF5 file{hint}.")
     return files
 
 
 def open_image(path: Path):
     """Open an image without loading it when possible: a numpy memmap, a zarr array or (small files) a numpy array.
     A zarr path may point inside its store (`group.zarr/raw`); engine/data/zarr_image.py says which array a group means."""
+    from .hdf5_image import hdf5_file_of, open_hdf5_image
     from .zarr_image import open_zarr_image, zarr_store_of
 
     path = Path(path)
@@ -58,6 +62,8 @@ def open_image(path: Path):
     try:
         if suffix not in (".tif", ".tiff", ".png") and zarr_store_of(path) is not None:
             return open_zarr_image(path)
+        if suffix not in (".tif", ".tiff", ".png") and hdf5_file_of(path) is not None:
+            return open_hdf5_image(path)
         if suffix in (".tif", ".tiff"):
             import tifffile
 
@@ -74,7 +80,9 @@ def open_image(path: Path):
                     image = arr if hasattr(arr, "shape") else arr[sorted(arr.array_keys())[0]]
             if 0 in tuple(image.shape):  # a TIFF header with no image behind it "opens" as shape (0,)
                 raise InputError(unreadable(path, None))
-            return image
+            from .axes import tag
+
+            return tag(image, tiff_axes(path, tuple(image.shape)))
         if suffix == ".png":
             from skimage.io import imread
 
@@ -83,7 +91,22 @@ def open_image(path: Path):
         raise
     except Exception as e:
         raise InputError(unreadable(path, e)) from None
-    raise InputError(f"File {path} is not a TIFF, PNG or zarr image.")
+    raise InputError(f"File {path} is not a TIFF, PNG, zarr or HDF5 image.")
+
+
+def tiff_axes(path: Path, shape: tuple) -> str | None:
+    """The axes a TIFF's metadata states (OME, ImageJ, or tifffile's own with axes given), e.g. CZYX; None for a
+    plain TIFF (tifffile's guesses, such as Q or planar S for a short first axis, are not metadata)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(str(path)) as tif:
+            series = tif.series[0]
+            stated = tif.is_ome or tif.is_imagej or (tif.is_shaped and "axes" in (tif.shaped_metadata or [{}])[0])
+            axes, own = series.axes, tuple(series.shape)
+    except Exception:
+        return None
+    return axes if stated and own == shape and len(axes) == len(shape) else None
 
 
 MAGIC = {"TIFF": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"), "PNG": (b"\x89PNG\r\n\x1a\n",)}

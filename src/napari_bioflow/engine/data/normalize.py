@@ -1,4 +1,6 @@
-"""Intensity normalization whose statistics come from the training data and travel in the checkpoint."""
+"""Intensity normalization whose statistics come from the training data (or, `custom`, from the user: numbers or
+.npy files) and travel in the checkpoint; custom values are also written to the run's results folder as
+normalization_mean_value.npy and normalization_std_value.npy, the names the reference pages give."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ SAMPLE_VALUES = 2_000_000  # values per image used for the statistics: plenty fo
 
 @dataclass
 class Normalizer:
-    mode: str  # percentile | meanstd | none
+    mode: str  # percentile | meanstd | custom | none
     offset: list[float]  # per channel
     scale: list[float]  # per channel: x -> (x - offset) / scale
 
@@ -42,6 +44,8 @@ def _subsample(raw) -> np.ndarray:
 
 
 def fit_normalizer(raws: Sequence, mode: str, low: float = 1.0, high: float = 99.8) -> Normalizer:
+    """Statistics of `raws` (channel last) for `mode`; `custom` without values (an image-to-image target, whose
+    values the user does not give) is fitted as meanstd."""
     channels = raws[0].shape[-1]
     if mode == "none":
         return Normalizer("none", [0.0] * channels, [1.0] * channels)
@@ -53,3 +57,57 @@ def fit_normalizer(raws: Sequence, mode: str, low: float = 1.0, high: float = 99
         return Normalizer("percentile", lo.tolist(), scale.tolist())
     mean, std = values.mean(axis=0), values.std(axis=0)
     return Normalizer("meanstd", mean.tolist(), np.where(std > 0, std, 1.0).tolist())
+
+
+MEAN_FILE, STD_FILE = "normalization_mean_value.npy", "normalization_std_value.npy"
+
+
+def _custom_values(value, key: str, channels: int) -> list[float]:
+    """A custom statistic (a number, a list or a .npy file holding either) as one float per channel."""
+    from pathlib import Path
+
+    from ..errors import InputError
+
+    if isinstance(value, (str, Path)):
+        path = Path(value)
+        if not path.is_file():
+            raise InputError(f"{key} names {path}, which does not exist.")
+        try:
+            value = np.load(path, allow_pickle=False)
+        except Exception:
+            raise InputError(f"{key}: {path} cannot be read as a .npy file of numbers.") from None
+    values = np.asarray(value, dtype=np.float64).ravel() if np.asarray(value).dtype.kind in "biuf" else None
+    if values is None or values.size not in (1, channels) or not np.isfinite(values).all():
+        raise InputError(
+            f"{key} must hold one finite number or one per channel ({channels}), not {np.asarray(value).tolist()}."
+        )
+    return (values.tolist() * channels) if values.size == 1 else values.tolist()
+
+
+def normalizer_for(raws: Sequence, data) -> Normalizer:
+    """The normalizer the data config (`data.normalization` and its options) asks for, fitted on `raws`."""
+    from ..errors import InputError
+
+    if data.normalization != "custom":
+        return fit_normalizer(raws, data.normalization, data.percentile_low, data.percentile_high)
+    channels = raws[0].shape[-1]
+    mean = _custom_values(data.custom_mean, "data.custom_mean", channels)
+    std = _custom_values(data.custom_std, "data.custom_std", channels)
+    if any(v <= 0 for v in std):
+        raise InputError(f"data.custom_std must be positive, not {std}.")
+    return Normalizer("custom", mean, std)
+
+
+def save_normalization(normalizer: Normalizer, folder) -> list:
+    """Write a custom normalizer's mean and std (one value per channel) into `folder`; nothing for other modes."""
+    from pathlib import Path
+
+    if normalizer.mode != "custom":
+        return []
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, values in ((MEAN_FILE, normalizer.offset), (STD_FILE, normalizer.scale)):
+        np.save(folder / name, np.asarray(values, np.float32))
+        out.append(folder / name)
+    return out

@@ -18,7 +18,7 @@ from ..errors import InputError
 from .io import open_image
 from .pairing import folder_pairs  # noqa: F401  (one pairing rule: engine/data/pairing.py)
 
-MAX_CHANNELS = 4  # a trailing/leading axis this short is read as channels, a longer one as space
+MAX_CHANNELS = 4  # wording only (a short last axis looks like RGB): which axis holds channels is engine/data/axes.py
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Sample:
     label: Any = None  # (Z,)Y,X integer array-like, or None
     label_name: str = ""
     label_is_255: bool = False  # a 0/255 binary mask, read as 0/1
+    group: str = ""  # data.multiple_raw: the sample this raw image is one view of (validation keeps groups whole)
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -50,42 +51,21 @@ def lazy_array(arr):
         return arr
     import dask.array as da
 
-    # a file decoded whole (LazyFile) is one chunk; zarr keeps its own chunks
-    return arr if isinstance(arr, da.Array) else da.from_array(arr, chunks=getattr(arr, "chunks", -1))
+    # a file decoded whole (LazyFile) is one chunk; zarr and HDF5 keep their own chunks; the file's axes go along
+    if isinstance(arr, da.Array):
+        return arr
+    from .axes import metadata_axes, tag
+
+    return tag(da.from_array(arr, chunks=getattr(arr, "chunks", None) or -1), metadata_axes(arr))
 
 
-def to_channels_last(arr, ndim: int, in_channels: int, name: str, source: str = ""):
-    """Return `arr` with axes (Z,)Y,X,C, or raise InputError for 2D/3D or channel mismatches.
-    `source`: what fixed `in_channels` when it is not the config (e.g. "checkpoint PATH"), for the message."""
-    shape = tuple(arr.shape)
-    dims = "x".join(map(str, shape))
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise InputError(f"{name} has data type {arr.dtype}; images must hold integer or floating-point values.")
-    if len(shape) == ndim:
-        out = lazy_array(arr)[..., None]
-    elif len(shape) == ndim + 1:
-        if shape[-1] <= MAX_CHANNELS:
-            out = lazy_array(arr)
-        elif shape[0] <= MAX_CHANNELS:  # channels first, as napari and many TIFFs keep them
-            out = np.moveaxis(lazy_array(arr), 0, -1)
-        else:
-            raise InputError(
-                f"{name} has shape {dims}: that is {len(shape)}D data, but the config is {ndim}D (set ndim: {len(shape)})."
-            )
-    elif len(shape) < ndim:
-        raise InputError(f"{name} has shape {dims}: that is 2D data, but the config is 3D (set ndim: 2).")
-    else:
-        raise InputError(f"{name} has shape {dims}: too many axes for {ndim}D images with channels.")
-    if ndim == 3 and len(shape) == 3 and shape[-1] <= MAX_CHANNELS and in_channels == shape[-1] and in_channels > 1:
-        raise InputError(
-            f"{name} has shape {dims}: that looks like a 2D image with {shape[-1]} channels, but the config is 3D."
-        )
-    if out.shape[-1] != in_channels:
-        raise InputError(
-            f"{name} has {out.shape[-1]} channel(s) but {source or 'the config'} expects {in_channels}"
-            f"{'' if source else ' (data.in_channels)'}."
-        )
-    return out
+def to_channels_last(arr, ndim: int, in_channels: int, name: str, source: str = "", axes: str | None = None):
+    """Return `arr` with axes (Z,)Y,X,C, or raise InputError for 2D/3D or channel mismatches. Which axis holds the
+    channels: `axes` (data.axes), else the file's metadata, else the one whose length is `in_channels`
+    (engine/data/axes.py). `source`: what fixed `in_channels` when it is not the config (e.g. "checkpoint PATH")."""
+    from .axes import channels_last
+
+    return channels_last(arr, ndim, in_channels, name, source, axes)
 
 
 def check_finite(arr, name: str) -> None:
@@ -105,7 +85,7 @@ def make_sample(
     from ..workflows import get_workflow
 
     notes = notes if notes is not None else []
-    raw = to_channels_last(raw, cfg.ndim, cfg.data.in_channels, name)
+    raw = to_channels_last(raw, cfg.ndim, cfg.data.in_channels, name, axes=cfg.data.axes)
     check_finite(raw, name)
     sample = Sample(name=name, raw=raw, label_name=label_name)
     if label is not None:
@@ -149,6 +129,13 @@ def split_validation(samples: list[Sample], cfg, notes: list[str]) -> tuple[list
     split = cfg.data.val_split
     if split <= 0:
         return samples, []
+    groups = list(dict.fromkeys(s.group for s in samples if s.group))
+    if len(groups) >= 2:  # several raw images per target: whole samples are held aside
+        rng = np.random.default_rng(cfg.seed)
+        n_val = max(1, int(round(split * len(groups))))
+        held = {groups[i] for i in rng.permutation(len(groups))[:n_val].tolist()}
+        notes.append(f"Validation: {n_val} of {len(groups)} samples held aside with all their raw images.")
+        return [s for s in samples if s.group not in held], [s for s in samples if s.group in held]
     if len(samples) >= 2:
         rng = np.random.default_rng(cfg.seed)
         n_val = max(1, int(round(split * len(samples))))
@@ -182,6 +169,21 @@ def split_validation(samples: list[Sample], cfg, notes: list[str]) -> tuple[list
     return [part(slice(0, height - strip), "training part")], [part(slice(height - strip, None), "validation part")]
 
 
+def read_folders(cfg, raw_dir: Path, label_dir: Path | None, role: str, notes: list[str]) -> list[Sample]:
+    """The samples of a raw (and label) folder: pairs by file name, or with data.multiple_raw sample sub-folders
+    of several raw images sharing one target (engine/data/multi_raw.py)."""
+    if not cfg.data.multiple_raw:
+        return samples_from_folders(raw_dir, label_dir, cfg, role, notes, need_label=label_dir is not None)
+    if label_dir is None:
+        raise InputError(
+            "data.multiple_raw pairs several raw images with one target, but this workflow trains without "
+            "targets: turn data.multiple_raw off."
+        )
+    from .multi_raw import samples_multi_raw
+
+    return samples_multi_raw(raw_dir, label_dir, cfg, role, notes)
+
+
 def build_dataset(cfg, train: list[Sample] | None = None, val: list[Sample] | None = None) -> Dataset:
     """Training and validation samples from given samples (layers) or the config's folders, all checked."""
     from ..workflows import get_workflow
@@ -197,17 +199,13 @@ def build_dataset(cfg, train: list[Sample] | None = None, val: list[Sample] | No
                 + (" and data.train_label" if needs_target else "")
                 + " (or choose layers)."
             )
-        train = samples_from_folders(
-            d.train_raw, d.train_label if needs_target else None, cfg, "training", notes, need_label=needs_target
-        )
+        train = read_folders(cfg, d.train_raw, d.train_label if needs_target else None, "training", notes)
     if not train:
         raise InputError("No training data was given.")
     if val is None and d.val_raw is not None:
         if needs_target and d.val_label is None:
             raise InputError("data.val_raw is set but data.val_label is not.")
-        val = samples_from_folders(
-            d.val_raw, d.val_label if needs_target else None, cfg, "validation", notes, need_label=needs_target
-        )
+        val = read_folders(cfg, d.val_raw, d.val_label if needs_target else None, "validation", notes)
     from .input_notes import mixed_types_note, uniform_set_note
 
     given = f"training image in {d.train_raw}" if train_from_folders else "training image"

@@ -41,6 +41,16 @@ def _multiscales(group) -> list | None:
     return attrs.get("multiscales") or None  # zarr v2 .zattrs, NGFF up to 0.4
 
 
+def ome_axes(multiscale: dict, ndim: int) -> str | None:
+    """The axes of an OME-Zarr multiscale as letters (c / channel -> C, t / time -> T, z, y, x), e.g. CZYX."""
+    letters = []
+    for axis in multiscale.get("axes") or []:
+        name, kind = (axis, "") if isinstance(axis, str) else (str(axis.get("name", "")), str(axis.get("type", "")))
+        letters.append("C" if kind == "channel" or name.lower() == "c" else "T" if kind == "time" else name[:1].upper())
+    axes = "".join(letters)
+    return axes if len(axes) == ndim and all(axes) else None
+
+
 def _image_of_group(group, shown: str):
     """The image array of a group (see the module's rules); `shown` is the group's path in messages."""
     multiscales = _multiscales(group)
@@ -63,7 +73,9 @@ def _image_of_group(group, shown: str):
             raise InputError(
                 f"{shown}: the full resolution {level0} named by its OME-Zarr metadata is a group, not an array."
             )
-        return node
+        from .axes import tag
+
+        return tag(node, ome_axes(multiscales[0], len(node.shape)))
     arrays = sorted(group.array_keys())
     if len(arrays) == 1:
         return group[arrays[0]]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import Cancelled, InputError
+from ..errors import Cancelled
 
 
 class ClassificationMetrics:
@@ -195,30 +195,11 @@ def classify_array(loaded, image, device: str = "cpu", name: str = "image") -> n
 
 
 def class_test_items(folder: Path, class_names: Sequence[str], role: str = "test") -> list[tuple[Path, int | None]]:
-    """(file, true class index or None) of a test folder: class sub-folders (known classes) or flat."""
-    from ..data.classification_data import class_subfolders
-    from ..data.io import is_image_path, list_images
+    """(file, true class index or None) of a test folder: class sub-folders (known classes) or any layout without
+    classes (engine/data/classification_data.py: items_of_test_folder)."""
+    from ..data.classification_data import items_of_test_folder
 
-    folder = Path(folder)
-    if folder.is_dir() and any(
-        p.is_dir() and not p.name.startswith(".") and p.suffix.lower() != ".zarr" for p in folder.iterdir()
-    ):
-        items = []
-        for cls, files in class_subfolders(folder, role).items():
-            if cls not in class_names:
-                raise InputError(
-                    f"The {role} sub-folder {folder / cls} is not one of the model's classes "
-                    f"({', '.join(class_names)})."
-                )
-            items += [(f, list(class_names).index(cls)) for f in files]
-        loose = [p.name for p in folder.iterdir() if is_image_path(p)]
-        if loose:
-            raise InputError(
-                f"The {role} folder {folder} mixes class sub-folders with loose images (e.g. {loose[0]}): "
-                f"put every image in a class sub-folder, or none."
-            )
-        return items
-    return [(f, None) for f in list_images(folder, role)]
+    return items_of_test_folder(folder, class_names, role)
 
 
 def check_test_items(loaded, items, source: str = "") -> None:
@@ -233,7 +214,13 @@ def check_test_items(loaded, items, source: str = "") -> None:
 def item_names(items: Sequence[tuple[Path, int | None]]) -> list[str]:
     """predictions.csv names: the file name in a flat folder, the path inside the folder (class/file) when the
     images sit in class sub-folders (where file names may repeat), as batch mode names them."""
-    return [f"{Path(p).parent.name}/{Path(p).name}" if true is not None else Path(p).name for p, true in items]
+    names = [f"{Path(p).parent.name}/{Path(p).name}" if true is not None else Path(p).name for p, true in items]
+    if len(set(names)) < len(names):  # images without classes from nested folders: their path below the common one
+        import os
+
+        root = Path(os.path.commonpath([str(Path(p).parent) for p, _ in items]))
+        names = [Path(p).relative_to(root).as_posix() for p, _ in items]
+    return names
 
 
 def predict_class_files(

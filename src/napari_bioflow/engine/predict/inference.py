@@ -69,9 +69,8 @@ class ImagePrediction:
         cfg = loaded.config
         self.loaded, self.name, self.out_dir, self.stem, self.device = loaded, name, Path(out_dir), stem, device
         self.cfg, self.workflow = cfg, loaded.workflow
-        self.image = to_channels_last(
-            image, cfg.ndim, cfg.data.in_channels, name, f"checkpoint {loaded.path}" if loaded.path else ""
-        )
+        source = f"checkpoint {loaded.path}" if loaded.path else ""
+        self.image = to_channels_last(image, cfg.ndim, cfg.data.in_channels, name, source, cfg.data.axes)
         if not finite_checked:
             check_finite(self.image, name)
         spatial = tuple(self.image.shape[:-1])
@@ -169,7 +168,9 @@ def check_inputs(cfg, files: list[tuple[Path, Path | None]], source: str = "") -
     workflow = get_workflow(cfg)
     types = []
     for raw_path, label_path in files:
-        image = to_channels_last(open_image(raw_path), cfg.ndim, cfg.data.in_channels, str(raw_path), source)
+        image = to_channels_last(
+            open_image(raw_path), cfg.ndim, cfg.data.in_channels, str(raw_path), source, cfg.data.axes
+        )
         types.append((str(raw_path), image.dtype))
         check_finite(image, str(raw_path))
         if label_path is not None:
@@ -243,7 +244,7 @@ def predict_array(loaded, image, device: str = "cpu", tile_size: list[int] | Non
     from .sliding_window import sliding_window_predict
 
     cfg, wf, model = loaded.config, loaded.workflow, loaded.model
-    image = to_channels_last(image, cfg.ndim, cfg.data.in_channels, "image")
+    image = to_channels_last(image, cfg.ndim, cfg.data.in_channels, "image", axes=cfg.data.axes)
     tile, overlap = wf.tiling(cfg, tuple(image.shape[:-1]), model.size_divisor)
     tile = tile_size or tile
     was_training = model.training

@@ -145,7 +145,8 @@ class Predictor:
         prediction will: 2D/3D, channels and the target's shape and values, reading no pixels but the target's."""
         from ..data.sources import lazy_array, to_channels_last
 
-        image = to_channels_last(data, self.config.ndim, self.config.data.in_channels, name, self.source)
+        cfg = self.config
+        image = to_channels_last(data, cfg.ndim, cfg.data.in_channels, name, self.source, cfg.data.axes)
         if target is not None:
             self.workflow.check_target(lazy_array(target), target_name, tuple(image.shape[:-1]), self.config, [])
         return image

@@ -50,7 +50,7 @@ class Trainer:
     def _prepare(self):
         import torch
 
-        from ..data.normalize import fit_normalizer
+        from ..data.normalize import normalizer_for
         from ..workflows import get_workflow
         from .distributed import setup
 
@@ -61,12 +61,7 @@ class Trainer:
         self.device = self.dist.device  # under torchrun on GPUs: this process's GPU
         self.dataset = self.workflow.build_dataset(cfg, *self._given)
         torch.manual_seed(cfg.seed)
-        self.normalizer = fit_normalizer(
-            [s.raw for s in self.dataset.train],
-            cfg.data.normalization,
-            cfg.data.percentile_low,
-            cfg.data.percentile_high,
-        )
+        self.normalizer = normalizer_for([s.raw for s in self.dataset.train], cfg.data)
         self.workflow.prepare(self.dataset, cfg, self.normalizer)
         self.model, resume = build_model(cfg, self.workflow, self.dataset.notes)
         self.model.to(self.device)
@@ -123,6 +118,10 @@ class Trainer:
         exp = self.experiment
         log = EpochLog(exp.folder("train_logs") / f"{exp.run_name}_log.csv") if main else Nothing()
         charts = Charts(exp.folder("charts"), exp.run_name, wf.chart_metric) if main else Nothing()
+        if main:  # custom normalization: its values beside the run (normalization_*_value.npy)
+            from ..data.normalize import save_normalization
+
+            save_normalization(self.normalizer, exp.results)
         yield StartReport(
             exp.run_name, exp.root, steps, len(self.dataset.train), len(self.dataset.val), self.dataset.notes
         )
