@@ -1,6 +1,7 @@
 """Train with the dock's defaults on the shipped samples: the patch size and validation fraction adapt to the
 layers, the dock says what is wrong before a run, and pressing Train trains (issue 11 item 1)."""
 
+import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
@@ -79,3 +80,21 @@ def test_fit_patch_fits_every_image_and_the_strip(shapes, ndim, hold, expected):
     if hold:  # the engine's strip: max(fraction * height, patch) rows; the rest must hold a patch too
         height = shapes[0][-2]
         assert height - max(round(fraction * height), patch) >= patch
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (64, 64, 64)], ids=["2D 64", "3D 64"])
+def test_defaults_train_on_the_smallest_reasonable_layers(
+    make_napari_viewer, qtbot, wait_idle, messages, tmp_path, shape
+):
+    rng = np.random.default_rng(0)
+    mask = np.zeros(shape, np.uint8)
+    mask[(slice(8, 40),) * len(shape)] = 1  # a cube (square) of foreground
+    viewer = make_napari_viewer()
+    viewer.add_image((mask * 100 + rng.normal(20, 5, shape)).astype(np.float32), name="small")
+    viewer.add_labels(mask, name="small mask")
+    train = TrainWidget(viewer)
+    assert train.run_check() is None, train.check_label.value
+    train.form["output_dir"].value, train.form["train.epochs"].value = tmp_path, 1
+    qtbot.mouseClick(train.train_button.native, Qt.LeftButton)
+    wait_idle(train, 600)
+    assert messages["error"] == [] and train.result.reason == "finished" and train.result.checkpoint.is_file()
