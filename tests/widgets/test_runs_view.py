@@ -70,3 +70,25 @@ def test_runs_lists_opens_and_reloads_an_earlier_run(make_napari_viewer, qtbot, 
     assert set(np.unique(np.asarray(labels[0].data))) <= {0, 1}
     assert labels[0].colormap.name == "bioflow prediction"  # not the ground truth's colours
     assert viewer.layers["nuclei mask"].colormap.name != "bioflow prediction"
+
+
+def test_the_runs_dock_fills_a_train_dock_of_the_same_window(make_napari_viewer, messages, tmp_path):
+    from napari_bioflow.config import RunConfig
+
+    cfg = RunConfig.from_dict(
+        {"name": "old", "ndim": 3, "data": {"patch_size": [16, 48, 48]}, "train": {"epochs": 3, "learning_rate": 2e-4}}
+    )
+    cfg.save(tmp_path / "old" / "config_files" / "old_1.yaml")
+    (tmp_path / "old" / "results" / "old_1").mkdir(parents=True)
+    viewer = make_napari_viewer()
+    _, train = viewer.window.add_plugin_dock_widget("napari-bioflow", "Train")
+    _, runs = viewer.window.add_plugin_dock_widget("napari-bioflow", "Runs")
+    runs.folder.value = tmp_path
+    assert [r.name for r in runs.runs] == ["old_1"] and runs.runs[0].status == "no result"
+    runs.select("old_1")
+    runs.load_config()
+    f = train.form
+    assert (f["ndim"].value, f["train.epochs"].value, f["train.learning_rate"].value) == (3, 3, 2e-4)
+    assert (train.patch_z.value, train.patch_yx.value) == (16, 48)
+    assert train.message.value.startswith(f"Loaded {tmp_path / 'old' / 'config_files' / 'old_1.yaml'}")
+    assert messages["error"] == []

@@ -92,7 +92,6 @@ class RunsWidget(QWidget):
     def _enable(self, on: bool) -> None:
         for b in (self.layers_button, self.config_button, self.folder_button):
             b.enabled = on
-        self.config_button.enabled = on and self.train is not None
 
     # --- the list ---------------------------------------------------------------------------------------
     def refresh(self, *_) -> None:
@@ -149,7 +148,7 @@ class RunsWidget(QWidget):
         self.log_text.setPlainText(run.log.read_text() if run.log.is_file() else "(no training log in this run)")
         self.config_text.setPlainText(run.config.read_text() if run.config.is_file() else "(no config file)")
         self._enable(True)
-        self.config_button.enabled = self.train is not None and run.config.is_file()
+        self.config_button.enabled = run.config.is_file()
         checkpoint = f"; checkpoint {run.checkpoint}" if run.checkpoint else ""
         self.message.value = f"{run.name} ({run.kind}, {run.status}): {run.results}{checkpoint}"
 
@@ -175,14 +174,28 @@ class RunsWidget(QWidget):
             self._say(f"Run {run.name} holds no prediction to show ({run.results / 'per_image'} is empty).")
         return added
 
+    def train_dock(self):
+        """The Train dock to fill: the tabbed dock's, else a Train dock open in the same window."""
+        if self.train is None:
+            from .train import TrainWidget
+
+            window = self.window()
+            found = window.findChildren(TrainWidget) if window is not None else []
+            return found[0] if found else None
+        return self.train
+
     def load_config(self, run: RunInfo | None = None) -> None:
         run = run or self.opened
-        if run is None or self.train is None:
+        train = self.train_dock()
+        if run is None:
+            return
+        if train is None:
+            self._say("Open the Train dock to load this run's config into it.", error=True)
             return
         if not run.config.is_file():
             self._say(f"Run {run.name} has no config file ({run.config}).", error=True)
             return
-        self.train.load_config(run.config)
+        train.load_config(run.config)
         self.message.value = f"Loaded the config of {run.name} into the Train tab: {run.config}"
 
     def open_folder(self, run: RunInfo | None = None) -> bool:
