@@ -47,8 +47,22 @@ def test_dataset_paths_lazy_reads_and_refusals(tmp_path):
     image = open_image(one)  # the only dataset, wherever it sits
     assert isinstance(image, HDF5Array) and image.shape == (128, 160) and image.name == "/deep/inside/raw"
     assert np.array_equal(image[10:20, 30:40], raw[10:20, 30:40])
-    lazy = to_channels_last(image, 2, 1, "one.h5")
-    assert lazy.shape == (128, 160, 1) and np.array_equal(np.asarray(lazy[5:9, 7:11, 0]), raw[5:9, 7:11])
+    reads = []
+    read = HDF5Array.__getitem__
+
+    def counted(self, index):
+        out = read(self, index)
+        reads.append(out.size)
+        return out
+
+    HDF5Array.__getitem__ = counted
+    try:
+        lazy = to_channels_last(image, 2, 1, "one.h5")
+        assert sum(reads) == 0  # opened and arranged: no pixel read (dask reads an empty slice for its meta)
+        assert lazy.shape == (128, 160, 1) and np.array_equal(np.asarray(lazy[5:9, 7:11, 0]), raw[5:9, 7:11])
+        assert reads and max(reads) <= 64 * 64  # one 64x64 chunk of the file, not the image
+    finally:
+        HDF5Array.__getitem__ = read
     assert np.array_equal(open_image(tmp_path / "two.hdf5" / "mask")[...], (raw > 40).astype(np.uint8))
     with pytest.raises(InputError, match=r"two.hdf5 holds several datasets \(mask, raw\): append the dataset to use "):
         open_image(two)
@@ -61,6 +75,9 @@ def test_dataset_paths_lazy_reads_and_refusals(tmp_path):
         open_image(tmp_path / "bad.h5")
     assert list_images(tmp_path) == [tmp_path / "bad.h5", one, two]  # .h5 and .hdf5 are images of a folder
     assert list_images(two / "raw") == [two / "raw"]  # a path inside a file where a folder is expected
+    from napari_bioflow.engine.data.pairing import image_name
+
+    assert image_name(two / "raw") == "two.hdf5/raw" and image_name(one) == "one.h5"
 
 
 def test_hdf5_many_channel_axes_attribute(tmp_path):

@@ -191,7 +191,10 @@ def test_3d_seven_channel_segmentation_trains_and_predicts(tmp_path):
     assert loaded.config.data.axes == "ZCYX"
     with pytest.raises(InputError, match=r"vol.tif has 8 channel\(s\) on its axis C \(data.axes ZCYX\)"):
         list(predict_files(loaded, folder_pairs(tmp_path / "test/raw", None, "test"), tmp_path / "nowhere"))
-    loaded.config.data.axes = "CZYX"  # the test volume's layout (the Predict CLI takes it with --set)
+    from napari_bioflow.engine.predict.predictor import prediction_config
+
+    loaded.config = prediction_config(loaded, overrides=["data.axes=CZYX"])  # as `predict --set data.axes=CZYX`
+    assert (loaded.config.data.axes, loaded.config.data.in_channels) == ("CZYX", 7)
     results = trainer.experiment.results
     (result,) = predict_files(loaded, folder_pairs(tmp_path / "test/raw", tmp_path / "test/label", "test"), results)
     assert tifffile.imread(results / "per_image" / "vol.tif").shape == (2, 8, 48, 48)

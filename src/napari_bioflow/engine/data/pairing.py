@@ -21,11 +21,13 @@ SHOWN = 4  # file names listed per problem in a message
 
 
 def image_name(path: Path) -> str:
-    """The name of an image in messages and tables: its file name, or `store.zarr/array` for a path inside a store."""
+    """The name of an image in messages and tables: its file name, or `store.zarr/array` (`file.h5/dataset`) for a
+    path inside a store (an HDF5 file)."""
+    from .hdf5_image import hdf5_file_of
     from .zarr_image import zarr_store_of
 
     path = Path(path)
-    store = zarr_store_of(path)
+    store = zarr_store_of(path) or hdf5_file_of(path)
     return f"{store[0].name}/{store[1]}" if store is not None and store[1] else path.name
 
 

@@ -55,10 +55,10 @@ def prediction_config(
             base[key] = value
     for item in overrides:
         path = item.split("=", 1)[0].strip()
-        if not _allowed(workflow, path):
+        if not _allowed(workflow, path) and path != "data.axes":  # the files' layout may differ from training's
             raise InputError(
                 f"Only prediction settings (predict.FIELD, {', '.join(RUN_FIELDS)}, data.test_raw, "
-                f"data.test_label{''.join(', ' + p for p in workflow.predict_section_options)}) can be "
+                f"data.test_label, data.axes{''.join(', ' + p for p in workflow.predict_section_options)}) can be "
                 f"set for a prediction, not {path} ({source})."
             )
     return RunConfig.from_dict(base, list(overrides), source=source)
