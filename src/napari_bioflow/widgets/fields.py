@@ -182,6 +182,23 @@ def status_label(value: str = "", **kwargs) -> Label:
     return label
 
 
+def toast_if_shown(owner, text: str) -> None:
+    """A warning notification for `text`, once the events in progress are done, if the dock `owner` is still shown
+    (a layer deleted by the user, not the layers a closing viewer takes away with it)."""
+    from napari.utils.notifications import show_warning
+    from qtpy.QtCore import QTimer
+
+    def later():
+        try:
+            shown = owner.isVisible() and owner.window().isVisible()
+        except RuntimeError:  # the dock is gone
+            return
+        if shown:
+            show_warning(text)
+
+    QTimer.singleShot(0, later)
+
+
 def in_dock_words(text: str, words: dict[str, str], config_is: str = "the dock is set to") -> str:
     """An engine or config message in a dock's words: config keys (data.val_split, val_split, n_classes) become the
     dock's field labels ("validation fraction", "classes"), as `words` maps them (config path -> label). The

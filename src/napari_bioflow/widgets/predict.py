@@ -16,11 +16,11 @@ from __future__ import annotations
 import logging
 import threading
 
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QWidget
 
 from ..engine.errors import Cancelled, InputError
-from .fields import in_dock_words
+from .fields import in_dock_words, toast_if_shown
 from .jobs import ProgressRelay, Stopped, prediction_job, setup_job
 from .layers import (
     connect_while_alive,
@@ -75,7 +75,7 @@ class PredictWidget(PredictForm, PredictSetup, PredictLayers, QWidget):
 
     def _on_lost(self, text: str) -> None:
         self.message.value = text
-        show_warning(text)
+        toast_if_shown(self, text)
 
     @property
     def running(self) -> bool:

@@ -17,7 +17,7 @@ from qtpy.QtWidgets import QWidget
 
 from ..engine.errors import InputError
 from ..engine.workflows import get_workflow
-from .fields import fit_width, format_seconds
+from .fields import fit_width, format_seconds, toast_if_shown
 from .jobs import InputsNotSaved, TrainingCrashed, TrainingFailed, training_job
 from .layers import (
     connect_while_alive,
@@ -101,7 +101,8 @@ class TrainWidget(TrainForm, TrainView, TrainInputs, TrainChecks, TrainConfigLoa
 
     def _on_lost(self, text: str) -> None:
         if text != self.message.value:  # the same layer in two choosers: said once
-            self._warn(text)
+            self.message.value = text
+            toast_if_shown(self, text)
 
     def _info(self, text: str) -> None:
         self.message.value = text
