@@ -119,3 +119,14 @@ def test_multiple_raw_refusals(tmp_path):
     with pytest.raises(InputError, match="data.multiple_raw pairs several raw images with one target"):
         run_all(Trainer(cfg))
     assert tree(tmp_path / "out") == {}
+    cfg = tiny_config(
+        tmp_path / "out",
+        raw_dir,
+        None,
+        workflow="classification",
+        model={"name": "simple_cnn"},
+        data={"multiple_raw": True},
+    )
+    with pytest.raises(InputError, match="classification takes one class per image from its class sub-folders"):
+        run_all(Trainer(cfg))
+    assert tree(tmp_path / "out") == {}

@@ -47,7 +47,7 @@ class DataConfig(_Section):
     )
     test_raw: Path | None = Field(
         None,
-        description="Folder of test raw images predicted after training (or by `predict`). Classification: class sub-folders (then metrics are computed) or a flat folder (predictions only).",
+        description="Folder of test raw images predicted after training (or by `predict`). Classification: class sub-folders named after the classes (then metrics are computed), or without classes any layout, one folder or images spread over sub-folders (predictions only).",
     )
     test_label: Path | None = Field(
         None,
@@ -86,7 +86,7 @@ class DataConfig(_Section):
     )
     multiple_raw: bool = Field(
         False,
-        description="Image to image: several raw images per target. train_raw (and val_raw) then hold one sub-folder per sample with its raw images, each paired with the sample's one target in train_label: an image named after the sub-folder, or a sub-folder of that name holding one image (BiaPy's MULTIPLE_RAW_ONE_TARGET_LOADER). Validation holds aside whole samples.",
+        description="Image to image (and segmentation): several raw images per target. train_raw (and val_raw) then hold one sub-folder per sample with its raw images, each paired with the sample's one target in train_label: an image named after the sub-folder, or a sub-folder of that name holding one image (BiaPy's MULTIPLE_RAW_ONE_TARGET_LOADER). Validation holds aside whole samples.",
     )
 
     @field_validator("custom_mean", "custom_std", mode="before")

@@ -237,6 +237,11 @@ def stratified_split(samples: list[ClassSample], fraction: float, seed: int, not
 def build_class_dataset(cfg, train: list[ClassSample] | None = None, val: list[ClassSample] | None = None) -> Dataset:
     notes: list[str] = []
     d = cfg.data
+    if d.multiple_raw:
+        raise InputError(
+            "data.multiple_raw pairs several raw images with one target; classification takes one class per image "
+            "from its class sub-folders: turn data.multiple_raw off."
+        )
     if train is None:
         if d.train_raw is None:
             raise InputError(
