@@ -276,8 +276,10 @@ def test_resume_continues_the_epoch_count_in_a_new_run(tmp_path, small_data):
     it = second.run()
     start = next(it)
     assert isinstance(start, StartReport) and start.run_name == "tiny_2"
-    # the weights are the checkpoint's before any step
+    # the weights are the checkpoint's before any step (the raw ones: state_dict holds their average, train.ema)
     for k, v in second.model.state_dict().items():
+        assert torch.equal(v.cpu(), saved["train_state_dict"][k]), k
+    for k, v in second.ema.state_dict().items():
         assert torch.equal(v.cpu(), saved["state_dict"][k]), k
     reports = [start, *it]
     assert [e.epoch for e in reports_of(reports, EpochReport)] == [3, 4]

@@ -156,13 +156,39 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0, description="Weight decay (L2 for ADAM/SGD, decoupled for ADAMW).")
     momentum: float = Field(0.9, ge=0, lt=1, description="Momentum for SGD.")
     scheduler: Literal["none", "reduce_on_plateau", "one_cycle", "warmup_cosine"] = Field(
-        "none",
-        description="Learning-rate schedule: none, reduce_on_plateau (halve on a validation-loss plateau), one_cycle, warmup_cosine (linear warm-up then cosine decay).",
+        "warmup_cosine",
+        description="Learning-rate schedule: none, reduce_on_plateau (halve on a validation-loss plateau), one_cycle, warmup_cosine (linear warm-up then cosine decay over train.epochs; the default, chosen on benchmarks/bench_quality.py).",
     )
     warmup_epochs: int = Field(1, ge=0, description="Warm-up epochs for warmup_cosine.")
     loss: Literal["auto", "ce", "ce_dice", "l1", "mse"] = Field(
         "auto",
-        description="Loss. auto: cross-entropy for segmentation, L1 for image-to-image and crappify, MSE on the masked patches for masking. ce_dice adds soft Dice to cross-entropy.",
+        description="Loss. auto: cross-entropy + soft Dice for segmentation, L1 for image-to-image and crappify, MSE on the masked patches for masking. ce: cross-entropy only; ce_dice adds soft Dice to cross-entropy.",
+    )
+    sampling: Literal["cover", "random"] = Field(
+        "cover",
+        description="Order of the training patches. cover: every image comes once per patch it spans (at least once) in a shuffled round before any comes again, so small data is covered without repeats within an epoch; random: images drawn independently, weighted by their area (repeats within a batch possible).",
+    )
+    ema: float = Field(
+        0.99,
+        ge=0.0,
+        lt=1.0,
+        description="Weight averaging: validation and the saved checkpoints use an exponential moving average of the weights with this decay (ramped up over the first steps; 0 = off, the raw weights).",
+    )
+    pick_threshold: bool = Field(
+        True,
+        description="Semantic segmentation with 2 classes: choose the foreground probability threshold that gives the best validation IoU and store it in the checkpoint; prediction binarizes with it. Off (or without validation data, or an older checkpoint): argmax, i.e. 0.5.",
+    )
+    amp: Literal["auto", "off"] = Field(
+        "auto",
+        description="Mixed precision on a CUDA GPU: auto uses bfloat16 where the GPU supports it, else float16 with a gradient scaler; off keeps float32. The CPU always trains in float32.",
+    )
+    channels_last: bool = Field(
+        True,
+        description="CUDA GPU, 2D models: keep images and weights in channels-last memory order (faster convolutions).",
+    )
+    compile: bool = Field(
+        False,
+        description="CUDA GPU: compile the model with torch.compile (a slower first step, faster steps after). Refused on the CPU.",
     )
     resume: Path | None = Field(None, description="Resume training from this checkpoint (weights, optimizer, epoch).")
 

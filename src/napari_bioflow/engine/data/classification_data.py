@@ -322,6 +322,7 @@ class ImageData(TrainingData):
         self.train, self.val = dataset.train, dataset.val
         self.patch, self.mode, self.normalize = cfg.data.patch_size, cfg.classification.fit, normalizer
         self.rng = np.random.default_rng(cfg.seed)
+        self.cover, self._deck = cfg.train.sampling == "cover", []  # cover: a shuffled round of the images
         self.has_validation = bool(self.val)
         self._fitted: dict[int, np.ndarray] = {}
         self._fitted_bytes = 0
@@ -347,7 +348,13 @@ class ImageData(TrainingData):
         return x
 
     def batch(self, batch_size: int):
-        idx = self.rng.integers(0, len(self.train), size=batch_size)
+        if self.cover:
+            idx = []
+            while len(idx) < batch_size:
+                self._deck = self._deck or [int(i) for i in self.rng.permutation(len(self.train))]
+                idx.append(self._deck.pop())
+        else:
+            idx = self.rng.integers(0, len(self.train), size=batch_size)
         x = np.stack([self.item(self.train[i], self.rng) for i in idx])
         return x, np.array([self.train[i].class_index for i in idx], dtype=np.int64)
 

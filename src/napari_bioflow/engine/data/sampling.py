@@ -36,6 +36,7 @@ class PatchSampler:
         seed: int = 0,
         foreground: float = 0.0,
         read_target: Callable | None = None,
+        cover: bool = False,
     ):
         self.samples = list(samples)
         self.patch = tuple(patch_size)
@@ -46,6 +47,10 @@ class PatchSampler:
         sizes = np.array([np.prod(s.spatial_shape) for s in self.samples], dtype=float)
         self.weights = sizes / sizes.sum()  # bigger images give proportionally more patches
         self._fg: dict[int, np.ndarray] = {}
+        # cover: draw images from a shuffled deck holding each image once per patch it spans (at least once), so
+        # an epoch's batches see every part of small data without repeats; else independently by area
+        self.cover = cover
+        self._deck: list[int] = []
 
     def _foreground_points(self, i: int) -> np.ndarray:
         if i not in self._fg:
@@ -79,8 +84,20 @@ class PatchSampler:
         x = np.ascontiguousarray(x)
         return x, self.read_target(s, sl, x)
 
+    def _draw(self, batch_size: int) -> list[int]:
+        if not self.cover:
+            return [int(i) for i in self.rng.choice(len(self.samples), size=batch_size, p=self.weights)]
+        out: list[int] = []
+        while len(out) < batch_size:
+            if not self._deck:
+                area = float(np.prod(self.patch))
+                per = [max(1, round(float(np.prod(s.spatial_shape)) / area)) for s in self.samples]
+                self._deck = [int(i) for i in self.rng.permutation(np.repeat(np.arange(len(per)), per))]
+            out.append(self._deck.pop())
+        return out
+
     def batch(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        idx = self.rng.choice(len(self.samples), size=batch_size, p=self.weights)
+        idx = self._draw(batch_size)
         pairs = [self.read(int(i), self._start(int(i))) for i in idx]
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 

@@ -39,7 +39,13 @@ class PatchData(TrainingData):
         self.patch = cfg.data.patch_size
         self.train = dataset.train
         self.sampler = PatchSampler(
-            dataset.train, self.patch, normalizer, cfg.seed, cfg.data.foreground_sampling, read_target
+            dataset.train,
+            self.patch,
+            normalizer,
+            cfg.seed,
+            cfg.data.foreground_sampling,
+            read_target,
+            cover=cfg.train.sampling == "cover",
         )
         self.val_sampler = (
             PatchSampler(dataset.val, self.patch, normalizer, cfg.seed, 0.0, read_target) if dataset.val else None

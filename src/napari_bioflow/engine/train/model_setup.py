@@ -73,7 +73,7 @@ def build_model(cfg, workflow, notes: list[str]):
     if cfg.train.resume is not None:
         resume = _read_resume(cfg)
         try:
-            model.load_state_dict(resume["state_dict"])
+            model.load_state_dict(resume.get("train_state_dict", resume["state_dict"]))  # raw weights under EMA
         except RuntimeError:
             raise InputError(
                 f"Checkpoint {cfg.train.resume} does not fit this run's model (other classes or model "

@@ -18,11 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from .accel import StepAccelerator
 from .distributed import Distributed
+from .ema import weight_average
 from .model_setup import build_model, resolve_device, transfer_weights  # noqa: F401  (re-exported)
 from .optim import build_optimizer, build_scheduler
 from .reports import DoneReport, EpochReport, Report, StartReport, StepReport  # noqa: F401  (re-exported)
 from .run_files import Charts, EpochLog, Nothing, claim_run, discard_unsaved_run
+from .threshold import ThresholdPicker
 
 _optimizer = build_optimizer  # the name tests and benchmarks use
 
@@ -63,8 +66,14 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.normalizer = normalizer_for([s.raw for s in self.dataset.train], cfg.data)
         self.workflow.prepare(self.dataset, cfg, self.normalizer)
+        self.accel = StepAccelerator(cfg, self.device)  # train.compile on the CPU is refused here
         self.model, resume = build_model(cfg, self.workflow, self.dataset.notes)
-        self.model.to(self.device)
+        self.accel.prepare_model(self.model.to(self.device))
+        self.ema = weight_average(self.model, cfg)  # validation and checkpoints use the averaged weights
+        if resume is not None and self.ema is not None and "train_state_dict" in resume:
+            self.ema.load(resume["state_dict"], resume.get("ema_updates", 0))
+        if self.accel.describe():
+            self.dataset.notes.append(self.accel.describe())
         return resume
 
     # --- the loop -------------------------------------------------------------------------------------
@@ -94,8 +103,10 @@ class Trainer:
 
         cfg, t = self.cfg, self.cfg.train
         resume = self._prepare()
-        wf, model, device = self.workflow, self.model, self.device
+        wf, model = self.workflow, self.model
         net, main = self.dist.wrap(model), self.dist.is_main  # DDP under torchrun; only rank 0 writes files
+        acc, ema = self.accel, self.ema
+        net = acc.wrap_forward(net)  # torch.compile when train.compile (GPU only)
         data = wf.training_data(self.dataset, cfg, self.normalizer)
         steps = t.steps_per_epoch or data.steps_per_epoch(t.batch_size)
         optimizer = build_optimizer(cfg, model.parameters())
@@ -131,20 +142,22 @@ class Trainer:
             start = time.perf_counter()
             model.train()
             losses = []
-            batches = self._batches = prefetch(lambda: data.batch(t.batch_size), steps)
+            # the prefetch thread reads the next batches (into pinned memory on a GPU) while the model trains
+            batches = self._batches = prefetch(lambda: acc.host(data.batch(t.batch_size)), steps)
             for step, (xb, yb) in enumerate(batches, 1):
                 if self.dist.any(self.cancelled):  # every rank stops at the same batch
                     break
-                x = torch.from_numpy(xb).to(device, non_blocking=True)
-                y = torch.from_numpy(yb).to(device, non_blocking=True)
+                x, y = acc.to_device(xb), acc.to_device(yb)
                 if cfg.augment.enable:  # on the training device, batched (engine/data/augment.py)
                     x, y = wf.augment(x, y, cfg, gen)
                 x, y = wf.make_pair(x, y, gen, cfg)
                 x, y, share = self.dist.shard(x, y)  # under torchrun: this rank's part of the global batch
                 optimizer.zero_grad(set_to_none=True)
-                loss = wf.training_loss(net, x, y, loss_fn)
-                (loss * self.dist.loss_weight(share)).backward()
-                optimizer.step()
+                with acc.autocast():  # mixed precision on a GPU (train.amp); float32 on the CPU
+                    loss = wf.training_loss(net, acc.layout(x), y, loss_fn)
+                acc.backward_step(loss * self.dist.loss_weight(share), optimizer)
+                if ema is not None:
+                    ema.update(model)
                 if per_step:
                     scheduler.step()
                 losses.append(self.dist.global_loss(loss, share))
@@ -213,20 +226,32 @@ class Trainer:
 
         if not data.has_validation:
             return float("nan"), {}
-        model, wf = self.model, self.workflow
-        model.eval()
+        self.model.eval()
+        model, wf = self.predicting_model, self.workflow
         metrics = wf.metrics(self.cfg)
+        picker = ThresholdPicker() if self.cfg.train.pick_threshold else None
         total, count, bs = 0.0, 0, self.cfg.train.batch_size
         gen = torch.Generator().manual_seed(self.cfg.seed + 1)  # the same masks/degradations every epoch
-        with torch.inference_mode():
+        with torch.inference_mode(), self.accel.autocast():
             for xb, yb in data.validation(bs):
                 x, y = torch.from_numpy(xb).to(self.device), torch.from_numpy(yb).to(self.device)
                 x, y = wf.make_pair(x, y, gen, self.cfg)
-                loss, prediction = wf.validation_step(model, x, y, loss_fn)
+                loss, prediction = wf.validation_step(model, self.accel.layout(x), y, loss_fn)
                 total += float(loss) * len(xb)
                 count += len(xb)
-                metrics.update(prediction.float().cpu().numpy(), y.cpu().numpy())
+                prediction, target = prediction.float().cpu().numpy(), y.cpu().numpy()
+                metrics.update(prediction, target)
+                if picker is not None and picker.applies(prediction, target):
+                    picker.update(prediction, target)
+        chosen = picker.best() if picker is not None else None
+        if chosen is not None:  # saved with the checkpoints of this epoch; prediction binarizes with it
+            wf.state["threshold"] = chosen[0]
         return total / count, metrics.compute()
+
+    @property
+    def predicting_model(self):
+        """The weights validation, checkpoints and the model just trained use: the average when train.ema is on."""
+        return self.ema.model if getattr(self, "ema", None) is not None else self.model
 
     def _payload(self, epoch, optimizer, scheduler, best_loss, best_epoch) -> dict:
         cfg = self.cfg
@@ -238,7 +263,10 @@ class Trainer:
                 "options": self.model.model_options,
                 "out_channels": self.workflow.out_channels(cfg),
             },
-            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "state_dict": _cpu(self.predicting_model.state_dict()),
+            **(
+                {"train_state_dict": _cpu(self.model.state_dict()), "ema_updates": self.ema.updates} if self.ema else {}
+            ),
             "normalization": self.normalizer.to_dict(),
             "workflow_state": self.workflow.state,
             "class_names": [cfg.class_label(i) for i in range(cfg.n_classes)],
@@ -259,7 +287,12 @@ class Trainer:
         """The model as trained so far, wrapped for prediction (the widget's 'model just trained')."""
         from .checkpoint import LoadedModel
 
-        return LoadedModel(self.model, self.cfg, self.normalizer, self.best_checkpoint, workflow=self.workflow)
+        model = self.predicting_model
+        return LoadedModel(model, self.cfg, self.normalizer, self.best_checkpoint, workflow=self.workflow)
+
+
+def _cpu(state: dict) -> dict:
+    return {k: v.detach().cpu() for k, v in state.items()}
 
 
 def _check_memory(trainer, data, loss_fn) -> None:
