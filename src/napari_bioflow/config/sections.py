@@ -156,8 +156,8 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0, description="Weight decay (L2 for ADAM/SGD, decoupled for ADAMW).")
     momentum: float = Field(0.9, ge=0, lt=1, description="Momentum for SGD.")
     scheduler: Literal["none", "reduce_on_plateau", "one_cycle", "warmup_cosine"] = Field(
-        "warmup_cosine",
-        description="Learning-rate schedule: none, reduce_on_plateau (halve on a validation-loss plateau), one_cycle, warmup_cosine (linear warm-up then cosine decay over train.epochs; the default, chosen on benchmarks/bench_quality.py).",
+        "none",
+        description="Learning-rate schedule: none (a constant rate; with train.ema the default that learned fastest in benchmarks/bench_quality.py), reduce_on_plateau (halve on a validation-loss plateau), one_cycle, warmup_cosine (linear warm-up then cosine decay over train.epochs).",
     )
     warmup_epochs: int = Field(1, ge=0, description="Warm-up epochs for warmup_cosine.")
     loss: Literal["auto", "ce", "ce_dice", "l1", "mse"] = Field(
