@@ -124,7 +124,7 @@ class SemanticSegmentation(Workflow):
             dice = (2 * inter + 1) / (prob.sum(dims) + onehot.sum(dims) + 1)
             return F.cross_entropy(logits, target) + (1 - dice.mean())
 
-        return ce_dice if cfg.train.loss == "ce_dice" else ce
+        return ce if cfg.train.loss == "ce" else ce_dice  # auto: cross-entropy + Dice (benchmarks/bench_quality.py)
 
     def activation(self, logits):
         return logits.softmax(1)
