@@ -81,7 +81,7 @@ def init(tmp_path: Path, *args: str) -> Path:
     [
         (("image_to_image",), "image_to_image", "crappify", "unet"),
         (("image_to_image", "--ndim", "3"), "image_to_image", "crappify", "unet"),
-        (("self_supervised",), "self_supervised", "crappify", "unet"),
+        (("self_supervised",), "self_supervised", "masking", "mae"),  # the reference page's defaults
         (("self_supervised", "--pretext", "crappify", "--ndim", "3"), "self_supervised", "crappify", "unet"),
         (("self_supervised", "--pretext", "masking"), "self_supervised", "masking", "mae"),
         (("self_supervised", "--pretext", "masking", "--ndim", "3"), "self_supervised", "masking", "mae"),
@@ -167,7 +167,7 @@ def test_image_to_image_predict_command(i2i_run, pairs, tmp_path):
 
 
 def test_crappify_train_writes_degraded_restored_and_metrics(raws, tmp_path, capsys):
-    cfg = init(tmp_path, "self_supervised")
+    cfg = init(tmp_path, "self_supervised", "--pretext", "crappify")
     out = tmp_path / "runs"
     assert main(["train", str(cfg), *tiny_run(out, "crap", raws, "model.options.feature_maps=[8, 16]")]) == 0
     assert "psnr_degraded_input=" in capsys.readouterr().out

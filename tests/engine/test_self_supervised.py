@@ -74,7 +74,7 @@ def checkerboard(shape, tile, token: int) -> np.ndarray:
 
 def test_defaults_are_biapys():
     ssl = SelfSupervisedConfig()
-    assert (ssl.pretext, ssl.noise, ssl.downsample_area) == ("crappify", 0.2, 4.0)
+    assert (ssl.pretext, ssl.noise, ssl.downsample_area) == ("masking", 0.2, 4.0)  # BiaPy: masking by default
 
 
 def test_noise_is_a_fifth_of_each_images_maximum_and_clipped_to_zero_and_the_maximum():

@@ -101,6 +101,8 @@ def test_fields_follow_the_workflow(make_napari_viewer, frames):
 
     # self-supervised, crappify: raw images only; noise and down-sampling; no MAE options
     f["workflow"].value = "self_supervised"
+    assert f["self_supervised.pretext"].value == "masking"  # the reference page's default
+    f["self_supervised.pretext"].value = "crappify"
     assert not shown(pair.target_layer) and not shown(pair.labels_layer) and not shown(f["data.train_label"])
     assert w.pairs.add_button.text == "+ add an image"
     assert (
@@ -166,11 +168,12 @@ def test_image_to_image_train_and_predict(make_napari_viewer, wait_idle, tmp_pat
     assert not (predict.experiment.results / "per_image" / "t2.zarr" / "accumulator").exists()
 
 
-def test_crappify_train_predict_and_transfer(make_napari_viewer, wait_idle, messages, tmp_path, nuclei):
+def test_crappify_train_predict_and_transfer(make_napari_viewer, qtbot, wait_idle, messages, tmp_path, nuclei):
     viewer = make_napari_viewer()
     image = viewer.add_image(nuclei[0], name="nuclei", scale=(0.5, 0.5), translate=(3, 4))
     train = dock(viewer, TrainWidget(viewer))
     train.form["workflow"].value = "self_supervised"
+    train.form["self_supervised.pretext"].value = "crappify"
     tiny(train, tmp_path)
     train.train_button.native.click()
     wait_idle(train)

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the batch run in this results folder (e.g. bioflow_runs/batch/results/batch_1): "
         "finished files are skipped",
     )
-    sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    sp.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (GPU number N)")
     sp.add_argument(
         "--scheduler", metavar="ADDRESS", help="run on the dask cluster of this scheduler (tcp://host:8786)"
     )

@@ -40,7 +40,10 @@ class RunConfig(_Section):
         description="Optional class names, in label order. Classification: the class sub-folder names (sorted), or this order when given.",
     )
     seed: int = Field(0, description="Random seed (patch sampling, augmentation, initialisation).")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses a CUDA GPU when present.")
+    device: str = Field(
+        "auto",
+        description="auto uses a CUDA GPU when present; cpu; cuda (the current GPU); cuda:N (GPU number N, from 0: a GPU this machine does not have is refused when the run starts).",
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -48,6 +51,32 @@ class RunConfig(_Section):
     predict: PredictConfig = Field(default_factory=PredictConfig)
     self_supervised: SelfSupervisedConfig = Field(default_factory=SelfSupervisedConfig)
     classification: ClassificationConfig = Field(default_factory=ClassificationConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _workflow_defaults(cls, data):
+        """Defaults that depend on the workflow (e.g. the self-supervised pretext, model and patch size the
+        reference pages give), filled in by the workflow itself when the config leaves them out."""
+        if isinstance(data, dict):
+            from ..engine.workflows.base import workflow_class
+
+            try:
+                wf = workflow_class(data.get("workflow") or "semantic_segmentation")
+            except KeyError:
+                return data  # an unknown workflow: said after validation
+            data = dict(data)
+            wf.complete_config(data)
+        return data
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, v):
+        from ..engine.train.devices import device_problem
+
+        problem = device_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
     @field_validator("name")
     @classmethod

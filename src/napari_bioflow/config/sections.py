@@ -221,12 +221,28 @@ class PredictConfig(_Section):
     save_tiff: bool = Field(
         True, description="Also write TIFFs of the probabilities and labels (the zarr stores are always written)."
     )
+    output_format: Literal["zarr", "ome-zarr"] = Field(
+        "zarr",
+        description="How the predicted arrays are stored. zarr: per_image/<image>.zarr (prediction, labels, image arrays); ome-zarr: one OME-Zarr image (NGFF 0.5 multiscales, axes with units and the physical scale) per output, per_image/<image>.ome.zarr (probabilities or image), per_image_binarized/<image>.ome.zarr (labels), per_image_post_processing/<image>.ome.zarr (filtered labels). TIFFs follow save_tiff either way.",
+    )
+    pixel_size: list[float] | None = Field(
+        None,
+        description="Physical size of a pixel per spatial axis ((Z,)Y,X, in micrometres) written into OME-Zarr outputs. Empty = the input's own: the napari layer's scale (Predict dock), OME-TIFF PhysicalSize or ImageJ resolution/spacing, an OME-Zarr input's scale; else 1 with no unit.",
+    )
+    full_image: bool = Field(
+        False,
+        description="Predict each image in one pass (no tiles) into full_image/ and full_image_binarized/ (post-processing: full_post_processing/), when its forward pass fits in memory; an image that does not fit is refused with the memory it needs. Tiled results go to per_image*/.",
+    )
+    stack_2d: bool = Field(
+        False,
+        description="Semantic segmentation, 2D: post-process the test images of a folder as one 3D stack (z_filter / yz_filter across images of one shape, in file-name order), as BiaPy's 'analyze 2D images as a 3D stack'.",
+    )
 
 
 class SelfSupervisedConfig(_Section):
     pretext: str = Field(
-        "crappify",
-        description="Pretext task. crappify: learn to restore images degraded by noise and down/up-sampling; masking: a masked autoencoder (model mae) learns to fill in hidden patches.",
+        "masking",
+        description="Pretext task. masking (the default, as BiaPy's): a masked autoencoder (model mae, the default model then, with 64x64 patches in 2D when data.patch_size is not given) learns to fill in hidden patches; crappify: learn to restore images degraded by noise and down/up-sampling. A config that names no pretext but a model other than a masked autoencoder (or crappify's own settings) means crappify.",
     )
     noise: float = Field(
         0.2,

@@ -8,6 +8,7 @@ from pathlib import Path
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, ProgressBar, PushButton, SpinBox
 
 from ..engine.errors import InputError
+from ..engine.train.devices import device_choices
 from .fields import ConfigForm, compact, config_field, dock_layout, form, group, section, status_label
 from .shared import last_trained
 
@@ -76,7 +77,9 @@ class BatchForm:
             tooltip=config_field("predict.tile_size").description,
         )
         f.add("predict.batch_size", label="tiles per batch", max=1024)
-        f.add("device")
+        f.add("device", choices=device_choices())  # auto, cpu and the GPUs found
+        f.add("predict.output_format", label="output format")
+        f.add("predict.full_image", label="whole image in one pass")
         self.where = ComboBox(
             choices=[HERE, LOCAL_DASK, SCHEDULER],
             value=HERE,

@@ -7,6 +7,7 @@ from pathlib import Path
 from magicgui.widgets import ComboBox, Container, FileEdit, ProgressBar, PushButton, SpinBox
 from napari.layers import Image
 
+from ..engine.train.devices import device_choices
 from ..engine.workflows.base import workflow_classes
 from .classify import ClassifyPanel
 from .fields import ConfigForm, compact, config_field, dock_layout, form, group, section, status_label
@@ -62,11 +63,13 @@ class PredictForm:
         )
         f.add("predict.overlap", label="tile overlap", step=0.0625, decimals=4)
         f.add("predict.batch_size", label="tiles per batch", max=1024)
-        f.add("device")
+        f.add("device", choices=device_choices())  # auto, cpu and the GPUs found
         f.add("predict.z_filter", label="3D: Z median filter", max=31)
         f.add("predict.yz_filter", label="3D: YZ median filter", max=31)
         f.add("name", label="experiment", value="prediction")
         f.add("output_dir", label="output folder", value=Path.home() / "bioflow_runs")
+        f.add("predict.output_format", label="output format")
+        f.add("predict.full_image", label="whole image in one pass")
         self.predict_button = PushButton(text="Predict", tooltip="Predict the chosen image with the chosen model")
         self.cancel_button = PushButton(text="Cancel", enabled=False, tooltip="Stop after the current tiles")
         self.progress = ProgressBar(value=0, min=0, max=1, label="")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, ProgressBar, PushButton, RadioButtons, SpinBox
 
+from ..engine.train.devices import device_choices
 from .chart import TrainingChart, theme_colors
 from .classes import ClassLayerList
 from .fields import ConfigForm, dock_layout, form, group, section, status_label
@@ -166,7 +167,7 @@ class TrainForm:
                 ("augment.intensity", "intensity jitter", {"step": 0.05}),
                 *((f"augment.{name}_prob", f"{words} p", {"step": 0.05}) for name, words in _AUGMENT_PROBABILITIES),
                 ("seed", "seed", {"min": -(2**31), "max": 2**31 - 1}),
-                ("device", "device", {}),
+                ("device", "device", {"choices": device_choices()}),  # auto, cpu and the GPUs found
             )
         ]
         advanced[0:0] = [self.feature_maps, self.model_options]

@@ -9,13 +9,10 @@ from ..errors import InputError
 
 
 def resolve_device(name: str) -> str:
-    import torch
+    """auto, cpu, cuda or cuda:N, checked against this machine's GPUs (engine/train/devices.py)."""
+    from .devices import resolve_device as resolve
 
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("device is 'cuda' but no CUDA GPU is available; use 'auto' or 'cpu'.")
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    return resolve(name)
 
 
 def transfer_weights(model, path: Path, unused: list[str] | None = None) -> tuple[int, list[str]]:

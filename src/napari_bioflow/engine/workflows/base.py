@@ -173,6 +173,11 @@ class Workflow:
         """Starting values of `napari-bioflow init` (beside the config's defaults)."""
         return {}
 
+    @classmethod
+    def complete_config(cls, data: dict) -> None:
+        """Fill in, in place, defaults of a config dict (before validation) that depend on what else it says, e.g.
+        the self-supervised pretext chosen by the model named (the default variant's class is asked)."""
+
     rows_column = "image"  # the first column of predictions.csv (one row per predicted image)
 
     def write_set_metrics(self, run_dir: Path, rows: list[dict], cfg) -> Path | None:

@@ -19,7 +19,6 @@ from .spec import Output
 class Crappify(SelfSupervised):
     variant = ("self_supervised.pretext", "crappify")
     variant_title = "crappify (restore degraded images)"
-    default_variant = True
     losses = ("auto", "l1", "mse")
     section_options = (
         "self_supervised.noise",
@@ -31,7 +30,7 @@ class Crappify(SelfSupervised):
         Output("degraded", "degraded", contrast="source"),
         Output("reconstruction", "restored", contrast="source", live=True),
     )
-    metric_keys = ("psnr", "ssim", "psnr_degraded_input")
+    metric_keys = ("psnr", "ssim", "mae", "mse", "psnr_degraded_input")
     init_notes = (
         "Self-supervised pretraining, crappify: the model learns to restore raw images (data.train_raw only) degraded",
         "by Gaussian noise (self_supervised.noise x the image maximum) and down/up-sampling (downsample_area).",

@@ -68,12 +68,19 @@ def l1_or_mse(cfg):
 
 
 def image_metrics(prediction: np.ndarray, target: np.ndarray, channel_axis: int = 0) -> dict[str, float]:
-    """PSNR and SSIM of a whole reconstructed image against its target (both channel first)."""
+    """PSNR, SSIM, MAE and MSE of a whole reconstructed image against its target (both channel first; MAE and MSE
+    in the target's intensities)."""
     from skimage.metrics import structural_similarity
 
     rng = float(target.max() - target.min()) or 1.0
     ssim = np.mean([structural_similarity(p, t, data_range=rng) for p, t in zip(prediction, target)])
-    return {"psnr": psnr(prediction, target), "ssim": float(ssim)}
+    d = np.asarray(prediction, np.float64) - np.asarray(target, np.float64)
+    return {
+        "psnr": psnr(prediction, target),
+        "ssim": float(ssim),
+        "mae": float(np.abs(d).mean()),
+        "mse": float(np.square(d).mean()),
+    }
 
 
 @register_workflow
@@ -85,13 +92,14 @@ class ImageToImage(Workflow):
     losses = ("auto", "l1", "mse")
     target_layer = "image"
     outputs = (Output("image", "prediction", contrast="target", live=True),)
-    metric_keys = ("psnr", "ssim")
+    metric_keys = ("psnr", "ssim", "mae", "mse")
     target_is_image = True
     chart_metric = "psnr"
     chart_title = "validation PSNR (dB)"
     init_notes = (
         "Pairs: each raw image in data.train_raw has its target (same size) in data.train_label, paired by file",
-        "name; set data.target_channels for multi-channel targets. Test targets (data.test_label) give PSNR/SSIM.",
+        "name; set data.target_channels for multi-channel targets. Test targets (data.test_label) give PSNR, SSIM,",
+        "MAE and MSE (metrics.csv: per image and their mean over the set).",
         "Models: unet, resunet, attention_unet (2D and 3D); edsr, rcan, dfcan (2D). Loss: l1 or mse.",
         "Results: per_image/ (TIFF and zarr per test image) and metrics.csv.",
     )
@@ -183,9 +191,10 @@ def write_image_outputs(
 
 
 def chunked_image_metrics(image, target, ndim: int) -> dict[str, float]:
-    """PSNR and SSIM of a zarr image (C, ...) against `target(region)`, read chunk by chunk (two passes: the
-    target's range, then the errors), so any size fits in memory. PSNR is exact; SSIM is the mean of each chunk's
-    SSIM weighted by its size (exact for an image of one chunk, as a 2D image up to 2048 px is)."""
+    """PSNR, SSIM, MAE and MSE of a zarr image (C, ...) against `target(region)`, read chunk by chunk (two passes:
+    the target's range, then the errors), so any size fits in memory. PSNR, MAE and MSE (in the target's
+    intensities) are exact; SSIM is the mean of each chunk's SSIM weighted by its size (exact for an image of one
+    chunk, as a 2D image up to 2048 px is)."""
     from skimage.metrics import structural_similarity
 
     from ..predict.accumulator import chunk_regions
@@ -196,10 +205,11 @@ def chunked_image_metrics(image, target, ndim: int) -> dict[str, float]:
         t = target(region)
         lo, hi = min(lo, float(t.min())), max(hi, float(t.max()))
     rng = (hi - lo) or 1.0
-    sse, ssim_sum, n = 0.0, 0.0, 0
+    sse, sae, ssim_sum, n = 0.0, 0.0, 0.0, 0
     for region in regions:
         p, t = np.asarray(image[(slice(None), *region)], np.float32), np.asarray(target(region), np.float32)
         d = p - t
+        sae += float(np.abs(d).sum(dtype=np.float64))
         sse += float(np.square(d, out=d).sum(dtype=np.float64))
         if min(p.shape[1:]) >= 7:  # SSIM's 7-pixel window
             ssim_sum += sum(structural_similarity(a, b, data_range=rng) for a, b in zip(p, t)) / len(p) * p[0].size
@@ -208,4 +218,6 @@ def chunked_image_metrics(image, target, ndim: int) -> dict[str, float]:
     return {
         "psnr": float("inf") if mse == 0 else float(10 * np.log10(rng**2 / mse)),
         "ssim": ssim_sum / n if n else float("nan"),
+        "mae": sae / max(1, int(np.prod(image.shape))),
+        "mse": mse,
     }

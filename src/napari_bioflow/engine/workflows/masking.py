@@ -33,7 +33,9 @@ class Masking(SelfSupervised):
     variant = ("self_supervised.pretext", "masking")
     variant_title = "masking (masked autoencoder)"
     losses = ("auto",)  # the MSE on the hidden tokens
-    default_model = "mae"
+    default_model = "mae"  # the reference page's default architecture
+    default_variant = True  # the page's default pretext
+    default_patch_size = {2: [64, 64]}  # the page: "The default value is 64 in 2D"
     excluded_model_tags = ()
     required_model_tags = ("masked_autoencoder",)
     prediction_options = ()  # the masks, not flips, decide what it sees: no TTA
@@ -60,7 +62,7 @@ class Masking(SelfSupervised):
         return {
             "name": f"my_self_supervised_masking_{ndim}d",
             "self_supervised": {"pretext": "masking"},
-            "data": {"patch_size": [32, 64, 64] if ndim == 3 else [128, 128]},
+            "data": {"patch_size": [32, 64, 64] if ndim == 3 else [64, 64]},
             "model": {"name": "mae", "options": options},
         }
 

@@ -68,6 +68,39 @@ class SelfSupervised(Workflow):
     chart_metric = "psnr"
     chart_title = "validation PSNR (dB)"
 
+    default_patch_size: dict[int, list[int]] = {}  # data.patch_size per ndim when a config gives none
+
+    @classmethod
+    def complete_config(cls, data: dict) -> None:
+        """The reference page's defaults where a config leaves them out: pretext masking, with model mae and
+        64x64 patches in 2D. A config that names no pretext but a model that is not a masked autoencoder (its
+        name, or options of another model) or crappify's own settings keeps meaning crappify, as it did before."""
+        from ..models import model_info
+        from .base import workflow_class
+
+        ssl, model, section = data.get("self_supervised"), data.get("model"), data.get("data")
+        if not all(isinstance(v, dict) or v is None for v in (ssl, model, section)):
+            return  # sections given as objects: already complete
+        ssl, model, section = dict(ssl or {}), dict(model or {}), dict(section or {})
+        if not ssl.get("pretext"):
+            mae = workflow_class(cls.name, "masking")
+            name, options = model.get("name"), model.get("options") or {}
+            other_model = (name and not mae.fits_model(name)) or (
+                not name and not set(options) <= set(model_info(mae.default_model))
+            )
+            own = {"noise", "downsample_area", "degrade_at_prediction"} & set(ssl)
+            ssl["pretext"] = "crappify" if other_model or own else "masking"
+        try:
+            chosen = workflow_class(cls.name, ssl["pretext"])
+        except KeyError:
+            return  # an unknown pretext: said after validation
+        if "name" not in model and set(model.get("options") or {}) <= set(model_info(chosen.default_model)):
+            model["name"] = chosen.default_model  # (another model's options: the model field's own default)
+        patch = chosen.default_patch_size.get(data.get("ndim", 2))
+        if patch and "patch_size" not in section:
+            section["patch_size"] = list(patch)
+        data.update(self_supervised=ssl, model=model, data=section)
+
     def out_channels(self, cfg) -> int:
         return cfg.data.in_channels
 

@@ -52,6 +52,8 @@ class Metric:
 METRICS = {
     "psnr": Metric("PSNR", " dB"),
     "ssim": Metric("SSIM"),
+    "mae": Metric("MAE"),
+    "mse": Metric("MSE"),
     "psnr_degraded_input": Metric("PSNR of the degraded input", " dB"),
     "psnr_masked_patches": Metric("PSNR on the hidden patches", " dB"),
     "iou_foreground": Metric("IoU (foreground)"),
