@@ -191,6 +191,10 @@ class TrainConfig(_Section):
         description="CUDA GPU: compile the model with torch.compile (a slower first step, faster steps after). Refused on the CPU.",
     )
     resume: Path | None = Field(None, description="Resume training from this checkpoint (weights, optimizer, epoch).")
+    tensorboard: bool = Field(
+        True,
+        description="Write TensorBoard logs (losses, metrics and learning rate per epoch) to results/<run>/tensorboard/ beside the CSV log and charts, when tensorboard is installed (the `tensorboard` extra; without it a note says so).",
+    )
 
 
 class PredictConfig(_Section):

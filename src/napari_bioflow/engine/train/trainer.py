@@ -129,6 +129,9 @@ class Trainer:
         exp = self.experiment
         log = EpochLog(exp.folder("train_logs") / f"{exp.run_name}_log.csv") if main else Nothing()
         charts = Charts(exp.folder("charts"), exp.run_name, wf.chart_metric) if main else Nothing()
+        from .tensorboard import TensorBoardLog
+
+        tb = TensorBoardLog(exp.results / "tensorboard", main and t.tensorboard, self.dataset.notes)
         if main:  # custom normalization: its values beside the run (normalization_*_value.npy)
             from ..data.normalize import save_normalization
 
@@ -203,6 +206,7 @@ class Trainer:
                 **metrics,
             }
             log.write(row)
+            tb.write(row)
             charts.update(row)
             yield EpochReport(
                 epoch,
@@ -219,6 +223,7 @@ class Trainer:
                 reason = "early_stopped"
                 break
         charts.draw(force=True)
+        tb.close()
         yield DoneReport(reason, epoch, best_epoch, best_loss, self.best_checkpoint, exp.root)
 
     def _validate(self, data, loss_fn) -> tuple[float, dict]:
