@@ -15,6 +15,12 @@ class AugmentConfig(_Section):
     and label/target together (labels by nearest neighbour); intensity transforms change the raw only."""
 
     enable: bool = Field(True, description="Augment training patches (applied identically to raw and label).")
+    samples: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="Write this many augmented training patches to results/<run>/aug/ at the start of training (PNG, raw and label/target side by side; 3D: the middle slice), to see what the model is shown.",
+    )
     flips: bool = Field(True, description="Random flips along every spatial axis. BiaPy: VFLIP, HFLIP, ZFLIP.")
     rotate90: bool = Field(
         True, description="Random 90-degree rotations in the Y-X plane (BiaPy: ROT90); square patches only."

@@ -162,6 +162,7 @@ class TrainForm:
                 ("data.percentile_high", "high percentile", {"step": 0.1}),
                 ("data.foreground_sampling", "foreground sampling", {"step": 0.1}),
                 ("augment.enable", "augment", {}),
+                ("augment.samples", "augmented samples to aug/", {"max": 1000}),
                 ("augment.flips", "flips", {}),
                 ("augment.rotate90", "90° rotations", {}),
                 ("augment.intensity", "intensity jitter", {"step": 0.05}),

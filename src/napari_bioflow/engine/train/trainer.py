@@ -132,6 +132,10 @@ class Trainer:
         from .tensorboard import TensorBoardLog
 
         tb = TensorBoardLog(exp.results / "tensorboard", main and t.tensorboard, self.dataset.notes)
+        if main and cfg.augment.samples:  # augment.samples: what the model is shown, in results/<run>/aug/
+            from .aug_samples import write_aug_samples
+
+            write_aug_samples(exp.results / "aug", data, wf, cfg, self.device)
         if main:  # custom normalization: its values beside the run (normalization_*_value.npy)
             from ..data.normalize import save_normalization
 
