@@ -40,3 +40,19 @@ def iou(pred: np.ndarray, target: np.ndarray, n_classes: int) -> dict[str, float
     acc = IoUAccumulator(n_classes)
     acc.update(pred, target)
     return acc.compute()
+
+
+def patch_iou(labels, target, n_classes: int, patch_size) -> dict[str, float]:
+    """Per-patch IoU (as BiaPy's test reports it beside per-image IoU): the image cut into patch_size tiles (the
+    last ones clipped at the border), each tile's foreground and mean IoU, averaged over the tiles. `labels`: an
+    array-like; `target(region)`: the ground truth of a region."""
+    import itertools
+
+    starts = [range(0, s, p) for s, p in zip(labels.shape, patch_size)]
+    fg, mean = [], []
+    for corner in itertools.product(*starts):
+        region = tuple(slice(c, min(c + p, s)) for c, p, s in zip(corner, patch_size, labels.shape))
+        m = iou(np.asarray(labels[region]), target(region), n_classes)
+        fg.append(m["iou_foreground"])
+        mean.append(m["iou_mean"])
+    return {"iou_patch_foreground": float(np.mean(fg)), "iou_patch_mean": float(np.mean(mean))}

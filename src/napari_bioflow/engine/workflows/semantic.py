@@ -156,6 +156,9 @@ class SemanticSegmentation(Workflow):
                 acc.update(np.asarray(labels[region]), target(region))
             out["metrics"] = acc.compute()
             out["counts"] = (acc.inter, acc.union)
+            from ..train.metrics import patch_iou
+
+            out["metrics"].update(patch_iou(labels, target, cfg.n_classes, cfg.data.patch_size))  # per patch
         return out
 
 
