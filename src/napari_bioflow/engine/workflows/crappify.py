@@ -41,7 +41,11 @@ class Crappify(SelfSupervised):
 
     @classmethod
     def init_values(cls, ndim: int) -> dict:
-        return {"name": f"my_self_supervised_crappify_{ndim}d", "train": {"loss": "l1"}}
+        return {
+            "name": f"my_self_supervised_crappify_{ndim}d",
+            "self_supervised": {"pretext": "crappify"},
+            "train": {"loss": "l1"},
+        }
 
     def prepare(self, dataset, cfg, normalizer) -> None:
         self.state = {"normalization": normalizer.to_dict()}
