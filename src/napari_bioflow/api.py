@@ -44,7 +44,8 @@ def config(source=None, overrides: Sequence[str] = (), *, workflow: str | None =
     else:
         from .engine.workflows import get_workflow
 
-        name, _, variant = (workflow or "semantic_segmentation").partition("/")  # "self_supervised/crappify"
+        # a workflow name, or name/variant (a self-supervised pretext)
+        name, _, variant = (workflow or RunConfig.model_fields["workflow"].default).partition("/")
         wf = get_workflow(name, variant or None)
         data = {"workflow": wf.name, "ndim": ndim, **_merge({}, type(wf).init_values(ndim))}
         if wf.variant:

@@ -61,7 +61,7 @@ class RunConfig(_Section):
             from ..engine.workflows.base import workflow_class
 
             try:
-                wf = workflow_class(data.get("workflow") or "semantic_segmentation")
+                wf = workflow_class(data.get("workflow") or cls.model_fields["workflow"].default)
             except KeyError:
                 return data  # an unknown workflow: said after validation
             data = dict(data)
