@@ -600,7 +600,8 @@ def test_image_prediction_with_tiffs_and_iou_stays_within_chunks(tmp_path):
 @pytest.mark.parametrize("z_filter, yz_filter", [(3, 0), (0, 5), (3, 3)])
 def test_3d_median_filters_are_exact_across_chunks(tmp_path, z_filter, yz_filter):
     """BiaPy's 3D post-processing (Z, and Y-Z median filters of the argmax labels) computed chunk by chunk with
-    overlap equals the filter of the whole label volume, and the filtered labels are the output."""
+    overlap equals the filter of the whole label volume; the filtered labels are their own output (post-processing),
+    beside the labels, which stay as predicted."""
     import tifffile
 
     from napari_bioflow.engine.data.io import open_image
@@ -621,8 +622,11 @@ def test_3d_median_filters_are_exact_across_chunks(tmp_path, z_filter, yz_filter
     expected = median_filter_labels(raw_labels, z_filter, yz_filter)
     assert not np.array_equal(expected, raw_labels)  # the filter changes something here
     assert len(job.plan.tiles) > 1 and result.outputs["labels"].chunks != result.outputs["labels"].shape
-    np.testing.assert_array_equal(np.asarray(result.outputs["labels"][:]), expected)
-    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "per_image_binarized" / "vol.tif"), expected)
+    np.testing.assert_array_equal(np.asarray(result.outputs["labels_post_processed"][:]), expected)
+    np.testing.assert_array_equal(np.asarray(result.outputs["labels"][:]), raw_labels)
+    out = tmp_path / "out"
+    np.testing.assert_array_equal(tifffile.imread(out / "per_image_post_processing" / "vol.tif"), expected)
+    np.testing.assert_array_equal(tifffile.imread(out / "per_image_binarized" / "vol.tif"), raw_labels)
 
 
 def test_mae_prediction_streams_its_checks(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from .common import FAILED_FILES, _print
+from .predict import output_overrides
 
 
 def cmd_batch(args) -> int:
@@ -21,7 +22,7 @@ def cmd_batch(args) -> int:
         name=args.name,
         resume=args.resume,
         device=args.device,
-        overrides=list(args.set),
+        overrides=[*output_overrides(args), *args.set],
         scheduler=args.scheduler,
         workers=args.workers or 0,
         block_size=args.block_size,

@@ -5,6 +5,32 @@ from __future__ import annotations
 from .common import _print
 
 
+def output_options(sp) -> None:
+    """--format and --full-image of `predict` and `batch`: shorthands of predict.output_format / predict.full_image."""
+    sp.add_argument(
+        "--format",
+        choices=["zarr", "ome-zarr"],
+        help="how the predicted arrays are stored (predict.output_format; default zarr): ome-zarr writes one "
+        "OME-Zarr image per output with the input's physical scale",
+    )
+    sp.add_argument(
+        "--full-image",
+        action="store_true",
+        default=None,
+        help="predict each image in one pass into full_image*/ when it fits (predict.full_image)",
+    )
+
+
+def output_overrides(args) -> list[str]:
+    """The --format / --full-image options as predict.* overrides."""
+    out = []
+    if getattr(args, "format", None):
+        out.append(f"predict.output_format={args.format}")
+    if getattr(args, "full_image", None):
+        out.append("predict.full_image=true")
+    return out
+
+
 def _predict_folder(predictor, experiment, items=None, finite_checked: bool = False) -> None:
     """Predict the config's test folder (its checked `items`, when given) into the experiment, with a line per
     image and where the results went."""
@@ -25,6 +51,8 @@ def _predict_folder(predictor, experiment, items=None, finite_checked: bool = Fa
             continue
         m = " ".join(f"{k}={v:.4f}" for k, v in res.metrics.items() if not k.startswith("iou_class"))
         _print(f"predicted {res.name} in {res.seconds:.1f}s {m}")
+        for note in res.notes:
+            _print(f"note: {note}")
     if predictor.dense and (out / "metrics.csv").exists():
         _print(f"metrics: {out / 'metrics.csv'}")
     _print(f"results: {out}")
@@ -48,7 +76,7 @@ def cmd_predict(args) -> None:
         )
         if value
     ]
-    overrides = [*given, *args.set]
+    overrides = [*given, *output_overrides(args), *args.set]
     if args.config is None:  # the checkpoint's own settings, with this command's paths and overrides
         settings: dict = {}
         for item in overrides:

@@ -105,6 +105,12 @@ class RunConfig(_Section):
             raise ValueError(
                 f"predict.tile_size {self.predict.tile_size} has {len(self.predict.tile_size)} axes but ndim is {self.ndim}"
             )
+        if self.predict.pixel_size is not None and (
+            len(self.predict.pixel_size) != self.ndim or any(v <= 0 for v in self.predict.pixel_size)
+        ):
+            raise ValueError(
+                f"predict.pixel_size {self.predict.pixel_size} must hold {self.ndim} positive sizes ((Z,)Y,X)"
+            )
         if self.augment.problem(self.ndim):
             raise ValueError(self.augment.problem(self.ndim))
         if self.data.axes and (problem := _axes_problem(self.data.axes, self.data.in_channels, self.ndim)):

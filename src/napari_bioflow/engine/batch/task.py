@@ -20,7 +20,6 @@ import numpy as np
 from ..errors import Cancelled, InputError
 from ..storage import raise_if_disk_full
 from .records import (
-    BATCH_DIR,
     BLOCK_CHUNK,
     BLOCKS_DIR,
     Block,
@@ -91,8 +90,10 @@ def open_channels_last(path: str, cfg, name: str, checkpoint: str = ""):
 
 
 def clear_partial(run_dir: Path, stem: str) -> None:
-    """Remove what an unfinished earlier attempt at `stem` left (its zarr store and blocks)."""
-    shutil.rmtree(run_dir / "per_image" / f"{stem}.zarr", ignore_errors=True)
+    """Remove what an unfinished earlier attempt at `stem` left (its zarr stores, OME-Zarr images and blocks)."""
+    from ..predict.writer import remove_partial
+
+    remove_partial(run_dir, stem)
     shutil.rmtree(run_dir / BLOCKS_DIR / stem, ignore_errors=True)
 
 
@@ -105,45 +106,28 @@ def _relative(run_dir: Path, path: Path) -> str:
     return str(Path(path).relative_to(run_dir))
 
 
-def _zarr_path(arr) -> Path | None:
-    store = getattr(arr, "store", None)
-    root = getattr(store, "root", None)
-    if root is None:
-        return None
-    return Path(root) / (getattr(arr, "path", "") or "")
-
-
-def _files_of(run_dir: Path, stem: str) -> list[Path]:
-    """The files written for `stem` beside its zarr store (per_image/<stem>.tif, per_image_binarized/..., ...)."""
-    out = []
-    for sub in sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name not in (BATCH_DIR, BLOCKS_DIR)):
-        out += sorted(
-            p for p in sub.iterdir() if p.is_file() and p.name.split(".")[0] == stem and not p.name.endswith(".part")
-        )
-        if sub.name == "MAE_checks":
-            out += sorted(p for p in sub.glob(f"{stem}_*.tif"))
-    return out
-
-
 def finish_record(
-    run_dir: Path, item: FileItem, outputs: dict, metrics: dict, counts, prediction, seconds: float, pixels: int
+    run_dir: Path, item: FileItem, paths: dict, metrics: dict, counts, prediction, seconds: float, pixels: int
 ) -> FileRecord:
-    """Write the completion marker of a file (last, atomically) and return its record."""
-    arrays = {}
-    for key, value in outputs.items():
-        path = _zarr_path(value)
-        if path is not None and path.exists():
-            arrays[key] = _relative(run_dir, path)
-    fallback = run_dir / "per_image" / f"{item.stem}.zarr" / "prediction"
-    if not arrays and fallback.exists():  # outputs held in memory only (self-supervision): the blended prediction
-        arrays["prediction"] = _relative(run_dir, fallback)
+    """Write the completion marker of a file (last, atomically) and return its record: the paths the output writer
+    returned (`paths`: {output key: [array or OME-Zarr image, files...]}), nothing rescanned."""
+    arrays, files = {}, []
+    for key, written in paths.items():
+        for path in written:
+            path = Path(path)
+            if path.name.endswith(".ome.zarr"):  # an OME-Zarr image: its full resolution is the array
+                arrays[key] = _relative(run_dir, path / "0")
+            elif path.suffix in (".tif", ".tiff") or path.is_file():
+                files.append(_relative(run_dir, path))
+            else:
+                arrays[key] = _relative(run_dir, path)
     record = FileRecord(
         item.name,
         item.raw,
         item.label,
         item.stem,
         arrays,
-        [_relative(run_dir, p) for p in _files_of(run_dir, item.stem)],
+        sorted(dict.fromkeys(files)),
         {k: float(v) for k, v in (metrics or {}).items()},
         [np.asarray(c).tolist() for c in counts] if counts is not None else None,
         prediction,
@@ -203,7 +187,7 @@ def predict_item(
             return finish_record(
                 run_dir,
                 item,
-                {},
+                {key: [path] for key, path in (out.get("paths") or {}).items()},
                 out.get("metrics", {}),
                 None,
                 out.get("prediction"),
@@ -211,16 +195,19 @@ def predict_item(
                 pixels,
             )
         from ..predict.predictor import Predictor
+        from ..predict.scale import resolve_scale
 
         clear_partial(run_dir, item.stem)
-        job = Predictor.of(loaded, ctx.checkpoint).image(image, item.raw, run_dir, item.stem, target, item.label or "")
+        job = Predictor.of(loaded, ctx.checkpoint).image(
+            image, item.raw, run_dir, item.stem, target, item.label or "", scale=resolve_scale(cfg, path=item.raw)
+        )
         if on_start is not None:
             on_start(job)
         result = job.run(cancel=cancel, progress=progress)
         job.cleanup()
         counts = result.outputs.pop("counts", None)
         return finish_record(
-            run_dir, item, result.outputs, result.metrics, counts, None, time.perf_counter() - start, pixels
+            run_dir, item, result.paths, result.metrics, counts, None, time.perf_counter() - start, pixels
         )
     except Cancelled:
         return Unfinished.cancelled(item.name)
@@ -237,9 +224,11 @@ def create_block_store(run_dir: Path, item: FileItem, loaded, block: list[int]):
     """The output zarr array of a split image (chunks within blocks, so workers write disjoint chunks)."""
     import zarr
 
+    from ..predict.writer import OutputWriter
+
     cfg = loaded.config
     chunk = BLOCK_CHUNK[cfg.ndim]
-    store = run_dir / "per_image" / f"{item.stem}.zarr"
+    store = OutputWriter(cfg, run_dir, item.stem).store
     channels = loaded.workflow.prediction_channels(cfg)
     chunks = (channels, *(min(chunk, b, s) for b, s in zip(block, item.shape)))
     return zarr.create_array(
@@ -273,7 +262,10 @@ def predict_block(
         job.run(cancel=cancel)
         prediction = zarr.open_array(store=str(job.store / "prediction"), mode="r")
         inner = tuple(slice(c.start - o.start, c.stop - o.start) for c, o in zip(blk.core, blk.outer))
-        out = zarr.open_array(store=str(run_dir / "per_image" / f"{item.stem}.zarr" / "prediction"), mode="r+")
+        from ..predict.writer import OutputWriter
+
+        store = OutputWriter(cfg, run_dir, item.stem).store
+        out = zarr.open_array(store=str(store / "prediction"), mode="r+")
         out[(slice(None), *blk.core)] = np.asarray(prediction[(slice(None), *inner)])
         shutil.rmtree(scratch, ignore_errors=True)
         return BlockDone(blk.index, time.perf_counter() - start, int(np.prod([s.stop - s.start for s in blk.core])))
@@ -295,8 +287,12 @@ def finish_blocks(ctx: TaskContext, item: FileItem, results: list[BlockResult], 
     try:
         loaded = load_for_task(ctx, loaded)
         cfg, wf = loaded.config, loaded.workflow
+        from ..predict.scale import resolve_scale
+        from ..predict.writer import OutputWriter
+
         run_dir = Path(ctx.run_dir)
-        store = run_dir / "per_image" / f"{item.stem}.zarr"
+        writer = OutputWriter(cfg, run_dir, item.stem, resolve_scale(cfg, path=item.raw))
+        store = writer.store
         prediction = zarr.open_array(store=str(store / "prediction"), mode="r")
         target = None
         if item.label:  # as ImagePrediction reads a target
@@ -307,7 +303,10 @@ def finish_blocks(ctx: TaskContext, item: FileItem, results: list[BlockResult], 
             flags = wf.check_target(raw_target, item.label, tuple(item.shape), cfg, [])
             raw_target = flags.get("label", raw_target)
             target = lambda region: wf.full_target(raw_target, region, flags)  # noqa: E731
-        outputs = wf.write_outputs(prediction, store, run_dir, item.stem, cfg, target)
+        outputs = wf.write_outputs(prediction, store, run_dir, item.stem, cfg, target, {"writer": writer})
+        if not writer.arrays:
+            writer.arrays["prediction"] = store / "prediction"
+        paths = writer.finish(labels_keys=tuple(o.key for o in wf.outputs if o.layer == "labels"))
         shutil.rmtree(run_dir / BLOCKS_DIR / item.stem, ignore_errors=True)
         try:
             (run_dir / BLOCKS_DIR).rmdir()  # once no other image is being split
@@ -316,6 +315,6 @@ def finish_blocks(ctx: TaskContext, item: FileItem, results: list[BlockResult], 
         metrics = outputs.pop("metrics", {})
         counts = outputs.pop("counts", None)
         seconds = sum(r.seconds for r in results) + time.perf_counter() - start
-        return finish_record(run_dir, item, outputs, metrics, counts, None, seconds, int(np.prod(item.shape)))
+        return finish_record(run_dir, item, paths, metrics, counts, None, seconds, int(np.prod(item.shape)))
     except Exception as e:
         return _failure(ctx, item, e, doing="assembling ")

@@ -8,6 +8,7 @@ tiles, not the image (see engine/predict/sliding_window.py and benchmarks/README
 from __future__ import annotations
 
 import csv
+import inspect
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -45,6 +46,8 @@ class ImageResult:
     outputs: dict[str, Any]
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    paths: dict[str, list[Path]] = field(default_factory=dict)  # every array and file written, by output key
+    notes: list[str] = field(default_factory=list)  # what the user should know (a filter that did not apply)
 
 
 class ImagePrediction:
@@ -59,12 +62,15 @@ class ImagePrediction:
         target=None,
         target_name: str = "",
         finite_checked: bool = False,
+        scale=None,
     ):
         """`finite_checked`: the caller has just scanned `image` for NaN/inf (check_inputs, a dock's worker), so a
-        second full read of the pixels is skipped."""
+        second full read of the pixels is skipped. `scale`: the input's PhysicalScale (engine/predict/scale.py) for
+        outputs that carry one."""
         from ..data.sources import check_finite, lazy_array, to_channels_last
         from .accumulator import ZarrAccumulator
         from .tiling import prediction_plan
+        from .writer import OutputWriter
 
         cfg = loaded.config
         self.loaded, self.name, self.out_dir, self.stem, self.device = loaded, name, Path(out_dir), stem, device
@@ -83,23 +89,39 @@ class ImagePrediction:
             self.target = lambda region: self.workflow.full_target(target, region, flags)
         divisor = loaded.model.size_divisor
         self.tile, self.overlap = self.workflow.tiling(cfg, spatial, divisor)
+        self.full_image = bool(cfg.predict.full_image)
+        if self.full_image:  # one pass over the whole image, when it fits (else one sentence)
+            from .full_image import check_full_image_fits, full_image_tile
+
+            self.tile = full_image_tile(spatial, divisor)
+            check_full_image_fits(loaded, self.tile, name, device)
         # The one plan of this image: its tiles are the ones run (square with TTA) and its steps the zarr chunks.
         self.tta = bool(cfg.predict.tta)
         self.plan = prediction_plan(spatial, self.tile, self.overlap, divisor, self.tta)
-        self.store = self.out_dir / "per_image" / f"{stem}.zarr"
-        if self.store.exists():
-            raise InputError(f"{self.store} exists already; results are never overwritten.")
+        self.writer = OutputWriter(cfg, self.out_dir, stem, scale)
+        self.store = self.writer.store
+        for path in (self.store, *(self.writer.ome_path(o.folder) for o in self.workflow.outputs)):
+            if path.exists():
+                raise InputError(f"{path} exists already; results are never overwritten.")
         self.store.parent.mkdir(parents=True, exist_ok=True)
         self.out_channels = self.workflow.prediction_channels(cfg)
-        # The blended result is written straight into its final array (by whole chunks, aligned with the tiles);
-        # "accumulator" only holds overlaps spilled to disk while tiles are predicted.
+        # The blended result is written straight into its final array (by whole chunks, aligned with the tiles): the
+        # zarr store's prediction, or the OME-Zarr image of the output it is; "accumulator" only holds overlaps
+        # spilled to disk while tiles are predicted.
+        as_output = next((o for o in self.workflow.outputs if o.from_prediction), None)
         with writing(self.store.parent, f"the prediction of {name}"):
+            array_path = self.writer.prediction_path(
+                as_output.key if as_output else None,
+                (self.out_channels, *spatial),
+                as_output is not None and as_output.layer == "labels",
+            )
             self.accumulator = ZarrAccumulator.create(
                 self.store / "accumulator",
                 (self.out_channels, *spatial),
                 self.plan.chunks,
-                array_path=self.store / "prediction",
+                array_path=array_path,
             )
+            self.prediction_path = array_path
 
     def lazy(self):
         """The prediction as a dask array, readable at any time while tiles are written."""
@@ -120,7 +142,10 @@ class ImagePrediction:
         model, wf = self.loaded.model, self.workflow
         model.to(self.device).eval()
 
-        image, inputs = wf.prediction_input(self.image, self.cfg, self.out_dir, self.stem)
+        if "writer" in inspect.signature(wf.prediction_input).parameters:  # it writes files (crappify: degraded)
+            image, inputs = wf.prediction_input(self.image, self.cfg, self.out_dir, self.stem, writer=self.writer)
+        else:
+            image, inputs = wf.prediction_input(self.image, self.cfg, self.out_dir, self.stem)
         try:
             sliding_window_predict(
                 image,
@@ -146,13 +171,24 @@ class ImagePrediction:
             raise InputError(
                 prediction_failure(self.name, self.plan.tile_shape, tile_batch(self.cfg, self.tile), self.device)
             ) from None
-        prob = self.accumulator.finalize(self.store / "prediction")  # the array itself: nothing to copy
+        prob = self.accumulator.finalize(self.prediction_path)  # the array itself: nothing to copy
+        inputs = {**(inputs or {}), "writer": self.writer}  # every output is written through it
         outputs = wf.write_outputs(prob, self.store, self.out_dir, self.stem, self.cfg, self.target, inputs)
-        return ImageResult(self.name, outputs, outputs.pop("metrics", {}), time.perf_counter() - start)
+        if not self.writer.arrays:  # outputs held in memory only (self-supervision): the blended prediction
+            self.writer.arrays["prediction"] = self.prediction_path
+        labels = tuple(o.key for o in wf.outputs if o.layer == "labels")
+        paths = self.writer.finish(labels_keys=labels)
+        notes = outputs.pop("notes", [])
+        return ImageResult(self.name, outputs, outputs.pop("metrics", {}), time.perf_counter() - start, paths, notes)
 
     def cleanup(self) -> None:
-        """Drop what the prediction spilled to disk, if anything (the final arrays stay)."""
+        """Drop what the prediction spilled to disk, if anything (the final arrays stay), and the store when it
+        holds nothing (OME-Zarr outputs)."""
         shutil.rmtree(self.store / "accumulator", ignore_errors=True)
+        try:
+            self.store.rmdir()
+        except OSError:
+            pass
 
 
 def check_inputs(cfg, files: list[tuple[Path, Path | None]], source: str = "") -> list[str]:
@@ -196,8 +232,11 @@ def predict_files(
 
     # output names as a batch gives them: img.tif and img.png of one folder become img_tif and img_png, decided
     # before anything is written
+    from .postprocess import stack_2d
+    from .scale import resolve_scale
+
     stems = assign_stems([image_name(raw_path) for raw_path, _ in files])
-    rows, totals = [], None
+    rows, totals, done = [], {}, []
     for raw_path, label_path in files:
         if cancel is not None and cancel():
             raise Cancelled("prediction cancelled")
@@ -212,28 +251,64 @@ def predict_files(
             target,
             str(label_path or ""),
             finite_checked,
+            scale=resolve_scale(loaded.config, path=raw_path),
         )
         result = job.run(cancel)
         job.cleanup()
-        counts = result.outputs.pop("counts", None)
-        if counts is not None:
-            totals = counts if totals is None else (totals[0] + counts[0], totals[1] + counts[1])
+        for key in ("counts", "counts_post_processing"):
+            _pool(totals, key, result.outputs.pop(key, None))
         if result.metrics:
             rows.append({"image": image_name(raw_path), **result.metrics})
-        yield result
-    if rows:
-        from ..train.metrics import iou_from_counts
+        if done:  # the last image waits for the set's post-processing (its notes go with it)
+            yield done[-1][0]
+        done.append((result, job.target, stems[image_name(raw_path)]))
+    # 2D images post-processed as one 3D stack (predict.stack_2d): IoU after filtering joins each image's row
+    after, notes = stack_2d(loaded.config, out_dir, done)
+    by_name = {r["image"]: r for r in rows}
+    for result, _, _ in done:
+        extra = after.get(result.name)
+        if extra is not None:
+            _pool(totals, "counts_post_processing", extra.pop("_counts"))
+            result.metrics.update(extra)
+            by_name.get(image_name(Path(result.name)), {}).update(extra)
+    if done:
+        done[-1][0].notes.extend(notes)
+        yield done[-1][0]
+    write_metrics(out_dir, rows, totals)
 
-        if totals is not None:  # IoU over the set pools the pixels rather than averaging per-image IoUs
-            rows.append({"image": "ALL (pixels pooled)", **iou_from_counts(*totals)})
-        else:
-            rows.append(
-                {"image": "ALL (mean)", **{k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "image"}}
-            )
-        with writing(out_dir, "metrics.csv"), open(out_dir / "metrics.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+
+def _pool(totals: dict, key: str, counts) -> None:
+    if counts is not None:
+        have = totals.get(key)
+        totals[key] = counts if have is None else (have[0] + counts[0], have[1] + counts[1])
+
+
+def write_metrics(out_dir: Path, rows: list[dict], totals: dict) -> None:
+    """metrics.csv: a row per image and one over the set (IoU pools the pixels rather than averaging per-image IoUs,
+    before and after post-processing; other metrics are averaged)."""
+    if not rows:
+        return
+    from ..train.metrics import iou_from_counts
+
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    if "counts" in totals:
+        total = {"image": "ALL (pixels pooled)", **iou_from_counts(*totals["counts"])}
+        if "counts_post_processing" in totals:
+            pooled = iou_from_counts(*totals["counts_post_processing"])
+            total.update({f"{k}_post_processing": v for k, v in pooled.items()})
+        rows.append(total)
+    else:
+        rows.append(
+            {
+                "image": "ALL (mean)",
+                **{k: float(np.mean([r[k] for r in rows if k in r])) for k in keys if k != "image"},
+            }
+        )
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with writing(out_dir, "metrics.csv"), open(out_dir / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys, restval="")
+        w.writeheader()
+        w.writerows(rows)
 
 
 def predict_array(loaded, image, device: str = "cpu", tile_size: list[int] | None = None) -> np.ndarray:

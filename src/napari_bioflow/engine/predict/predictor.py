@@ -186,12 +186,14 @@ class Predictor:
         target=None,
         target_name: str = "",
         finite_checked: bool = False,
+        scale=None,
     ):
-        """A dense prediction of one image, set up (tile plan, prediction zarr) and ready to run."""
+        """A dense prediction of one image, set up (tile plan, prediction zarr) and ready to run. `scale`: the input's
+        PhysicalScale (engine/predict/scale.py: resolve_scale) for the outputs that carry one."""
         from .inference import ImagePrediction
 
         return ImagePrediction(
-            self.loaded, image, name, out_dir, stem, self.device, target, target_name, finite_checked
+            self.loaded, image, name, out_dir, stem, self.device, target, target_name, finite_checked, scale=scale
         )
 
     def files(

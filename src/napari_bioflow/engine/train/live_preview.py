@@ -130,7 +130,7 @@ def preview_output(loaded, crop: np.ndarray, device: str = "cpu") -> tuple[np.nd
 
     cfg, wf = loaded.config, loaded.workflow
     if not wf.target_is_image:
-        return argmax_labels(predict_array(loaded, crop, device=device)), "labels"
+        return argmax_labels(predict_array(loaded, crop, device=device), wf.state.get("threshold")), "labels"
     crop = wf.preview_input(crop, cfg, loaded.normalizer)
     out = predict_array(loaded, crop, device=device)[: wf.out_channels(cfg)]
     return to_intensity(out, intensity_mapping(wf), cfg.ndim), "image"

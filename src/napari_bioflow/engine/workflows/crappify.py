@@ -79,17 +79,19 @@ class Crappify(SelfSupervised):
     def preview_input(self, crop: np.ndarray, cfg, normalizer) -> np.ndarray:
         return np.moveaxis(self.degrade(np.asarray(crop, np.float32), cfg, normalizer), 0, -1)
 
-    def prediction_input(self, image, cfg, out_dir: Path, stem: str):
+    def prediction_input(self, image, cfg, out_dir: Path, stem: str, writer=None):
         """The degraded image (written to the results folder) so the restoration can be scored, or the image itself
         when degrade_at_prediction is off. The down/up-sampling spans the whole image, so the degrading path holds
         the image in RAM (the others do not)."""
         if not cfg.self_supervised.degrade_at_prediction:
             return image, {"clean": image, "degraded": None}
         from ..data.io import write_tiff
+        from ..predict.writer import writer_of
 
         clean = np.asarray(image.compute() if hasattr(image, "compute") else image, np.float32)
         degraded = self.degrade(clean, cfg)  # channel first
-        write_tiff(out_dir / "degraded" / f"{stem}.tif", degraded, "C" + ("ZYX" if cfg.ndim == 3 else "YX"))
+        path = writer_of({"writer": writer}, cfg, out_dir, stem).file("degraded", "degraded")
+        write_tiff(path, degraded, "C" + ("ZYX" if cfg.ndim == 3 else "YX"))
         return np.moveaxis(degraded, 0, -1), {"clean": clean, "degraded": degraded}
 
     def write_outputs(
@@ -104,7 +106,15 @@ class Crappify(SelfSupervised):
         norm = Normalizer.from_dict(self.state["normalization"])
         clean, degraded = (inputs or {}).get("clean"), (inputs or {}).get("degraded")
         written = write_image_outputs(
-            prediction, norm, store, out_dir, stem, cfg, lambda region: _channels_first(clean, region)
+            prediction,
+            norm,
+            store,
+            out_dir,
+            stem,
+            cfg,
+            lambda region: _channels_first(clean, region),
+            inputs,
+            key="reconstruction",
         )
         out: dict[str, Any] = {"reconstruction": da.from_zarr(written["image"]), "metrics": written["metrics"]}
         if degraded is not None:

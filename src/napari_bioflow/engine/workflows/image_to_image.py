@@ -160,31 +160,27 @@ class ImageToImage(Workflow):
     def write_outputs(
         self, prediction, store: Path, out_dir: Path, stem: str, cfg, target=None, inputs=None
     ) -> dict[str, Any]:
-        return write_image_outputs(prediction, self._target_normalizer(), store, out_dir, stem, cfg, target)
+        return write_image_outputs(prediction, self._target_normalizer(), store, out_dir, stem, cfg, target, inputs)
 
 
 def write_image_outputs(
-    prediction, normalizer, store: Path, out_dir: Path, stem: str, cfg, target=None
+    prediction, normalizer, store: Path, out_dir: Path, stem: str, cfg, target=None, inputs=None, key: str = "image"
 ) -> dict[str, Any]:
-    """Map a normalized (C, ...) prediction back to intensities chunk by chunk into `store/image`, a TIFF when it
-    fits, and PSNR/SSIM against `target(region)` (channel first) when given."""
-    import zarr
-
-    from ..data.io import write_tiff
+    """Map a normalized (C, ...) prediction back to intensities chunk by chunk into output `key` through the run's
+    writer (the zarr store's `image` array, or an OME-Zarr image), a TIFF when it fits, and PSNR/SSIM against
+    `target(region)` (channel first) when given."""
     from ..predict.accumulator import chunk_regions
-    from .semantic import TIFF_MAX_BYTES
+    from ..predict.writer import writer_of
 
+    writer = writer_of(inputs, cfg, out_dir, stem)
     scale = np.asarray(normalizer.scale, np.float32).reshape(-1, *([1] * cfg.ndim))
     offset = np.asarray(normalizer.offset, np.float32).reshape(-1, *([1] * cfg.ndim))
-    image = zarr.open_array(
-        store=str(store / "image"), mode="w", shape=prediction.shape, chunks=prediction.chunks, dtype="float32"
-    )
+    image = writer.create(key, "image", prediction.shape, prediction.chunks, "float32", store_name="image")
     for region in chunk_regions(prediction.shape[1:], prediction.chunks[1:]):
         full = (slice(None), *region)
         image[full] = np.asarray(prediction[full]) * scale + offset
     out: dict[str, Any] = {"image": image}
-    if cfg.predict.save_tiff and prediction.nbytes <= TIFF_MAX_BYTES:  # streamed from the zarr array
-        write_tiff(out_dir / "per_image" / f"{stem}.tif", image, "C" + ("ZYX" if cfg.ndim == 3 else "YX"))
+    writer.tiff(key, "image", image)  # streamed from the zarr array
     if target is not None:
         out["metrics"] = chunked_image_metrics(image, target, cfg.ndim)
     return out

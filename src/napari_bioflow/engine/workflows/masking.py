@@ -131,16 +131,21 @@ class Masking(SelfSupervised):
         self, prediction, store: Path, out_dir: Path, stem: str, cfg, target=None, inputs=None
     ) -> dict[str, Any]:
         from ..data.normalize import Normalizer
+        from ..predict.writer import writer_of
 
+        writer = writer_of(inputs, cfg, out_dir, stem)  # the MAE checks are written here, their paths recorded
         norm = Normalizer.from_dict(self.state["normalization"])
         axes = "C" + ("ZYX" if cfg.ndim == 3 else "YX")
-        per_image = out_dir / "per_image" / f"{stem}.tif" if cfg.predict.save_tiff else None
+        per_image = writer.file("reconstruction", "image") if cfg.predict.save_tiff else None
+        folder = writer.folder("MAE_checks")
+        for name in MAE_CHECK_NAMES:
+            writer.record(f"mae_{name}", folder / f"{stem}_{name}.tif")
         return _mae_outputs(
             prediction,
             (inputs or {})["clean"],
             norm,
             cfg.data.in_channels,
-            out_dir / "MAE_checks",
+            folder,
             stem,
             axes,
             per_image,

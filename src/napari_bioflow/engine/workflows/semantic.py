@@ -81,13 +81,21 @@ class SemanticSegmentation(Workflow):
     trains_from = "labels"
     losses = ("auto", "ce", "ce_dice")
     excluded_model_tags = ("masked_autoencoder", "restoration")
-    prediction_options_3d = ("z_filter", "yz_filter")
+    prediction_options_3d = ("z_filter", "yz_filter")  # 2D too with predict.stack_2d (a folder as one stack)
     target_layer = "labels"
     outputs = (
         Output(
-            "probabilities", "probabilities", colormap="magma", contrast="unit", live=True, class_axis=True, opacity=0.7
+            "probabilities",
+            "probabilities",
+            colormap="magma",
+            contrast="unit",
+            live=True,
+            class_axis=True,
+            opacity=0.7,
+            from_prediction=True,
         ),
-        Output("labels", "labels", layer="labels", live=True, opacity=0.5),
+        Output("labels", "labels", layer="labels", live=True, opacity=0.5, folder="binarized"),
+        Output("labels_post_processed", "labels post-processed", layer="labels", opacity=0.5, folder="post_processing"),
     )
     metric_keys = ("iou_foreground", "iou_mean")
     chart_metric = "iou_foreground"
@@ -98,7 +106,9 @@ class SemanticSegmentation(Workflow):
             "0 = background)"
         ),
         "in data.train_label, paired by file name. Test labels (data.test_label) give IoU.",
-        "Results: per_image/ (probabilities), per_image_binarized/ (labels), metrics.csv.",
+        "Results: per_image/ (probabilities), per_image_binarized/ (labels), per_image_post_processing/ (labels after",
+        "predict.z_filter/yz_filter), metrics.csv (IoU before and after post-processing); full_image*/ with",
+        "predict.full_image.",
     )
 
     def out_channels(self, cfg) -> int:
@@ -135,47 +145,64 @@ class SemanticSegmentation(Workflow):
     def write_outputs(
         self, prediction, store: Path, out_dir: Path, stem: str, cfg, target=None, inputs=None
     ) -> dict[str, Any]:
-        """prediction: (C, (Z,)Y,X) probabilities (zarr). Writes labels into the store chunk by chunk, TIFFs when
-        they fit, and IoU against `target` read chunk by chunk too, so huge volumes never load whole."""
-        from ..data.io import write_tiff
-        from ..predict.accumulator import chunk_regions
+        """prediction: (C, (Z,)Y,X) probabilities (zarr). Through the run's writer (engine/predict/writer.py): the
+        labels chunk by chunk, the filtered labels (post-processing) beside them, TIFFs when they fit, and IoU against
+        `target` read chunk by chunk too (before and after filtering), so huge volumes never load whole."""
+        from ..predict.postprocess import filter_labels, filters_for
         from ..predict.sliding_window import write_labels_zarr
+        from ..predict.writer import writer_of
 
-        labels = write_labels_zarr(prediction, store / "labels")
-        if cfg.ndim == 3 and (cfg.predict.z_filter > 1 or cfg.predict.yz_filter > 1):
-            labels = _filter_zarr(labels, store / "labels_filtered", cfg.predict.z_filter, cfg.predict.yz_filter)
-        axes = "ZYX" if cfg.ndim == 3 else "YX"
-        out: dict[str, Any] = {"probabilities": prediction, "labels": labels}
-        if cfg.predict.save_tiff and prediction.nbytes <= TIFF_MAX_BYTES:
-            # the zarr arrays themselves: write_tiff streams them chunk by chunk, so memory stays a few chunks
-            write_tiff(out_dir / "per_image" / f"{stem}.tif", prediction, "C" + axes)
-            write_tiff(out_dir / "per_image_binarized" / f"{stem}.tif", labels, axes)
+        writer = writer_of(inputs, cfg, out_dir, stem)
+        prob = writer.adopt("probabilities", "image", prediction)
+        labels = writer.create(
+            "labels", "binarized", prob.shape[1:], prob.chunks[1:], _labels_dtype(prob.shape[0]), labels=True
+        )
+        write_labels_zarr(prob, labels, self.state.get("threshold"))  # the checkpoint's threshold (else argmax)
+        out: dict[str, Any] = {"probabilities": prob, "labels": labels}
+        writer.tiff("probabilities", "image", prob)
+        writer.tiff("labels", "binarized", labels)
+        sizes, note = filters_for(cfg, labels.shape)
+        if note:
+            out["notes"] = [note]
+        filtered = None
+        if sizes is not None:
+            filtered = writer.create(
+                "labels_post_processed",
+                "post_processing",
+                labels.shape,
+                labels.chunks,
+                labels.dtype,
+                store_name="labels_post_processing",
+                labels=True,
+            )
+            filter_labels(labels, filtered, *sizes)
+            out["labels_post_processed"] = filtered
+            writer.tiff("labels_post_processed", "post_processing", filtered)
         if target is not None:
-            acc = IoUAccumulator(cfg.n_classes)
-            for region in chunk_regions(labels.shape, labels.chunks):
-                acc.update(np.asarray(labels[region]), target(region))
-            out["metrics"] = acc.compute()
-            out["counts"] = (acc.inter, acc.union)
             from ..train.metrics import patch_iou
 
+            out.update(_iou(labels, target, cfg.n_classes))
             out["metrics"].update(patch_iou(labels, target, cfg.n_classes, cfg.data.patch_size))  # per patch
+            if filtered is not None:
+                after = _iou(filtered, target, cfg.n_classes)
+                out["metrics"].update({f"{k}_post_processing": v for k, v in after["metrics"].items()})
+                out["counts_post_processing"] = after["counts"]
         return out
 
 
-# TIFFs are streamed, so this bounds disk and time, not memory: beyond it the zarr store alone is the result
-# (a second multi-GB copy of the probabilities is rarely wanted, and most TIFF readers would load it whole)
+def _labels_dtype(n_classes: int):
+    return np.uint8 if n_classes <= 256 else np.uint16
+
+
+def _iou(labels, target, n_classes: int) -> dict[str, Any]:
+    """IoU of a zarr label array against `target(region)`, chunk by chunk: metrics and the pixel counts."""
+    from ..predict.accumulator import chunk_regions
+
+    acc = IoUAccumulator(n_classes)
+    for region in chunk_regions(labels.shape, labels.chunks):
+        acc.update(np.asarray(labels[region]), target(region))
+    return {"metrics": acc.compute(), "counts": (acc.inter, acc.union)}
+
+
+# kept for callers of earlier versions: the writer's bound
 TIFF_MAX_BYTES = 2 * 2**30
-
-
-def _filter_zarr(labels, path: Path, z_size: int, yz_size: int):
-    """Median filters over a zarr label volume, chunk by chunk with enough overlap to be exact."""
-    import dask.array as da
-
-    depth = {0: max(z_size, yz_size) // 2 + 1, 1: yz_size // 2 + 1, 2: 0}
-    lazy = da.from_zarr(labels).map_overlap(
-        median_filter_labels, depth=depth, boundary="reflect", z_size=z_size, yz_size=yz_size, dtype=labels.dtype
-    )
-    lazy.to_zarr(str(path), overwrite=False)
-    import zarr
-
-    return zarr.open_array(store=str(path), mode="r")

@@ -23,7 +23,11 @@ class Output:
     "labels": the argmax of the running probabilities);
     class_axis: the data keep a leading class axis (probabilities);
     opacity: the layer's opacity;
-    below: the key of the output this one is inserted under (the grid view then reads source, this, that).
+    below: the key of the output this one is inserted under (the grid view then reads source, this, that);
+    folder: where its files go (engine/predict/writer.py: "image" = per_image/ or full_image/, "binarized",
+    "post_processing", or a folder of its own such as "degraded");
+    from_prediction: the output is the blended prediction itself (probabilities), so an OME-Zarr output is written
+    tile by tile straight into its image.
     """
 
     key: str
@@ -35,6 +39,8 @@ class Output:
     class_axis: bool = False
     opacity: float = 1.0
     below: str = ""
+    folder: str = "image"
+    from_prediction: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,8 @@ METRICS = {
     "psnr_masked_patches": Metric("PSNR on the hidden patches", " dB"),
     "iou_foreground": Metric("IoU (foreground)"),
     "iou_mean": Metric("mean IoU"),
+    "iou_foreground_post_processing": Metric("IoU (foreground) after post-processing"),
+    "iou_mean_post_processing": Metric("mean IoU after post-processing"),
     "accuracy": Metric("accuracy"),
 }
 
