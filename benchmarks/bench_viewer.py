@@ -6,10 +6,11 @@ headless, viewer, headless, ...) `--repeats` times.
 
   viewer    napari.Viewer (shown, under Xvfb when there is no display) with one bbbc007 image layer (selected, so
             the dock previews it), the TrainWidget docked, its fields set through the form, and `start()`: the
-            trainer runs in the dock's thread worker, with the preview between epochs and the GUI updating
-            progress, status and chart on every report. Step times are taken in the worker thread (the time
-            between consecutive StepReports, as in bench_train.py); a 10 ms QTimer (PreciseTimer) on the GUI
-            thread records its lateness (interval - 10 ms) for the whole training.
+            trainer runs in its own process (engine/train/child.py), with the preview between epochs computed
+            there; the dock's thread worker relays the reports and the GUI updates progress, status and chart on
+            every report. Step times are taken in the dock's worker thread as the reports arrive (the time between
+            consecutive StepReports, as in bench_train.py); a 10 ms QTimer (PreciseTimer) on the GUI thread
+            records its lateness (interval - 10 ms) for the whole training.
   headless  Trainer.run() in the main thread of a process with nothing else loaded.
 Targets: viewer step throughput >= 0.95 x headless (median of per-pair ratios); timer lateness p99 < 100 ms.
 
@@ -139,7 +140,7 @@ def child_viewer(out: Path, epochs: int, steps: int, preview: bool, timer_on: bo
     f["train.patience"].value = 0
     f["output_dir"].value, f["device"].value, f["name"].value = str(out), "cpu", "bench_train"
     if not preview:
-        widget.preview_budget = 0.0
+        widget.preview_ms.value = 0
     app = napari.qt.get_qapp()
     for _ in range(20):  # let the window show and settle
         app.processEvents()
@@ -234,7 +235,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--no-preview", action="store_true", help="preview budget 0 (no preview between epochs)")
+    ap.add_argument("--no-preview", action="store_true", help="preview budget 0 ms (no preview between epochs)")
     ap.add_argument(
         "--no-timer", action="store_true", help="no 10 ms timer in the viewer (does the probe itself cost?)"
     )

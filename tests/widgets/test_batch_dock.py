@@ -138,10 +138,13 @@ def test_a_bad_file_is_named_and_the_batch_goes_on(make_napari_viewer, wait_idle
     assert "failed: broken.png:" in widget.summary_label.value and "1 failed (broken.png)" in widget.summary_label.value
 
 
-def test_setup_mistakes_are_one_sentence_and_write_nothing(make_napari_viewer, errors, tmp_path, checkpoint, folder):
+def test_setup_mistakes_are_one_sentence_and_write_nothing(
+    make_napari_viewer, wait_idle, errors, tmp_path, checkpoint, folder
+):
     viewer = make_napari_viewer()
     widget = dock(viewer, checkpoint, tmp_path / "missing", tmp_path / "out")
     widget.start()
+    wait_idle(widget)  # the run is set up (the checkpoint opened) in a worker
     assert "missing" in errors[-1] and "does not exist" in errors[-1] and not widget.running
     widget.input.line_edit.value = ""  # the user clears the field
     widget.start()
@@ -149,6 +152,7 @@ def test_setup_mistakes_are_one_sentence_and_write_nothing(make_napari_viewer, e
     widget.input.value = folder[0]
     widget.resume.value = tmp_path
     widget.start()
+    wait_idle(widget)
     assert "is not a batch run folder" in errors[-1] and not widget.running
     assert len(errors) == 3 and all(e.count(". ") == 0 for e in errors)
     assert not (tmp_path / "out").exists()

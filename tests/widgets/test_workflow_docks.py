@@ -131,7 +131,7 @@ def test_fields_follow_the_workflow(make_napari_viewer, frames):
     assert not {"edsr", "rcan", "dfcan"} & set(f["model.name"].choices) and "unet" in f["model.name"].choices
 
 
-def test_image_to_image_train_and_predict(make_napari_viewer, wait_idle, tmp_path, frames):
+def test_image_to_image_train_and_predict(make_napari_viewer, qtbot, wait_idle, tmp_path, frames):
     viewer = make_napari_viewer()
     t = [viewer.add_image(frame, name=f"t{i}", scale=(2, 2), translate=(10, 5)) for i, frame in enumerate(frames)]
     train = dock(viewer, TrainWidget(viewer))
@@ -153,6 +153,7 @@ def test_image_to_image_train_and_predict(make_napari_viewer, wait_idle, tmp_pat
     predict = predict_with_last(viewer, t[2], tmp_path, target=t[3])
     assert shown(predict.target) and predict.target.label == "target"
     predict.predict_button.native.click()
+    qtbot.waitUntil(lambda: "t2 prediction" in viewer.layers, timeout=60_000)  # the checkpoint opened in a worker
     live = viewer.layers["t2 prediction"]
     assert isinstance(live, Image) and isinstance(live.data, da.Array)  # over the zarr being written
     wait_idle(predict)
@@ -186,6 +187,7 @@ def test_crappify_train_predict_and_transfer(make_napari_viewer, qtbot, wait_idl
     assert not shown(predict.target) and shown(predict.form["self_supervised.degrade_at_prediction"])
     assert shown(predict.form["predict.tta"]) and not shown(predict.form["predict.z_filter"])  # 2D restoration
     predict.predict_button.native.click()
+    qtbot.waitUntil(lambda: "nuclei restored" in viewer.layers, timeout=60_000)
     assert isinstance(viewer.layers["nuclei restored"].data, da.Array)
     wait_idle(predict)
     degraded, restored = viewer.layers["nuclei degraded"], viewer.layers["nuclei restored"]
@@ -226,7 +228,7 @@ def test_crappify_train_predict_and_transfer(make_napari_viewer, qtbot, wait_idl
     assert "IoU (foreground)" in predict.metrics.value
 
 
-def test_masking_train_and_predict(make_napari_viewer, wait_idle, tmp_path, nuclei):
+def test_masking_train_and_predict(make_napari_viewer, qtbot, wait_idle, tmp_path, nuclei):
     viewer = make_napari_viewer()
     image = viewer.add_image(nuclei[0], name="nuclei", scale=(0.5, 0.5), translate=(3, 4))
     train = dock(viewer, TrainWidget(viewer))
@@ -243,6 +245,7 @@ def test_masking_train_and_predict(make_napari_viewer, wait_idle, tmp_path, nucl
     assert not shown(predict.form["predict.tta"])  # the masks decide what the MAE sees, not flips
     assert not shown(predict.form["predict.z_filter"]) and not shown(predict.form["predict.yz_filter"])
     predict.predict_button.native.click()
+    qtbot.waitUntil(lambda: "nuclei MAE reconstruction" in viewer.layers, timeout=60_000)
     assert isinstance(viewer.layers["nuclei MAE reconstruction"].data, da.Array)
     wait_idle(predict)
     layers = [viewer.layers[f"nuclei {name}"] for name in MAE_CHECKS]
@@ -342,9 +345,11 @@ def test_bad_input_is_one_sentence_naming_the_layer(
     predict.image.value, predict.target.value = t0, two
     predict.form["output_dir"].value = tmp_path / "pred"
     predict.start()
+    wait_idle(predict)  # the checkpoint is opened and the layers checked in a worker
     assert "'two channels' has 2 channel(s)" in errors[-1] and i2i_checkpoint.name in errors[-1] and not predict.running
     predict.target.value = small
     predict.start()
+    wait_idle(predict)
     assert "'small target'" in errors[-1] and "100x120" in errors[-1] and not predict.running
     assert not (tmp_path / "pred").exists() and "t0 prediction" not in viewer.layers
     assert len(errors) == 7 and all(e.count(". ") == 0 and e.endswith(".") for e in errors), errors

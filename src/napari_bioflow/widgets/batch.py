@@ -40,6 +40,7 @@ class BatchWidget(BatchForm, BatchLayers, QWidget):
         self.current_layer = None  # the current file's result, as it is produced
         self.result_layers: list = []
         self._worker = None
+        self._cancelled = False
         self._errors_shown = 0
         self._last_refresh = self._refresh_cost = 0.0
         self._closed = threading.Event()
@@ -78,16 +79,16 @@ class BatchWidget(BatchForm, BatchLayers, QWidget):
             return
         load_triton_safely()
         try:
-            run = self._make_run()
+            make_run = self._make_run()  # the fields, read here; the checkpoint is opened in the worker
         except InputError as e:
             self._error(str(e))
             return
-        self.run, self.started, self.summary, self.failures, self._errors_shown = run, None, None, [], 0
-        self.status.value, self.summary_label.value = f"starting: {run.run_dir}", ""
+        self.started, self.summary, self.failures, self._errors_shown = None, None, [], 0  # self.run: as it comes
+        self._cancelled = False
+        self.status.value, self.summary_label.value = "opening the checkpoint…", ""
         self.file_progress.value, self.overall.value = 0, 0
         self.classes.setRowCount(0)
-        self.classes.setVisible(not getattr(run.loaded.workflow, "dense", True))
-        worker = create_worker(batch_job, run, _start_thread=False, _ignore_errors=True)
+        worker = create_worker(batch_job, make_run, _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(self._on_report)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
@@ -96,8 +97,10 @@ class BatchWidget(BatchForm, BatchLayers, QWidget):
         worker.start()
 
     def cancel(self, *_) -> None:
-        if self.running and self.run is not None:
-            self.run.cancel()
+        if self.running:
+            self._cancelled = True  # a run still being set up is cancelled as it arrives
+            if self.run is not None:
+                self.run.cancel()
             self.cancel_button.enabled = False
             self.status.value = "cancelling after the current tile…"
 
@@ -106,7 +109,15 @@ class BatchWidget(BatchForm, BatchLayers, QWidget):
             self.run.cancel()  # a closed dock stops its batch
 
     def _on_report(self, r) -> None:
-        if isinstance(r, BatchStarted):
+        from ..engine.batch.run import BatchRun
+
+        if isinstance(r, BatchRun):  # set up in the worker
+            self.run = r
+            self.status.value = f"starting: {r.run_dir}"
+            self.classes.setVisible(not getattr(r.loaded.workflow, "dense", True))
+            if self._cancelled:
+                r.cancel()
+        elif isinstance(r, BatchStarted):
             self.started = r
             earlier = f" ({len(r.finished_earlier)} finished earlier)" if r.finished_earlier else ""
             self.status.value = f"{len(r.to_do)} file(s) to predict on {r.mode}{earlier}"

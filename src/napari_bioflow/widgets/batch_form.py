@@ -141,7 +141,10 @@ class BatchForm:
                 "Model and images",
                 form(self.model_source, self.checkpoint, self.trained, self.input, self.labels, f["predict.tta"]),
             ),
-            section("Output", form(f["name"], f["output_dir"], self.resume)),
+            section(
+                "Output",
+                form(f["name"], f["output_dir"], f["predict.output_format"], f["predict.full_image"], self.resume),
+            ),
             self.advanced,
             self.classes,
         ]
@@ -198,6 +201,8 @@ class BatchForm:
         if resume is None:
             predict = values["predict"]
             overrides = [f"predict.tta={str(predict['tta']).lower()}", f"predict.batch_size={predict['batch_size']}"]
+            overrides += [f"predict.output_format={predict['output_format']}"]
+            overrides += ["predict.full_image=true"] if predict["full_image"] else []
         scheduler = self.scheduler.value.strip() if self.where.value == SCHEDULER else None
         if self.where.value == SCHEDULER and not scheduler:
             raise InputError("Give the dask scheduler address (e.g. tcp://head-node:8786) or run on this machine.")
@@ -216,11 +221,20 @@ class BatchForm:
         )
 
     def _make_run(self):
-        from ..engine.batch import BatchRun
-        from ..engine.train.checkpoint import read_checkpoint
+        """The fields read here (GUI thread) into `make()`, which opens the checkpoint and sets the run up (seconds):
+        call it in a worker."""
+        from functools import partial
 
-        request = self.request()
-        if self.tile.value and request.resume is None:  # the tile has as many axes as the checkpoint's images
-            ndim = int(read_checkpoint(request.checkpoint).get("config", {}).get("ndim", 2))
-            request.overrides.append(f"predict.tile_size={[self.tile.value] * ndim}")
-        return BatchRun(request)
+        return partial(make_batch_run, self.request(), self.tile.value)
+
+
+def make_batch_run(request, tile: int):
+    """The engine's BatchRun for `request` (its checks, the checkpoint opened, the run folder claimed); `tile`: the
+    dock's tile size per axis (0: the checkpoint's)."""
+    from ..engine.batch import BatchRun
+    from ..engine.train.checkpoint import read_checkpoint
+
+    if tile and request.resume is None:  # the tile has as many axes as the checkpoint's images
+        ndim = int(read_checkpoint(request.checkpoint).get("config", {}).get("ndim", 2))
+        request.overrides.append(f"predict.tile_size={[tile] * ndim}")
+    return BatchRun(request)

@@ -28,7 +28,7 @@ class BatchLayers:
 
         segmentation = self._labels_output()
         if segmentation and not final:
-            data = argmax_labels(data)
+            data = argmax_labels(data, self.run.loaded.workflow.state.get("threshold"))  # the checkpoint's
         elif not segmentation and data.shape[0] == 1:
             data = data[0]
         kind = Labels if segmentation else Image
@@ -105,7 +105,7 @@ class BatchLayers:
                 )
             first = results[names[0]]
             for key in first:
-                if key in ("labels", "labels_filtered"):
+                if key in ("labels", "labels_filtered", "labels_post_processed"):
                     layer = self.viewer.add_labels(
                         da.stack([results[n][key] for n in names]), name=f"batch {key} ({tag})", opacity=0.6
                     )

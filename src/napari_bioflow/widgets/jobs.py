@@ -122,10 +122,13 @@ def setup_job(create, *args):
         return Stopped(e)
 
 
-def batch_job(run):
-    """Runs in the worker thread: relay a BatchRun's reports. A user's mistake met there (no cluster at the
-    scheduler address, ...) comes back as a TrainingFailed value."""
+def batch_job(make_run):
+    """Runs in the worker thread: set the BatchRun up (`make_run()`: its checks and the checkpoint opened, seconds),
+    hand it to the GUI (for Cancel), then relay its reports. A user's mistake met there (a missing folder, no cluster
+    at the scheduler address, ...) comes back as a TrainingFailed value."""
     try:
+        run = make_run()
+        yield run
         yield from run.run()
     except InputError as e:
         yield TrainingFailed(str(e))

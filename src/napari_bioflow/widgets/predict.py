@@ -95,17 +95,16 @@ class PredictWidget(PredictForm, PredictSetup, PredictLayers, QWidget):
         if self.kind is not None and not self.kind.workflow.dense:  # a class per image
             return self._start_classification()
         try:
-            pending = self._make_job()
-            created = self._create_job(pending) if is_in_memory(pending.data) else None
+            prepare = self._make_job()  # the fields, read here
         except InputError as e:
             self._error(str(e))
             return
-        if created is not None:
-            return self._launch(*created, pending.layer)
-        # a lazy (dask, zarr, memory-mapped) layer: its pixels are scanned in a worker, then the prediction starts
-        self.status.value = f"checking {pending.layer.name}…"
-        worker = create_worker(setup_job, self._create_job, pending, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(lambda result: self._on_created(result, pending.layer))
+        # the checkpoint is opened, the layer checked and its pixels scanned in a worker, then the prediction starts
+        layer = self.image.value
+        self.status.value = f"opening the checkpoint, checking {layer.name}…"
+        create = self._create_job
+        worker = create_worker(setup_job, lambda: create(prepare()), _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(lambda result: self._on_created(result, layer))
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_setup_finished)
         self._setup_worker = worker
@@ -121,7 +120,7 @@ class PredictWidget(PredictForm, PredictSetup, PredictLayers, QWidget):
 
     def _on_setup_finished(self) -> None:
         self._setup_worker = None
-        if self._worker is None:
+        if not self.running:  # neither predicting nor classifying
             self.predict_button.enabled, self.cancel_button.enabled = True, False
 
     def _launch(self, job, experiment, layer) -> None:
@@ -144,18 +143,38 @@ class PredictWidget(PredictForm, PredictSetup, PredictLayers, QWidget):
         worker.start()
 
     def _start_classification(self) -> None:
-        def make_experiment():
+        def opened(predictor) -> None:  # back on the GUI thread
+            if isinstance(predictor, Stopped):
+                self.status.value = "not started"
+                return self._error(str(predictor.error))
+            try:
+                self.classify.start(predictor.loaded, lambda: make_experiment(predictor), predictor.device, done)
+            except InputError as e:
+                self._error(str(e))
+                return
+            self.status.value = "classifying…"
+            self.predict_button.enabled, self.cancel_button.enabled = False, True
+
+        def make_experiment(predictor):
             self.experiment = predictor.create_experiment()
             return self.experiment
 
+        from napari.qt.threading import create_worker
+
+        done = self._on_classified
         try:
-            predictor = self._predictor(expect_workflow=self.kind.workflow.name if self.kind else None)
-            self.classify.start(predictor.loaded, make_experiment, predictor.device, self._on_classified)
+            open_predictor = self._predictor_opener(expect_workflow=self.kind.workflow.name if self.kind else None)
         except InputError as e:
             self._error(str(e))
             return
-        self.status.value = "classifying…"
-        self.predict_button.enabled, self.cancel_button.enabled = False, True
+        self.status.value = "opening the checkpoint…"  # in a worker: it takes seconds
+        worker = create_worker(setup_job, open_predictor, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(opened)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_setup_finished)
+        self._setup_worker = worker
+        self.predict_button.enabled = self.cancel_button.enabled = False
+        worker.start()
 
     def _on_classified(self) -> None:
         self.predict_button.enabled, self.cancel_button.enabled = True, False

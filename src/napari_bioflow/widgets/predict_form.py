@@ -109,7 +109,7 @@ class PredictForm:
                 ),
             ),
             self.classify_group,
-            section("Output", form(f["name"], f["output_dir"])),
+            section("Output", form(f["name"], f["output_dir"], f["predict.output_format"], f["predict.full_image"])),
             self.advanced,
         ]
         buttons = Container(widgets=[self.predict_button, self.cancel_button], layout="horizontal", labels=False)

@@ -92,7 +92,7 @@ class PredictLayers:
             if not output.live:
                 continue
             if output.layer == "labels":
-                data = argmax_labels(lazy)
+                data = argmax_labels(lazy, wf.state.get("threshold"))  # the checkpoint's threshold (else argmax)
             elif output.class_axis:
                 data = lazy
             else:

@@ -1,5 +1,6 @@
-"""The Predict dock's checks and set-up, on the GUI thread before any worker starts: the chosen checkpoint and what
-it shows (target kind, its options), the dock's settings as config sections, the engine's Predictor and the job."""
+"""The Predict dock's checks and set-up: the chosen checkpoint and what it shows (target kind, its options), the dock's
+settings as config sections (read on the GUI thread), then the engine's Predictor and the job (in a worker: opening a
+checkpoint takes seconds)."""
 
 from __future__ import annotations
 
@@ -75,8 +76,12 @@ class PredictSetup:
         self.classify_group.setVisible(cls)
         self.metrics.visible = not cls  # the classification panel shows its own
         self.image.visible = not cls or self.classify.scope.value == "chosen layer"
-        for w in (self.tile, *(self.form[p] for p in ("predict.overlap", "predict.batch_size"))):
-            w.visible = not cls  # tiles mean nothing for a class per image
+        for w in (
+            self.tile,
+            *(self.form[p] for p in ("predict.overlap", "predict.batch_size", "predict.output_format")),
+            self.form["predict.full_image"],
+        ):
+            w.visible = not cls  # tiles (and output arrays) mean nothing for a class per image
         for option in ("z_filter", "yz_filter", "tta"):
             self.form[f"predict.{option}"].visible = applies(info, option)
         for p in self.section_options:  # shown for the workflows that read them, starting at the checkpoint's value
@@ -119,6 +124,13 @@ class PredictSetup:
 
     def _predictor(self, expect_workflow: str | None = None):
         """The engine's Predictor over the chosen checkpoint with this dock's settings (validated by the config)."""
+        return self._predictor_opener(expect_workflow)()
+
+    def _predictor_opener(self, expect_workflow: str | None = None):
+        """What opens the engine's Predictor, from the fields read now (GUI thread): call it in a worker, as opening
+        a checkpoint (reading it, building the model) takes seconds."""
+        from functools import partial
+
         from ..engine.predict.predictor import Predictor
 
         path = self._checkpoint()
@@ -126,17 +138,24 @@ class PredictSetup:
         workflow, ndim = (info.workflow, info.ndim) if info is not None else (None, 2)
         device = self.form["device"].value
         if workflow is None:  # unreadable: the predictor says why, in full
-            return Predictor(path, device, source="Predict", expect_workflow=expect_workflow)
-        return Predictor(
-            path, device, self._settings(workflow, ndim), source="Predict", expect_workflow=expect_workflow
-        )
+            return partial(Predictor, path, device, source="Predict", expect_workflow=expect_workflow)
+        settings = self._settings(workflow, ndim)
+        return partial(Predictor, path, device, settings, source="Predict", expect_workflow=expect_workflow)
 
-    def _make_job(self) -> PendingJob:
-        """Every check that reads no pixels (the layer, checkpoint, 2D/3D, channels, the target), before any write."""
+    def _make_job(self):
+        """The fields read (GUI thread) into `prepare()`, which opens the checkpoint and makes every check that reads
+        no pixels (the layer, checkpoint, 2D/3D, channels, the target), before any write: run it in a worker."""
+        from functools import partial
+
         layer = self.image.value
         if layer is None:
             raise InputError("Choose an Image layer to predict (or load one into the viewer).")
-        predictor = self._predictor()
+        target_layer = self.target.value if not self.target.native.isHidden() else None
+        return partial(self._check_job, self._predictor_opener(), layer, target_layer)
+
+    @staticmethod
+    def _check_job(open_predictor, layer, target_layer) -> PendingJob:
+        predictor = open_predictor()
         cfg, workflow = predictor.config, predictor.workflow
         channels = layer_channels(layer, cfg.ndim, cfg.data.in_channels)
         if channels is not None and channels != cfg.data.in_channels:
@@ -146,7 +165,6 @@ class PredictSetup:
             )
         name = f"image layer '{layer.name}'"
         data = layer_array(layer)
-        target_layer = self.target.value if not self.target.native.isHidden() else None
         target, target_name = None, ""
         if target_layer is not None:  # checked as the prediction will, but before the experiment folder exists
             target_name = f"{'labels' if isinstance(target_layer, Labels) else 'target'} layer '{target_layer.name}'"
@@ -169,7 +187,11 @@ class PredictSetup:
         from ..engine.data.sources import check_finite
 
         check_finite(pending.image, pending.name)  # before any folder is created
+        from ..engine.predict.scale import resolve_scale
+
         predictor = pending.predictor
+        layer = pending.layer  # its scale is the outputs' physical scale (OME-Zarr)
+        scale = resolve_scale(predictor.config, getattr(layer, "scale", None), getattr(layer, "units", None))
         experiment = predictor.create_experiment()
         try:
             job = predictor.image(
@@ -180,6 +202,7 @@ class PredictSetup:
                 pending.target,
                 pending.target_name,
                 finite_checked=True,
+                scale=scale,
             )
         except BaseException:
             predictor.discard(experiment)
