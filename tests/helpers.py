@@ -157,3 +157,13 @@ def dock(viewer, widget):
 def shown(widget) -> bool:
     """Whether the dock shows this field (not hidden by the workflow), whatever its parents' state."""
     return not getattr(widget, "native", widget).isHidden()
+
+
+def labels_expected(prob: np.ndarray, checkpoint: Path) -> np.ndarray:
+    """The labels a checkpoint's prediction should hold for probabilities `prob`: argmax, or for two classes the
+    binarization threshold chosen on the validation data when the checkpoint stores one (train.pick_threshold)."""
+    from napari_bioflow.engine.predict.labels import argmax_labels
+    from napari_bioflow.engine.train.checkpoint import read_checkpoint
+
+    threshold = (read_checkpoint(checkpoint).get("workflow_state") or {}).get("threshold")
+    return argmax_labels(prob, threshold)

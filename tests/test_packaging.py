@@ -21,7 +21,14 @@ def test_npe2_validates_and_lists_widgets_and_samples():
     pm = PluginManager.instance()
     pm.discover()
     manifest = pm.get_manifest("napari-bioflow")
-    assert {w.display_name for w in manifest.contributions.widgets} == {"Train", "Predict", "Batch"}
+    assert {w.display_name for w in manifest.contributions.widgets} == {
+        "bioflow",  # the tabbed dock: Train | Predict | Batch | Runs | Export
+        "Train",
+        "Predict",
+        "Batch",
+        "Runs",
+        "Export model (BioImage Model Zoo)",
+    }
     assert {s.key for s in manifest.contributions.sample_data} == {"bbbc007_nuclei", "nuclei_3d"}
 
 
@@ -121,4 +128,6 @@ print(manifest.name, widgets)
 """
     out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "napari-bioflow ['Batch', 'Predict', 'Train']"
+    assert out.stdout.strip().splitlines()[-1] == (
+        "napari-bioflow ['Batch', 'Export model (BioImage Model Zoo)', 'Predict', 'Runs', 'Train', 'bioflow']"
+    )

@@ -130,8 +130,10 @@ def test_both_ranks_train_and_only_rank_0_prints_and_writes(runs):
     ]
     assert sorted(p.name for p in (root / "results").iterdir()) == ["ddp_1"]
     assert len(read_csv(root / "results/ddp_1/train_logs/ddp_1_log.csv")) == 2
-    # the same files as the single-process run
-    assert files == sorted(tree(runs["single"][0]))
+    # rank 0 alone writes TensorBoard scalars: one event file, as in the single-process run
+    assert len([f for f in files if "/tensorboard/events.out.tfevents." in f]) == 1
+    # the same files as the single-process run (the event file's name holds its time and process id)
+    assert named(files) == named(tree(runs["single"][0]))
 
 
 def test_result_matches_the_single_process_run(runs):
@@ -161,6 +163,11 @@ def test_result_matches_the_single_process_run(runs):
         np.testing.assert_allclose(pb, pa, rtol=0, atol=TOL)
 
 
+def named(files) -> list[str]:
+    """Sorted relative paths, TensorBoard event files without their time, host and process id."""
+    return sorted(re.sub(r"(events\.out\.tfevents)\..*$", r"\1", f) for f in files)
+
+
 @pytest.fixture(scope="module")
 def worker(config, tmp_path_factory):
     """tests/engine/ddp_worker.py under torchrun: Trainer runs driven from Python (cancel, uneven batch, early stop)."""
@@ -175,12 +182,13 @@ def test_a_cancel_on_one_rank_stops_every_rank_at_the_same_batch(worker):
     assert [ln for ln in lines if " cancel " in ln] == [
         f"[rank {r}] cancel reason=cancelled epochs_run=1 steps=4 run=cancel_1 world=2" for r in (0, 1)
     ]
-    assert sorted(tree(out_dir / "cancel")) == [
+    assert named(tree(out_dir / "cancel")) == [
         "checkpoints/cancel_1-checkpoint-best.pth",
         "checkpoints/cancel_1-checkpoint-last.pth",
         "config_files/cancel_1.yaml",
         "results/cancel_1/charts/cancel_1_iou_foreground.png",
         "results/cancel_1/charts/cancel_1_loss.png",
+        "results/cancel_1/tensorboard/events.out.tfevents",
         "results/cancel_1/train_logs/cancel_1_log.csv",
     ]
 

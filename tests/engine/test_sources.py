@@ -97,7 +97,9 @@ def test_list_images_messages(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         list_images(tmp_path / "nope", "training raw")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match=r"training raw folder .*empty holds no TIFF, PNG or zarr image or HDF5 file\.$"):
+    with pytest.raises(
+        InputError, match=r"training raw folder .*empty holds no TIFF, PNG or zarr image or HDF5 file\.$"
+    ):
         list_images(tmp_path / "empty", "training raw")
     (tmp_path / "txt").mkdir()
     (tmp_path / "txt" / "readme.md").write_text("x")

@@ -9,7 +9,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import tifffile
-from helpers import BBBC, NUCLEI, TINY_MODEL, dock, headless_checkpoint
+from helpers import BBBC, NUCLEI, TINY_MODEL, dock, headless_checkpoint, labels_expected
 from napari.layers import Image, Labels
 
 from napari_bioflow.engine.train.checkpoint import load_model
@@ -139,7 +139,7 @@ def test_preview_follows_the_field_of_view_and_its_budget(make_napari_viewer, cr
     assert PreviewBudget(ms=10, every=2).due(2) and not PreviewBudget(ms=10, every=2).due(1)
 
 
-def test_predict_through_the_widget(make_napari_viewer, wait_idle, tmp_path, crop2d, checkpoint_2d):
+def test_predict_through_the_widget(make_napari_viewer, qtbot, wait_idle, tmp_path, crop2d, checkpoint_2d):
     viewer = make_napari_viewer()
     source = viewer.add_image(crop2d[0], name="nuclei", scale=(2, 2), translate=(10, 5))
     before = source.data.copy()
@@ -148,6 +148,7 @@ def test_predict_through_the_widget(make_napari_viewer, wait_idle, tmp_path, cro
     widget.checkpoint.value = checkpoint_2d
     widget.form["output_dir"].value, widget.form["device"].value, widget.tile.value = tmp_path, "cpu", 128
     widget.predict_button.native.click()
+    qtbot.waitUntil(lambda: "nuclei labels" in viewer.layers, timeout=60_000)  # the checkpoint opened in a worker
     prob, labels = viewer.layers["nuclei probabilities"], viewer.layers["nuclei labels"]
     assert isinstance(prob.data, da.Array) and isinstance(labels.data, da.Array)  # over the zarr being written
     wait_idle(widget)
@@ -159,7 +160,7 @@ def test_predict_through_the_widget(make_napari_viewer, wait_idle, tmp_path, cro
     assert isinstance(prob.data, da.Array) and isinstance(labels.data, da.Array)
     p = prob.data.compute()
     np.testing.assert_allclose(p.sum(0), 1, atol=1e-4)
-    np.testing.assert_array_equal(labels.data.compute(), p.argmax(0))
+    np.testing.assert_array_equal(labels.data.compute(), labels_expected(p, checkpoint_2d))
     assert tuple(prob.scale) == (1, 2, 2) and tuple(prob.translate) == (0, 10, 5)
     assert tuple(labels.scale) == (2, 2) and tuple(labels.translate) == (10, 5)
     assert source.name == "nuclei" and np.array_equal(source.data, before) and tuple(source.scale) == (2, 2)
@@ -205,7 +206,9 @@ def errors(monkeypatch):
     return shown
 
 
-def test_bad_input_is_one_sentence_naming_the_layer(make_napari_viewer, errors, tmp_path, crop2d, checkpoint_2d):
+def test_bad_input_is_one_sentence_naming_the_layer(
+    make_napari_viewer, wait_idle, errors, tmp_path, crop2d, checkpoint_2d
+):
     viewer = make_napari_viewer()
     image = viewer.add_image(crop2d[0], name="nuclei")
     small = viewer.add_labels(crop2d[1][:200, :200], name="small mask")
@@ -231,6 +234,7 @@ def test_bad_input_is_one_sentence_naming_the_layer(make_napari_viewer, errors, 
         tmp_path / "pred",
     )
     predict.start()
+    wait_idle(predict)  # the checkpoint is opened and the layer checked in a worker
     assert checkpoint_2d.name in errors[-1] and "'colour' has 3" in errors[-1] and not predict.running
     assert not (tmp_path / "pred").exists() and "colour probabilities" not in viewer.layers
     assert len(errors) == 3 and all(e.count(". ") == 0 for e in errors)  # one sentence each

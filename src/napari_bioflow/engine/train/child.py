@@ -179,7 +179,10 @@ class TrainingProcess:
             )
             theirs.close()
             conn = Connection(ours.detach())
-            conn.send((self.cfg, self._preview, self._view))
+            from ..workflows.base import added_workflows
+
+            conn.send(list(sys.path))  # first, so that the workflows added here (a plugin's) unpickle there
+            conn.send((self.cfg, self._preview, self._view, added_workflows()))
             with self._send_lock:
                 self._conn = conn
             if self._cancel.is_set():
@@ -309,8 +312,15 @@ def main(folder: str, fd: int) -> int:
         raise SystemExit(128 + signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, terminated)  # unwinds: checkpoint writes take their .part files away
+    from ..workflows.base import register_workflow, workflow_classes
+
     conn = Connection(socket.socket(fileno=fd).detach())
-    cfg, (preview_ms, preview_every), view = conn.recv()
+    sys.path.extend(p for p in conn.recv() if p not in sys.path)
+    cfg, (preview_ms, preview_every), view, added = conn.recv()
+    known = set(workflow_classes())
+    for cls in added:
+        if cls not in known:
+            register_workflow(cls)
     train, val, image = unstash(Path(folder))
     trainer = Trainer(cfg, train=train, val=val)
     preview = LivePreview(image, PreviewBudget(preview_ms, preview_every)) if image is not None else None

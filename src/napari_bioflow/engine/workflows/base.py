@@ -95,6 +95,12 @@ def workflow_classes() -> list[type[Workflow]]:
     return sorted(_WORKFLOWS.values(), key=lambda c: c.order)  # stable: registration order within one rank
 
 
+def added_workflows() -> list[type[Workflow]]:
+    """The registered workflow classes defined outside this package (a plugin's, a test's): a child process that
+    trains (engine/train/child.py) registers them again, since it imports only the built-in ones."""
+    return [c for c in workflow_classes() if not c.__module__.startswith(__name__.split(".")[0] + ".")]
+
+
 def variants(name: str) -> tuple[str | None, list[str]]:
     """(config field, values) of a workflow's variants; (None, []) when it has none."""
     classes = [c for c in workflow_classes() if c.name == name]
@@ -208,9 +214,20 @@ class Workflow:
         from ...config import PredictConfig
 
         defaults = PredictConfig()
+        stacked = cfg.ndim == 2 and cfg.predict.stack_2d
+        if cfg.predict.stack_2d and (cfg.ndim != 2 or not self.prediction_options_3d):
+            raise ValueError(f"predict.stack_2d does not apply to {cfg.ndim}D {self.full_title()}")
         for option in ("tta", "z_filter", "yz_filter"):
-            if option not in self.options_for(cfg.ndim) and getattr(cfg.predict, option) != getattr(defaults, option):
-                raise ValueError(f"predict.{option} does not apply to {cfg.ndim}D {self.full_title()}")
+            applies = option in self.options_for(3 if stacked and option != "tta" else cfg.ndim)
+            if not applies and getattr(cfg.predict, option) != getattr(defaults, option):
+                hint = (
+                    " (set predict.stack_2d to filter 2D images as one 3D stack)"
+                    if option in self.options_for(3)
+                    else ""
+                )
+                raise ValueError(f"predict.{option} does not apply to {cfg.ndim}D {self.full_title()}{hint}")
+        if cfg.predict.full_image and not self.dense:
+            raise ValueError(f"predict.full_image does not apply to {self.full_title()} (one prediction per image)")
 
     def __init__(self):
         self.state: dict[str, Any] = {}  # fitted on the training data, saved in the checkpoint (prepare/load_state)
