@@ -23,7 +23,7 @@ from .batch_layers import BatchLayers
 from .fields import format_seconds, in_dock_words
 from .jobs import TrainingFailed, batch_job
 from .layers import connect_while_alive
-from .shared import last_trained, load_triton_safely
+from .shared import last_trained
 
 log = logging.getLogger(__name__)
 MAX_ERROR_NOTES = 5  # failed files shown one by one; beyond, the summary lists them
@@ -77,7 +77,6 @@ class BatchWidget(BatchForm, BatchLayers, QWidget):
 
         if self.running:
             return
-        load_triton_safely()
         try:
             make_run = self._make_run()  # the fields, read here; the checkpoint is opened in the worker
         except InputError as e:

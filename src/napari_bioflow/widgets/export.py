@@ -107,14 +107,11 @@ class ExportWidget(QWidget):
         except InputError as e:
             self._error(str(e))
             return
-        load_triton_safely()
-        from ..engine.export.exporter import export_model
-
         self.result = None
         self.status.value = f"exporting {kwargs['checkpoint'].name}: converting the weights and testing the package…"
         self.export_button.enabled = False
         worker = create_worker(
-            export_model,
+            _export,
             kwargs.pop("checkpoint"),
             kwargs.pop("output"),
             **kwargs,
@@ -142,3 +139,11 @@ class ExportWidget(QWidget):
     def _error(self, text: str) -> None:
         self.status.value = text
         show_error(text)
+
+
+def _export(checkpoint, output, **kwargs):
+    """In the worker thread: triton and the exporter (bioimageio, onnx) are imported here, not on the GUI thread."""
+    load_triton_safely()
+    from ..engine.export.exporter import export_model
+
+    return export_model(checkpoint, output, **kwargs)

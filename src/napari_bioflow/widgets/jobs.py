@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from qtpy.QtCore import QObject, Signal
 
 from ..engine.errors import Cancelled, InputError
+from .shared import load_triton_safely, warm_imports
 
 if TYPE_CHECKING:
     from .preview import Preview
@@ -70,6 +71,7 @@ def training_job(trainer, preview: Preview | None = None, inputs: dict | None = 
     from ..engine.train import StartReport
     from ..engine.train.child import ChildFailed, ChildStopped
 
+    load_triton_safely()  # here, not on the GUI thread: importing it takes ~130 ms (see shared.py)
     for report in trainer.run():
         if isinstance(report, ChildFailed):
             if report.input_error:
@@ -116,6 +118,7 @@ def prediction_job(job, cancel: threading.Event, relay: ProgressRelay):
 def setup_job(create, *args):
     """Runs in the worker thread: `create(*args)` (checks that read pixels, then set-up); a user's mistake comes
     back as a Stopped value."""
+    warm_imports()  # triton before a checkpoint's torch code runs, dask: off the GUI thread (~0.6 s)
     try:
         return create(*args)
     except InputError as e:
@@ -126,6 +129,7 @@ def batch_job(make_run):
     """Runs in the worker thread: set the BatchRun up (`make_run()`: its checks and the checkpoint opened, seconds),
     hand it to the GUI (for Cancel), then relay its reports. A user's mistake met there (a missing folder, no cluster
     at the scheduler address, ...) comes back as a TrainingFailed value."""
+    warm_imports()  # off the GUI thread (~0.6 s)
     try:
         run = make_run()
         yield run

@@ -29,7 +29,7 @@ from .layers import (
 from .predict_form import PredictForm
 from .predict_layers import PredictLayers, format_metrics
 from .predict_setup import FROM_FILE, JUST_TRAINED, PredictSetup, is_in_memory  # noqa: F401 (public names)
-from .shared import last_trained, load_triton_safely
+from .shared import last_trained
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,6 @@ class PredictWidget(PredictForm, PredictSetup, PredictLayers, QWidget):
 
         if self.running:
             return
-        load_triton_safely()
         if self.kind is not None and not self.kind.workflow.dense:  # a class per image
             return self._start_classification()
         try:

@@ -43,3 +43,16 @@ def load_triton_safely() -> None:
         pass
     finally:
         sys.setdlopenflags(flags)
+
+
+def warm_imports() -> None:
+    """Worker threads call this before their job: the modules that the GUI thread would otherwise import the first
+    time it adds a prediction layer (dask.array ~0.25 s, and distributed ~0.2 s, which dask's scheduler lookup
+    imports when installed) and triton (~0.13 s, see load_triton_safely) are imported here, off the GUI thread."""
+    import importlib.util
+
+    load_triton_safely()
+    import dask.array  # noqa: F401
+
+    if importlib.util.find_spec("distributed") is not None:
+        import distributed  # noqa: F401

@@ -25,7 +25,7 @@ from .layers import (
     spatial_axes,
 )
 from .preview import Preview, PreviewFailed, PreviewResult, camera, visible_region
-from .shared import last_trained, load_triton_safely
+from .shared import last_trained
 from .train_checks import TrainChecks
 from .train_config import TrainConfigLoader
 from .train_form import TrainForm
@@ -126,7 +126,6 @@ class TrainWidget(TrainForm, TrainView, TrainInputs, TrainChecks, TrainConfigLoa
 
         if self.running:
             return
-        load_triton_safely()
         notes: list[str] = []
         try:
             cfg = self.build_config()
