@@ -93,7 +93,7 @@ def main(argv=None):
     tmp = Path(tempfile.mkdtemp(prefix="bench_batch_"))
     clusters = {}
     try:
-        checkpoint = make_checkpoint(tmp / "ckpt")
+        checkpoint = make_checkpoint("semantic_segmentation", "unet", tmp / "ckpt", tmp / "data")
         paths = make_folder(tmp / "images", args.files, args.size)
         mp = args.files * args.size * args.size / 1e6
         loaded = load_model(checkpoint)

@@ -12,6 +12,7 @@ import pytest
 import tifffile
 from helpers import BBBC, TINY_MODEL, dock
 
+from napari_bioflow.engine.train.child import NICE
 from napari_bioflow.widgets.train import TrainWidget
 
 
@@ -58,7 +59,9 @@ def test_training_runs_in_a_child_process_that_exits_with_the_run(make_napari_vi
 def test_cancel_ends_the_child_within_a_second(make_napari_viewer, qtbot, tmp_path, crop):
     viewer = make_napari_viewer()
     widget = train_dock(viewer, crop, tmp_path, epochs=10_000, steps=4)
-    started(qtbot, widget)
+    pid = started(qtbot, widget)
+    # the child trains at a lower CPU priority (engine/train/child.py NICE), so the GUI thread is not kept waiting
+    assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICE)
     qtbot.waitUntil(lambda: len(widget.chart.epochs) >= 1, timeout=120_000)  # a checkpoint to keep
     widget.cancel_button.native.click()
     qtbot.waitUntil(lambda: not widget.running, timeout=5_000)  # generous: the child is ended after 0.8 s at most

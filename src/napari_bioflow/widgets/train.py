@@ -10,6 +10,7 @@ The model list follows the workflow and the dimensions."""
 from __future__ import annotations
 
 import logging
+import time
 
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
@@ -33,6 +34,7 @@ from .train_inputs import TrainInputs
 from .train_view import TrainView
 
 log = logging.getLogger(__name__)
+STEP_UI_SECONDS = 0.25  # the progress bar and status line follow the steps at most this often (last step always)
 
 
 class TrainWidget(TrainForm, TrainView, TrainInputs, TrainChecks, TrainConfigLoader, QWidget):
@@ -42,6 +44,7 @@ class TrainWidget(TrainForm, TrainView, TrainInputs, TrainChecks, TrainConfigLoa
         self.trainer = None
         self.preview: Preview | None = None
         self.result = None  # the DoneReport of the last training
+        self._step_shown = 0.0  # when a step report last reached the progress bar (monotonic seconds)
         self._worker = None
         self._adapted = (None, None)
         self._running: dict = {"trainer": None}  # a closed dock stops its training (the best checkpoint stays)
@@ -192,6 +195,10 @@ class TrainWidget(TrainForm, TrainView, TrainInputs, TrainChecks, TrainConfigLoa
         from ..engine.train.trainer import DoneReport, EpochReport, StartReport, StepReport
 
         if isinstance(r, StepReport):
+            now = time.monotonic()
+            if r.step != r.steps and now - self._step_shown < STEP_UI_SECONDS:
+                return  # each repaint composites the whole window (slow under software OpenGL): a few per second
+            self._step_shown = now
             self.progress.value = (r.epoch - 1) * r.steps + r.step
             self.status.value = (
                 f"epoch {r.epoch}/{r.epochs} · step {r.step}/{r.steps} · loss {r.loss:.4f} · "

@@ -16,6 +16,7 @@ from the run's folder (its best checkpoint, written at an epoch's end, stays val
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import shutil
 import signal
@@ -37,6 +38,7 @@ STASH_MIN_BYTES = 64 * 1024  # arrays from this size go to .npy files, smaller o
 STEP_REPORT_SECONDS = 0.05
 CANCEL_GRACE = 0.5  # seconds a cancelled child has to stop by itself, then SIGTERM
 KILL_GRACE = 0.3  # then SIGKILL
+NICE = 5  # the child's CPU priority below the front end's: a GUI thread that wakes is not kept waiting by it
 
 
 @dataclass
@@ -312,6 +314,10 @@ def main(folder: str, fd: int) -> int:
         raise SystemExit(128 + signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, terminated)  # unwinds: checkpoint writes take their .part files away
+    try:
+        os.nice(NICE)
+    except OSError:  # not allowed here: train at the same priority
+        pass
     from ..workflows.base import register_workflow, workflow_classes
 
     conn = Connection(socket.socket(fileno=fd).detach())
