@@ -108,6 +108,11 @@ def test_2d_segmentation_package_describes_the_checkpoint(seg2d):
         assert "## Validation" in z.read("README.md").decode() and "train_log.csv" in names
         state = json.loads(z.read("bioflow_checkpoint.json"))
     assert state["model"]["name"] == "unet" and state["config"]["workflow"] == "semantic_segmentation"
+    from napari_bioflow.engine.train.checkpoint_info import checkpoint_info
+
+    info = checkpoint_info(result.path)  # what the Predict dock shows for a package, read without its weights
+    assert info is not None and info.workflow.name == "semantic_segmentation" and info.ndim == 2
+    assert info.config == state["config"]
 
 
 def test_2d_segmentation_roundtrip_predicts_as_the_checkpoint(seg2d, tmp_path):
@@ -254,6 +259,9 @@ def test_a_package_of_another_tool_predicts_through_its_torchscript_or_onnx(seg2
         assert theirs.shape == ours.shape == (2, 100, 126)
         inner = (slice(None), slice(16, -16), slice(16, -16))  # bioimageio.core pads the border by the halo
         np.testing.assert_allclose(theirs[inner], ours[inner], atol=1e-4)
+    from napari_bioflow.engine.train.checkpoint_info import checkpoint_info
+
+    assert checkpoint_info(tmp_path / "1.zip") is None  # another tool's package: no napari-bioflow config to show
     only_state = _foreign(result.path, tmp_path / "state.zip", ("torchscript", "onnx"))
     with pytest.raises(InputError, match="holds neither TorchScript nor ONNX weights"):
         load_model(only_state)

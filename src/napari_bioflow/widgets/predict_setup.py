@@ -62,7 +62,7 @@ class PredictSetup:
         from_file = self.model_source.value == FROM_FILE
         self.checkpoint.visible, self.trained.visible = from_file, not from_file
         path = self._chosen_checkpoint()
-        self.kind = info = checkpoint_info(path) if path is not None and path.is_file() else None
+        self.kind = info = checkpoint_info(path) if path is not None and path.exists() else None  # file, zip, folder
         wf = info.workflow if info is not None else None
         # the target field: a target Image for image to image, a Labels layer for segmentation, none otherwise
         kind = {"image": Image, "labels": Labels}.get(wf.target_layer if wf is not None else "")

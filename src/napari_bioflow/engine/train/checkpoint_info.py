@@ -25,12 +25,28 @@ def checkpoint_info(path) -> CheckpointInfo | None:
     """The workflow, dimensions and config of a napari-bioflow checkpoint, read memory-mapped (the weights stay on
     disk); None when it cannot be read (prediction then says why, in full)."""
     try:
-        import torch
-
+        from ..export.package import is_package
         from ..workflows.base import get_workflow
 
-        ckpt = torch.load(Path(path), map_location="cpu", mmap=True, weights_only=False)
-        cfg = ckpt["config"]
+        if is_package(path):  # a BioImage Model Zoo package: its napari-bioflow section (no weights read)
+            cfg = _package_config(path)
+            if cfg is None:  # another tool's package: prediction says what it can do
+                return None
+        else:
+            import torch
+
+            cfg = torch.load(Path(path), map_location="cpu", mmap=True, weights_only=False)["config"]
         return CheckpointInfo(type(get_workflow(cfg)), int(cfg.get("ndim", 2)), cfg)
     except Exception:
         return None
+
+
+def _package_config(path) -> dict | None:
+    """The run config of a package napari-bioflow exported (from the checkpoint JSON it carries), else None."""
+    import json
+
+    from ..export.package import Package
+
+    package = Package(path)
+    section = package.bioflow()
+    return json.loads(package.read(section["checkpoint"]))["config"] if section is not None else None
