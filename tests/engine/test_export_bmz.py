@@ -259,9 +259,23 @@ def test_a_package_of_another_tool_predicts_through_its_torchscript_or_onnx(seg2
         assert theirs.shape == ours.shape == (2, 100, 126)
         inner = (slice(None), slice(16, -16), slice(16, -16))  # bioimageio.core pads the border by the halo
         np.testing.assert_allclose(theirs[inner], ours[inner], atol=1e-4)
-    from napari_bioflow.engine.train.checkpoint_info import checkpoint_info
+    from napari_bioflow.engine.train.checkpoint_info import checkpoint_info, checkpoint_ndim
 
     assert checkpoint_info(tmp_path / "1.zip") is None  # another tool's package: no napari-bioflow config to show
+    assert checkpoint_ndim(tmp_path / "1.zip") == checkpoint_ndim(result.path) == 2  # its input's space axes
+    # the Batch dock's tile size reaches a foreign package's run (its set-up reads the package's axes)
+    from napari_bioflow.engine.batch import BatchRequest, BatchSummary
+    from napari_bioflow.widgets.batch_form import make_batch_run
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "a.tif", raw)
+    request = BatchRequest(checkpoint=tmp_path / "1.zip", input_dir=folder, output_dir=tmp_path / "out", device="cpu")
+    run = make_batch_run(request, 64)
+    assert list(run.cfg.predict.tile_size) == [64, 64]
+    reports = list(run.run())
+    summary = reports[-1]
+    assert isinstance(summary, BatchSummary) and summary.done == ["a.tif"] and not summary.failed
     only_state = _foreign(result.path, tmp_path / "state.zip", ("torchscript", "onnx"))
     with pytest.raises(InputError, match="holds neither TorchScript nor ONNX weights"):
         load_model(only_state)

@@ -232,9 +232,9 @@ def make_batch_run(request, tile: int):
     """The engine's BatchRun for `request` (its checks, the checkpoint opened, the run folder claimed); `tile`: the
     dock's tile size per axis (0: the checkpoint's)."""
     from ..engine.batch import BatchRun
-    from ..engine.train.checkpoint import read_checkpoint
+    from ..engine.train.checkpoint_info import checkpoint_ndim
 
-    if tile and request.resume is None:  # the tile has as many axes as the checkpoint's images
-        ndim = int(read_checkpoint(request.checkpoint).get("config", {}).get("ndim", 2))
+    if tile and request.resume is None:  # the tile has as many axes as the model's images (a package's too)
+        ndim = checkpoint_ndim(request.checkpoint) or 2
         request.overrides.append(f"predict.tile_size={[tile] * ndim}")
     return BatchRun(request)

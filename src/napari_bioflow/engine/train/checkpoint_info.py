@@ -50,3 +50,22 @@ def _package_config(path) -> dict | None:
     package = Package(path)
     section = package.bioflow()
     return json.loads(package.read(section["checkpoint"]))["config"] if section is not None else None
+
+
+def checkpoint_ndim(path) -> int | None:
+    """The number of spatial axes the model at `path` predicts: a napari-bioflow checkpoint or package (its
+    config), or another tool's package (its input's space axes); None when it cannot be read (prediction then
+    says why)."""
+    info = checkpoint_info(path)
+    if info is not None:
+        return info.ndim
+    try:
+        from ..export.package import Package, is_package
+
+        if not is_package(path):
+            return None
+        axes = (Package(path).rdf.get("inputs") or [{}])[0].get("axes") or []
+        spatial = [a for a in axes if isinstance(a, dict) and a.get("type") == "space"]
+        return len(spatial) if len(spatial) in (2, 3) else None
+    except Exception:  # noqa: BLE001  (unreadable: said by the prediction)
+        return None
