@@ -130,3 +130,60 @@ def test_multiple_raw_refusals(tmp_path):
     with pytest.raises(InputError, match="classification takes one class per image from its class sub-folders"):
         run_all(Trainer(cfg))
     assert tree(tmp_path / "out") == {}
+
+
+def test_sample_folders_predict_view_by_view_in_predict_and_batch(tmp_path, capsys):
+    """A model trained with data.multiple_raw predicts a folder of sample sub-folders (views sharing file names
+    across samples) with `predict` and `batch`: every view, named sample/view, measured against its sample's
+    target; a flat folder of images still predicts image by image."""
+    from napari_bioflow.cli import main
+
+    crops = tifffile.imread(TIMELAPSE)
+    raw_dir, target_dir = write_samples(tmp_path / "data", crops[:2])
+    cfg = tiny_config(
+        tmp_path / "out",
+        raw_dir,
+        target_dir,
+        workflow="image_to_image",
+        data={"multiple_raw": True, "patch_size": [32, 32], "val_split": 0.5},
+        model={"options": {"feature_maps": [8, 16], "norm": "none"}},
+    )
+    trainer = Trainer(cfg)
+    checkpoint = run_all(trainer)[-1].checkpoint
+    test_raw, test_target = write_samples(tmp_path / "test", crops[2:])
+    before = tree(tmp_path / "test")
+    main(["predict", "--checkpoint", str(checkpoint), "--input", str(test_raw), "--labels", str(test_target),
+          "--output", str(tmp_path / "pred")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert out.count("predicted ") == 6
+    (results,) = (tmp_path / "pred").glob("*/results/*")
+    rows = read_csv(results / "metrics.csv")
+    names = [r["image"] for r in rows if not r["image"].startswith("ALL")]
+    assert sorted(names) == [f"cell{k}/view{v}.tif" for k in (0, 1) for v in range(3)]
+    assert all(np.isfinite(float(r["psnr"])) for r in rows)
+    stems = sorted(p.name.split(".")[0] for p in (results / "per_image").glob("*.tif"))
+    assert stems == [f"cell{k}_view{v}" for k in (0, 1) for v in range(3)]  # one file per view, none written over
+    # each view is measured against its own sample's target: a view's PSNR equals the one computed by hand
+    from napari_bioflow.engine.workflows.image_to_image import psnr
+
+    predicted = tifffile.imread(results / "per_image" / "cell1_view0.tif").astype(np.float64).squeeze()
+    own, other = (
+        tifffile.imread(p).astype(np.float64) for p in (test_target / "cell1/clean.tif", test_target / "cell0.tif")
+    )
+    row = next(r for r in rows if r["image"] == "cell1/view0.tif")
+    assert float(row["psnr"]) == pytest.approx(psnr(predicted, own), abs=0.05)
+    assert abs(float(row["psnr"]) - psnr(predicted, other)) > 0.05  # not the other sample's target
+    # batch: the same six views, the same names
+    main(["batch", "--checkpoint", str(checkpoint), "--input", str(test_raw), "--labels", str(test_target),
+          "--output", str(tmp_path / "batch")])  # fmt: skip
+    (batch_run,) = (tmp_path / "batch").glob("*/results/*")
+    batch_stems = sorted(p.name.split(".")[0] for p in (batch_run / "per_image").glob("*.tif"))
+    assert batch_stems == stems
+    assert tree(tmp_path / "test") == before  # the user's folders untouched
+    # a flat folder still predicts image by image with this model
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    tifffile.imwrite(flat / "one.tif", tifffile.imread(test_raw / "cell0" / "view0.tif"))
+    main(["predict", "--checkpoint", str(checkpoint), "--input", str(flat), "--output", str(tmp_path / "flat_out")])
+    assert "predicted " in capsys.readouterr().out
+    assert next((tmp_path / "flat_out").glob("*/results/*/per_image/one.tif")).is_file()

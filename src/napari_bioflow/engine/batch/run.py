@@ -104,7 +104,9 @@ class BatchRun:
         classes = {} if self.loaded.workflow.dense else {str(p): c for p, c in found if c is not None}
         cfg = self.cfg
         # class sub-folders may repeat file names: name the files by their path inside the input folder
-        nested = not self.loaded.workflow.dense and Path(req.input_dir).is_dir()  # any layout without classes too
+        nested = Path(req.input_dir).is_dir() and (  # any layout without classes too; data.multiple_raw's samples
+            not self.loaded.workflow.dense or (cfg.data.multiple_raw and len({Path(p).parent for p, _ in pairs}) > 1)
+        )
         names = [str(Path(p).relative_to(req.input_dir)) if classes or nested else image_name(p) for p, _ in pairs]
         stems = assign_stems(names, manifest.get("stems") if manifest else None)
         self.items = [

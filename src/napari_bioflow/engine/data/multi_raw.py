@@ -108,3 +108,28 @@ def samples_multi_raw(raw_dir: Path, target_dir: Path, cfg, role: str, notes: li
             out.append(sample)
     notes.append(f"{role.capitalize()}: {len(out)} raw images of {len(groups)} samples (data.multiple_raw).")
     return out
+
+
+def has_sample_folders(raw_dir: Path) -> bool:
+    """Whether a folder is laid out as data.multiple_raw's sample sub-folders (no loose images): prediction then
+    reads it by samples; a flat folder of images is predicted image by image as any other."""
+    raw_dir = Path(raw_dir)
+    if not raw_dir.is_dir() or is_image_path(raw_dir):
+        return False
+    entries = [p for p in raw_dir.iterdir() if not p.name.startswith(".")]
+    return any(p.is_dir() and not is_image_path(p) for p in entries) and not any(is_image_path(p) for p in entries)
+
+
+def multi_raw_items(raw_dir: Path, target_dir: Path | None, role: str) -> list[tuple[Path, Path | None]]:
+    """(raw image, its sample's target or None) for every raw image of every sample sub-folder, for prediction:
+    each view is predicted, and measured against its sample's target when a target folder is given."""
+    if target_dir is not None:
+        return [(raw, target) for _, raws, target in multi_raw_groups(raw_dir, target_dir, role) for raw in raws]
+    return [(raw, None) for folder in _sample_folders(raw_dir, role) for raw in list_images(folder, f"{role} sample")]
+
+
+def sample_view_name(path: Path) -> str:
+    """The name of a sample's raw image in tables and output files: `sample/view.tif` (views of different samples
+    may share a file name)."""
+    path = Path(path)
+    return f"{path.parent.name}/{path.name}"

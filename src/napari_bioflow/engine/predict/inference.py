@@ -228,14 +228,17 @@ def predict_files(
     """Predict each (raw, optional label) file into `out_dir`; writes metrics.csv when labels are given.
     `finite_checked`: check_inputs has just scanned these files for NaN/inf."""
     from ..data.io import open_image
+    from ..data.multi_raw import sample_view_name
     from ..data.pairing import assign_stems, image_name
-
-    # output names as a batch gives them: img.tif and img.png of one folder become img_tif and img_png, decided
-    # before anything is written
     from .postprocess import stack_2d
     from .scale import resolve_scale
 
-    stems = assign_stems([image_name(raw_path) for raw_path, _ in files])
+    # output names as a batch gives them: img.tif and img.png of one folder become img_tif and img_png, decided
+    # before anything is written; views of data.multiple_raw's samples (sub-folders) may share file names: named
+    # sample/view
+    multi = loaded.config.data.multiple_raw and len({Path(p).parent for p, _ in files}) > 1
+    name_of = sample_view_name if multi else image_name
+    stems = assign_stems([name_of(raw_path) for raw_path, _ in files])
     rows, totals, done = [], {}, []
     for raw_path, label_path in files:
         if cancel is not None and cancel():
@@ -246,7 +249,7 @@ def predict_files(
             open_image(raw_path),
             str(raw_path),
             out_dir,
-            stems[image_name(raw_path)],
+            stems[name_of(raw_path)],
             device,
             target,
             str(label_path or ""),
@@ -258,10 +261,10 @@ def predict_files(
         for key in ("counts", "counts_post_processing"):
             _pool(totals, key, result.outputs.pop(key, None))
         if result.metrics:
-            rows.append({"image": image_name(raw_path), **result.metrics})
+            rows.append({"image": name_of(raw_path), **result.metrics})
         if done:  # the last image waits for the set's post-processing (its notes go with it)
             yield done[-1][0]
-        done.append((result, job.target, stems[image_name(raw_path)]))
+        done.append((result, job.target, stems[name_of(raw_path)]))
     # 2D images post-processed as one 3D stack (predict.stack_2d): IoU after filtering joins each image's row
     after, notes = stack_2d(loaded.config, out_dir, done)
     by_name = {r["image"]: r for r in rows}
@@ -270,7 +273,7 @@ def predict_files(
         if extra is not None:
             _pool(totals, "counts_post_processing", extra.pop("_counts"))
             result.metrics.update(extra)
-            by_name.get(image_name(Path(result.name)), {}).update(extra)
+            by_name.get(name_of(Path(result.name)), {}).update(extra)
     if done:
         done[-1][0].notes.extend(notes)
         yield done[-1][0]

@@ -118,10 +118,15 @@ class Predictor:
         self, raw_dir: Path, label_dir: Path | None, labels_field: str = "data.test_label", role: str = "test"
     ) -> list[tuple[Path, Any]]:
         """The (image, label file or class index) pairs of a folder. Dense workflows pair images with label files by
-        name; one-class-per-image workflows read class sub-folders (or a flat folder) and refuse a labels folder."""
+        name (a model trained with data.multiple_raw also reads sample sub-folders, each view with its sample's
+        target); one-class-per-image workflows read class sub-folders (or a flat folder) and refuse a labels folder."""
         from ..data.pairing import folder_pairs, refuse_labels_for_classifier
 
         if self.dense:
+            from ..data.multi_raw import has_sample_folders, multi_raw_items
+
+            if self.config.data.multiple_raw and has_sample_folders(raw_dir):  # sample sub-folders of raw views
+                return multi_raw_items(Path(raw_dir), Path(label_dir) if label_dir else None, role)
             return folder_pairs(Path(raw_dir), Path(label_dir) if label_dir else None, role)
         from .classification_results import class_test_items
 
