@@ -226,6 +226,7 @@ def test_crappify_train_predict_and_transfer(make_napari_viewer, qtbot, wait_idl
     wait_idle(predict)
     assert isinstance(viewer.layers["nuclei labels"], Labels) and "iou_foreground" in predict.result.metrics
     assert "IoU (foreground)" in predict.metrics.value
+    assert "IoU per patch (foreground)" in predict.metrics.value  # the page's per-patch IoU, in the dock's words
 
 
 def test_masking_train_and_predict(make_napari_viewer, qtbot, wait_idle, tmp_path, nuclei):

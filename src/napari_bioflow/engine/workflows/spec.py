@@ -64,6 +64,8 @@ METRICS = {
     "psnr_masked_patches": Metric("PSNR on the hidden patches", " dB"),
     "iou_foreground": Metric("IoU (foreground)"),
     "iou_mean": Metric("mean IoU"),
+    "iou_patch_foreground": Metric("IoU per patch (foreground)"),
+    "iou_patch_mean": Metric("mean IoU per patch"),
     "iou_foreground_post_processing": Metric("IoU (foreground) after post-processing"),
     "iou_mean_post_processing": Metric("mean IoU after post-processing"),
     "accuracy": Metric("accuracy"),
