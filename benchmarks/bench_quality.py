@@ -18,7 +18,7 @@ that run, the trainer paused while the test images are predicted, so the schedul
   biapy_1e-4, biapy_1e-3   BiaPy-equivalent: its U-Net (the plugin's default model), AdamW at that rate, no schedule,
                 cross-entropy, mean/std normalization (over the training set: the plugin has no per-image mode),
                 flips and 90-degree rotations only
-  new           the current defaults (config/sections.py TrainConfig)
+  new           the current defaults (config/sections.py TrainConfig; data.normalization: the workflow's own)
 
 Reported per set and configuration (mean and spread over seeds): the test metric at each budget, the predicted
 foreground fraction against the truth (binary sets), and the training wall time until the metric first reaches 0.97
@@ -195,8 +195,8 @@ def config_overrides(name: str, kind: str) -> dict:
     old = {"scheduler": "none", "sampling": "random", "ema": 0.0, "pick_threshold": False}
     if seg:
         old["loss"] = "ce"
-    if name == "old":
-        return {"train": old}
+    if name == "old":  # percentile normalization, the default of every workflow then
+        return {"train": old, "data": {"normalization": "percentile"}}
     if name.startswith("biapy_"):
         lr = float(name.split("_")[1])
         return {

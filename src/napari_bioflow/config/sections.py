@@ -66,7 +66,7 @@ class DataConfig(_Section):
     )
     normalization: Literal["percentile", "meanstd", "custom", "none"] = Field(
         "percentile",
-        description="percentile: scale each channel so its low/high percentiles of the training data map to 0/1; meanstd: subtract the training mean and divide by the standard deviation; custom: subtract custom_mean and divide by custom_std (given values; image-to-image targets use their own mean/std), written as normalization_mean_value.npy / normalization_std_value.npy in the run's results folder; none: use raw values. The statistics are stored in the checkpoint and reused at prediction.",
+        description="percentile: scale each channel so its low/high percentiles of the training data map to 0/1; meanstd: subtract the training mean and divide by the standard deviation; custom: subtract custom_mean and divide by custom_std (given values; image-to-image targets use their own mean/std), written as normalization_mean_value.npy / normalization_std_value.npy in the run's results folder; none: use raw values. The statistics are stored in the checkpoint and reused at prediction. Default: the workflow's (meanstd for image to image, percentile for the others).",
     )
     custom_mean: list[float] | float | Path | None = Field(
         None,

@@ -59,6 +59,7 @@ class TrainWidget(TrainForm, TrainView, TrainInputs, TrainChecks, TrainConfigLoa
         f["model.name"].changed.connect(self._update_visibility)
         for path in ("train.optimizer", "train.scheduler", "data.normalization"):  # their own options follow them
             f[path].changed.connect(self._update_visibility)
+        f["data.normalization"].changed.connect(self._on_normalization)  # a choice of the user's: kept
         f["ndim"].changed.connect(self._on_ndim)
         self.pairs.changed.connect(self._adapt)
         self.class_layers.changed.connect(self._adapt)

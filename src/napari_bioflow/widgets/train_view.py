@@ -13,6 +13,9 @@ from .train_fields import (
 class TrainView:
     """Mixin of TrainWidget: which fields show and what their choices are."""
 
+    _normalization_chosen = False  # the user (or a loaded config) set data.normalization: workflows leave it
+    _normalization_following = False  # the dock itself is setting it
+
     @property
     def workflow(self) -> str:
         return self.form["workflow"].value
@@ -35,11 +38,27 @@ class TrainView:
         current = loss.value
         loss.choices = list(cls.losses)
         loss.value = current if current in loss.choices else cls.losses[0]
+        self._follow_normalization(cls)
         self.chart.set_metric(cls.chart_metric)
         self._update_models()
         self._adapted = (self._adapted[0], None)  # read the second layer (classes, target channels) again
         self._adapt()
         self._update_visibility()
+
+    def _follow_normalization(self, cls) -> None:
+        """data.normalization shows the workflow's default (meanstd for image to image) until the user picks one."""
+        field = self.form["data.normalization"]
+        if self._normalization_chosen or field.value == cls.default_normalization:
+            return
+        self._normalization_following = True
+        try:
+            field.value = cls.default_normalization
+        finally:
+            self._normalization_following = False
+
+    def _on_normalization(self, *_) -> None:
+        if not self._normalization_following:
+            self._normalization_chosen = True
 
     def _update_models(self) -> None:
         name = self.form["model.name"]

@@ -120,6 +120,7 @@ class Workflow:
     trains_from = "labels"  # "labels" (raw + Labels), "image" (raw + target image), "none" (raw only), "classes"
     losses: tuple[str, ...] = ("auto",)  # train.loss values it accepts ("auto" first)
     default_model = "unet"
+    default_normalization = "percentile"  # data.normalization when a config gives none (a saved config names its own)
     model_tasks: tuple[str, ...] = ("dense",)  # registry tasks that fit
     excluded_model_tags: tuple[str, ...] = ("masked_autoencoder",)  # registry tags that do not fit
     required_model_tags: tuple[str, ...] = ()  # registry tags a model must have
@@ -183,6 +184,18 @@ class Workflow:
     def complete_config(cls, data: dict) -> None:
         """Fill in, in place, defaults of a config dict (before validation) that depend on what else it says, e.g.
         the self-supervised pretext chosen by the model named (the default variant's class is asked)."""
+        cls.complete_normalization(data)
+
+    @classmethod
+    def complete_normalization(cls, data: dict) -> None:
+        """data.normalization: the workflow's default when the config names none (a saved config or checkpoint
+        always names it, so it keeps its own)."""
+        section = data.get("data")
+        if section is None or isinstance(section, dict):
+            if "normalization" not in (section or {}):
+                data["data"] = {**(section or {}), "normalization": cls.default_normalization}
+        elif hasattr(section, "model_fields_set") and "normalization" not in section.model_fields_set:
+            data["data"] = section.model_copy(update={"normalization": cls.default_normalization})
 
     rows_column = "image"  # the first column of predictions.csv (one row per predicted image)
 

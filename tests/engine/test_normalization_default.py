@@ -1,0 +1,78 @@
+"""data.normalization defaults to the workflow's own when a config names none: meanstd for image to image (issue 14:
+it wins on the restoration set), percentile for the others; configs, saved run configs and checkpoints that name
+one keep it."""
+
+import numpy as np
+import pytest
+
+from napari_bioflow.config import DataConfig, RunConfig
+from napari_bioflow.config.reference import commented_config
+from napari_bioflow.engine.data.normalize import fit_normalizer
+from napari_bioflow.engine.models import create_model
+from napari_bioflow.engine.train.checkpoint import load_model, save_checkpoint
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        ({"workflow": "image_to_image"}, "meanstd"),
+        ({"workflow": "image_to_image", "data": {"in_channels": 2}}, "meanstd"),
+        ({"workflow": "image_to_image", "data": {"normalization": "percentile"}}, "percentile"),
+        ({"workflow": "image_to_image", "data": {"normalization": "none"}}, "none"),
+        ({"workflow": "semantic_segmentation"}, "percentile"),
+        ({}, "percentile"),
+        ({"workflow": "classification"}, "percentile"),
+        ({"workflow": "self_supervised"}, "percentile"),
+        ({"workflow": "self_supervised", "self_supervised": {"pretext": "crappify"}}, "percentile"),
+    ],
+)
+def test_the_workflow_gives_the_default(config, expected):
+    assert RunConfig.model_validate(config).data.normalization == expected
+
+
+def test_sections_given_as_objects():
+    assert RunConfig(workflow="image_to_image", data=DataConfig(in_channels=2)).data.normalization == "meanstd"
+    given = DataConfig(normalization="percentile")
+    assert RunConfig(workflow="image_to_image", data=given).data.normalization == "percentile"
+
+
+def test_a_saved_run_config_keeps_its_normalization(tmp_path):
+    saved = RunConfig(workflow="image_to_image", data={"normalization": "percentile"})
+    path = tmp_path / "run.yaml"
+    path.write_text(saved.to_yaml())
+    assert RunConfig.load(path).data.normalization == "percentile"
+    assert RunConfig.load(path, ["data.in_channels=2"]).data.normalization == "percentile"
+    fresh = RunConfig(workflow="image_to_image")  # and a new run's config, saved and read again, stays meanstd
+    path.write_text(fresh.to_yaml())
+    assert RunConfig.load(path).data.normalization == "meanstd"
+
+
+def test_init_template_writes_the_workflow_default():
+    assert "\n  normalization: meanstd\n" in commented_config("image_to_image")
+    assert "\n  normalization: percentile\n" in commented_config("semantic_segmentation")
+
+
+def test_an_old_image_to_image_checkpoint_loads_unchanged(tmp_path):
+    """A checkpoint trained before the change (percentile, as every config dump names it) predicts as before."""
+    cfg = RunConfig(workflow="image_to_image", data={"normalization": "percentile", "patch_size": [32, 32]})
+    dumped = cfg.model_dump(mode="json")
+    assert dumped["data"]["normalization"] == "percentile"
+    model = create_model("unet", ndim=2, in_channels=1, out_channels=1, feature_maps=[4, 8])
+    raw = np.random.default_rng(0).random((16, 16, 1), dtype=np.float32)
+    norm = fit_normalizer([raw], "percentile").to_dict()
+    save_checkpoint(
+        tmp_path / "old.pth",
+        {
+            "workflow": "image_to_image",
+            "config": dumped,
+            "model": {"name": "unet", "options": {"feature_maps": [4, 8]}, "out_channels": 1},
+            "state_dict": model.state_dict(),
+            "normalization": norm,
+            "workflow_state": {"target_normalization": norm},
+            "epoch": 1,
+        },
+    )
+    loaded = load_model(tmp_path / "old.pth")
+    assert loaded.config.data.normalization == "percentile"
+    assert loaded.normalizer.to_dict() == norm
+    assert loaded.workflow.state["target_normalization"] == norm

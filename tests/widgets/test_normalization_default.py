@@ -1,0 +1,42 @@
+"""The Train dock's normalization follows the workflow's default (meanstd for image to image, issue 14) until the
+user picks one; a value the user chose, or a loaded config's, stays when the workflow changes."""
+
+from napari_bioflow.widgets.train import TrainWidget
+
+
+def test_normalization_follows_the_workflow_until_chosen(make_napari_viewer):
+    train = TrainWidget(make_napari_viewer())
+    field = train.form["data.normalization"]
+    assert train.workflow == "semantic_segmentation" and field.value == "percentile"
+    train.form["workflow"].value = "image_to_image"
+    assert field.value == "meanstd" and train.form["data.percentile_low"].native.isHidden()
+    assert train.build_config().data.normalization == "meanstd"
+    train.form["workflow"].value = "semantic_segmentation"
+    assert field.value == "percentile"
+    assert not train.form["data.percentile_low"].native.isHidden()  # percentile's own fields follow
+
+    field.value = "none"  # the user's choice
+    train.form["workflow"].value = "image_to_image"
+    assert field.value == "none"
+    assert train.build_config().data.normalization == "none"
+
+
+def test_a_chosen_percentile_is_kept_for_image_to_image(make_napari_viewer):
+    train = TrainWidget(make_napari_viewer())
+    train.form["workflow"].value = "image_to_image"
+    train.form["data.normalization"].value = "percentile"
+    train.form["workflow"].value = "semantic_segmentation"
+    train.form["workflow"].value = "image_to_image"
+    assert train.form["data.normalization"].value == "percentile"
+    assert train.build_config().data.normalization == "percentile"
+
+
+def test_a_loaded_config_keeps_its_normalization(make_napari_viewer, tmp_path):
+    train = TrainWidget(make_napari_viewer())
+    path = tmp_path / "run.yaml"
+    path.write_text("workflow: image_to_image\ndata:\n  normalization: percentile\n")
+    train.load_config(path)
+    assert train.form["data.normalization"].value == "percentile"
+    train.form["workflow"].value = "semantic_segmentation"
+    train.form["workflow"].value = "image_to_image"
+    assert train.form["data.normalization"].value == "percentile"
