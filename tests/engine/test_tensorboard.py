@@ -38,3 +38,21 @@ def test_off_and_absent(tmp_path, monkeypatch):
     (start,) = reports_of(run_all(trainer), StartReport)
     assert any("tensorboard is not installed" in n for n in start.notes)
     assert trainer.best_checkpoint.is_file() and not (trainer.experiment.results / "tensorboard").exists()
+
+
+def test_image_samples(tmp_path):
+    """The first validation patch (raw, target, prediction) as images per epoch, at the patch's size."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    raw, lab = crop_folders(tmp_path / "data", n=2, size=96)
+    trainer = Trainer(tiny_config(tmp_path / "runs", raw, lab, train={"epochs": 2}))
+    run_all(trainer)
+    acc = EventAccumulator(str(trainer.experiment.results / "tensorboard"), size_guidance={"images": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["images"])
+    assert {"samples/raw", "samples/target", "samples/prediction"} <= tags
+    patch = trainer.cfg.data.patch_size
+    for tag in tags:
+        events = acc.Images(tag)
+        assert [e.step for e in events] == [1, 2]
+        assert (events[0].height, events[0].width) == tuple(patch[-2:])

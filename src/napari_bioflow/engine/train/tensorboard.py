@@ -1,5 +1,6 @@
 """TensorBoard logs of a run (results/<run>/tensorboard/): every number of the per-epoch CSV row as a scalar
-(losses, metrics, learning rate), written with torch.utils.tensorboard when tensorboard is installed (the
+(losses, metrics, learning rate) and, per epoch, the first validation patch as images (raw, target, prediction:
+channel 0, min-max scaled; the middle Z slice in 3D), written with torch.utils.tensorboard when tensorboard is installed (the
 `tensorboard` extra) and train.tensorboard is on; without tensorboard, a note says so and training goes on."""
 
 from __future__ import annotations
@@ -42,6 +43,34 @@ class TensorBoardLog:
                 self.writer.add_scalar(f"{group}/{key}", float(value), epoch)
         self.writer.flush()
 
+    def images(self, sample, epoch: int) -> None:
+        """`sample`: (raw, target, prediction) arrays of one patch, channel first; parts that are not images of the
+        patch's shape (a class index) are left out; a label map without a channel axis is one channel."""
+        if self.writer is None or sample is None:
+            return
+        raw = sample[0]
+        for name, array in zip(("raw", "target", "prediction"), sample):
+            picture = _picture(array, raw.ndim)
+            if picture is not None:
+                self.writer.add_image(f"samples/{name}", picture, epoch, dataformats="CHW")
+        self.writer.flush()
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _picture(array, ndim: int):
+    """Channel 0 of a (C,(Z),Y,X) array as a (1,Y,X) float32 image in [0, 1] (3D: the middle Z slice)."""
+    import numpy as np
+
+    a = np.asarray(array, np.float32)
+    if a.ndim == ndim - 1 and a.ndim >= 2:  # a label map without a channel axis
+        a = a[None]
+    if a.ndim != ndim or a.ndim < 3:
+        return None
+    a = a[0]
+    if a.ndim == 3:
+        a = a[a.shape[0] // 2]
+    low, high = float(a.min()), float(a.max())
+    return ((a - low) / (high - low if high > low else 1.0))[None]

@@ -211,6 +211,7 @@ class Trainer:
             }
             log.write(row)
             tb.write(row)
+            tb.images(getattr(self, "_val_sample", None), epoch)
             charts.update(row)
             yield EpochReport(
                 epoch,
@@ -249,6 +250,8 @@ class Trainer:
                 total += float(loss) * len(xb)
                 count += len(xb)
                 prediction, target = prediction.float().cpu().numpy(), y.cpu().numpy()
+                if count == len(xb):  # the first validation patch, for TensorBoard's image samples
+                    self._val_sample = (x[0].float().cpu().numpy(), target[0], prediction[0])
                 metrics.update(prediction, target)
                 if picker is not None and picker.applies(prediction, target):
                     picker.update(prediction, target)
