@@ -84,6 +84,10 @@ class DataConfig(_Section):
         le=1.0,
         description="Probability that a training patch is centred on a foreground (non-background) pixel rather than drawn uniformly. Helps with sparse objects.",
     )
+    save_prob_map: bool = Field(
+        False,
+        description="Write each training image's patch-sampling probability map (the chance that a patch is centred on each pixel, given that image is drawn: foreground_sampling on the labels' foreground, the rest uniform; sums to 1) as a float32 TIFF of the image's (Z,)Y,X shape to results/<run>/prob_map/ at the start of training. Only for training data drawn as patches.",
+    )
     multiple_raw: bool = Field(
         False,
         description="Image to image (and segmentation): several raw images per target. train_raw (and val_raw) then hold one sub-folder per sample with its raw images, each paired with the sample's one target in train_label: an image named after the sub-folder, or a sub-folder of that name holding one image (BiaPy's MULTIPLE_RAW_ONE_TARGET_LOADER). Validation holds aside whole samples.",

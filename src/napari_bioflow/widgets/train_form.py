@@ -161,6 +161,7 @@ class TrainForm:
                 ("data.percentile_low", "low percentile", {"step": 0.1}),
                 ("data.percentile_high", "high percentile", {"step": 0.1}),
                 ("data.foreground_sampling", "foreground sampling", {"step": 0.1}),
+                ("data.save_prob_map", "sampling map to prob_map/", {}),
                 ("augment.enable", "augment", {}),
                 ("augment.samples", "augmented samples to aug/", {"max": 1000}),
                 ("augment.flips", "flips", {}),

@@ -75,6 +75,27 @@ class PatchSampler:
                 return tuple(int(np.clip(ci - p // 2, 0, d - p)) for ci, p, d in zip(c, self.patch, shape))
         return tuple(int(self.rng.integers(0, d - p + 1)) for d, p in zip(shape, self.patch))
 
+    def probability_map(self, i: int) -> np.ndarray:
+        """The chance (float32, sums to 1) that a patch of image i is centred on each pixel, as `_start` draws:
+        uniform over the centres a patch can have, and with probability `foreground` on a foreground pixel (moved
+        inwards as `_start` clips it) when the image has labels with foreground."""
+        s = self.samples[i]
+        shape, half = tuple(s.spatial_shape), [p // 2 for p in self.patch]
+        uniform = np.zeros(shape, np.float64)
+        uniform[tuple(slice(h, d - p + h + 1) for h, p, d in zip(half, self.patch, shape))] = 1.0
+        uniform /= uniform.sum()
+        if self.foreground <= 0 or s.label is None:
+            return uniform.astype(np.float32)
+        lab = s.label.compute() if hasattr(s.label, "compute") else np.asarray(s.label)
+        pts = np.argwhere(np.asarray(lab).reshape(shape) > 0)
+        if not len(pts):
+            return uniform.astype(np.float32)
+        high = np.array(shape) - np.array(self.patch)
+        centres = np.clip(pts - np.array(half), 0, high) + np.array(half)
+        fg = np.zeros(shape, np.float64)
+        np.add.at(fg, tuple(centres.T), 1.0 / len(pts))
+        return ((1 - self.foreground) * uniform + self.foreground * fg).astype(np.float32)
+
     def read(self, i: int, start: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         s = self.samples[i]
         sl = tuple(slice(a, a + p) for a, p in zip(start, self.patch))

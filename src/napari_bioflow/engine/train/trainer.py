@@ -136,6 +136,10 @@ class Trainer:
             from .aug_samples import write_aug_samples
 
             write_aug_samples(exp.results / "aug", data, wf, cfg, self.device)
+        if main and cfg.data.save_prob_map:  # data.save_prob_map: where patches are centred, results/<run>/prob_map/
+            from .prob_map import write_prob_maps
+
+            write_prob_maps(exp.results / "prob_map", data, self.dataset.notes)
         if main:  # custom normalization: its values beside the run (normalization_*_value.npy)
             from ..data.normalize import save_normalization
 
