@@ -75,6 +75,7 @@ def test_fields_follow_the_workflow(make_napari_viewer, frames):
     # segmentation: classes and a Labels layer per pair; no target, no self-supervision; U-Net family and UNETR
     assert f["workflow"].value == "semantic_segmentation"
     assert shown(f["n_classes"]) and shown(pair.labels_layer) and shown(f["data.foreground_sampling"])
+    assert shown(f["data.save_prob_map"])  # data.save_prob_map: with the labels it weighs
     assert not shown(pair.target_layer) and not shown(f["data.target_channels"])
     assert not shown(w.ssl_group) and not shown(f["self_supervised.pretext"]) and not shown(w.token_size)
     assert shown(f["data.train_label"]) and f["data.train_label"].label == "label folder"
@@ -90,6 +91,7 @@ def test_fields_follow_the_workflow(make_napari_viewer, frames):
     assert shown(pair.target_layer) and not shown(pair.labels_layer)
     assert pair.image_layer.value.name == "t0" and pair.target_layer.value.name == "t1"
     assert shown(f["data.target_channels"]) and not shown(f["n_classes"]) and not shown(f["data.foreground_sampling"])
+    assert not shown(f["data.save_prob_map"])
     assert f["data.train_label"].label == "target folder" and not shown(w.ssl_group)
     assert list(f["train.loss"].choices) == ["auto", "l1", "mse"] and shown(f["train.loss"])
     models = set(f["model.name"].choices)

@@ -97,7 +97,7 @@ class TrainView:
             f[path].visible = path in wf.section_options
         for path in self.variant_fields:
             f[path].visible = wf.variant is not None and wf.variant[0] == path
-        f["n_classes"].visible = f["data.foreground_sampling"].visible = (
+        f["n_classes"].visible = f["data.foreground_sampling"].visible = f["data.save_prob_map"].visible = (
             labels  # classification: from the classes given
         )
         f["data.target_channels"].visible = f["data.multiple_raw"].visible = target
