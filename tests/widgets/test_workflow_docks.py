@@ -110,7 +110,8 @@ def test_fields_follow_the_workflow(make_napari_viewer, frames):
     assert (
         shown(w.ssl_group) and shown(f["self_supervised.pretext"]) and f["self_supervised.pretext"].value == "crappify"
     )
-    for path in ("self_supervised.noise", "self_supervised.downsample_area", "self_supervised.degrade_at_prediction"):
+    ssl_paths = ("noise", "downsample_area", "degrade_at_prediction", "cache_degraded")
+    for path in (f"self_supervised.{p}" for p in ssl_paths):
         assert shown(f[path]), path
     f["model.name"].value = "unet"
     assert not shown(w.mask_type) and not shown(w.mask_ratio) and not shown(w.token_size) and not shown(f["n_classes"])
@@ -121,6 +122,7 @@ def test_fields_follow_the_workflow(make_napari_viewer, frames):
     assert shown(w.token_size) and shown(w.mask_type) and shown(w.mask_ratio) and w.token_size.value == 16
     assert list(w.mask_type.choices) == ["grid", "random"]
     assert not shown(f["self_supervised.noise"]) and not shown(f["train.loss"]) and not shown(w.feature_maps)
+    assert not shown(f["self_supervised.cache_degraded"])
     w.token_size.value, w.mask_type.value, w.mask_ratio.value, w.patch_yx.value = 8, "random", 0.75, 64
     cfg = w.build_config()
     assert cfg.workflow == "self_supervised" and cfg.self_supervised.pretext == "masking" and cfg.model.name == "mae"

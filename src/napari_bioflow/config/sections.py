@@ -266,6 +266,10 @@ class SelfSupervisedConfig(_Section):
         ge=1,
         description="crappify: area factor of the bilinear down-sampling (4 = 2x per axis, Z included in 3D), followed by up-sampling back.",
     )
+    cache_degraded: bool = Field(
+        False,
+        description="crappify: degrade each training and validation image once, as a whole, and train on these fixed copies (float32 TIFFs in results/<run>/crappified/<key>/train|val/, never beside your data) instead of fresh noise per patch; <key> hashes the noise, downsample_area, seed, normalization and the source names and sizes, so a resumed run with the same settings reads them instead of degrading again.",
+    )
 
 
 class ClassificationConfig(_Section):

@@ -108,6 +108,7 @@ class TrainForm:
         f.add("self_supervised.noise", label="noise (× max)", step=0.05)
         f.add("self_supervised.downsample_area", label="down-sampling area", step=1.0)
         f.add("self_supervised.degrade_at_prediction", label="degrade at prediction")
+        f.add("self_supervised.cache_degraded", label="degraded copies to crappified/")
         self.mask_type = ComboBox(
             choices=["grid", "random"],
             value=mae.get("mask_type", "grid"),

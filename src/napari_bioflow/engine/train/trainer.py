@@ -114,6 +114,7 @@ class Trainer:
         loss_fn = wf.loss(cfg)
         self.dist.from_main(lambda: _check_memory(self, data, loss_fn))  # refused before the run's folder exists
         self.experiment = self.dist.from_main(lambda: claim_run(cfg, self._created))  # rank 0 claims the run id
+        wf.prepare_run(self.experiment.results, self.dataset, cfg)  # e.g. crappify's cached degraded copies
         gen = torch.Generator().manual_seed(cfg.seed)
         first_epoch, best_loss, best_epoch, since_best = 1, math.inf, 0, 0
         if resume is not None:

@@ -248,6 +248,9 @@ class Workflow:
     def prepare(self, dataset, cfg, normalizer) -> None:
         """Fit whatever the workflow learns from the training data before training (e.g. target normalization)."""
 
+    def prepare_run(self, results: Path, dataset, cfg) -> None:
+        """Once the run's results folder exists, before the first batch: write what the workflow keeps there."""
+
     def load_state(self, state: dict[str, Any]) -> None:
         self.state = dict(state)
 

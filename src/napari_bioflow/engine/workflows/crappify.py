@@ -24,6 +24,7 @@ class Crappify(SelfSupervised):
         "self_supervised.noise",
         "self_supervised.downsample_area",
         "self_supervised.degrade_at_prediction",
+        "self_supervised.cache_degraded",
     )
     predict_section_options = ("self_supervised.degrade_at_prediction",)
     outputs = (
@@ -49,17 +50,35 @@ class Crappify(SelfSupervised):
 
     def prepare(self, dataset, cfg, normalizer) -> None:
         self.state = {"normalization": normalizer.to_dict()}
+        self._norm = normalizer
         # a patch gets the noise of its whole image (sigma = noise x the image maximum), as a predicted image does;
         # a patch's own maximum would leave dark patches almost noise-free in training only
         self._image_max = {id(s): _image_max(s.raw, normalizer) for s in [*dataset.train, *dataset.val]}
 
+    def prepare_run(self, results: Path, dataset, cfg) -> None:
+        """self_supervised.cache_degraded: each image degraded once, kept in results/<run>/crappified/<key>/."""
+        if not cfg.self_supervised.cache_degraded:
+            return
+        from .crappify_cache import cached_degraded
+
+        self._degraded = cached_degraded(self, results, dataset, cfg)
+
     def read_target(self, sample, sl, x) -> np.ndarray:
-        # the clean patch, with the image maximum riding along as one more (constant) channel: make_pair takes it off
+        # the clean patch, with the image maximum riding along as one more (constant) channel: make_pair takes it off;
+        # with cached degraded copies, the degraded patch (normalized) rides between them
         top = getattr(self, "_image_max", {}).get(id(sample))
-        return x if top is None else np.concatenate([x, np.full((1, *x.shape[1:]), top, x.dtype)])
+        if top is None:
+            return x
+        parts = [x]
+        cached = getattr(self, "_degraded", {}).get(id(sample))
+        if cached is not None:
+            parts.append(np.ascontiguousarray(np.moveaxis(self._norm(np.asarray(cached[sl], np.float32)), -1, 0)))
+        return np.concatenate([*parts, np.full((1, *x.shape[1:]), top, x.dtype)])
 
     def make_pair(self, x, y, generator, cfg):
-        ssl = cfg.self_supervised
+        ssl, c = cfg.self_supervised, x.shape[1]
+        if y.shape[1] == 2 * c + 1:  # a cached degraded copy: the input as it was written, the clean patch the target
+            return y[:, c : 2 * c], x
         top = y[:, -1:].amax(dim=tuple(range(1, y.ndim)), keepdim=True) if y.shape[1] > x.shape[1] else None
         return crappify(x, ssl.noise, ssl.downsample_area, generator, top), x
 
