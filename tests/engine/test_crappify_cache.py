@@ -70,6 +70,15 @@ def test_degraded_copies_cached_used_and_reused(tmp_path):
     stamp = {p: p.stat().st_mtime_ns for p in folder.rglob("*.tif")}
     wf.prepare_run(trainer.experiment.results, trainer.dataset, cfg)
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*.tif")} == stamp
+    # a second run of the experiment with the same settings takes the copies over from the first: marked copies
+    # come back as they were marked, so they were copied, not degraded again
+    marked = folder / "train" / "crop0.tif"
+    tifffile.imwrite(marked, np.full((160, 160, 1), 7.0, np.float32))
+    second = Trainer(cfg)
+    run_all(second)
+    assert second.experiment.results != trainer.experiment.results
+    copied = second.experiment.results / "crappified" / folder.name / "train" / "crop0.tif"
+    assert np.all(tifffile.imread(copied) == 7.0)
 
 
 def test_off_by_default(tmp_path):

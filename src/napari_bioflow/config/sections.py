@@ -268,7 +268,7 @@ class SelfSupervisedConfig(_Section):
     )
     cache_degraded: bool = Field(
         False,
-        description="crappify: degrade each training and validation image once, as a whole, and train on these fixed copies (float32 TIFFs in results/<run>/crappified/<key>/train|val/, never beside your data) instead of fresh noise per patch; <key> hashes the noise, downsample_area, seed, normalization and the source names and sizes, so a resumed run with the same settings reads them instead of degrading again.",
+        description="crappify: degrade each training and validation image once, as a whole, and train on these fixed copies (float32 TIFFs in results/<run>/crappified/<key>/train|val/, never beside your data) instead of fresh noise per patch; <key> hashes the noise, downsample_area, seed, normalization and the source names and sizes, so a later run of the experiment (a resume, a rerun) with the same settings copies them from the earlier run instead of degrading again.",
     )
 
 

@@ -1,7 +1,8 @@
 """Self-supervised pretext `crappify`: the model learns to restore raw images degraded by noise and down/up-sampling
 (BiaPy's defaults: Gaussian noise of sigma = noise x the image maximum, clipped to [0, max], then bilinear
 down-sampling by sqrt(downsample_area) per axis, Z included in 3D, and back up). Degraded copies are made on the fly
-in training; at prediction they are written to the run's results folder, never next to the user's data."""
+in training (or once per image, kept in results/<run>/crappified/, with self_supervised.cache_degraded); at
+prediction they are written to the run's results folder, never next to the user's data."""
 
 from __future__ import annotations
 

@@ -5,7 +5,9 @@ once, as a whole (as prediction degrades), written to results/<run>/crappified/<
 <key> is the first 12 hex digits of a SHA-256 over the degradation settings (noise, downsample_area, seed, ndim),
 the normalization the degradation runs on, and each source's name and shape per split; a resumed run (same run
 folder) with the same settings finds its copies, any change makes a new folder. settings.json records the key's
-contents."""
+contents. The copies are reused across runs of the experiment: a run (a resume, or a second run with the same
+settings) whose key folder is missing copies it from an earlier run's results/<other run>/crappified/<key>/ instead
+of degrading again."""
 
 from __future__ import annotations
 
@@ -39,7 +41,14 @@ def cached_degraded(workflow, results: Path, dataset, cfg) -> dict[int, np.ndarr
 
     settings = cache_key(workflow, dataset, cfg)
     text = json.dumps(settings, sort_keys=True, default=str)
-    folder = Path(results) / "crappified" / hashlib.sha256(text.encode()).hexdigest()[:12]
+    key = hashlib.sha256(text.encode()).hexdigest()[:12]
+    folder = Path(results) / "crappified" / key
+    if not folder.is_dir():
+        earlier = sorted(Path(results).parent.glob(f"*/crappified/{key}/settings.json"))
+        if earlier:
+            import shutil
+
+            shutil.copytree(earlier[-1].parent, folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "settings.json").write_text(json.dumps(settings, indent=1, default=str))
     out: dict[int, np.ndarray] = {}
