@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tifffile
 import torch
 from helpers import run_all, tiny_config, tree
@@ -61,6 +62,12 @@ def test_degraded_copies_cached_used_and_reused(tmp_path):
     copy = tifffile.imread(folder / "train" / f"{Path(sample.name).stem}.tif")
     np.testing.assert_allclose(x_in[0, 0].numpy(), trainer.normalizer(copy[10:42, 20:52])[..., 0], atol=1e-6)
     np.testing.assert_array_equal(target.numpy(), xb[None])
+    # augmented (flips, intensity jitter) together: the input stays the augmented target's degraded copy
+    ax, ay = wf.augment(torch.from_numpy(xb)[None], torch.from_numpy(yb)[None], cfg, torch.Generator().manual_seed(3))
+    a_in, a_target = wf.make_pair(ax, ay, torch.Generator(), cfg)
+    gain = (a_target.std() / torch.from_numpy(xb).std()).item()
+    assert a_in.shape == a_target.shape == (1, 1, 32, 32)
+    assert (a_in.std() / x_in.std()).item() == pytest.approx(gain, rel=1e-4)
     # reused: a second preparation of the run (as a resume does) reads the copies, it does not write them again;
     # other degradation settings give another key
     from napari_bioflow.engine.workflows.crappify_cache import cache_key

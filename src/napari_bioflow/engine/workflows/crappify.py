@@ -76,6 +76,17 @@ class Crappify(SelfSupervised):
             parts.append(np.ascontiguousarray(np.moveaxis(self._norm(np.asarray(cached[sl], np.float32)), -1, 0)))
         return np.concatenate([*parts, np.full((1, *x.shape[1:]), top, x.dtype)])
 
+    def augment(self, x, y, cfg, generator):
+        """With cached degraded copies, the clean and the degraded patch are augmented as one raw (the same flips,
+        geometry and per-patch intensity jitter), so the input still is the degraded target."""
+        c = x.shape[1]
+        if y.shape[1] != 2 * c + 1:
+            return super().augment(x, y, cfg, generator)
+        import torch
+
+        both, top = super().augment(y[:, : 2 * c], y[:, 2 * c :], cfg, generator)
+        return both[:, :c], torch.cat([both, top], dim=1)
+
     def make_pair(self, x, y, generator, cfg):
         ssl, c = cfg.self_supervised, x.shape[1]
         if y.shape[1] == 2 * c + 1:  # a cached degraded copy: the input as it was written, the clean patch the target
