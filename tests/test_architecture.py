@@ -198,3 +198,12 @@ def test_data_package_imports_no_later_stage():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]", f"engine/data imports a later stage: {proc.stdout.strip()}"
+
+
+def test_test_modules_have_unique_names():
+    """pytest imports test modules by their base name (rootdir mode, no packages): two files of one name in
+    tests/engine and tests/widgets stop the whole collection."""
+    names = [p.name for p in Path(__file__).parent.rglob("test_*.py")]
+    assert len(names) > 50
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    assert not duplicates, duplicates
