@@ -1,7 +1,7 @@
 """The docks fit a 1366x768 laptop screen (issue 11 item 2): the window never grows taller than the screen, and
 every tab's buttons and progress bars (and the Train chart) are in view without scrolling."""
 
-from qtpy.QtWidgets import QApplication
+from qtpy.QtWidgets import QApplication, QScrollArea
 
 from napari_bioflow.sample_data import bbbc007_nuclei
 
@@ -49,6 +49,10 @@ def test_the_bioflow_dock_fits_1366x768(make_napari_viewer, qtbot):
         assert window.height() <= 768
         out = [w.objectName() or type(w).__name__ for w in widgets if not in_view(w, window)]
         assert not out, f"{type(tab).__name__}: not in view at 1366x768: {out}"
+        for area in tab.findChildren(QScrollArea):  # the fields fit the dock's width: nothing cut on the right
+            if area.isVisible() and area.widget() is not None:
+                need = area.widget().minimumSizeHint().width()
+                assert need <= area.viewport().width(), f"{type(tab).__name__}: fields need {need} px"
     assert dock.width() <= 420  # the canvas keeps most of the width
 
 

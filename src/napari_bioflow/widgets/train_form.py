@@ -147,7 +147,7 @@ class TrainForm:
                 ("train.warmup_epochs", "warm-up epochs", {}),
                 ("train.loss", "loss", {}),
                 ("train.sampling", "patch order", {}),
-                ("train.ema", "weight averaging (EMA decay, 0 = off)", {"step": 0.01}),
+                ("train.ema", "EMA decay (0 = off)", {"step": 0.01}),
                 ("train.pick_threshold", "threshold from validation", {}),
                 ("train.amp", "mixed precision (GPU)", {}),
                 ("train.channels_last", "channels-last (GPU)", {}),
