@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SAMPLE_2D, loadavg, median, table, verdict, write_result  # noqa: E402
-from bench_viewer import ensure_display  # noqa: E402
+from bench_viewer import ensure_display, settled_app_and_ticker  # noqa: E402
 
 IMAGE = "A9_A9_p10d.tif"
 
@@ -76,7 +76,7 @@ def child_headless(config: Path, out: Path) -> dict:
 def child_viewer(out: Path, epochs: int, steps: int, clicks: bool) -> dict:
     import napari
     import tifffile
-    from qtpy.QtCore import QEventLoop, Qt, QTimer
+    from qtpy.QtCore import QEventLoop, QTimer
 
     from napari_bioflow.engine.train import StepReport
     from napari_bioflow.widgets import preview as preview_module
@@ -115,16 +115,7 @@ def child_viewer(out: Path, epochs: int, steps: int, clicks: bool) -> dict:
     f = widget.form
     f["train.epochs"].value, f["train.steps_per_epoch"].value, f["train.patience"].value = epochs, steps, 0
     f["output_dir"].value, f["device"].value = str(out), "cpu"
-    app = napari.qt.get_qapp()
-    for _ in range(20):  # let the window show and settle
-        app.processEvents()
-        time.sleep(0.05)
-
-    ticks: list[float] = []
-    timer = QTimer()
-    timer.setTimerType(Qt.PreciseTimer)
-    timer.setInterval(10)
-    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    app, timer, ticks = settled_app_and_ticker()
 
     def wait_for(dock) -> None:
         loop = QEventLoop()

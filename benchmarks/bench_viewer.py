@@ -93,7 +93,7 @@ def child_thread(out: Path, epochs: int, steps: int) -> dict:
 def child_viewer(out: Path, epochs: int, steps: int, preview: bool, timer_on: bool = True) -> dict:
     import napari
     import tifffile
-    from qtpy.QtCore import QEventLoop, Qt, QTimer
+    from qtpy.QtCore import QEventLoop
 
     from napari_bioflow.engine.train import EpochReport, StepReport
     from napari_bioflow.widgets import train as train_module
@@ -141,16 +141,7 @@ def child_viewer(out: Path, epochs: int, steps: int, preview: bool, timer_on: bo
     f["output_dir"].value, f["device"].value, f["name"].value = str(out), "cpu", "bench_train"
     if not preview:
         widget.preview_ms.value = 0
-    app = napari.qt.get_qapp()
-    for _ in range(20):  # let the window show and settle
-        app.processEvents()
-        time.sleep(0.05)
-
-    ticks: list[float] = []
-    timer = QTimer()
-    timer.setTimerType(Qt.PreciseTimer)
-    timer.setInterval(10)
-    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    app, timer, ticks = settled_app_and_ticker()
     loop = QEventLoop()
     widget.start()
     worker = widget._worker
@@ -208,6 +199,24 @@ def run_child(mode: str, args) -> dict:
         return json.loads(proc.stdout.strip().splitlines()[-1])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def settled_app_and_ticker():
+    """The Qt application once the window has shown and settled, and a 10 ms PreciseTimer (not started) that appends
+    each tick's time to `ticks`: its lateness is the event loop's."""
+    import napari
+    from qtpy.QtCore import Qt, QTimer
+
+    app = napari.qt.get_qapp()
+    for _ in range(20):
+        app.processEvents()
+        time.sleep(0.05)
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setTimerType(Qt.PreciseTimer)
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    return app, timer, ticks
 
 
 def ensure_display() -> subprocess.Popen | None:

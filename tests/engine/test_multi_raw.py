@@ -42,6 +42,18 @@ def write_samples(root: Path, crops: np.ndarray, views: int = 3) -> tuple[Path, 
     return raw_dir, target_dir
 
 
+def multi_raw_config(out: Path, raw_dir: Path, target_dir: Path, val_split: float):
+    """A tiny image-to-image run on sample sub-folders (data.multiple_raw)."""
+    return tiny_config(
+        out,
+        raw_dir,
+        target_dir,
+        workflow="image_to_image",
+        data={"multiple_raw": True, "patch_size": [32, 32], "val_split": val_split},
+        model={"options": {"feature_maps": [8, 16], "norm": "none"}},
+    )
+
+
 def test_several_raw_images_per_target_train_with_whole_samples_held_aside(tmp_path):
     crops = tifffile.imread(TIMELAPSE)
     raw_dir, target_dir = write_samples(tmp_path / "data", crops)
@@ -52,15 +64,7 @@ def test_several_raw_images_per_target_train_with_whole_samples_held_aside(tmp_p
         ("cell2", 3, "cell2.tif"),
         ("cell3", 3, "clean.tif"),
     ]
-    cfg = tiny_config(
-        tmp_path / "out",
-        raw_dir,
-        target_dir,
-        workflow="image_to_image",
-        data={"multiple_raw": True, "patch_size": [32, 32], "val_split": 0.25},
-        model={"options": {"feature_maps": [8, 16], "norm": "none"}},
-    )
-    trainer = Trainer(cfg)
+    trainer = Trainer(multi_raw_config(tmp_path / "out", raw_dir, target_dir, 0.25))
     reports = run_all(trainer)
     (start,) = reports_of(reports, StartReport)
     assert (start.n_train, start.n_val) == (9, 3)  # one sample of four, with its three views
@@ -140,15 +144,7 @@ def test_sample_folders_predict_view_by_view_in_predict_and_batch(tmp_path, caps
 
     crops = tifffile.imread(TIMELAPSE)
     raw_dir, target_dir = write_samples(tmp_path / "data", crops[:2])
-    cfg = tiny_config(
-        tmp_path / "out",
-        raw_dir,
-        target_dir,
-        workflow="image_to_image",
-        data={"multiple_raw": True, "patch_size": [32, 32], "val_split": 0.5},
-        model={"options": {"feature_maps": [8, 16], "norm": "none"}},
-    )
-    trainer = Trainer(cfg)
+    trainer = Trainer(multi_raw_config(tmp_path / "out", raw_dir, target_dir, 0.5))
     checkpoint = run_all(trainer)[-1].checkpoint
     test_raw, test_target = write_samples(tmp_path / "test", crops[2:])
     before = tree(tmp_path / "test")

@@ -148,6 +148,7 @@ class SemanticSegmentation(Workflow):
         """prediction: (C, (Z,)Y,X) probabilities (zarr). Through the run's writer (engine/predict/writer.py): the
         labels chunk by chunk, the filtered labels (post-processing) beside them, TIFFs when they fit, and IoU against
         `target` read chunk by chunk too (before and after filtering), so huge volumes never load whole."""
+        from ..predict.labels import _labels_dtype
         from ..predict.postprocess import filter_labels, filters_for
         from ..predict.sliding_window import write_labels_zarr
         from ..predict.writer import writer_of
@@ -190,10 +191,6 @@ class SemanticSegmentation(Workflow):
         return out
 
 
-def _labels_dtype(n_classes: int):
-    return np.uint8 if n_classes <= 256 else np.uint16
-
-
 def _iou(labels, target, n_classes: int) -> dict[str, Any]:
     """IoU of a zarr label array against `target(region)`, chunk by chunk: metrics and the pixel counts."""
     from ..predict.accumulator import chunk_regions
@@ -202,7 +199,3 @@ def _iou(labels, target, n_classes: int) -> dict[str, Any]:
     for region in chunk_regions(labels.shape, labels.chunks):
         acc.update(np.asarray(labels[region]), target(region))
     return {"metrics": acc.compute(), "counts": (acc.inter, acc.union)}
-
-
-# kept for callers of earlier versions: the writer's bound
-TIFF_MAX_BYTES = 2 * 2**30
