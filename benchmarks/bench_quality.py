@@ -102,12 +102,13 @@ def set_nuclei_3d(tile: int) -> dict:
 
     raw = tifffile.imread(SHARED / "nuclei_3d" / "nuclei.tif")
     lab = (tifffile.imread(SHARED / "nuclei_3d" / "nuclei_label.tif") > 0).astype(np.uint8)
-    side = tile // 2  # 64 (quick) or 128
     z = slice(14, 46)
-    block = lambda y, x: (raw[z, y : y + side, x : x + side], lab[z, y : y + side, x : x + side])  # noqa: E731
-    train = [block(0, 0), block(side, 0)]
-    val = [block(0, side // 2)]
-    test = [block(0, 128), block(128, 128)]
+    block = lambda y, x, side: (raw[z, y : y + side, x : x + side], lab[z, y : y + side, x : x + side])  # noqa: E731
+    if tile <= 128:  # quick: two 64 px blocks train, one (overlapping them) validates
+        train, val = [block(0, 0, 64), block(64, 0, 64)], [block(0, 32, 64)]
+    else:  # the X strip 0-63 trains (4 blocks), 64-127 validates: apart from each other and from the test
+        train, val = [block(y, 0, 64) for y in range(0, 256, 64)], [block(64, 64, 64)]
+    test = [block(0, 128, 128), block(128, 128, 128)]
     return {
         "kind": "segmentation",
         "n_classes": 2,
@@ -323,12 +324,14 @@ def main() -> None:
     ap.add_argument("--configs", nargs="*", default=["old", "biapy_1e-4", "biapy_1e-3", "new"])
     ap.add_argument("--seeds", nargs="*", type=int)
     ap.add_argument("--budgets", nargs="*", type=int)
+    ap.add_argument("--tile", type=int, help="tile side (default 128 quick, else 256)")
+    ap.add_argument("--patch", type=int, help="training patch side of the 2D sets that follow it (default 64 quick, else the tile)")
     ap.add_argument("--name", default=None, help="result file name (default quality or quality_quick)")
     args = ap.parse_args()
     budgets = args.budgets or ([30, 100] if args.quick else [30, 100, 300])
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
-    tile = 128 if args.quick else 256
-    patch = 64 if args.quick else tile
+    tile = args.tile or (128 if args.quick else 256)
+    patch = args.patch or (64 if args.quick else tile)
     results: dict = {}
     started = time.perf_counter()
     name = args.name or ("quality_quick" if args.quick else "quality")
