@@ -1,7 +1,8 @@
 """Issue 14: how fast and how well untuned configurations learn, on fixed train/val/test splits of real sets.
 
 Sets (all from ../shared/data or tests/data; crops fixed, so every run sees the same pixels):
-  bbbc_binary   BBBC007 nuclei, foreground/background: 4 training tiles, 1 validation tile, 4 test tiles (other images)
+  bbbc_binary   BBBC007 nuclei, foreground/background: 4 training tiles, 3 validation tiles, 4 test tiles (other
+                images; each split holds images of all three acquisitions of the set)
   bbbc_3class   the same tiles, 3 classes (background, boundary, interior: skimage find_boundaries, inner)
   nuclei_3d     the cells3d nuclei volume, foreground: training and validation blocks from x < 128, test from x >= 128
   skin_he       the H&E skin section (RGB, 4x down-sampled), 3 classes from its two drawn regions: left part
@@ -56,9 +57,11 @@ def _bbbc(tile: int):
         label = SHARED / "bbbc007_2d" / "labels" / path.name
         out.append((tifffile.imread(path), tifffile.imread(label)))
     crop = lambda pair, y, x: tuple(np.ascontiguousarray(a[y : y + tile, x : x + tile]) for a in pair)  # noqa: E731
-    train = [crop(out[i], 60, 60) for i in range(4)]
-    val = [crop(out[4], 60, 60)]
-    test = [crop(out[i], 60, 60) for i in range(10, 14)]
+    # the 14 images come from three acquisitions (A9: 0-3, f9620: 4-8, f96_17: 9-13); each split draws from all
+    # three, on different images (a validation tile from an acquisition never trained on chose thresholds for it)
+    train = [crop(out[i], 60, 60) for i in (0, 1, 4, 9)]
+    val = [crop(out[i], 60, 60) for i in (2, 5, 10)]
+    test = [crop(out[i], 60, 60) for i in (3, 6, 11, 12)]
     return train, val, test
 
 
