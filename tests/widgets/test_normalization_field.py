@@ -1,5 +1,6 @@
-"""The Train dock's normalization follows the workflow's default (meanstd for image to image, issue 14) until the
-user picks one; a value the user chose, or a loaded config's, stays when the workflow changes."""
+"""The Train dock's normalization and intensity jitter follow the workflow's defaults (meanstd and no jitter for
+image to image, issue 14) until the user picks a value; a value the user chose, or a loaded config's, stays when the
+workflow changes."""
 
 from napari_bioflow.widgets.train import TrainWidget
 
@@ -40,3 +41,19 @@ def test_a_loaded_config_keeps_its_normalization(make_napari_viewer, tmp_path):
     train.form["workflow"].value = "semantic_segmentation"
     train.form["workflow"].value = "image_to_image"
     assert train.form["data.normalization"].value == "percentile"
+
+
+def test_intensity_jitter_follows_the_workflow_until_chosen(make_napari_viewer):
+    train = TrainWidget(make_napari_viewer())
+    jitter = train.form["augment.intensity"]
+    assert train.followed_fields() == ["augment.intensity", "data.normalization"]
+    assert jitter.value == 0.1
+    train.form["workflow"].value = "image_to_image"
+    assert jitter.value == 0.0 and train.build_config().augment.intensity == 0.0
+    train.form["workflow"].value = "semantic_segmentation"
+    assert jitter.value == 0.1 and train.build_config().augment.intensity == 0.1
+    train.form["workflow"].value = "image_to_image"
+    jitter.value = 0.25  # the user's choice, kept; the normalization still follows
+    train.form["workflow"].value = "classification"
+    assert jitter.value == 0.25 and train.form["data.normalization"].value == "percentile"
+    assert train.build_config().augment.intensity == 0.25

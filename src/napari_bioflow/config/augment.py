@@ -25,7 +25,12 @@ class AugmentConfig(_Section):
     rotate90: bool = Field(
         True, description="Random 90-degree rotations in the Y-X plane (BiaPy: ROT90); square patches only."
     )
-    intensity: float = Field(0.1, ge=0, le=1, description="Strength of random brightness/contrast jitter (0 = off).")
+    intensity: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Strength of random brightness/contrast jitter of the raw (0 = off). Default: the workflow's (0 for image to image, whose raw-to-target intensities are what it learns; 0.1 for the others).",
+    )
     affine_mode: Literal["reflect", "constant", "edge"] = Field(
         "reflect",
         description="How rotation, zoom, shear, elastic deformation and misalignment fill what comes from outside the patch: reflect (mirror), constant (0; background for labels) or edge (repeat the border). BiaPy: AFFINE_MODE, E_MODE.",

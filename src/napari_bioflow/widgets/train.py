@@ -59,7 +59,8 @@ class TrainWidget(TrainForm, TrainView, TrainInputs, TrainChecks, TrainConfigLoa
         f["model.name"].changed.connect(self._update_visibility)
         for path in ("train.optimizer", "train.scheduler", "data.normalization"):  # their own options follow them
             f[path].changed.connect(self._update_visibility)
-        f["data.normalization"].changed.connect(self._on_normalization)  # a choice of the user's: kept
+        for key in self.followed_fields():  # a choice of the user's: kept when the workflow changes
+            f[key].changed.connect(lambda *_, key=key: self._on_followed(key))
         f["ndim"].changed.connect(self._on_ndim)
         self.pairs.changed.connect(self._adapt)
         self.class_layers.changed.connect(self._adapt)

@@ -59,7 +59,7 @@ class TrainConfigLoader:
                     widget.line_edit.value = ""
                     continue
             put(widget, value, self.words().get(key, key))
-        self._normalization_chosen = True  # the config's normalization stays when the workflow changes
+        self._chosen = frozenset(self.followed_fields())  # the config's values stay when the workflow changes
         patch = list(cfg.data.patch_size)
         put(self.patch_yx, patch[-1], "patch Y, X")
         if cfg.ndim == 3:

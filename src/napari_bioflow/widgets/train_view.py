@@ -13,8 +13,8 @@ from .train_fields import (
 class TrainView:
     """Mixin of TrainWidget: which fields show and what their choices are."""
 
-    _normalization_chosen = False  # the user (or a loaded config) set data.normalization: workflows leave it
-    _normalization_following = False  # the dock itself is setting it
+    _chosen: frozenset[str] = frozenset()  # workflow-default fields the user (or a loaded config) set: kept
+    _following = False  # the dock itself is setting them
 
     @property
     def workflow(self) -> str:
@@ -38,27 +38,34 @@ class TrainView:
         current = loss.value
         loss.choices = list(cls.losses)
         loss.value = current if current in loss.choices else cls.losses[0]
-        self._follow_normalization(cls)
+        self._follow_defaults(cls)
         self.chart.set_metric(cls.chart_metric)
         self._update_models()
         self._adapted = (self._adapted[0], None)  # read the second layer (classes, target channels) again
         self._adapt()
         self._update_visibility()
 
-    def _follow_normalization(self, cls) -> None:
-        """data.normalization shows the workflow's default (meanstd for image to image) until the user picks one."""
-        field = self.form["data.normalization"]
-        if self._normalization_chosen or field.value == cls.default_normalization:
-            return
-        self._normalization_following = True
-        try:
-            field.value = cls.default_normalization
-        finally:
-            self._normalization_following = False
+    def followed_fields(self) -> list[str]:
+        """The fields whose default is a workflow's own (Workflow.config_defaults of any workflow)."""
+        from ..engine.workflows.base import workflow_classes
 
-    def _on_normalization(self, *_) -> None:
-        if not self._normalization_following:
-            self._normalization_chosen = True
+        keys = {k for cls in workflow_classes() for k in cls.config_defaults}
+        return sorted(k for k in keys if k in self.form.widgets)
+
+    def _follow_defaults(self, cls) -> None:
+        """Fields such as data.normalization show the workflow's default (meanstd and no intensity jitter for image
+        to image) until the user picks a value."""
+        self._following = True
+        try:
+            for key in self.followed_fields():
+                if key not in self._chosen and self.form[key].value != cls.default_of(key):
+                    self.form[key].value = cls.default_of(key)
+        finally:
+            self._following = False
+
+    def _on_followed(self, key: str) -> None:
+        if not self._following:
+            self._chosen = self._chosen | {key}
 
     def _update_models(self) -> None:
         name = self.form["model.name"]

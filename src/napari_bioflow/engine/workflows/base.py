@@ -120,7 +120,9 @@ class Workflow:
     trains_from = "labels"  # "labels" (raw + Labels), "image" (raw + target image), "none" (raw only), "classes"
     losses: tuple[str, ...] = ("auto",)  # train.loss values it accepts ("auto" first)
     default_model = "unet"
-    default_normalization = "percentile"  # data.normalization when a config gives none (a saved config names its own)
+    # config fields ("section.field") whose default is the workflow's own, filled in when a config gives none (a
+    # saved config names its own); the Train dock shows them and follows the workflow until the user picks a value
+    config_defaults: dict[str, Any] = {"data.normalization": "percentile"}
     model_tasks: tuple[str, ...] = ("dense",)  # registry tasks that fit
     excluded_model_tags: tuple[str, ...] = ("masked_autoencoder",)  # registry tags that do not fit
     required_model_tags: tuple[str, ...] = ()  # registry tags a model must have
@@ -184,18 +186,30 @@ class Workflow:
     def complete_config(cls, data: dict) -> None:
         """Fill in, in place, defaults of a config dict (before validation) that depend on what else it says, e.g.
         the self-supervised pretext chosen by the model named (the default variant's class is asked)."""
-        cls.complete_normalization(data)
+        cls.complete_defaults(data)
 
     @classmethod
-    def complete_normalization(cls, data: dict) -> None:
-        """data.normalization: the workflow's default when the config names none (a saved config or checkpoint
-        always names it, so it keeps its own)."""
-        section = data.get("data")
-        if section is None or isinstance(section, dict):
-            if "normalization" not in (section or {}):
-                data["data"] = {**(section or {}), "normalization": cls.default_normalization}
-        elif hasattr(section, "model_fields_set") and "normalization" not in section.model_fields_set:
-            data["data"] = section.model_copy(update={"normalization": cls.default_normalization})
+    def default_of(cls, key: str):
+        """The value of `key` ("section.field") this workflow starts from: its own or the config field's default."""
+        if key in cls.config_defaults:
+            return cls.config_defaults[key]
+        from ...config import RunConfig
+
+        section, _, name = key.partition(".")
+        return RunConfig.model_fields[section].annotation.model_fields[name].default
+
+    @classmethod
+    def complete_defaults(cls, data: dict) -> None:
+        """Each of config_defaults where the config names no value of its own (a saved config or checkpoint always
+        names them, so it keeps its own)."""
+        for key, value in cls.config_defaults.items():
+            name, _, field = key.partition(".")
+            section = data.get(name)
+            if section is None or isinstance(section, dict):
+                if field not in (section or {}):
+                    data[name] = {**(section or {}), field: value}
+            elif hasattr(section, "model_fields_set") and field not in section.model_fields_set:
+                data[name] = section.model_copy(update={field: value})
 
     rows_column = "image"  # the first column of predictions.csv (one row per predicted image)
 

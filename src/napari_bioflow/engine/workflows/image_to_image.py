@@ -96,8 +96,9 @@ class ImageToImage(Workflow):
     target_is_image = True
     chart_metric = "psnr"
     chart_title = "validation PSNR (dB)"
-    # mean/std (raw and target): issue 14's restoration set, 3 seeds: benchmarks/README.md "Issue 14"
-    default_normalization = "meanstd"
+    # mean/std (raw and target), and no brightness/contrast jitter of the raw alone (the raw-to-target intensities
+    # are what the model learns): issue 14's restoration set, 3 to 8 seeds, benchmarks/README.md "Issue 14"
+    config_defaults = {"data.normalization": "meanstd", "augment.intensity": 0.0}
     init_notes = (
         "Pairs: each raw image in data.train_raw has its target (same size) in data.train_label, paired by file",
         "name; set data.target_channels for multi-channel targets. Test targets (data.test_label) give PSNR, SSIM,",

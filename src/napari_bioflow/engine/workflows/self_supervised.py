@@ -100,7 +100,7 @@ class SelfSupervised(Workflow):
         if patch and "patch_size" not in section:
             section["patch_size"] = list(patch)
         data.update(self_supervised=ssl, model=model, data=section)
-        chosen.complete_normalization(data)
+        chosen.complete_defaults(data)
 
     def out_channels(self, cfg) -> int:
         return cfg.data.in_channels
