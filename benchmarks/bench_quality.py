@@ -328,7 +328,9 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="*", type=int)
     ap.add_argument("--budgets", nargs="*", type=int)
     ap.add_argument("--tile", type=int, help="tile side (default 128 quick, else 256)")
-    ap.add_argument("--patch", type=int, help="training patch side of the 2D sets that follow it (default 64 quick, else the tile)")
+    ap.add_argument(
+        "--patch", type=int, help="training patch side of the 2D sets that follow it (default 64 quick, else the tile)"
+    )
     ap.add_argument("--name", default=None, help="result file name (default quality or quality_quick)")
     args = ap.parse_args()
     budgets = args.budgets or ([30, 100] if args.quick else [30, 100, 300])
