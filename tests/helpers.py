@@ -160,8 +160,8 @@ def shown(widget) -> bool:
 
 
 def labels_expected(prob: np.ndarray, checkpoint: Path) -> np.ndarray:
-    """The labels a checkpoint's prediction should hold for probabilities `prob`: argmax, or for two classes the
-    binarization threshold chosen on the validation data when the checkpoint stores one (train.pick_threshold)."""
+    """The labels a checkpoint's prediction should hold for probabilities `prob`: argmax, or with the background
+    threshold chosen on the validation data when the checkpoint stores one (train.pick_threshold)."""
     from napari_bioflow.engine.predict.labels import argmax_labels
     from napari_bioflow.engine.train.checkpoint import read_checkpoint
 

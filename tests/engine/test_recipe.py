@@ -63,8 +63,29 @@ def test_threshold_picker_scores_every_threshold():
     picker.update(pred, target[None, None])
     threshold, iou = picker.best()
     assert 0.2 < threshold <= 0.3 and iou == 1.0  # argmax (0.5) would miss two of four: IoU 0.5
-    assert not ThresholdPicker.applies(np.zeros((2, 3, 4, 4)), np.zeros((2, 4, 4), np.int64))  # 3 classes
+    assert not ThresholdPicker.applies(np.zeros((2, 1, 4, 4)), np.zeros((2, 4, 4), np.int64))  # one sigmoid
     assert ThresholdPicker().best() is None  # no foreground seen
+
+
+def test_three_classes_weigh_the_background():
+    """With 3 classes the threshold weighs the background against the likeliest other class: here the background
+    wins argmax on two pixels of class 2 (shares p_2 / (p_0 + p_2) of 0.42 and 0.44) and one of class 1 (0.45), the
+    background pixel's share is 0.05: a threshold between gives every class its pixels, and the labels follow it."""
+    p = np.array(  # (3 classes, 6 pixels): true classes 1, 1, 2, 2, 2, 0
+        [
+            [0.10, 0.50, 0.55, 0.50, 0.20, 0.90],
+            [0.85, 0.41, 0.05, 0.10, 0.10, 0.05],
+            [0.05, 0.09, 0.40, 0.40, 0.70, 0.05],
+        ]
+    )
+    target = np.array([1, 1, 2, 2, 2, 0])
+    np.testing.assert_array_equal(argmax_labels(p), [1, 0, 0, 0, 2, 0])  # argmax: IoU 0.5 and 1/3
+    picker = ThresholdPicker()
+    picker.update(p[None, :, None, :], target[None, None])
+    threshold, iou = picker.best()
+    assert 0.4 < threshold <= 0.42 and iou == 1.0  # of equal scores, the one nearest 0.5
+    np.testing.assert_array_equal(argmax_labels(p, threshold), target)
+    np.testing.assert_array_equal(argmax_labels(p, 0.5), argmax_labels(p))  # 0.5 is argmax
 
 
 def _predict_labels(tmp_path: Path, ckpt: Path, images: Path, name: str) -> tuple[np.ndarray, np.ndarray]:

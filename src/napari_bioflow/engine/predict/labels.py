@@ -15,8 +15,9 @@ def _labels_dtype(n_channels: int):
 
 def argmax_labels(prob, threshold: float | None = None):
     """Class labels from (C, (Z,)Y,X) probabilities: argmax over C, or prob > 0.5 when C == 1
-    (sigmoid output); with two classes and a `threshold` (chosen on the validation data, stored in the checkpoint:
-    engine/train/threshold.py), foreground where its probability >= threshold. numpy in -> numpy out; dask or zarr
+    (sigmoid output); with a `threshold` (chosen on the validation data, stored in the checkpoint:
+    engine/train/threshold.py), foreground where its probability >= threshold (two classes), or the likeliest
+    non-background class where its share of it and the background's probability >= threshold (more classes). numpy in -> numpy out; dask or zarr
     in -> lazy dask out."""
     if type(prob).__module__.startswith("zarr"):
         import dask.array as da
@@ -35,6 +36,16 @@ def argmax_labels(prob, threshold: float | None = None):
 ARGMAX_SLAB = 2**20  # voxels per np.argmax call: its int64 result is 8 bytes per voxel
 
 
+def _classes(p: np.ndarray, threshold: float | None) -> np.ndarray:
+    """argmax over the class axis; with a threshold t, the background (class 0) weighed t / (1 - t) against the
+    likeliest other class: that class where its share p_c / (p_0 + p_c) >= t (two classes: p_1 >= t)."""
+    if threshold is None:
+        return np.argmax(p, axis=0)
+    fg = p[1:]
+    best = np.max(fg, axis=0)
+    return np.where(best >= threshold * (p[0] + best), np.argmax(fg, axis=0) + 1, 0)
+
+
 def _argmax_block(p: np.ndarray, threshold: float | None = None) -> np.ndarray:
     if p.shape[0] == 1:
         return (p[0] > 0.5).astype(np.uint8)
@@ -42,11 +53,11 @@ def _argmax_block(p: np.ndarray, threshold: float | None = None) -> np.ndarray:
         return (p[1] >= threshold).astype(np.uint8)
     out = np.empty(p.shape[1:], _labels_dtype(p.shape[0]))
     if out.ndim == 0 or out.size <= ARGMAX_SLAB:
-        out[...] = np.argmax(p, axis=0)
+        out[...] = _classes(p, threshold)
         return out
     step = max(1, ARGMAX_SLAB // int(np.prod(out.shape[1:])))  # slabs along the first spatial axis
     for a in range(0, out.shape[0], step):
-        out[a : a + step] = np.argmax(p[:, a : a + step], axis=0)
+        out[a : a + step] = _classes(p[:, a : a + step], threshold)
     return out
 
 
