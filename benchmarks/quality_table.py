@@ -63,8 +63,8 @@ def report(results: dict, budgets: list[int]) -> str:
         if "new" in per:
             new = per["new"]["summary"]
             biapy = [per[c]["summary"] for c in per if c.startswith("biapy")]
-            for b in budgets:
-                best = max(x[f"at_{b}"][0] for x in biapy) if biapy else float("nan")
+            for b in budgets if biapy else ():
+                best = max(x[f"at_{b}"][0] for x in biapy)
                 checks.append(
                     f"{set_name} {b} steps: new {new[f'at_{b}'][0]:.3f} vs best BiaPy {best:.3f}: "
                     + ("beats" if new[f"at_{b}"][0] > best else "behind")
