@@ -139,6 +139,34 @@ def test_gpu_flags_on_the_cpu(tmp_path):
     assert not (tmp_path / "runs").exists()  # refused before the run's folder
 
 
+def test_three_class_checkpoints_store_the_threshold_and_predict_with_it(tmp_path):
+    """A 3-class run (BBBC007 boundary / interior) stores the threshold picked on its validation data; the predicted
+    labels are the probabilities weighed with it, not argmax, when it is far from 0.5."""
+    from skimage.segmentation import find_boundaries
+
+    def three(lab):
+        out = (lab > 0).astype(np.uint8) * 2
+        out[find_boundaries(lab, mode="inner")] = 1
+        return out
+
+    raw_dir, label_dir = crop_folders(tmp_path / "data", n=4, size=64, label_transform=three)
+    cfg = tiny_config(tmp_path / "runs", raw_dir, label_dir, n_classes=3, train={"epochs": 2, "steps_per_epoch": 2})
+    done = reports_of(run_all(Trainer(cfg)), DoneReport)[0]
+    ckpt = read_checkpoint(done.checkpoint)
+    assert 0.05 <= ckpt["workflow_state"]["threshold"] <= 0.95
+    ckpt["workflow_state"]["threshold"] = 0.2
+    low = save_checkpoint(tmp_path / "low.pth", ckpt)
+    out = tmp_path / "pred"
+    assert main(["predict", "--checkpoint", str(low), "--input", str(raw_dir), "--output", str(out)]) == 0
+    prob = tifffile.imread(next(out.rglob("per_image/*.tif")))
+    labels = tifffile.imread(next(out.rglob("per_image_binarized/*.tif")))
+    assert prob.shape[0] == 3
+    fg = prob[1:].max(0)
+    expected = np.where(fg >= 0.2 * (prob[0] + fg), prob[1:].argmax(0) + 1, 0)
+    np.testing.assert_array_equal(labels, expected.astype(labels.dtype))
+    assert (labels != prob.argmax(0)).any() and (labels > 0).sum() > (prob.argmax(0) > 0).sum()
+
+
 def _test_iou(trainer, pairs) -> float:
     from napari_bioflow.engine.predict.inference import predict_array
 
