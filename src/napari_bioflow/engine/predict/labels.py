@@ -14,11 +14,9 @@ def _labels_dtype(n_channels: int):
 
 
 def argmax_labels(prob, threshold: float | None = None):
-    """Class labels from (C, (Z,)Y,X) probabilities: argmax over C, or prob > 0.5 when C == 1
-    (sigmoid output); with a `threshold` (chosen on the validation data, stored in the checkpoint:
-    engine/train/threshold.py), foreground where its probability >= threshold (two classes), or the likeliest
-    non-background class where its share of it and the background's probability >= threshold (more classes). numpy in -> numpy out; dask or zarr
-    in -> lazy dask out."""
+    """Class labels from (C, (Z,)Y,X) probabilities: argmax over C, or prob > 0.5 when C == 1 (sigmoid output);
+    with a `threshold` (chosen on the validation data, stored in the checkpoint: engine/train/threshold.py), as
+    `_classes` weighs the background. numpy in -> numpy out; dask or zarr in -> lazy dask out."""
     if type(prob).__module__.startswith("zarr"):
         import dask.array as da
 
@@ -49,7 +47,7 @@ def _classes(p: np.ndarray, threshold: float | None) -> np.ndarray:
 def _argmax_block(p: np.ndarray, threshold: float | None = None) -> np.ndarray:
     if p.shape[0] == 1:
         return (p[0] > 0.5).astype(np.uint8)
-    if threshold is not None and p.shape[0] == 2:  # the binarization threshold of the checkpoint
+    if threshold is not None and p.shape[0] == 2:  # _classes' rule for two classes, without its temporaries
         return (p[1] >= threshold).astype(np.uint8)
     out = np.empty(p.shape[1:], _labels_dtype(p.shape[0]))
     if out.ndim == 0 or out.size <= ARGMAX_SLAB:
