@@ -11,6 +11,8 @@ Sets (all from ../shared/data or tests/data; crops fixed, so every run sees the 
                 20-23 test (image_to_image; PSNR)
   classification tests/data/classification_2d (4 imaging modalities; accuracy on its test folder, which is also
                 the validation folder here: no threshold or checkpoint choice is made from it)
+  bbbc_patches  32 px BBBC007 crops classified by their centre pixel (background / nucleus edge / interior):
+                90 from the training images, 45 from the test images (classification, as above)
 
 Configurations (each run trains for the largest step budget; the test metric is read at 30, 100 and 300 steps of
 that run, the trainer paused while the test images are predicted, so the schedule spans the whole run):
@@ -176,6 +178,37 @@ def set_classification(tile: int) -> dict:
     return {"kind": "classification", "ndim": 2, "folder": root}
 
 
+def set_bbbc_patches(tile: int) -> dict:
+    """BBBC007 crops classified by their centre pixel: background, nucleus edge (within the thick boundary) or
+    nucleus interior; 30 per class from the training images, 15 per class from the test images (PNG folders)."""
+    import atexit
+    import shutil
+
+    import tifffile
+    from skimage.io import imsave
+    from skimage.segmentation import find_boundaries
+
+    root = Path(tempfile.mkdtemp(prefix="bbbc_patches_"))
+    atexit.register(shutil.rmtree, root, True)
+    raws = sorted((SHARED / "bbbc007_2d" / "images").glob("*.tif"))
+    rng = np.random.default_rng(0)
+    names, half = ("background", "edge", "interior"), 16
+    for split, idx, per in (("train", (0, 1, 4, 9), 30), ("test", (3, 6, 11, 12), 15)):
+        for c, name in enumerate(names):
+            (root / split / name).mkdir(parents=True)
+            for n in range(per):
+                i = idx[n % len(idx)]
+                raw = tifffile.imread(raws[i])
+                lab = tifffile.imread(SHARED / "bbbc007_2d" / "labels" / raws[i].name)
+                cls = (lab > 0).astype(np.uint8) * 2
+                cls[find_boundaries(lab, mode="thick")] = 1
+                ys, xs = np.nonzero(cls[half:-half, half:-half] == c)
+                k = rng.integers(len(ys))
+                y, x = ys[k] + half, xs[k] + half
+                imsave(root / split / name / f"{name}_{i}_{n:02d}.png", raw[y - half : y + half, x - half : x + half])
+    return {"kind": "classification", "ndim": 2, "folder": root}
+
+
 SETS = {
     "bbbc_binary": set_bbbc_binary,
     "bbbc_3class": set_bbbc_3class,
@@ -183,6 +216,7 @@ SETS = {
     "skin_he": set_skin_he,
     "restoration": set_restoration,
     "classification": set_classification,
+    "bbbc_patches": set_bbbc_patches,
 }
 
 

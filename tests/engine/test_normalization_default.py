@@ -4,6 +4,7 @@ one keep it."""
 
 import numpy as np
 import pytest
+import yaml
 
 from napari_bioflow.config import DataConfig, RunConfig
 from napari_bioflow.config.reference import commented_config
@@ -44,6 +45,30 @@ def test_image_to_image_trains_without_intensity_jitter_by_default(config, expec
     """The raw-to-target intensities are what an image-to-image model learns: a jitter of the raw alone blurs them
     (issue 14: +1 dB at 100 steps on the restoration set); a config naming augment.intensity keeps it."""
     assert RunConfig.model_validate(config).augment.intensity == expected
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        ({"workflow": "classification"}, 1e-4),
+        ({"workflow": "classification", "train": {"epochs": 3}}, 1e-4),
+        ({"workflow": "classification", "train": {"learning_rate": 3e-3}}, 3e-3),
+        ({"workflow": "semantic_segmentation"}, 1e-3),
+        ({"workflow": "image_to_image"}, 1e-3),
+        ({"workflow": "self_supervised"}, 1e-3),
+    ],
+)
+def test_classification_starts_at_a_lower_learning_rate(config, expected):
+    """Issue 14: at 1e-3 the classifiers stall near chance on both classification sets of bench_quality.py; a config
+    naming train.learning_rate keeps it, and a saved classification config keeps the rate it ran with."""
+    cfg = RunConfig.model_validate(config)
+    assert cfg.train.learning_rate == expected
+    assert RunConfig.from_dict(yaml.safe_load(cfg.to_yaml())).train.learning_rate == expected
+
+
+def test_init_template_writes_the_classification_rate():
+    assert "\n  learning_rate: 0.0001\n" in commented_config("classification")
+    assert "\n  learning_rate: 0.001\n" in commented_config("semantic_segmentation")
 
 
 def test_sections_given_as_objects():

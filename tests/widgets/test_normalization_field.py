@@ -46,7 +46,7 @@ def test_a_loaded_config_keeps_its_normalization(make_napari_viewer, tmp_path):
 def test_intensity_jitter_follows_the_workflow_until_chosen(make_napari_viewer):
     train = TrainWidget(make_napari_viewer())
     jitter = train.form["augment.intensity"]
-    assert train.followed_fields() == ["augment.intensity", "data.normalization"]
+    assert train.followed_fields() == ["augment.intensity", "data.normalization", "train.learning_rate"]
     assert jitter.value == 0.1
     train.form["workflow"].value = "image_to_image"
     assert jitter.value == 0.0 and train.build_config().augment.intensity == 0.0
@@ -57,3 +57,17 @@ def test_intensity_jitter_follows_the_workflow_until_chosen(make_napari_viewer):
     train.form["workflow"].value = "classification"
     assert jitter.value == 0.25 and train.form["data.normalization"].value == "percentile"
     assert train.build_config().augment.intensity == 0.25
+
+
+def test_learning_rate_follows_the_workflow_until_chosen(make_napari_viewer):
+    """Classification starts at 1e-4, the dense workflows at 1e-3 (issue 14); a rate the user typed stays."""
+    train = TrainWidget(make_napari_viewer())
+    rate = train.form["train.learning_rate"]
+    assert float(rate.value) == 1e-3
+    train.form["workflow"].value = "classification"
+    assert float(rate.value) == 1e-4 and train.build_config().train.learning_rate == 1e-4
+    train.form["workflow"].value = "image_to_image"
+    assert float(rate.value) == 1e-3 and train.build_config().train.learning_rate == 1e-3
+    rate.value = 5e-4  # the user's choice
+    train.form["workflow"].value = "classification"
+    assert float(rate.value) == 5e-4 and train.build_config().train.learning_rate == 5e-4

@@ -156,7 +156,11 @@ class TrainConfig(_Section):
         None, ge=1, description="Training steps per epoch. Empty = enough steps to see the training data's area once."
     )
     optimizer: Literal["ADAM", "ADAMW", "SGD"] = Field("ADAMW", description="Optimizer.")
-    learning_rate: float = Field(1e-3, gt=0, description="Initial (peak) learning rate.")
+    learning_rate: float = Field(
+        1e-3,
+        gt=0,
+        description="Initial (peak) learning rate. Default: the workflow's (1e-4 for classification, 1e-3 for the others).",
+    )
     weight_decay: float = Field(0.0, ge=0, description="Weight decay (L2 for ADAM/SGD, decoupled for ADAMW).")
     momentum: float = Field(0.9, ge=0, lt=1, description="Momentum for SGD.")
     scheduler: Literal["none", "reduce_on_plateau", "one_cycle", "warmup_cosine"] = Field(
