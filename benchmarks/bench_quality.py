@@ -16,8 +16,8 @@ Sets (all from ../shared/data or tests/data; crops fixed, so every run sees the 
 
 Configurations (each run trains for the largest step budget; the test metric is read at 30, 100 and 300 steps of
 that run, the trainer paused while the test images are predicted, so the schedule spans the whole run):
-  old           the defaults before issue 14: no schedule, cross-entropy, batches drawn with replacement, no weight
-                averaging, argmax labels
+  old           the defaults before issue 14: learning rate 1e-3, no schedule, cross-entropy, batches drawn with
+                replacement, no weight averaging, argmax labels
   biapy_1e-4, biapy_1e-3   BiaPy-equivalent: its U-Net (the plugin's default model), AdamW at that rate, no schedule,
                 cross-entropy, mean/std normalization (over the training set: the plugin has no per-image mode),
                 flips and 90-degree rotations only
@@ -233,8 +233,8 @@ def config_overrides(name: str, kind: str) -> dict:
     old = {"scheduler": "none", "sampling": "random", "ema": 0.0, "pick_threshold": False}
     if seg:
         old["loss"] = "ce"
-    if name == "old":  # percentile normalization, the default of every workflow then
-        return {"train": old, "data": {"normalization": "percentile"}}
+    if name == "old":  # percentile normalization and learning rate 1e-3, the defaults of every workflow then
+        return {"train": {**old, "learning_rate": 1e-3}, "data": {"normalization": "percentile"}}
     if name.startswith("biapy_"):
         lr = float(name.split("_")[1])
         return {
