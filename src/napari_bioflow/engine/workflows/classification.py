@@ -28,7 +28,7 @@ class Classification(Workflow):
     dense = False  # one prediction per image: the CLI, widgets and batch mode use classification_results
     # a tenth of the dense workflows' rate: at 1e-3 the classifiers stall near chance on both classification sets of
     # benchmarks/bench_quality.py (issue 14, 8 seeds: 0.78 and 0.75 accuracy at 300 steps against 0.56 and 0.72)
-    config_defaults = {"data.normalization": "percentile", "train.learning_rate": 1e-4}
+    config_defaults = {**Workflow.config_defaults, "train.learning_rate": 1e-4}
     init_notes = (
         "Classification: data.train_raw holds one sub-folder per class (the sub-folder names are the class names);",
         "data.val_raw (optional) and data.test_raw the same, or a flat test folder for predictions only.",
