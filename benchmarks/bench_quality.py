@@ -335,7 +335,11 @@ def run_one(spec: dict, config: str, seed: int, steps: int, patch: int, out_dir:
                 metric, frac, truth = float(report.metrics.get("accuracy", float("nan"))), None, None
             else:
                 metric, frac, truth = _test_metric(spec, trainer)
-            curve.append({"step": step, "seconds": round(wall, 2), "metric": metric, "fraction": frac, "truth": truth})
+            threshold = trainer.workflow.state.get("threshold")
+            curve.append(
+                {"step": step, "seconds": round(wall, 2), "metric": metric, "fraction": frac, "truth": truth}
+                | ({"threshold": threshold} if threshold is not None else {})
+            )
     final = curve[-1]["metric"]
     reach = next((c["seconds"] for c in curve if c["metric"] >= 0.97 * final), None)
     return {"config": config, "seed": seed, "curve": curve, "final": final, "seconds_to_97": reach}
