@@ -203,3 +203,57 @@ def test_new_defaults_learn_faster_than_the_old_ones(tmp_path):
             run_all(trainer)
             scores[name] = _test_iou(trainer, test)
         assert scores["new"] > scores["old"] + 0.02, scores
+
+
+def test_threshold_crops_cover_what_the_validation_patches_cover():
+    """The threshold is picked on validation images cropped to one prediction tile, as many as the validation
+    patches cover (patches thinned to 64 of 80 here: 4 of the 5 images), each crop centred, labels alongside."""
+    from types import SimpleNamespace
+
+    from napari_bioflow.engine.data.training_data import PatchData
+
+    val = _samples(5, side=64)
+    cfg = SimpleNamespace(
+        seed=0,
+        data=SimpleNamespace(patch_size=(16, 16), foreground_sampling=0.0),
+        train=SimpleNamespace(sampling="cover"),
+    )
+    data = PatchData(SimpleNamespace(train=_samples(2), val=val), cfg, lambda x: x, None)
+    assert len(data.positions) == 64
+    crops = list(data.threshold_crops(2048))
+    assert [raw[0, 0, 0] for raw, _ in crops] == [0, 1, 2, 3]
+    assert all(raw.shape == (64, 64, 1) and lab.shape == (64, 64) for raw, lab in crops)
+    np.testing.assert_array_equal(crops[2][1], val[2].label)
+    small = list(data.threshold_crops(40))  # a tile cap below the image size: the centre 40 x 40
+    assert len(small) == 5 and small[0][0].shape == (40, 40, 1)
+    np.testing.assert_array_equal(small[1][1], val[1].label[12:52, 12:52])
+
+
+def test_threshold_is_picked_on_whole_validation_images(tmp_path):
+    """The stored threshold is the best one for the validation image predicted as prediction predicts it (one
+    128 x 128 tile), not for the 64 x 64 validation patches: the U-Net's instance norm answers differently there."""
+    from napari_bioflow.engine.predict.inference import predict_array
+
+    raw_dir, label_dir = crop_folders(tmp_path / "data", n=4, size=64)
+    val_raw, val_label = crop_folders(tmp_path / "val", split="test", n=1, size=128, origin=(20, 20))
+    cfg = tiny_config(
+        tmp_path / "runs",
+        raw_dir,
+        label_dir,
+        data={"val_raw": str(val_raw), "val_label": str(val_label)},
+        train={"epochs": 2, "steps_per_epoch": 3, "batch_size": 4},
+    )
+    trainer = Trainer(cfg)
+    run_all(trainer)
+    raw = tifffile.imread(next(val_raw.glob("*.tif")))
+    label = (tifffile.imread(next(val_label.glob("*.tif"))) > 0).astype(np.int64)
+    whole, patches = ThresholdPicker(), ThresholdPicker()
+    loaded = trainer.loaded_model()
+    whole.update(predict_array(loaded, raw)[None], label[None])
+    for y in (0, 64):
+        for x in (0, 64):
+            patch = predict_array(loaded, raw[y : y + 64, x : x + 64])
+            patches.update(patch[None], label[None, y : y + 64, x : x + 64])
+    stored = trainer.workflow.state["threshold"]
+    assert stored == pytest.approx(whole.best()[0])
+    assert patches.best()[0] != pytest.approx(stored)  # on patches another threshold would have been picked

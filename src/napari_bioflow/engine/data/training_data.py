@@ -61,6 +61,18 @@ class PatchData(TrainingData):
             pairs = [self.val_sampler.read(i, start) for i, start in self.positions[k : k + batch_size]]
             yield np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
+    def threshold_crops(self, cap: int) -> Iterator[tuple[object, np.ndarray]]:
+        """(raw (Z,)Y,X,C, labels) of the validation images, each centre-cropped to at most `cap` per axis (one
+        prediction tile, so the model sees them with the context prediction gives it), until about the voxels the
+        validation patches cover: what the background threshold is picked on."""
+        budget = len(self.positions) * int(np.prod(self.patch))
+        for s in self.val_sampler.samples:
+            sl = tuple(slice((d - min(d, cap)) // 2, (d - min(d, cap)) // 2 + min(d, cap)) for d in s.spatial_shape)
+            yield s.raw[sl], self.val_sampler.read_target(s, sl, None)
+            budget -= int(np.prod([x.stop - x.start for x in sl]))
+            if budget <= 0:
+                return
+
     def example(self):
         x, y = self.sampler.read(0, (0,) * len(self.patch))
         return x[None], y[None]

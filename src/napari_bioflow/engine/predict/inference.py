@@ -314,15 +314,19 @@ def write_metrics(out_dir: Path, rows: list[dict], totals: dict) -> None:
         w.writerows(rows)
 
 
-def predict_array(loaded, image, device: str = "cpu", tile_size: list[int] | None = None) -> np.ndarray:
-    """Predict a small in-memory image ((Z,)Y,X[,C], any layout `to_channels_last` accepts) to a numpy array
-    (C, (Z,)Y,X): the training preview and quick checks. Big images go through ImagePrediction instead."""
+def predict_array(
+    loaded, image, device: str = "cpu", tile_size: list[int] | None = None, channels_last: bool = False
+) -> np.ndarray:
+    """Predict a small in-memory image ((Z,)Y,X[,C], any layout `to_channels_last` accepts; with channels_last,
+    already (Z,)Y,X,C as samples hold it) to a numpy array (C, (Z,)Y,X): the training preview, the validation
+    threshold and quick checks. Big images go through ImagePrediction instead."""
 
     from ..data.sources import to_channels_last
     from .sliding_window import sliding_window_predict
 
     cfg, wf, model = loaded.config, loaded.workflow, loaded.model
-    image = to_channels_last(image, cfg.ndim, cfg.data.in_channels, "image", axes=cfg.data.axes)
+    if not channels_last:
+        image = to_channels_last(image, cfg.ndim, cfg.data.in_channels, "image", axes=cfg.data.axes)
     tile, overlap = wf.tiling(cfg, tuple(image.shape[:-1]), model.size_divisor)
     tile = tile_size or tile
     was_training = model.training

@@ -3,7 +3,12 @@ foreground probability above which a pixel is foreground (argmax is the threshol
 borders of nuclei); with more, a pixel takes its likeliest non-background class c where p_c / (p_0 + p_c) reaches the
 threshold (0.5 is argmax again), i.e. the background is weighed against the other classes. The threshold chosen gives
 the best mean IoU of the non-background classes on the validation data. Histograms of that share, per true class and
-predicted class, are kept over the validation batches, so every candidate threshold is scored at once at the end."""
+predicted class, are kept over the validation images, so every candidate threshold is scored at once at the end.
+
+The validation images are predicted as prediction predicts them (`pick_on_images`: big tiles, not the training patch):
+the default U-Net's instance norm answers differently on a small patch than on a big tile, so a threshold picked on
+the validation patches does not carry over (on the 3D nuclei set of benchmarks/bench_quality.py it fell towards 0.3
+while the whole validation block was best near 0.9, and foreground was over-predicted by 13 %)."""
 
 from __future__ import annotations
 
@@ -60,3 +65,15 @@ class ThresholdPicker:
         ties = np.flatnonzero(iou >= best - 1e-9)
         k = ties[np.argmin(np.abs(edges[ties] - 0.5))]  # of equal scores, the one nearest argmax's 0.5
         return float(edges[k]), float(best)
+
+
+def pick_on_images(loaded, crops, device: str) -> tuple[float, float] | None:
+    """`ThresholdPicker.best` over the validation crops ((raw (Z,)Y,X,C, labels), see PatchData.threshold_crops)
+    predicted by the model as prediction does."""
+    from ..predict.inference import predict_array
+
+    picker = ThresholdPicker()
+    for raw, target in crops:
+        prob = predict_array(loaded, raw, device=device, channels_last=True)
+        picker.update(prob[None], np.asarray(target)[None])
+    return picker.best()
