@@ -229,9 +229,10 @@ def test_threshold_crops_cover_what_the_validation_patches_cover():
     np.testing.assert_array_equal(small[1][1], val[1].label[12:52, 12:52])
 
 
-def test_threshold_is_picked_on_whole_validation_images(tmp_path):
-    """The stored threshold is the best one for the validation image predicted as prediction predicts it (one
-    128 x 128 tile), not for the 64 x 64 validation patches: the U-Net's instance norm answers differently there."""
+def test_threshold_is_picked_on_patches_and_whole_validation_images(tmp_path):
+    """The stored threshold is the best one over the validation patches (64 x 64, as training sees them) together
+    with the validation image predicted as prediction predicts it (one 128 x 128 tile): the U-Net's instance norm
+    answers differently on each, and either alone would pick another threshold."""
     from napari_bioflow.engine.predict.inference import predict_array
 
     raw_dir, label_dir = crop_folders(tmp_path / "data", n=4, size=64)
@@ -247,13 +248,16 @@ def test_threshold_is_picked_on_whole_validation_images(tmp_path):
     run_all(trainer)
     raw = tifffile.imread(next(val_raw.glob("*.tif")))
     label = (tifffile.imread(next(val_label.glob("*.tif"))) > 0).astype(np.int64)
-    whole, patches = ThresholdPicker(), ThresholdPicker()
+    whole, patches, both = ThresholdPicker(), ThresholdPicker(), ThresholdPicker()
     loaded = trainer.loaded_model()
-    whole.update(predict_array(loaded, raw)[None], label[None])
+    prob = predict_array(loaded, raw)[None]
+    whole.update(prob, label[None])
+    both.update(prob, label[None])
     for y in (0, 64):
         for x in (0, 64):
-            patch = predict_array(loaded, raw[y : y + 64, x : x + 64])
-            patches.update(patch[None], label[None, y : y + 64, x : x + 64])
+            patch = predict_array(loaded, raw[y : y + 64, x : x + 64])[None]
+            patches.update(patch, label[None, y : y + 64, x : x + 64])
+            both.update(patch, label[None, y : y + 64, x : x + 64])
     stored = trainer.workflow.state["threshold"]
-    assert stored == pytest.approx(whole.best()[0])
-    assert patches.best()[0] != pytest.approx(stored)  # on patches another threshold would have been picked
+    assert stored == pytest.approx(both.best()[0])
+    assert whole.best()[0] != pytest.approx(stored) and patches.best()[0] != pytest.approx(stored)

@@ -184,7 +184,7 @@ class TrainConfig(_Section):
     )
     pick_threshold: bool = Field(
         True,
-        description="Semantic segmentation: choose the background threshold that gives the best validation IoU (mean over the non-background classes; the validation images predicted as prediction predicts them, whole up to one tile, not in training patches) and store it in the checkpoint; prediction labels with it. With 2 classes it is the foreground probability from which a pixel is foreground; with more, a pixel takes its likeliest non-background class c where p_c / (p_0 + p_c) reaches it. Off (or without validation data, or an older checkpoint): argmax, i.e. 0.5.",
+        description="Semantic segmentation: choose the background threshold that gives the best validation IoU (mean over the non-background classes, scored on the validation patches and on the validation images predicted whole as prediction predicts them) and store it in the checkpoint; prediction labels with it. With 2 classes it is the foreground probability from which a pixel is foreground; with more, a pixel takes its likeliest non-background class c where p_c / (p_0 + p_c) reaches it. Off (or without validation data, or an older checkpoint): argmax, i.e. 0.5.",
     )
     amp: Literal["auto", "off"] = Field(
         "auto",

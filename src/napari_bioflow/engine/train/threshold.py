@@ -5,10 +5,13 @@ threshold (0.5 is argmax again), i.e. the background is weighed against the othe
 the best mean IoU of the non-background classes on the validation data. Histograms of that share, per true class and
 predicted class, are kept over the validation images, so every candidate threshold is scored at once at the end.
 
-The validation images are predicted as prediction predicts them (`pick_on_images`: big tiles, not the training patch):
-the default U-Net's instance norm answers differently on a small patch than on a big tile, so a threshold picked on
-the validation patches does not carry over (on the 3D nuclei set of benchmarks/bench_quality.py it fell towards 0.3
-while the whole validation block was best near 0.9, and foreground was over-predicted by 13 %)."""
+The validation data is scored twice: as the training-size patches the validation loss uses, and as whole images
+predicted as prediction predicts them (`add_images`: up to one prediction tile each, about as many voxels as the
+patches). The default U-Net's instance norm makes the model's answer depend on what else a tile holds (its size, how
+much foreground): on the sets of benchmarks/bench_quality.py a threshold picked on the patches alone fell to 0.2-0.35
+on the 3D nuclei set and over-predicted foreground by 13 %, one picked on the whole images alone followed that set's
+single validation block (21 % foreground against 32 % in the test) to 0.85-0.95 and lost 0.05 IoU; the two together
+scored best on average over the four segmentation sets (benchmarks/README.md)."""
 
 from __future__ import annotations
 
@@ -67,13 +70,10 @@ class ThresholdPicker:
         return float(edges[k]), float(best)
 
 
-def pick_on_images(loaded, crops, device: str) -> tuple[float, float] | None:
-    """`ThresholdPicker.best` over the validation crops ((raw (Z,)Y,X,C, labels), see PatchData.threshold_crops)
-    predicted by the model as prediction does."""
+def add_images(picker: ThresholdPicker, loaded, crops, device: str) -> None:
+    """Score the validation crops ((raw (Z,)Y,X,C, labels), see PatchData.threshold_crops) predicted by the model
+    as prediction predicts them."""
     from ..predict.inference import predict_array
 
-    picker = ThresholdPicker()
     for raw, target in crops:
-        prob = predict_array(loaded, raw, device=device, channels_last=True)
-        picker.update(prob[None], np.asarray(target)[None])
-    return picker.best()
+        picker.update(predict_array(loaded, raw, device=device, channels_last=True)[None], np.asarray(target)[None])

@@ -25,7 +25,7 @@ from .model_setup import build_model, resolve_device, transfer_weights  # noqa: 
 from .optim import build_optimizer, build_scheduler
 from .reports import DoneReport, EpochReport, Report, StartReport, StepReport  # noqa: F401  (re-exported)
 from .run_files import Charts, EpochLog, Nothing, claim_run, discard_unsaved_run
-from .threshold import ThresholdPicker, pick_on_images
+from .threshold import ThresholdPicker, add_images
 
 _optimizer = build_optimizer  # the name tests and benchmarks use
 
@@ -245,7 +245,6 @@ class Trainer:
         model, wf = self.predicting_model, self.workflow
         metrics = wf.metrics(self.cfg)
         picker = ThresholdPicker() if self.cfg.train.pick_threshold else None
-        pick = False  # a dense prediction against labels: the threshold is picked (on whole validation images)
         total, count, bs = 0.0, 0, self.cfg.train.batch_size
         gen = torch.Generator().manual_seed(self.cfg.seed + 1)  # the same masks/degradations every epoch
         with torch.inference_mode(), self.accel.autocast():
@@ -259,19 +258,22 @@ class Trainer:
                 if count == len(xb):  # the first validation patch, for TensorBoard's image samples
                     self._val_sample = (x[0].float().cpu().numpy(), target[0], prediction[0])
                 metrics.update(prediction, target)
-                pick = pick or (picker is not None and picker.applies(prediction, target))
-        chosen = self._pick_threshold(data) if pick else None
+                if picker is not None and picker.applies(prediction, target):
+                    picker.update(prediction, target)
+        chosen = self._pick_threshold(data, picker) if picker is not None and picker.hist is not None else None
         if chosen is not None:  # saved with the checkpoints of this epoch; prediction binarizes with it
             wf.state["threshold"] = chosen[0]
         return total / count, metrics.compute()
 
-    def _pick_threshold(self, data) -> tuple[float, float] | None:
+    def _pick_threshold(self, data, picker: ThresholdPicker) -> tuple[float, float] | None:
+        """The best threshold over the validation patches (as the model trained on them) together with the
+        validation images predicted as prediction predicts them (threshold.py says why both)."""
         from ..predict.inference import TILE_CAP
 
         crops = getattr(data, "threshold_crops", None)
-        if crops is None:
-            return None
-        return pick_on_images(self.loaded_model(), crops(TILE_CAP[self.cfg.ndim]), str(self.device))
+        if crops is not None:
+            add_images(picker, self.loaded_model(), crops(TILE_CAP[self.cfg.ndim]), str(self.device))
+        return picker.best()
 
     @property
     def predicting_model(self):
