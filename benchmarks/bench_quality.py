@@ -244,12 +244,15 @@ def config_overrides(name: str, kind: str) -> dict:
         }
     if name == "new":
         return {}
-    if name.startswith("new:"):  # a variant: new:ema=0,pick_threshold=false,data.normalization=meanstd
+    if name.startswith("new:"):  # a variant: new:ema=0,data.normalization=meanstd,model.options.norm=batch
         out: dict = {}
         for item in name[4:].split(","):
             key, value = item.split("=")
-            section, _, field = key.rpartition(".")
-            out.setdefault(section or "train", {})[field] = {"true": True, "false": False}.get(value.lower(), value)
+            section, *inner, field = key.split(".") if "." in key else ("train", key)
+            target = out.setdefault(section, {})
+            for part in inner:  # model.options.norm=batch
+                target = target.setdefault(part, {})
+            target[field] = {"true": True, "false": False}.get(value.lower(), value)
         return out
     raise ValueError(name)
 
