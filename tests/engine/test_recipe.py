@@ -227,6 +227,12 @@ def test_threshold_crops_cover_what_the_validation_patches_cover():
     small = list(data.threshold_crops(40))  # a tile cap below the image size: the centre 40 x 40
     assert len(small) == 5 and small[0][0].shape == (40, 40, 1)
     np.testing.assert_array_equal(small[1][1], val[1].label[12:52, 12:52])
+    import dask.array as da
+
+    lazy = [Sample(name="lazy", raw=da.from_array(val[0].raw, chunks=16), label=val[0].label)]
+    data = PatchData(SimpleNamespace(train=_samples(2), val=lazy), cfg, lambda x: x, None)
+    (raw, lab), *_ = data.threshold_crops(2048)  # a lazy image is read into memory (one tile at most)
+    assert isinstance(raw, np.ndarray) and raw.shape == (64, 64, 1) and lab.shape == (64, 64)
 
 
 def test_threshold_is_picked_on_patches_and_whole_validation_images(tmp_path):
