@@ -98,12 +98,15 @@ class PatchSampler:
 
     def read(self, i: int, start: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         s = self.samples[i]
-        sl = tuple(slice(a, a + p) for a, p in zip(start, self.patch))
+        _, x, target = self.read_region(s, tuple(slice(a, a + p) for a, p in zip(start, self.patch)))
+        return x, target
+
+    def read_region(self, s: Sample, sl: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(raw (Z,)Y,X,C in memory, normalized channels-first input, target) of region `sl` of sample `s`."""
         raw = s.raw[sl]
         raw = raw.compute() if hasattr(raw, "compute") else np.asarray(raw)
-        x = np.moveaxis(self.normalize(raw), -1, 0)  # channels first for torch
-        x = np.ascontiguousarray(x)
-        return x, self.read_target(s, sl, x)
+        x = np.ascontiguousarray(np.moveaxis(self.normalize(raw), -1, 0))  # channels first for torch
+        return raw, x, self.read_target(s, sl, x)
 
     def _draw(self, batch_size: int) -> list[int]:
         if not self.cover:

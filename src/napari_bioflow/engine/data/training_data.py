@@ -68,10 +68,8 @@ class PatchData(TrainingData):
         budget = len(self.positions) * int(np.prod(self.patch))
         for s in self.val_sampler.samples:
             sl = tuple(slice((d - min(d, cap)) // 2, (d - min(d, cap)) // 2 + min(d, cap)) for d in s.spatial_shape)
-            raw = s.raw[sl]
-            raw = raw.compute() if hasattr(raw, "compute") else np.asarray(raw)  # one tile at most: in memory
-            x = np.ascontiguousarray(np.moveaxis(self.val_sampler.normalize(raw), -1, 0))
-            yield raw, self.val_sampler.read_target(s, sl, x)
+            raw, _, target = self.val_sampler.read_region(s, sl)  # one tile at most: in memory
+            yield raw, target
             budget -= int(np.prod([x.stop - x.start for x in sl]))
             if budget <= 0:
                 return

@@ -45,8 +45,8 @@ class ThresholdPicker:
         flat = (t[keep] * n + cls[keep]) * BINS + idx[keep]
         self.hist += np.bincount(flat, minlength=n * n * BINS).reshape(n, n, BINS)
 
-    def best(self) -> tuple[float, float] | None:
-        """(threshold, mean non-background IoU at it), None without non-background in the validation labels."""
+    def ious(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(candidate thresholds, mean non-background IoU at each), None without non-background in the labels."""
         if self.hist is None:
             return None
         n = self.hist.shape[0]
@@ -61,13 +61,20 @@ class ThresholdPicker:
             tp = above[c, c]
             predicted = above[:, c].sum(axis=0)
             ious.append(tp / np.maximum(1, predicted + true[c] - tp))
-        iou = np.mean(ious, axis=0)
+        return edges, np.mean(ious, axis=0)
+
+    def best(self, tolerance: float = 0.0) -> tuple[float, float] | None:
+        """(threshold, mean non-background IoU at it), None without non-background in the validation labels. Of the
+        thresholds scoring within `tolerance` of the best, the one nearest argmax's 0.5."""
+        scored = self.ious()
+        if scored is None:
+            return None
+        edges, iou = scored
         allowed = (edges >= LIMITS[0]) & (edges <= LIMITS[1])
         iou = np.where(allowed, iou, -1.0)
-        best = iou.max()
-        ties = np.flatnonzero(iou >= best - 1e-9)
-        k = ties[np.argmin(np.abs(edges[ties] - 0.5))]  # of equal scores, the one nearest argmax's 0.5
-        return float(edges[k]), float(best)
+        ties = np.flatnonzero(iou >= iou.max() - tolerance - 1e-9)
+        k = ties[np.argmin(np.abs(edges[ties] - 0.5))]
+        return float(edges[k]), float(iou[k])
 
 
 def add_images(picker: ThresholdPicker, loaded, crops, device: str) -> None:
