@@ -9,6 +9,8 @@ Sets (all from ../shared/data or tests/data; crops fixed, so every run sees the 
                 trains, the middle validates, the right part tests
   restoration   the 2D time-lapse, crappified (Gaussian blur + noise) -> clean frame: frames 0-9 train, 12 validates,
                 20-23 test (image_to_image; PSNR)
+  restoration_bbbc  the BBBC007 tiles of bbbc_binary, crappified the same way -> clean (2D)
+  restoration_3d    the nuclei_3d blocks, crappified the same way -> clean (3D, 16x32x32 patches)
   classification tests/data/classification_2d (4 imaging modalities; accuracy on its test folder, which is also
                 the validation folder here: no threshold or checkpoint choice is made from it)
   bbbc_patches  32 px BBBC007 crops classified by their centre pixel (background / nucleus edge / interior):
@@ -154,15 +156,13 @@ def set_skin_he(tile: int) -> dict:
 
 def set_restoration(tile: int) -> dict:
     import tifffile
-    from scipy.ndimage import gaussian_filter
 
     movie = tifffile.imread(SHARED / "timelapse_2d" / "2D_timelapse.tif").astype(np.float32)
     rng = np.random.default_rng(0)
 
     def pair(t):
         clean = movie[t, 100 : 100 + tile, 100 : 100 + tile]
-        noisy = gaussian_filter(clean, 1.0) + rng.normal(0, 0.16 * clean.std(), clean.shape)
-        return noisy.astype(np.float32), clean
+        return _crappify(clean, rng), clean
 
     return {
         "kind": "restoration",
@@ -171,6 +171,31 @@ def set_restoration(tile: int) -> dict:
         "val": [pair(12)],
         "test": [pair(t) for t in (20, 23)],
     }
+
+
+def _crappify(clean: np.ndarray, rng) -> np.ndarray:
+    """The restoration sets' degradation: Gaussian blur (sigma 1) plus Gaussian noise at 0.16 of the image's std."""
+    from scipy.ndimage import gaussian_filter
+
+    clean = clean.astype(np.float32)
+    return (gaussian_filter(clean, 1.0) + rng.normal(0, 0.16 * clean.std(), clean.shape)).astype(np.float32)
+
+
+def set_restoration_bbbc(tile: int) -> dict:
+    """BBBC007 nuclei crappified -> clean, on the segmentation sets' tiles (other images for each split)."""
+    train, val, test = _bbbc(tile)
+    rng = np.random.default_rng(0)
+    pairs = lambda split: [(_crappify(raw, rng), raw.astype(np.float32)) for raw, _ in split]  # noqa: E731
+    return {"kind": "restoration", "ndim": 2, "train": pairs(train), "val": pairs(val), "test": pairs(test)}
+
+
+def set_restoration_3d(tile: int) -> dict:
+    """The cells3d nuclei volume crappified -> clean (3D), on nuclei_3d's blocks: x < 128 trains and validates, the
+    two test blocks at x >= 128 test."""
+    spec = set_nuclei_3d(tile)
+    rng = np.random.default_rng(0)
+    pairs = lambda split: [(_crappify(raw, rng), raw.astype(np.float32)) for raw, _ in spec[split]]  # noqa: E731
+    return {"kind": "restoration", "ndim": 3, "patch": spec["patch"], **{k: pairs(k) for k in ("train", "val", "test")}}
 
 
 def set_classification(tile: int) -> dict:
@@ -215,6 +240,8 @@ SETS = {
     "nuclei_3d": set_nuclei_3d,
     "skin_he": set_skin_he,
     "restoration": set_restoration,
+    "restoration_bbbc": set_restoration_bbbc,
+    "restoration_3d": set_restoration_3d,
     "classification": set_classification,
     "bbbc_patches": set_bbbc_patches,
 }
