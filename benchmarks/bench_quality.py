@@ -26,8 +26,8 @@ that run, the trainer paused while the test images are predicted, so the schedul
   new           the current defaults (config/sections.py TrainConfig; data.normalization: the workflow's own)
 
 Reported per set and configuration (mean and spread over seeds): the test metric at each budget, the predicted
-foreground fraction against the truth (binary sets), and the training wall time until the metric first reaches 0.97
-of its final value.
+foreground fraction against the truth (segmentation sets; with more than two classes also per class, as "classes"),
+and the training wall time until the metric first reaches 0.97 of its final value.
 
     .venv/bin/python benchmarks/bench_quality.py                      # 30/100/300 steps, 3 seeds, 256 px tiles
     .venv/bin/python benchmarks/bench_quality.py --quick              # 30/100 steps, 1 seed, 128 px tiles, 64 px patches
@@ -292,8 +292,9 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 # --- one run ---------------------------------------------------------------------------------------------------
-def _test_metric(spec: dict, trainer) -> tuple[float, float | None, float | None]:
-    """(metric, predicted foreground fraction, true fraction) on the test split with the model as trained so far."""
+def _test_metric(spec: dict, trainer) -> tuple[float, float | None, float | None, list | None]:
+    """(metric, predicted foreground fraction, true fraction, per class [predicted, true] fractions with more than two
+    classes) on the test split with the model as trained so far."""
     from napari_bioflow.engine.predict.inference import predict_array
     from napari_bioflow.engine.predict.sliding_window import argmax_labels
 
@@ -302,22 +303,25 @@ def _test_metric(spec: dict, trainer) -> tuple[float, float | None, float | None
         inter = np.zeros(spec["n_classes"])
         union = np.zeros(spec["n_classes"])
         pred_fg = true_fg = total = 0
+        pred_c, true_c = np.zeros(spec["n_classes"]), np.zeros(spec["n_classes"])
         for raw, lab in spec["test"]:
             prob = predict_array(loaded, raw, device="cpu")
             pred = argmax_labels(prob, trainer.workflow.state.get("threshold"))
             for c in range(1, spec["n_classes"]):
                 inter[c] += np.sum((pred == c) & (lab == c))
                 union[c] += np.sum((pred == c) | (lab == c))
+                pred_c[c], true_c[c] = pred_c[c] + np.sum(pred == c), true_c[c] + np.sum(lab == c)
             pred_fg, true_fg, total = pred_fg + np.sum(pred > 0), true_fg + np.sum(lab > 0), total + lab.size
         iou = float(np.mean(inter[1:] / np.maximum(union[1:], 1)))
-        return iou, float(pred_fg / total), float(true_fg / total)
+        classes = [[float(pred_c[c] / total), float(true_c[c] / total)] for c in range(1, spec["n_classes"])]
+        return iou, float(pred_fg / total), float(true_fg / total), classes if len(classes) > 1 else None
     psnrs = []
     norm = trainer.workflow.state["target_normalization"]  # the model predicts normalized targets
     for raw, clean in spec["test"]:
         out = predict_array(loaded, raw, device="cpu")[0] * norm["scale"][0] + norm["offset"][0]
         rng = float(clean.max() - clean.min())
         psnrs.append(10 * np.log10(rng**2 / max(1e-12, float(np.mean((out - clean) ** 2)))))
-    return float(np.mean(psnrs)), None, None
+    return float(np.mean(psnrs)), None, None, None
 
 
 def run_one(spec: dict, config: str, seed: int, steps: int, patch: int, out_dir: Path) -> dict:
@@ -362,13 +366,14 @@ def run_one(spec: dict, config: str, seed: int, steps: int, patch: int, out_dir:
             wall += report.seconds
             step = report.epoch * EVERY
             if kind == "classification":
-                metric, frac, truth = float(report.metrics.get("accuracy", float("nan"))), None, None
+                metric, frac, truth, classes = float(report.metrics.get("accuracy", float("nan"))), None, None, None
             else:
-                metric, frac, truth = _test_metric(spec, trainer)
+                metric, frac, truth, classes = _test_metric(spec, trainer)
             threshold = trainer.workflow.state.get("threshold")
             curve.append(
                 {"step": step, "seconds": round(wall, 2), "metric": metric, "fraction": frac, "truth": truth}
                 | ({"threshold": threshold} if threshold is not None else {})
+                | ({"classes": classes} if classes is not None else {})
             )
     final = curve[-1]["metric"]
     reach = next((c["seconds"] for c in curve if c["metric"] >= 0.97 * final), None)
@@ -384,6 +389,8 @@ def summarize(runs: list[dict], budgets: list[int]) -> dict:
     if last[0]["fraction"] is not None:
         out["fraction"] = float(np.mean([c["fraction"] for c in last]))
         out["truth"] = float(last[0]["truth"])
+    if "classes" in last[0]:  # per non-background class: mean predicted and true fraction at the last step
+        out["classes"] = np.mean([c["classes"] for c in last], axis=0).tolist()
     out["seconds_to_97"] = float(np.median([r["seconds_to_97"] for r in runs]))
     return out
 
