@@ -308,9 +308,10 @@ def _test_metric(spec: dict, trainer) -> tuple[float, float | None, float | None
             prob = predict_array(loaded, raw, device="cpu")
             pred = argmax_labels(prob, trainer.workflow.state.get("threshold"))
             for c in range(1, spec["n_classes"]):
-                inter[c] += np.sum((pred == c) & (lab == c))
-                union[c] += np.sum((pred == c) | (lab == c))
-                pred_c[c], true_c[c] = pred_c[c] + np.sum(pred == c), true_c[c] + np.sum(lab == c)
+                p, t = pred == c, lab == c
+                inter[c] += np.sum(p & t)
+                union[c] += np.sum(p | t)
+                pred_c[c], true_c[c] = pred_c[c] + np.sum(p), true_c[c] + np.sum(t)
             pred_fg, true_fg, total = pred_fg + np.sum(pred > 0), true_fg + np.sum(lab > 0), total + lab.size
         iou = float(np.mean(inter[1:] / np.maximum(union[1:], 1)))
         classes = [[float(pred_c[c] / total), float(true_c[c] / total)] for c in range(1, spec["n_classes"])]
